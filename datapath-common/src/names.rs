@@ -1,0 +1,65 @@
+//! Map and program names, defined once for both sides.
+//!
+//! The eBPF crate names its `static` maps and program functions exactly like
+//! these constants; the user side looks them up by these constants, and a unit
+//! test on the user side checks that the embedded object holds exactly these
+//! maps and programs. Every name fits the kernel's 15-character limit.
+
+/// Port attributes by ifindex: [`crate::PortInfo`].
+pub const PORTS: &str = "PORTS";
+/// Network attributes by node-local network index: [`crate::NetInfo`].
+pub const NETWORKS: &str = "NETWORKS";
+/// Node-local network index by (uplink ifindex, segment): [`crate::SegmentKey`] -> `u32`.
+pub const NET_BY_SEGMENT: &str = "NET_BY_SEGMENT";
+/// Static forwarding entries from the bindings: [`crate::FdbKey`] -> [`crate::FdbEntry`].
+pub const FDB: &str = "FDB";
+/// Remote MACs learned by the kernel, LRU-bounded and aged by the agent.
+pub const FDB_LEARNED: &str = "FDB_LEARNED";
+/// Local ports of each network, the flood list: `u32` -> [`crate::FloodSet`].
+pub const FLOOD_SETS: &str = "FLOOD_SETS";
+/// MACs a port may send from: [`crate::MacKey`] -> `u32`.
+pub const ALLOWED_MACS: &str = "ALLOWED_MACS";
+/// IPv4 (port, MAC, prefix) triples a port may send from (LPM trie).
+pub const ALLOWED_V4: &str = "ALLOWED_V4";
+/// IPv6 (port, MAC, prefix) triples a port may send from (LPM trie).
+pub const ALLOWED_V6: &str = "ALLOWED_V6";
+/// Per-CPU counters per port slot: [`crate::PortCounters`].
+pub const PORT_STATS: &str = "PORT_STATS";
+/// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
+pub const TRACE: &str = "TRACE";
+
+/// All maps of the object, in a stable order.
+pub const ALL_MAPS: [&str; 11] = [
+    PORTS,
+    NETWORKS,
+    NET_BY_SEGMENT,
+    FDB,
+    FDB_LEARNED,
+    FLOOD_SETS,
+    ALLOWED_MACS,
+    ALLOWED_V4,
+    ALLOWED_V6,
+    PORT_STATS,
+    TRACE,
+];
+
+/// TC ingress program for VM taps and namespace ports (traffic sent by the port).
+pub const PROG_VM_PORT: &str = "vm_port";
+/// TC ingress program for the physical uplink (traffic from the wire).
+pub const PROG_UPLINK: &str = "uplink_in";
+
+/// All programs of the object.
+pub const ALL_PROGRAMS: [&str; 2] = [PROG_VM_PORT, PROG_UPLINK];
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL_MAPS.len() {
+        assert!(ALL_MAPS[i].len() <= 15);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < ALL_PROGRAMS.len() {
+        assert!(ALL_PROGRAMS[i].len() <= 15);
+        i += 1;
+    }
+};

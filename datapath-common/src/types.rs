@@ -1,0 +1,235 @@
+//! Map keys and values. `#[repr(C)]`, explicitly padded, Pod; sizes asserted.
+
+use crate::reason::{ACTION_SLOTS, DROP_REASON_SLOTS};
+
+/// Declares shared POD structs: `#[repr(C)]`, Clone/Copy/Debug, the user-side
+/// Pod impls behind the `user` feature, and a compile-time size assertion.
+macro_rules! shared {
+    ($( $(#[$meta:meta])* pub struct $name:ident [$size:expr] { $($body:tt)* } )+) => {
+        $(
+            $(#[$meta])*
+            #[repr(C)]
+            #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+            #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+            pub struct $name { $($body)* }
+
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C), no implicit padding (checked by bytemuck's derive), any bit pattern valid.
+            unsafe impl aya::Pod for $name {}
+
+            const _: () = assert!(core::mem::size_of::<$name>() == $size);
+        )+
+    };
+}
+
+/// Port kind: a VM tap (`compute:*` owner). DHCP server replies from it are dropped.
+pub const PORT_KIND_VM: u8 = 1;
+/// Port kind: a namespace port of a `network:*` owner (DHCP, router).
+pub const PORT_KIND_NETWORK: u8 = 2;
+/// Port kind: a physical uplink of a physical network.
+pub const PORT_KIND_UPLINK: u8 = 3;
+
+/// The port has a binding for this host.
+pub const PORT_F_BOUND: u32 = 1 << 0;
+/// `admin_state_up: true`.
+pub const PORT_F_ADMIN_UP: u32 = 1 << 1;
+/// Anti-spoofing applies (port security on and not a `network:*` owner).
+pub const PORT_F_ANTI_SPOOF: u32 = 1 << 2;
+
+/// Network type: untagged on the uplink.
+pub const NET_TYPE_FLAT: u32 = 1;
+/// Network type: 802.1Q tag = segmentation id on the uplink.
+pub const NET_TYPE_VLAN: u32 = 2;
+/// Network type: VXLAN, VNI = segmentation id.
+pub const NET_TYPE_VXLAN: u32 = 3;
+
+/// `SegmentKey::segment` of untagged (and priority-tagged) frames: flat networks.
+pub const SEGMENT_UNTAGGED: u32 = 0;
+
+/// FDB entry for one of this node's own bound ports.
+pub const FDB_F_LOCAL: u32 = 1 << 0;
+/// FDB entry for a MAC behind the uplink or a tunnel (from the bindings).
+pub const FDB_F_REMOTE: u32 = 1 << 1;
+
+/// Bound on local ports of one network on one node (the flood list).
+pub const MAX_FLOOD_PORTS: usize = 64;
+/// Bound on the targets one traced run may record (flood list plus uplink).
+pub const MAX_TRACE_TARGETS: usize = MAX_FLOOD_PORTS + 8;
+
+/// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
+pub const MAX_PORTS: u32 = 4096;
+/// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
+pub const MAX_NETWORKS: u32 = 4096;
+/// Capacity of `NET_BY_SEGMENT`.
+pub const MAX_SEGMENTS: u32 = 8192;
+/// Capacity of the static `FDB`.
+pub const MAX_FDB: u32 = 65536;
+/// Capacity of the LRU `FDB_LEARNED`.
+pub const MAX_FDB_LEARNED: u32 = 65536;
+/// Capacity of each of `ALLOWED_MACS`, `ALLOWED_V4`, `ALLOWED_V6`.
+pub const MAX_ALLOWED: u32 = 65536;
+
+/// Bits of an address key taken by (ifindex, mac, pad): the LPM prefix is this plus the IP prefix.
+pub const ADDR_KEY_FIXED_BITS: u32 = 96;
+
+/// `cb[0]`/`cb[1]` values that ask a program to record its decision in `TRACE`
+/// and to send nothing (`datapath trace` and the program tests).
+pub const TRACE_MAGIC: [u32; 2] = [0x7472_6163, 0x6450_6174];
+
+shared! {
+    /// Value of `PORTS` (key: ifindex `u32`).
+    pub struct PortInfo [24] {
+        /// Node-local network index; 0 when unbound.
+        pub net_index: u32,
+        /// `PORT_F_*`.
+        pub flags: u32,
+        /// Index into `PORT_STATS`.
+        pub stats_slot: u32,
+        /// Reconciliation generation of the agent that wrote it.
+        pub generation: u32,
+        /// The port's own MAC.
+        pub mac: [u8; 6],
+        /// `PORT_KIND_*`.
+        pub kind: u8,
+        pub _pad: u8,
+    }
+
+    /// Value of `NETWORKS` (key: node-local network index `u32`).
+    pub struct NetInfo [24] {
+        /// Uplink ifindex for flat/VLAN networks; 0 if the node has none.
+        pub uplink_ifindex: u32,
+        /// VLAN id or VNI; 0 for flat.
+        pub segmentation_id: u32,
+        /// `NET_TYPE_*`.
+        pub net_type: u32,
+        /// Network MTU.
+        pub mtu: u32,
+        /// Reconciliation generation.
+        pub generation: u32,
+        pub _pad: u32,
+    }
+
+    /// Key of `NET_BY_SEGMENT`.
+    pub struct SegmentKey [8] {
+        /// ifindex of the uplink the frame came in on.
+        pub ifindex: u32,
+        /// VLAN id, or `SEGMENT_UNTAGGED`.
+        pub segment: u32,
+    }
+
+    /// Key of `FDB` and `FDB_LEARNED`.
+    pub struct FdbKey [12] {
+        pub net_index: u32,
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+    }
+
+    /// Value of `FDB`.
+    pub struct FdbEntry [16] {
+        /// Where to send: a local port or the uplink.
+        pub ifindex: u32,
+        /// `FDB_F_*`.
+        pub flags: u32,
+        /// Remote VTEP (IPv4, network byte order) for tunnel networks; 0 otherwise.
+        pub vtep_ipv4: u32,
+        /// Reconciliation generation.
+        pub generation: u32,
+    }
+
+    /// Value of `FDB_LEARNED`.
+    pub struct LearnedEntry [16] {
+        /// The uplink (or tunnel device) the MAC was seen on.
+        pub ifindex: u32,
+        /// Remote VTEP for tunnel networks; 0 otherwise.
+        pub vtep_ipv4: u32,
+        /// `bpf_ktime_get_ns()` of the last frame from this MAC.
+        pub last_seen_ns: u64,
+    }
+
+    /// Value of `FLOOD_SETS` (key: network index `u32`): the network's local ports.
+    pub struct FloodSet [264] {
+        /// Valid entries in `ifindex`.
+        pub count: u32,
+        /// Reconciliation generation.
+        pub generation: u32,
+        pub ifindex: [u32; MAX_FLOOD_PORTS],
+    }
+
+    /// Key of `ALLOWED_MACS`.
+    pub struct MacKey [12] {
+        pub ifindex: u32,
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+    }
+
+    /// LPM data of `ALLOWED_V4`; the prefix covers ifindex and mac fully.
+    pub struct AddrKeyV4 [16] {
+        pub ifindex: u32,
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+        pub addr: [u8; 4],
+    }
+
+    /// LPM data of `ALLOWED_V6`; the prefix covers ifindex and mac fully.
+    pub struct AddrKeyV6 [28] {
+        pub ifindex: u32,
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+        pub addr: [u8; 16],
+    }
+
+    /// Value of `PORT_STATS` (per CPU, index: stats slot).
+    pub struct PortCounters [320] {
+        /// Packets dropped, by `DropReason`.
+        pub drops: [u64; DROP_REASON_SLOTS],
+        /// Packets handled, by `Action`.
+        pub actions: [u64; ACTION_SLOTS],
+    }
+
+    /// One destination recorded by a traced run.
+    pub struct TraceTarget [8] {
+        pub ifindex: u32,
+        /// VLAN id pushed towards this target; 0 for none.
+        pub vlan: u32,
+    }
+
+    /// Value of `TRACE` (per CPU, index 0).
+    pub struct TraceRecord [600] {
+        /// 1 once a traced run wrote it.
+        pub valid: u32,
+        /// The `Action` taken, when not dropped.
+        pub action: u32,
+        /// The `DropReason`, or 0.
+        pub reason: u32,
+        /// Valid entries in `targets`.
+        pub target_count: u32,
+        /// Node-local network index the frame was classified into.
+        pub net_index: u32,
+        pub _pad: u32,
+        pub targets: [TraceTarget; MAX_TRACE_TARGETS],
+    }
+}
+
+impl PortCounters {
+    /// Adds `other` counter by counter (summing per-CPU values).
+    pub fn accumulate(&mut self, other: &PortCounters) {
+        for (sum, v) in self.drops.iter_mut().zip(other.drops) {
+            *sum += v;
+        }
+        for (sum, v) in self.actions.iter_mut().zip(other.actions) {
+            *sum += v;
+        }
+    }
+
+    /// What moved since `earlier` (counters only grow while a slot is in use).
+    pub fn since(&self, earlier: &PortCounters) -> PortCounters {
+        let mut d = *self;
+        for (v, e) in d.drops.iter_mut().zip(earlier.drops) {
+            *v = v.wrapping_sub(e);
+        }
+        for (v, e) in d.actions.iter_mut().zip(earlier.actions) {
+            *v = v.wrapping_sub(e);
+        }
+        d
+    }
+}
