@@ -1,0 +1,47 @@
+//! Kernel side of the datapath: TC programs for VM ports and uplinks.
+//!
+//! Each entry point is thin: it calls the family's `try_` function and hands
+//! the result to the one exit, `verdict::finish`, which counts it.
+#![no_std]
+#![no_main]
+
+mod antispoof;
+mod forward;
+mod maps;
+mod parse;
+mod skb;
+mod stats;
+mod trace;
+mod uplink;
+mod verdict;
+mod vm_port;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::verdict::Meta;
+
+/// TC ingress of VM taps and namespace ports: what the port sends.
+#[classifier]
+pub fn vm_port(ctx: TcContext) -> i32 {
+    let mut meta = Meta { slot: 0, net_index: 0, trace: trace::requested(&ctx) };
+    let res = vm_port::try_vm_port(&ctx, &mut meta);
+    verdict::finish(&meta, res)
+}
+
+/// TC ingress of a physical uplink: what the wire delivers.
+#[classifier]
+pub fn uplink_in(ctx: TcContext) -> i32 {
+    let mut meta = Meta { slot: 0, net_index: 0, trace: trace::requested(&ctx) };
+    let res = uplink::try_uplink(&ctx, &mut meta);
+    verdict::finish(&meta, res)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,49 @@
+//! Every map of the datapath, in one place. Names match `datapath_common::names`.
+//!
+//! Maps that the agent rewrites while traffic flows are `BPF_F_NO_PREALLOC`
+//! hashes: an update replaces the element under RCU, so a program never reads
+//! a half-written value.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use datapath_common::{
+    AddrKeyV4, AddrKeyV6, FdbEntry, FdbKey, FloodSet, LearnedEntry, MAX_ALLOWED, MAX_FDB, MAX_FDB_LEARNED,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord,
+};
+
+#[map]
+pub static PORTS: HashMap<u32, PortInfo> = HashMap::with_max_entries(MAX_PORTS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static NETWORKS: HashMap<u32, NetInfo> = HashMap::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static NET_BY_SEGMENT: HashMap<SegmentKey, u32> =
+    HashMap::with_max_entries(MAX_SEGMENTS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::with_max_entries(MAX_FDB, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FDB_LEARNED: LruHashMap<FdbKey, LearnedEntry> = LruHashMap::with_max_entries(MAX_FDB_LEARNED, 0);
+
+#[map]
+pub static FLOOD_SETS: HashMap<u32, FloodSet> = HashMap::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ALLOWED_MACS: HashMap<MacKey, u32> = HashMap::with_max_entries(MAX_ALLOWED, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ALLOWED_V4: LpmTrie<AddrKeyV4, u32> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
+
+#[map]
+pub static ALLOWED_V6: LpmTrie<AddrKeyV6, u32> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
+
+#[map]
+pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
+
+#[map]
+pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);

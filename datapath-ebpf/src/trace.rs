@@ -1,0 +1,45 @@
+//! Decision records for `datapath trace` and the program tests.
+//!
+//! A run is traced when the caller of `BPF_PROG_TEST_RUN` puts `TRACE_MAGIC`
+//! in `cb[0..2]`. A traced run records every destination and the verdict in
+//! the per-CPU `TRACE` map, and never clones a frame out of the test run.
+
+use aya_ebpf::programs::TcContext;
+use datapath_common::{MAX_TRACE_TARGETS, TRACE_MAGIC};
+
+use crate::maps::TRACE;
+
+/// Whether the caller asked for a decision record.
+#[inline(always)]
+pub fn requested(ctx: &TcContext) -> bool {
+    let cb = ctx.cb();
+    cb.len() >= 2 && cb[0] == TRACE_MAGIC[0] && cb[1] == TRACE_MAGIC[1]
+}
+
+/// Records one destination of the frame.
+#[inline(always)]
+pub fn target(ifindex: u32, vlan: u32) {
+    if let Some(rec) = TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this run.
+        let rec = unsafe { &mut *rec };
+        let n = rec.target_count as usize;
+        if n < MAX_TRACE_TARGETS {
+            rec.targets[n].ifindex = ifindex;
+            rec.targets[n].vlan = vlan;
+            rec.target_count = n as u32 + 1;
+        }
+    }
+}
+
+/// Records the verdict: an action, or a drop reason.
+#[inline(always)]
+pub fn verdict(action: u32, reason: u32, net_index: u32) {
+    if let Some(rec) = TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this run.
+        let rec = unsafe { &mut *rec };
+        rec.valid = 1;
+        rec.action = action;
+        rec.reason = reason;
+        rec.net_index = net_index;
+    }
+}

@@ -1,0 +1,45 @@
+//! The one exit of every program: count the outcome, record it when traced,
+//! return the TC verdict.
+
+use aya_ebpf::bindings::TC_ACT_SHOT;
+use datapath_common::{Action, DropReason};
+
+use crate::{stats, trace};
+
+/// What a program learned about the frame on its way to a verdict.
+pub struct Meta {
+    /// Stats slot of the ingress port (0: unknown port).
+    pub slot: u32,
+    /// Network the frame was classified into (0: not yet).
+    pub net_index: u32,
+    /// Record the decision in `TRACE` and send no copies.
+    pub trace: bool,
+}
+
+/// A frame that was not dropped: what happened to it and the TC return code.
+pub struct Verdict {
+    pub action: Action,
+    pub ret: i32,
+}
+
+/// Counts the outcome under the ingress port and returns the TC verdict.
+#[inline(always)]
+pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
+    stats::count_action(meta.slot, Action::Received, 1);
+    match res {
+        Ok(v) => {
+            stats::count_action(meta.slot, v.action, 1);
+            if meta.trace {
+                trace::verdict(v.action as u32, 0, meta.net_index);
+            }
+            v.ret
+        }
+        Err(reason) => {
+            stats::count_drop(meta.slot, reason);
+            if meta.trace {
+                trace::verdict(0, reason as u32, meta.net_index);
+            }
+            TC_ACT_SHOT
+        }
+    }
+}

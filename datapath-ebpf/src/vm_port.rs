@@ -1,0 +1,65 @@
+//! The VM-port family: frames sent by a VM tap or a namespace port.
+//! Port state and anti-spoofing first, then bridging within the port's network.
+//! Everything malformed fails closed.
+
+use aya_ebpf::programs::TcContext;
+use datapath_common::{DropReason, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
+
+use crate::{
+    antispoof,
+    forward::{self, From},
+    maps::{NETWORKS, PORTS},
+    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, Eth, Pkt, is_l2_control, is_multicast, is_zero},
+    skb,
+    verdict::{Meta, Verdict},
+};
+
+#[inline(always)]
+pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReason> {
+    let ifindex = skb::ifindex(ctx);
+    // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+    let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+    meta.slot = port.stats_slot;
+    if port.flags & PORT_F_BOUND == 0 {
+        return Err(DropReason::PortUnbound);
+    }
+    if port.flags & PORT_F_ADMIN_UP == 0 {
+        return Err(DropReason::PortAdminDown);
+    }
+    meta.net_index = port.net_index;
+
+    // A VM owns no VLANs: only a priority tag (VID 0) is accepted, and stripped.
+    // Popping a tag moves the next one (if any) into the skb's offloaded tag,
+    // so the checks after the pops catch double tags too.
+    if let Some(vid) = skb::hw_vlan(ctx) {
+        if vid != 0 {
+            return Err(DropReason::VmTagged);
+        }
+        skb::vlan_pop(ctx)?;
+    }
+    let mut pkt = Pkt::linear(ctx);
+    let mut eth = Eth::parse(&pkt)?;
+    if eth.ethertype == ETH_P_8021Q || eth.ethertype == ETH_P_8021AD {
+        if eth.ethertype == ETH_P_8021AD || pkt.be16_at(ETH_LEN)? & 0x0fff != 0 {
+            return Err(DropReason::VmTagged);
+        }
+        skb::vlan_pop(ctx)?;
+        pkt = Pkt::linear(ctx);
+        eth = Eth::parse(&pkt)?;
+    }
+    if skb::hw_vlan(ctx).is_some() || eth.ethertype == ETH_P_8021Q || eth.ethertype == ETH_P_8021AD {
+        return Err(DropReason::VmTagged);
+    }
+    if is_multicast(&eth.src) || is_zero(&eth.src) {
+        return Err(DropReason::SrcMacInvalid);
+    }
+    if is_l2_control(&eth.dst) {
+        return Err(DropReason::L2Control);
+    }
+    if port.flags & PORT_F_ANTI_SPOOF != 0 {
+        antispoof::check(&pkt, &eth, ETH_LEN, ifindex, port.kind)?;
+    }
+    // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+    let net = *unsafe { NETWORKS.get(port.net_index) }.ok_or(DropReason::NoNetwork)?;
+    forward::forward(ctx, meta, &net, ifindex, From::Port, &eth.dst)
+}
