@@ -1,0 +1,231 @@
+//! The agent: reconciles the kernel with the bindings and the devices, on
+//! every binding change, link event and periodic tick, until told to stop.
+//! Stopping leaves the datapath forwarding (links and maps are pinned).
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep},
+};
+
+use crate::{
+    attach::{self, Attacher},
+    config::Config,
+    desired::{self, Allocations, Derived},
+    learned,
+    loader::{self, Datapath},
+    netlink::{self, LinkEvents},
+    source::BindingSource,
+    sync,
+};
+
+/// How often the bindings file is checked for changes.
+const BINDINGS_POLL: Duration = Duration::from_millis(200);
+/// A full re-sync even without events, to repair anything changed behind our back.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// Link events come in bursts (200 VMs booting): wait this long for the rest.
+const EVENT_SETTLE: Duration = Duration::from_millis(20);
+
+/// What the last reconciliation found, for status reports.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub derived: Derived,
+    /// Map entries or attachments that failed, with the reason.
+    pub errors: Vec<String>,
+    /// Why the bindings file is not in force, if it is not.
+    pub bindings_error: Option<String>,
+    /// Reconciliations done since start.
+    pub syncs: u64,
+}
+
+/// The running agent's state.
+pub struct Agent {
+    cfg: Config,
+    dp: Datapath,
+    alloc: Allocations,
+    attacher: Attacher,
+    source: BindingSource,
+    /// Shared with the control socket.
+    pub status: Arc<Mutex<Status>>,
+}
+
+impl Agent {
+    /// Loads (or adopts) the datapath under the config's pin path.
+    pub fn start(cfg: Config) -> Result<Self> {
+        ensure_bpffs(&cfg.pin_path)?;
+        let dp = Datapath::load_pinned(&cfg.pin_path)
+            .with_context(|| format!("loading the datapath pinned at {}", cfg.pin_path.display()))?;
+        let current = sync::read_state(&dp.maps)?;
+        let alloc = Allocations::recover(&current);
+        if !current.ports.is_empty() {
+            log::info!(
+                "adopting pinned state: {} ports, {} networks",
+                current.ports.len(),
+                current.networks.len()
+            );
+        }
+        let attacher = Attacher::new(dp.pin_dir())?;
+        let source = BindingSource::new(cfg.bindings.clone());
+        Ok(Self { cfg, dp, alloc, attacher, source, status: Arc::default() })
+    }
+
+    /// One full reconciliation. Without good bindings nothing is touched:
+    /// the kernel keeps what it has.
+    pub fn reconcile(&mut self) -> Result<()> {
+        self.source.poll();
+        let bindings_error = self.source.error().map(str::to_owned);
+        let Some(bindings) = self.source.good() else {
+            let mut st = self.status.lock().expect("status lock");
+            st.bindings_error = bindings_error;
+            return Ok(());
+        };
+        let devices = netlink::list_devices()?;
+        let derived = desired::derive(&self.cfg, bindings, &devices, &mut self.alloc);
+        let current = sync::read_state(&self.dp.maps)?;
+        let diff = sync::diff(&derived.state, &current);
+        let mut errors = Vec::new();
+        if !diff.is_empty() {
+            log::info!("sync: {} map changes", diff.len());
+            errors.extend(sync::apply(&mut self.dp.maps, &diff));
+        }
+        errors.extend(self.attacher.reconcile(&mut self.dp, &derived.attach));
+        for e in &errors {
+            log::error!("{e}");
+        }
+        let mut st = self.status.lock().expect("status lock");
+        log_port_changes(&st.derived, &derived);
+        st.derived = derived;
+        st.errors = errors;
+        st.bindings_error = bindings_error;
+        st.syncs += 1;
+        Ok(())
+    }
+
+    fn age_learned(&mut self) {
+        let live: BTreeSet<u32> =
+            self.status.lock().expect("status lock").derived.state.networks.keys().copied().collect();
+        match learned::age(&mut self.dp.maps, Duration::from_secs(self.cfg.mac_age_seconds), &live) {
+            Ok(0) => {}
+            Ok(n) => log::debug!("aged out {n} learned MACs"),
+            Err(e) => log::warn!("aging learned MACs: {e:#}"),
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT. The datapath stays in place afterwards.
+    pub async fn run(mut self) -> Result<()> {
+        let mut events = LinkEvents::open()?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut poll = interval(BINDINGS_POLL);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut aging = interval(Duration::from_secs((self.cfg.mac_age_seconds / 4).clamp(1, 60)));
+        aging.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_full = Instant::now();
+        self.reconcile()?;
+        log::info!("agent for host {} running", self.cfg.host);
+        loop {
+            let full = tokio::select! {
+                r = events.changed() => {
+                    r?;
+                    sleep(EVENT_SETTLE).await;
+                    true
+                }
+                _ = poll.tick() => self.source_changed() || last_full.elapsed() >= RESYNC_EVERY,
+                _ = aging.tick() => {
+                    self.age_learned();
+                    false
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            };
+            if full {
+                if let Err(e) = self.reconcile() {
+                    log::error!("reconcile: {e:#}");
+                }
+                last_full = Instant::now();
+            }
+        }
+        log::info!("stopping; the datapath keeps forwarding (remove it with --cleanup)");
+        Ok(())
+    }
+
+    fn source_changed(&mut self) -> bool {
+        let before = self.source.error().map(str::to_owned);
+        self.source.poll() || self.source.error() != before.as_deref()
+    }
+}
+
+fn log_port_changes(old: &Derived, new: &Derived) {
+    for p in &new.ports {
+        if !old.ports.contains(p) {
+            log::info!("port {} {} ({}): {:?}", p.device, p.id, p.kind, p.state);
+        }
+    }
+}
+
+/// Makes sure `pin_path` lives on a bpffs, mounting /sys/fs/bpf if that is where it goes.
+fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let bpffs_root = Path::new("/sys/fs/bpf");
+    let mut probe = pin_path;
+    while !probe.exists() {
+        probe = probe.parent().context("pin_path has no existing ancestor")?;
+    }
+    if fs_magic(probe)? == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    if pin_path.starts_with(bpffs_root) && fs_magic(bpffs_root).is_ok_and(|m| m != BPF_FS_MAGIC) {
+        log::info!("mounting bpffs at {}", bpffs_root.display());
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .context("running mount -t bpf bpf /sys/fs/bpf")?;
+        if status.success() {
+            return Ok(());
+        }
+    }
+    bail!(
+        "pin_path {} is not on a bpffs; mount one (mount -t bpf bpf /sys/fs/bpf) or choose a pin_path on one",
+        pin_path.display()
+    )
+}
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs writes into a zeroed struct of the right type.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated; st is valid for writes.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64)
+}
+
+/// Removes everything an agent with this config created: links (which detaches
+/// the programs), pinned maps and the pin directories.
+pub fn cleanup(cfg: &Config) -> Result<()> {
+    let dir = loader::versioned_pin_dir(&cfg.pin_path);
+    let links = attach::links_dir(&dir);
+    if links.exists() {
+        for entry in std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
+            attach::unpin(&entry?.path())?;
+        }
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    // The pin_path itself, if we leave it empty; other versions' pins stay.
+    let _ = std::fs::remove_dir(&cfg.pin_path);
+    if cfg.control_socket.exists() {
+        let _ = std::fs::remove_file(&cfg.control_socket);
+    }
+    log::info!("removed the datapath pinned at {}", cfg.pin_path.display());
+    Ok(())
+}

@@ -1,0 +1,1233 @@
+//! The binding source: networks, ports and agents in the shapes Neutron's API
+//! returns them (GET /v2.0/networks, /v2.0/ports, /v2.0/agents), read from one
+//! JSON document:
+//!
+//! ```json
+//! {"networks": [...], "ports": [...], "agents": [...]}
+//! ```
+//!
+//! A broken document is an error; a broken entry is refused on its own and
+//! reported in [`Bindings::refused`], so one bad port can't take the node down.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value};
+
+use crate::config::check_ifname;
+
+/// A Neutron provider network type this datapath handles.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetworkType {
+    /// Untagged on the physical network.
+    Flat,
+    /// 802.1Q-tagged on the physical network.
+    Vlan,
+    /// VXLAN-encapsulated between VTEPs.
+    Vxlan,
+}
+
+/// A Neutron network, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    /// The network's UUID.
+    pub id: String,
+    /// The human-readable name ("" when unset).
+    pub name: String,
+    /// provider:network_type.
+    pub network_type: NetworkType,
+    /// provider:physical_network (always set for flat and vlan).
+    pub physical_network: Option<String>,
+    /// provider:segmentation_id: the VLAN id or VNI (always set for vlan and vxlan, never for flat).
+    pub segmentation_id: Option<u32>,
+    /// The network's MTU.
+    pub mtu: u32,
+    /// Whether the network is administratively up.
+    pub admin_state_up: bool,
+}
+
+/// A Neutron port, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Port {
+    /// The port's UUID.
+    pub id: String,
+    /// The network the port is on (always one of the accepted networks).
+    pub network_id: String,
+    /// The port's MAC (unicast, non-zero).
+    pub mac: [u8; 6],
+    /// The addresses of fixed_ips, in order.
+    pub fixed_ips: Vec<IpAddr>,
+    /// device_owner, e.g. "compute:nova" or "network:dhcp" ("" when unset).
+    pub device_owner: String,
+    /// binding:host_id ("" when unbound).
+    pub host: String,
+    /// Whether the port is administratively up.
+    pub admin_state_up: bool,
+    /// Whether anti-spoofing applies (Neutron's port_security_enabled).
+    pub port_security_enabled: bool,
+    /// Extra (address, MAC) pairs the port may send from.
+    pub allowed_address_pairs: Vec<AddressPair>,
+}
+
+/// One allowed address pair of a port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressPair {
+    /// The address or network, with the bits beyond `prefix_len` cleared.
+    pub ip: IpAddr,
+    /// The prefix length (32 or 128 for a single address).
+    pub prefix_len: u8,
+    /// The MAC allowed with it (the port's own when the pair gives none).
+    pub mac: [u8; 6],
+}
+
+/// A Neutron agent, as other hosts are known by (for tunnel endpoints later).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    /// The host the agent runs on.
+    pub host: String,
+    /// agent_type, e.g. "Open vSwitch agent" ("" when unset).
+    pub agent_type: String,
+    /// configurations.tunneling_ip, if any.
+    pub tunneling_ip: Option<Ipv4Addr>,
+}
+
+/// An entry that was refused, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Which entry: "network <id>", "port <id>", "agent <host>", or "networks[3]" when it has no id.
+    pub what: String,
+    /// Why it was refused, naming the field and the bad value.
+    pub reason: String,
+}
+
+/// The accepted entries of a binding source, in file order, and the refused ones.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Bindings {
+    /// Accepted networks.
+    pub networks: Vec<Network>,
+    /// Accepted ports (each on an accepted network).
+    pub ports: Vec<Port>,
+    /// Accepted agents.
+    pub agents: Vec<Agent>,
+    /// Entries that were refused.
+    pub refused: Vec<Refusal>,
+}
+
+// Neutron's defaults for attributes a document may leave out.
+const DEFAULT_MTU: u64 = 1500;
+// 68 is the IPv4 minimum (RFC 791); above 65535 the IP length field can't count.
+const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
+// 0 and 4095 are reserved by 802.1Q.
+const VLAN_RANGE: std::ops::RangeInclusive<u64> = 1..=4094;
+// A 24-bit VNI; 0 is not used by Neutron.
+const VNI_RANGE: std::ops::RangeInclusive<u64> = 1..=16_777_215;
+// Nova and Neutron name a port's tap device "tap" + this many characters of its id.
+const DEVICE_ID_CHARS: usize = 11;
+
+type Object = Map<String, Value>;
+
+impl Bindings {
+    /// Reads and parses the binding source at `path`; errors name the path.
+    pub fn load(path: &Path) -> Result<Bindings> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading bindings {}", path.display()))?;
+        Bindings::parse_str(&text, &path.display().to_string())
+    }
+
+    /// Parses a binding document; `origin` names its source in errors.
+    pub fn parse_str(text: &str, origin: &str) -> Result<Bindings> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| syntax_error(&e, origin))?;
+        let Value::Object(doc) = doc else {
+            bail!(
+                "bindings {origin}: the document is {}, not an object like {{\"networks\": [...], \"ports\": [...]}}",
+                kind(&doc)
+            );
+        };
+        let networks = top_array(&doc, "networks", origin)?;
+        let ports = top_array(&doc, "ports", origin)?;
+
+        let mut out = Bindings::default();
+        let refused_nets = out.read_networks(networks);
+        out.read_ports(ports, &refused_nets);
+        // Agents only matter for tunnels, so a broken list must not cost the node its L2 ports.
+        match doc.get("agents") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(agents)) => out.read_agents(agents),
+            Some(other) => {
+                out.refuse("agents".into(), format!("\"agents\" is {}, not an array", kind(other)))
+            }
+        }
+        Ok(out)
+    }
+
+    /// The accepted network with this id.
+    pub fn network(&self, id: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+
+    /// The accepted ports bound to `host` (binding:host_id), in file order.
+    pub fn ports_on_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Port> + 'a {
+        self.ports.iter().filter(move |p| p.host == host)
+    }
+
+    fn refuse(&mut self, what: String, reason: String) {
+        self.refused.push(Refusal { what, reason });
+    }
+
+    // Returns the ids of the networks it refused.
+    fn read_networks(&mut self, entries: &[Value]) -> HashSet<String> {
+        let mut refused = HashSet::new();
+        // Every id seen, accepted or not: a second definition of an id is
+        // suspect whichever of the two was good.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let (what, id) = label(entry, "networks", "network", "id", i);
+            if let Some(id) = id {
+                if let Some(j) = seen.get(id) {
+                    self.refuse(what, format!("duplicate id: networks[{j}] has the same id"));
+                    continue;
+                }
+                seen.insert(id.to_string(), i);
+            }
+            match as_object(entry).and_then(network_from) {
+                Ok(net) => self.networks.push(net),
+                Err(reason) => {
+                    refused.extend(id.map(str::to_string));
+                    self.refuse(what, reason);
+                }
+            }
+        }
+        refused
+    }
+
+    fn read_ports(&mut self, entries: &[Value], refused_nets: &HashSet<String>) {
+        let accepted_nets: HashSet<String> = self.networks.iter().map(|n| n.id.clone()).collect();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        // (network id, MAC) -> the port that claimed it first.
+        let mut macs: HashMap<(String, [u8; 6]), String> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let (what, id) = label(entry, "ports", "port", "id", i);
+            if let Some(id) = id {
+                if let Some(j) = seen.get(id) {
+                    self.refuse(what, format!("duplicate id: ports[{j}] has the same id"));
+                    continue;
+                }
+                seen.insert(id.to_string(), i);
+            }
+            let port = match as_object(entry).and_then(port_from) {
+                Ok(port) => port,
+                Err(reason) => {
+                    self.refuse(what, reason);
+                    continue;
+                }
+            };
+            if !accepted_nets.contains(&port.network_id) {
+                // Say whether the network exists but was refused, so the operator looks in the right place.
+                let why = if refused_nets.contains(&port.network_id) {
+                    "was refused"
+                } else {
+                    "is not among the networks"
+                };
+                self.refuse(what, format!("network_id {:?}: unknown network (it {why})", port.network_id));
+                continue;
+            }
+            // Two ports with one MAC on one network would steal each other's
+            // traffic in the FDB; the first in file order keeps it.
+            match macs.get(&(port.network_id.clone(), port.mac)) {
+                Some(other) => self.refuse(
+                    what,
+                    format!(
+                        "mac_address {} is already used on network {} by port {other}",
+                        format_mac(&port.mac),
+                        port.network_id
+                    ),
+                ),
+                None => {
+                    macs.insert((port.network_id.clone(), port.mac), port.id.clone());
+                    self.ports.push(port);
+                }
+            }
+        }
+    }
+
+    fn read_agents(&mut self, entries: &[Value]) {
+        for (i, entry) in entries.iter().enumerate() {
+            let (what, _) = label(entry, "agents", "agent", "host", i);
+            match as_object(entry).and_then(agent_from) {
+                Ok(agent) => self.agents.push(agent),
+                Err(reason) => self.refuse(what, reason),
+            }
+        }
+    }
+}
+
+impl Port {
+    /// The device name Nova/Neutron give the port: "tap" + the first 11 characters of the id.
+    pub fn device_name(&self) -> String {
+        device_name(&self.id)
+    }
+
+    /// Whether Neutron exempts the port from anti-spoofing: port_security_enabled false, or a "network:*" owner.
+    pub fn anti_spoof_exempt(&self) -> bool {
+        // Neutron's firewall drivers treat network-owned ports (DHCP, routers) as trusted.
+        !self.port_security_enabled || self.is_network_owned()
+    }
+
+    /// Whether the owner is a network service ("network:*", e.g. network:dhcp).
+    pub fn is_network_owned(&self) -> bool {
+        self.device_owner.starts_with("network:")
+    }
+}
+
+/// Parses a MAC written as six colon-separated hex pairs (either case), as Neutron writes them.
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let bad = || {
+        anyhow!(
+            "{s:?} is not a MAC address (expected six colon-separated hex pairs such as fa:16:3e:00:00:01)"
+        )
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        // from_str_radix alone would take "+f" or a single digit.
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Formats a MAC as Neutron does: lowercase, colon-separated.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+fn device_name(id: &str) -> String {
+    let head: String = id.chars().take(DEVICE_ID_CHARS).collect();
+    format!("tap{head}")
+}
+
+// serde_json's Display ends in " at line L column C"; say it once, in our words.
+fn syntax_error(e: &serde_json::Error, origin: &str) -> anyhow::Error {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let what = full.strip_suffix(&suffix).unwrap_or(&full);
+    anyhow!("bindings {origin}: invalid JSON at line {}, column {}: {what}", e.line(), e.column())
+}
+
+fn top_array<'a>(doc: &'a Object, key: &str, origin: &str) -> Result<&'a [Value]> {
+    match doc.get(key) {
+        Some(Value::Array(entries)) => Ok(entries),
+        None => {
+            bail!("bindings {origin}: \"{key}\" is missing; it must be an array as GET /v2.0/{key} returns")
+        }
+        Some(other) => bail!("bindings {origin}: \"{key}\" is {}, not an array", kind(other)),
+    }
+}
+
+// How a refused entry is named: by its key field when it has a usable one,
+// by its position otherwise. Also returns that key for duplicate checks.
+fn label<'a>(entry: &'a Value, list: &str, singular: &str, key: &str, i: usize) -> (String, Option<&'a str>) {
+    match entry.get(key).and_then(Value::as_str) {
+        Some(k) if !k.is_empty() => (format!("{singular} {k}"), Some(k)),
+        _ => (format!("{list}[{i}]"), None),
+    }
+}
+
+fn as_object(entry: &Value) -> Result<&Object, String> {
+    entry.as_object().ok_or_else(|| format!("the entry is {}, not an object", kind(entry)))
+}
+
+fn network_from(obj: &Object) -> Result<Network, String> {
+    let id = required_str(obj, "id")?.to_string();
+    let name = opt_str(obj, "name")?.unwrap_or_default().to_string();
+    let network_type = match opt_str(obj, "provider:network_type")? {
+        Some("flat") => NetworkType::Flat,
+        Some("vlan") => NetworkType::Vlan,
+        Some("vxlan") => NetworkType::Vxlan,
+        Some(other) => {
+            return Err(format!(
+                "provider:network_type {other:?} is not supported (only flat, vlan and vxlan are)"
+            ));
+        }
+        // Neutron hides provider attributes from non-admin credentials.
+        None => {
+            return Err(
+                "provider:network_type is missing (provider attributes need admin credentials)".into()
+            );
+        }
+    };
+    let type_name = type_name(&network_type);
+    let physical_network =
+        opt_str(obj, "provider:physical_network")?.filter(|s| !s.is_empty()).map(str::to_string);
+    if physical_network.is_none() && network_type != NetworkType::Vxlan {
+        return Err(format!("provider:physical_network is missing; a {type_name} network needs one"));
+    }
+    let segment = opt_uint(obj, "provider:segmentation_id")?;
+    let segmentation_id = match network_type {
+        // A flat network is untagged: Neutron leaves the id null, and any value would be meaningless.
+        NetworkType::Flat => None,
+        NetworkType::Vlan => Some(in_range(segment, "provider:segmentation_id", VLAN_RANGE, "VLAN id")?),
+        NetworkType::Vxlan => Some(in_range(segment, "provider:segmentation_id", VNI_RANGE, "VNI")?),
+    };
+    let mtu = opt_uint(obj, "mtu")?.unwrap_or(DEFAULT_MTU);
+    if !MTU_RANGE.contains(&mtu) {
+        return Err(format!("mtu {mtu} is outside {}..={}", MTU_RANGE.start(), MTU_RANGE.end()));
+    }
+    Ok(Network {
+        id,
+        name,
+        network_type,
+        physical_network,
+        segmentation_id,
+        // In range above, so it fits.
+        mtu: mtu as u32,
+        admin_state_up: opt_bool(obj, "admin_state_up")?.unwrap_or(true),
+    })
+}
+
+fn in_range(
+    value: Option<u64>,
+    field: &str,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<u32, String> {
+    let (lo, hi) = (range.start(), range.end());
+    match value {
+        None => Err(format!("{field} is missing; it must be a {what} in {lo}..={hi}")),
+        Some(v) if !range.contains(&v) => Err(format!("{field} {v} is outside the {what} range {lo}..={hi}")),
+        // Both ranges end well below u32::MAX.
+        Some(v) => Ok(v as u32),
+    }
+}
+
+fn type_name(t: &NetworkType) -> &'static str {
+    match t {
+        NetworkType::Flat => "flat",
+        NetworkType::Vlan => "vlan",
+        NetworkType::Vxlan => "vxlan",
+    }
+}
+
+fn port_from(obj: &Object) -> Result<Port, String> {
+    let id = required_str(obj, "id")?;
+    if id.chars().count() < DEVICE_ID_CHARS {
+        return Err(format!(
+            "id {id:?} is shorter than {DEVICE_ID_CHARS} characters, so it names no tap device"
+        ));
+    }
+    // The id becomes part of an interface name, so it must survive the kernel's rules.
+    check_ifname(&device_name(id)).map_err(|e| format!("id {id:?} gives no usable device name: {e}"))?;
+    let network_id = required_str(obj, "network_id")?.to_string();
+    let mac = port_mac(required_str(obj, "mac_address")?, "mac_address")?;
+
+    let mut fixed_ips = Vec::new();
+    for (j, entry) in opt_array(obj, "fixed_ips")?.iter().enumerate() {
+        let field = format!("fixed_ips[{j}]");
+        let entry = entry.as_object().ok_or_else(|| format!("{field} is {}, not an object", kind(entry)))?;
+        let ip = required_str(entry, "ip_address").map_err(|e| format!("{field}.{e}"))?;
+        let ip =
+            ip.parse::<IpAddr>().map_err(|_| format!("{field}.ip_address {ip:?} is not an IP address"))?;
+        fixed_ips.push(ip);
+    }
+
+    let mut allowed_address_pairs = Vec::new();
+    for (j, entry) in opt_array(obj, "allowed_address_pairs")?.iter().enumerate() {
+        let field = format!("allowed_address_pairs[{j}]");
+        let entry = entry.as_object().ok_or_else(|| format!("{field} is {}, not an object", kind(entry)))?;
+        let text = required_str(entry, "ip_address").map_err(|e| format!("{field}.{e}"))?;
+        let (ip, prefix_len) = parse_cidr(text).map_err(|e| format!("{field}.ip_address {text:?}: {e}"))?;
+        let pair_mac = match opt_str(entry, "mac_address").map_err(|e| format!("{field}.{e}"))? {
+            Some(s) => port_mac(s, &format!("{field}.mac_address"))?,
+            None => mac,
+        };
+        allowed_address_pairs.push(AddressPair { ip, prefix_len, mac: pair_mac });
+    }
+
+    Ok(Port {
+        id: id.to_string(),
+        network_id,
+        mac,
+        fixed_ips,
+        device_owner: opt_str(obj, "device_owner")?.unwrap_or_default().to_string(),
+        host: opt_str(obj, "binding:host_id")?.unwrap_or_default().to_string(),
+        admin_state_up: opt_bool(obj, "admin_state_up")?.unwrap_or(true),
+        port_security_enabled: opt_bool(obj, "port_security_enabled")?.unwrap_or(true),
+        allowed_address_pairs,
+    })
+}
+
+// A MAC a port may send from: a group or all-zero source address is never legitimate.
+fn port_mac(s: &str, field: &str) -> Result<[u8; 6], String> {
+    let mac = parse_mac(s).map_err(|e| format!("{field} {e}"))?;
+    if mac == [0; 6] {
+        return Err(format!("{field} {s:?} is all zeros"));
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("{field} {s:?} is a multicast address; a port needs a unicast MAC"));
+    }
+    Ok(mac)
+}
+
+/// Parses "addr" or "addr/len" into the network address (host bits cleared) and prefix length.
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(len) => {
+            // u8's parser would also take "+24".
+            if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("prefix length {len:?} is not a number"));
+            }
+            match len.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("prefix length {len} is over {max}")),
+            }
+        }
+    };
+    // Host bits are cleared so that equal networks compare and key equal.
+    let ip = match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    };
+    Ok((ip, len))
+}
+
+fn agent_from(obj: &Object) -> Result<Agent, String> {
+    let host = required_str(obj, "host")?.to_string();
+    let agent_type = opt_str(obj, "agent_type")?.unwrap_or_default().to_string();
+    let tunneling_ip = match obj.get("configurations") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(conf)) => {
+            match opt_str(conf, "tunneling_ip").map_err(|e| format!("configurations.{e}"))? {
+                // Agents without tunnels report an empty string.
+                None | Some("") => None,
+                Some(s) => Some(
+                    s.parse::<Ipv4Addr>()
+                        .map_err(|_| format!("configurations.tunneling_ip {s:?} is not an IPv4 address"))?,
+                ),
+            }
+        }
+        Some(other) => {
+            return Err(format!("configurations is {}, not an object", kind(other)));
+        }
+    };
+    Ok(Agent { host, agent_type, tunneling_ip })
+}
+
+// Field access. JSON null counts as absent: Neutron writes null for unset attributes.
+
+fn present<'a>(obj: &'a Object, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn opt_str<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a str>, String> {
+    match present(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(format!("{key} must be a string, not {}", shown(v))),
+    }
+}
+
+fn required_str<'a>(obj: &'a Object, key: &str) -> Result<&'a str, String> {
+    match opt_str(obj, key)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        Some(_) => Err(format!("{key} is empty")),
+        None => Err(format!("{key} is missing")),
+    }
+}
+
+fn opt_bool(obj: &Object, key: &str) -> Result<Option<bool>, String> {
+    match present(obj, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(format!("{key} must be true or false, not {}", shown(v))),
+    }
+}
+
+fn opt_uint(obj: &Object, key: &str) -> Result<Option<u64>, String> {
+    match present(obj, key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a non-negative integer, not {}", shown(v))),
+    }
+}
+
+fn opt_array<'a>(obj: &'a Object, key: &str) -> Result<&'a [Value], String> {
+    match present(obj, key) {
+        None => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(v) => Err(format!("{key} must be an array, not {}", shown(v))),
+    }
+}
+
+// A value as JSON, cut short so that one huge field can't flood the log.
+fn shown(v: &Value) -> String {
+    const MAX: usize = 60;
+    let s = v.to_string();
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s,
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NET: &str = "5f833617-6179-4797-b7c0-7d420d84040c";
+    const PORT: &str = "02407769-97c6-45ae-8fba-ea464020951c";
+
+    const EXAMPLE: &str = r#"{"networks": [{"id": "5f833617-6179-4797-b7c0-7d420d84040c", "name": "net1", "provider:network_type": "vlan", "provider:physical_network": "default", "provider:segmentation_id": 1000, "mtu": 1500, "admin_state_up": true}],
+ "ports": [{"id": "02407769-97c6-45ae-8fba-ea464020951c", "network_id": "5f833617-6179-4797-b7c0-7d420d84040c", "mac_address": "fa:16:3e:ad:66:9e", "fixed_ips": [{"subnet_id": "7bdcbbe6-3e4b-4d0b-a1c2-1e1b5c1f5e6d", "ip_address": "10.10.10.2"}], "device_owner": "compute:nova", "binding:host_id": "node0", "admin_state_up": true, "port_security_enabled": true, "allowed_address_pairs": [{"ip_address": "10.10.10.0/24", "mac_address": "fa:16:3e:00:00:01"}]}],
+ "agents": [{"host": "node1", "agent_type": "Open vSwitch agent", "configurations": {"tunneling_ip": "192.0.2.11"}}]}"#;
+
+    fn parse(doc: &Value) -> Bindings {
+        Bindings::parse_str(&doc.to_string(), "test.json").expect("document should parse")
+    }
+
+    fn doc_err(text: &str) -> String {
+        let e = Bindings::parse_str(text, "test.json").expect_err("document should be rejected");
+        let plain = e.to_string();
+        assert_eq!(plain, format!("{e:#}"), "the message should be flat");
+        assert!(plain.starts_with("bindings test.json: "), "no origin in: {plain}");
+        plain
+    }
+
+    fn vlan(id: &str, seg: u64) -> Value {
+        json!({"id": id, "provider:network_type": "vlan", "provider:physical_network": "default", "provider:segmentation_id": seg})
+    }
+
+    fn port(id: &str, net: &str, mac: &str) -> Value {
+        json!({"id": id, "network_id": net, "mac_address": mac, "binding:host_id": "node0"})
+    }
+
+    fn pid(n: u8) -> String {
+        format!("{n:08x}-0000-4000-8000-000000000000")
+    }
+
+    fn mac(n: u8) -> String {
+        format!("fa:16:3e:00:00:{n:02x}")
+    }
+
+    // Parses one bad network between two good ones; returns the refusal and checks the others survived.
+    fn refuse_network(bad: Value) -> Refusal {
+        let b = parse(&json!({"networks": [vlan("net-a", 10), bad, vlan("net-b", 11)], "ports": []}));
+        let ids: Vec<&str> = b.networks.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["net-a", "net-b"], "refused: {:?}", b.refused);
+        assert_eq!(b.refused.len(), 1, "{:?}", b.refused);
+        b.refused[0].clone()
+    }
+
+    // Same for ports, on network net-a.
+    fn refuse_port(bad: Value) -> Refusal {
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10)],
+            "ports": [port(&pid(1), "net-a", &mac(1)), bad, port(&pid(2), "net-a", &mac(2))],
+        }));
+        let ids: Vec<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, [pid(1), pid(2)], "refused: {:?}", b.refused);
+        assert_eq!(b.refused.len(), 1, "{:?}", b.refused);
+        b.refused[0].clone()
+    }
+
+    fn assert_refusal(r: &Refusal, what: &str, reason: &str) {
+        assert_eq!(r.what, what, "{r:?}");
+        assert!(r.reason.contains(reason), "want {reason:?} in {:?}", r.reason);
+    }
+
+    #[test]
+    fn example_parses_exactly() {
+        let b = Bindings::parse_str(EXAMPLE, "example.json").unwrap();
+        assert_eq!(
+            b,
+            Bindings {
+                networks: vec![Network {
+                    id: NET.into(),
+                    name: "net1".into(),
+                    network_type: NetworkType::Vlan,
+                    physical_network: Some("default".into()),
+                    segmentation_id: Some(1000),
+                    mtu: 1500,
+                    admin_state_up: true,
+                }],
+                ports: vec![Port {
+                    id: PORT.into(),
+                    network_id: NET.into(),
+                    mac: [0xfa, 0x16, 0x3e, 0xad, 0x66, 0x9e],
+                    fixed_ips: vec!["10.10.10.2".parse().unwrap()],
+                    device_owner: "compute:nova".into(),
+                    host: "node0".into(),
+                    admin_state_up: true,
+                    port_security_enabled: true,
+                    allowed_address_pairs: vec![AddressPair {
+                        ip: "10.10.10.0".parse().unwrap(),
+                        prefix_len: 24,
+                        mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
+                    }],
+                }],
+                agents: vec![Agent {
+                    host: "node1".into(),
+                    agent_type: "Open vSwitch agent".into(),
+                    tunneling_ip: Some(Ipv4Addr::new(192, 0, 2, 11)),
+                }],
+                refused: vec![],
+            }
+        );
+        assert_eq!(b.network(NET).unwrap().name, "net1");
+        assert!(b.network("nope").is_none());
+        assert_eq!(b.ports_on_host("node0").count(), 1);
+        assert_eq!(b.ports_on_host("node1").count(), 0);
+        assert_eq!(b.ports[0].device_name(), "tap02407769-97");
+    }
+
+    #[test]
+    fn defaults() {
+        let b = parse(&json!({
+            "networks": [
+                {"id": "net-a", "provider:network_type": "vxlan", "provider:segmentation_id": 77},
+                {"id": "net-b", "provider:network_type": "flat", "provider:physical_network": "ext", "name": null, "mtu": null},
+            ],
+            "ports": [{"id": pid(1), "network_id": "net-a", "mac_address": "FA:16:3E:00:00:01"}],
+        }));
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        assert!(b.agents.is_empty());
+        assert_eq!(
+            b.networks[0],
+            Network {
+                id: "net-a".into(),
+                name: String::new(),
+                network_type: NetworkType::Vxlan,
+                physical_network: None,
+                segmentation_id: Some(77),
+                mtu: 1500,
+                admin_state_up: true,
+            }
+        );
+        assert_eq!(b.networks[1].network_type, NetworkType::Flat);
+        assert_eq!(b.networks[1].segmentation_id, None);
+        assert_eq!(b.networks[1].name, "");
+        assert_eq!(b.networks[1].mtu, 1500);
+        assert_eq!(
+            b.ports[0],
+            Port {
+                id: pid(1),
+                network_id: "net-a".into(),
+                mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
+                fixed_ips: vec![],
+                device_owner: String::new(),
+                host: String::new(),
+                admin_state_up: true,
+                port_security_enabled: true,
+                allowed_address_pairs: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_false_flags() {
+        let mut p = port(&pid(1), "net-a", &mac(1));
+        p["admin_state_up"] = json!(false);
+        p["port_security_enabled"] = json!(false);
+        let mut n = vlan("net-a", 10);
+        n["admin_state_up"] = json!(false);
+        let b = parse(&json!({"networks": [n], "ports": [p]}));
+        assert!(!b.networks[0].admin_state_up);
+        assert!(!b.ports[0].admin_state_up);
+        assert!(!b.ports[0].port_security_enabled);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let b = parse(&json!({
+            "networks": [{"id": "net-a", "provider:network_type": "vlan", "provider:physical_network": "default",
+                "provider:segmentation_id": 5, "tenant_id": "t", "subnets": ["s"], "router:external": false,
+                "availability_zones": [], "tags": [], "revision_number": 3, "shared": false}],
+            "ports": [{"id": pid(1), "network_id": "net-a", "mac_address": mac(1), "security_groups": ["sg"],
+                "binding:vif_type": "ovs", "binding:vif_details": {"port_filter": true}, "status": "ACTIVE",
+                "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.5", "extra": 1}],
+                "allowed_address_pairs": [{"ip_address": "10.0.0.9", "note": "x"}]}],
+            "agents": [{"host": "node1", "id": "a", "alive": true, "configurations": {"bridge_mappings": {}, "tunneling_ip": ""}}],
+            "subnets": [{"id": "s"}],
+        }));
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        assert_eq!(b.networks.len(), 1);
+        assert_eq!(b.ports[0].fixed_ips, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(b.agents[0].tunneling_ip, None);
+        assert_eq!(b.agents[0].agent_type, "");
+    }
+
+    #[test]
+    fn network_refusals() {
+        let mut no_id = vlan("", 12);
+        no_id.as_object_mut().unwrap().remove("id");
+        let r = refuse_network(no_id);
+        assert_refusal(&r, "networks[1]", "id is missing");
+        assert_refusal(&refuse_network(vlan("", 12)), "networks[1]", "id is empty");
+        assert_refusal(
+            &refuse_network(json!("net-x")),
+            "networks[1]",
+            "the entry is a string, not an object",
+        );
+
+        for t in ["geneve", "gre", "local"] {
+            let r = refuse_network(json!({"id": "net-x", "provider:network_type": t}));
+            assert_refusal(&r, "network net-x", &format!("provider:network_type {t:?} is not supported"));
+        }
+        let r = refuse_network(json!({"id": "net-x"}));
+        assert_refusal(&r, "network net-x", "provider:network_type is missing");
+
+        for seg in [0, 4095] {
+            let r = refuse_network(vlan("net-x", seg));
+            assert_refusal(
+                &r,
+                "network net-x",
+                &format!("provider:segmentation_id {seg} is outside the VLAN id range 1..=4094"),
+            );
+        }
+        let r = refuse_network(
+            json!({"id": "net-x", "provider:network_type": "vlan", "provider:physical_network": "default"}),
+        );
+        assert_refusal(&r, "network net-x", "provider:segmentation_id is missing");
+        let r = refuse_network(
+            json!({"id": "net-x", "provider:network_type": "vlan", "provider:physical_network": "default", "provider:segmentation_id": "12"}),
+        );
+        assert_refusal(
+            &r,
+            "network net-x",
+            "provider:segmentation_id must be a non-negative integer, not \"12\"",
+        );
+
+        for vni in [0, 16_777_216] {
+            let r = refuse_network(
+                json!({"id": "net-x", "provider:network_type": "vxlan", "provider:segmentation_id": vni}),
+            );
+            assert_refusal(
+                &r,
+                "network net-x",
+                &format!("provider:segmentation_id {vni} is outside the VNI range 1..=16777215"),
+            );
+        }
+        let r = refuse_network(json!({"id": "net-x", "provider:network_type": "vxlan"}));
+        assert_refusal(&r, "network net-x", "provider:segmentation_id is missing");
+
+        let r = refuse_network(json!({"id": "net-x", "provider:network_type": "flat"}));
+        assert_refusal(&r, "network net-x", "provider:physical_network is missing; a flat network needs one");
+        let r = refuse_network(
+            json!({"id": "net-x", "provider:network_type": "vlan", "provider:physical_network": null, "provider:segmentation_id": 5}),
+        );
+        assert_refusal(&r, "network net-x", "provider:physical_network is missing; a vlan network needs one");
+
+        for mtu in [67, 65536] {
+            let mut n = vlan("net-x", 12);
+            n["mtu"] = json!(mtu);
+            assert_refusal(&refuse_network(n), "network net-x", &format!("mtu {mtu} is outside 68..=65535"));
+        }
+        let mut n = vlan("net-x", 12);
+        n["admin_state_up"] = json!("yes");
+        assert_refusal(
+            &refuse_network(n),
+            "network net-x",
+            "admin_state_up must be true or false, not \"yes\"",
+        );
+    }
+
+    #[test]
+    fn range_edges_are_accepted() {
+        let b = parse(&json!({
+            "networks": [
+                vlan("v1", 1), vlan("v4094", 4094),
+                {"id": "x1", "provider:network_type": "vxlan", "provider:segmentation_id": 1},
+                {"id": "xmax", "provider:network_type": "vxlan", "provider:segmentation_id": 16_777_215, "mtu": 68},
+                {"id": "big", "provider:network_type": "vxlan", "provider:segmentation_id": 9, "mtu": 65535},
+            ],
+            "ports": [],
+        }));
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        assert_eq!(b.networks.len(), 5);
+    }
+
+    #[test]
+    fn duplicate_network_id() {
+        let b = parse(
+            &json!({"networks": [vlan("net-a", 10), vlan("net-a", 20), vlan("net-b", 30)], "ports": []}),
+        );
+        assert_eq!(b.networks.len(), 2);
+        assert_eq!(b.networks[0].segmentation_id, Some(10));
+        assert_eq!(b.networks[1].id, "net-b");
+        assert_eq!(b.refused.len(), 1);
+        assert_refusal(&b.refused[0], "network net-a", "duplicate id: networks[0] has the same id");
+    }
+
+    #[test]
+    fn port_refusals() {
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p.as_object_mut().unwrap().remove("id");
+        assert_refusal(&refuse_port(p), "ports[1]", "id is missing");
+        assert_refusal(
+            &refuse_port(port("0240776", "net-a", &mac(9))),
+            "port 0240776",
+            "id \"0240776\" is shorter than 11 characters",
+        );
+        assert_refusal(
+            &refuse_port(port("0240/776-97c6", "net-a", &mac(9))),
+            "port 0240/776-97c6",
+            "gives no usable device name",
+        );
+
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p.as_object_mut().unwrap().remove("network_id");
+        let what = format!("port {}", pid(9));
+        assert_refusal(&refuse_port(p), &what, "network_id is missing");
+
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p.as_object_mut().unwrap().remove("mac_address");
+        assert_refusal(&refuse_port(p), &what, "mac_address is missing");
+        for (bad, why) in [
+            ("fa:16:3e:00:00", "is not a MAC address"),
+            ("fa-16-3e-00-00-09", "is not a MAC address"),
+            ("fa:16:3e:00:00:0g", "is not a MAC address"),
+            ("01:00:5e:00:00:01", "is a multicast address"),
+            ("ff:ff:ff:ff:ff:ff", "is a multicast address"),
+            ("00:00:00:00:00:00", "is all zeros"),
+        ] {
+            let r = refuse_port(port(&pid(9), "net-a", bad));
+            assert_refusal(&r, &what, &format!("mac_address \"{bad}\" {why}"));
+        }
+
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p["fixed_ips"] = json!([{"ip_address": "10.0.0.1"}, {"subnet_id": "s", "ip_address": "10.0.0.256"}]);
+        assert_refusal(&refuse_port(p), &what, "fixed_ips[1].ip_address \"10.0.0.256\" is not an IP address");
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p["fixed_ips"] = json!([{"subnet_id": "s"}]);
+        assert_refusal(&refuse_port(p), &what, "fixed_ips[0].ip_address is missing");
+
+        for (ip, why) in [
+            ("10.0.0.0/33", "prefix length 33 is over 32"),
+            ("2001:db8::/129", "prefix length 129 is over 128"),
+            ("10.0.0.0/", "prefix length \"\" is not a number"),
+            ("10.0.0.0/+8", "prefix length \"+8\" is not a number"),
+            ("10.0.0/24", "\"10.0.0\" is not an IP address"),
+            ("bogus", "\"bogus\" is not an IP address"),
+        ] {
+            let mut p = port(&pid(9), "net-a", &mac(9));
+            p["allowed_address_pairs"] = json!([{"ip_address": "10.0.0.7"}, {"ip_address": ip}]);
+            assert_refusal(
+                &refuse_port(p),
+                &what,
+                &format!("allowed_address_pairs[1].ip_address {ip:?}: {why}"),
+            );
+        }
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p["allowed_address_pairs"] = json!([{"ip_address": "10.0.0.7", "mac_address": "nope"}]);
+        assert_refusal(
+            &refuse_port(p),
+            &what,
+            "allowed_address_pairs[0].mac_address \"nope\" is not a MAC address",
+        );
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p["allowed_address_pairs"] = json!([{"ip_address": "10.0.0.7", "mac_address": "33:33:00:00:00:01"}]);
+        assert_refusal(
+            &refuse_port(p),
+            &what,
+            "allowed_address_pairs[0].mac_address \"33:33:00:00:00:01\" is a multicast address",
+        );
+        let mut p = port(&pid(9), "net-a", &mac(9));
+        p["allowed_address_pairs"] = json!({"ip_address": "10.0.0.7"});
+        assert_refusal(&refuse_port(p), &what, "allowed_address_pairs must be an array");
+    }
+
+    #[test]
+    fn eleven_character_id_is_enough() {
+        let b = parse(
+            &json!({"networks": [vlan("net-a", 10)], "ports": [port("0240776997c", "net-a", &mac(1))]}),
+        );
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        assert_eq!(b.ports[0].device_name(), "tap0240776997c");
+    }
+
+    #[test]
+    fn duplicate_port_id() {
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10)],
+            "ports": [port(&pid(1), "net-a", &mac(1)), port(&pid(1), "net-a", &mac(2)), port(&pid(2), "net-a", &mac(3))],
+        }));
+        assert_eq!(b.ports.len(), 2);
+        assert_eq!(b.ports[0].mac, parse_mac(&mac(1)).unwrap());
+        assert_eq!(b.ports[1].id, pid(2));
+        assert_eq!(b.refused.len(), 1);
+        assert_refusal(&b.refused[0], &format!("port {}", pid(1)), "duplicate id: ports[0] has the same id");
+    }
+
+    #[test]
+    fn port_on_unknown_or_refused_network() {
+        let r = refuse_port(port(&pid(9), "net-zz", &mac(9)));
+        assert_refusal(
+            &r,
+            &format!("port {}", pid(9)),
+            "network_id \"net-zz\": unknown network (it is not among the networks)",
+        );
+
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10), vlan("net-bad", 5000)],
+            "ports": [port(&pid(1), "net-bad", &mac(1)), port(&pid(2), "net-a", &mac(2))],
+        }));
+        assert_eq!(b.ports.len(), 1);
+        assert_eq!(b.ports[0].id, pid(2));
+        assert_eq!(b.refused.len(), 2, "{:?}", b.refused);
+        assert_refusal(
+            &b.refused[1],
+            &format!("port {}", pid(1)),
+            "network_id \"net-bad\": unknown network (it was refused)",
+        );
+    }
+
+    #[test]
+    fn duplicate_mac_within_a_network() {
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10), vlan("net-b", 11)],
+            "ports": [
+                port(&pid(1), "net-a", &mac(1)),
+                port(&pid(2), "net-b", &mac(1)),
+                port(&pid(3), "net-a", "FA:16:3E:00:00:01"),
+                port(&pid(4), "net-a", &mac(4)),
+            ],
+        }));
+        let ids: Vec<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
+        // The same MAC on another network is fine: FDBs are per network.
+        assert_eq!(ids, [pid(1), pid(2), pid(4)]);
+        assert_eq!(b.refused.len(), 1);
+        assert_refusal(
+            &b.refused[0],
+            &format!("port {}", pid(3)),
+            &format!("mac_address fa:16:3e:00:00:01 is already used on network net-a by port {}", pid(1)),
+        );
+    }
+
+    #[test]
+    fn refused_port_does_not_claim_its_mac() {
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10)],
+            "ports": [port("short", "net-a", &mac(1)), port(&pid(2), "net-a", &mac(1))],
+        }));
+        assert_eq!(b.ports.len(), 1);
+        assert_eq!(b.ports[0].id, pid(2));
+    }
+
+    #[test]
+    fn allowed_pairs() {
+        let mut p = port(&pid(1), "net-a", &mac(1));
+        p["allowed_address_pairs"] = json!([
+            {"ip_address": "10.0.0.7"},
+            {"ip_address": "10.1.2.3/16", "mac_address": "fa:16:3e:00:00:99"},
+            {"ip_address": "2001:db8::1:2/112"},
+            {"ip_address": "2001:db8::5"},
+            {"ip_address": "0.0.0.0/0", "mac_address": null},
+        ]);
+        let b = parse(&json!({"networks": [vlan("net-a", 10)], "ports": [p]}));
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        let own = parse_mac(&mac(1)).unwrap();
+        let pairs: Vec<(String, u8, [u8; 6])> = b.ports[0]
+            .allowed_address_pairs
+            .iter()
+            .map(|a| (a.ip.to_string(), a.prefix_len, a.mac))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("10.0.0.7".to_string(), 32, own),
+                ("10.1.0.0".to_string(), 16, [0xfa, 0x16, 0x3e, 0, 0, 0x99]),
+                ("2001:db8::1:0".to_string(), 112, own),
+                ("2001:db8::5".to_string(), 128, own),
+                ("0.0.0.0".to_string(), 0, own),
+            ]
+        );
+    }
+
+    #[test]
+    fn agent_refusals() {
+        let b = parse(&json!({
+            "networks": [], "ports": [],
+            "agents": [
+                {"agent_type": "DHCP agent"},
+                {"host": "node1", "configurations": {"tunneling_ip": "192.0.2.300"}},
+                {"host": "node2", "configurations": {"tunneling_ip": "2001:db8::1"}},
+                {"host": "node3", "configurations": "none"},
+                {"host": "node4", "agent_type": "Open vSwitch agent", "configurations": {"tunneling_ip": "192.0.2.14"}},
+                {"host": "node5"},
+            ],
+        }));
+        let hosts: Vec<&str> = b.agents.iter().map(|a| a.host.as_str()).collect();
+        assert_eq!(hosts, ["node4", "node5"]);
+        assert_eq!(b.agents[0].tunneling_ip, Some(Ipv4Addr::new(192, 0, 2, 14)));
+        assert_eq!(b.agents[1].tunneling_ip, None);
+        assert_eq!(b.refused.len(), 4, "{:?}", b.refused);
+        assert_refusal(&b.refused[0], "agents[0]", "host is missing");
+        assert_refusal(
+            &b.refused[1],
+            "agent node1",
+            "configurations.tunneling_ip \"192.0.2.300\" is not an IPv4 address",
+        );
+        assert_refusal(
+            &b.refused[2],
+            "agent node2",
+            "configurations.tunneling_ip \"2001:db8::1\" is not an IPv4 address",
+        );
+        assert_refusal(&b.refused[3], "agent node3", "configurations is a string, not an object");
+    }
+
+    #[test]
+    fn bad_agents_list_spares_the_rest() {
+        let b = parse(
+            &json!({"networks": [vlan("net-a", 10)], "ports": [port(&pid(1), "net-a", &mac(1))], "agents": {}}),
+        );
+        assert_eq!(b.networks.len(), 1);
+        assert_eq!(b.ports.len(), 1);
+        assert_eq!(
+            b.refused,
+            [Refusal { what: "agents".into(), reason: "\"agents\" is an object, not an array".into() }]
+        );
+    }
+
+    #[test]
+    fn document_errors() {
+        let e = doc_err("{\"networks\": [],\n \"ports\": [}\n");
+        assert!(e.contains("invalid JSON at line 2, column 12"), "{e}");
+        assert!(!e.contains(" at line 2 column"), "position said twice: {e}");
+        let e = doc_err("");
+        assert!(e.contains("invalid JSON at line 1, column 0: EOF"), "{e}");
+        let e = doc_err("[]");
+        assert!(e.contains("the document is an array, not an object"), "{e}");
+        let e = doc_err(r#"{"ports": []}"#);
+        assert!(e.contains("\"networks\" is missing"), "{e}");
+        let e = doc_err(r#"{"networks": []}"#);
+        assert!(e.contains("\"ports\" is missing"), "{e}");
+        let e = doc_err(r#"{"networks": {}, "ports": []}"#);
+        assert!(e.contains("\"networks\" is an object, not an array"), "{e}");
+        let e = doc_err(r#"{"networks": [], "ports": null}"#);
+        assert!(e.contains("\"ports\" is null, not an array"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_path() {
+        let dir = std::env::temp_dir().join(format!("datapath-bindings-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bindings.json");
+
+        let e = Bindings::load(&path).unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("reading bindings {}", path.display())), "{e:#}");
+
+        std::fs::write(&path, "{\n  \"networks\": [],\n  \"ports\": [,]\n}\n").unwrap();
+        let e = Bindings::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("bindings {}: invalid JSON at line 3, column", path.display())),
+            "{e}"
+        );
+
+        std::fs::write(&path, EXAMPLE).unwrap();
+        assert_eq!(Bindings::load(&path).unwrap(), Bindings::parse_str(EXAMPLE, "x").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn device_name() {
+        let b = parse(&json!({"networks": [vlan("net-a", 10)], "ports": [port(PORT, "net-a", &mac(1))]}));
+        assert_eq!(b.ports[0].device_name(), "tap02407769-97");
+        assert!(b.ports[0].device_name().len() <= 15);
+    }
+
+    #[test]
+    fn anti_spoof_and_ownership() {
+        let mut vm = port(&pid(1), "net-a", &mac(1));
+        vm["device_owner"] = json!("compute:nova");
+        let mut insecure = port(&pid(2), "net-a", &mac(2));
+        insecure["device_owner"] = json!("compute:nova");
+        insecure["port_security_enabled"] = json!(false);
+        let mut dhcp = port(&pid(3), "net-a", &mac(3));
+        dhcp["device_owner"] = json!("network:dhcp");
+        let mut router = port(&pid(4), "net-a", &mac(4));
+        router["device_owner"] = json!("network:router_interface");
+        let b = parse(&json!({"networks": [vlan("net-a", 10)], "ports": [vm, insecure, dhcp, router]}));
+        let got: Vec<(bool, bool)> =
+            b.ports.iter().map(|p| (p.anti_spoof_exempt(), p.is_network_owned())).collect();
+        assert_eq!(got, [(false, false), (true, false), (true, true), (true, true)]);
+    }
+
+    #[test]
+    fn mac_round_trip() {
+        assert_eq!(parse_mac("fa:16:3e:ad:66:9e").unwrap(), [0xfa, 0x16, 0x3e, 0xad, 0x66, 0x9e]);
+        assert_eq!(parse_mac("FA:16:3E:AD:66:9E").unwrap(), [0xfa, 0x16, 0x3e, 0xad, 0x66, 0x9e]);
+        assert_eq!(format_mac(&[0xfa, 0x16, 0x3e, 0x0a, 0, 1]), "fa:16:3e:0a:00:01");
+        for bad in [
+            "",
+            "fa:16:3e:ad:66",
+            "fa:16:3e:ad:66:9e:00",
+            "fa:16:3e:ad:66:9",
+            "fa:16:3e:ad:66:+9",
+            "fa16.3ead.669e",
+        ] {
+            let e = parse_mac(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?} is not a MAC address")), "{e}");
+        }
+    }
+
+    #[test]
+    fn cidr() {
+        assert_eq!(parse_cidr("10.1.2.3").unwrap(), ("10.1.2.3".parse().unwrap(), 32));
+        assert_eq!(parse_cidr("10.1.2.3/32").unwrap(), ("10.1.2.3".parse().unwrap(), 32));
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap(), ("10.0.0.0".parse().unwrap(), 8));
+        assert_eq!(parse_cidr("10.1.2.3/0").unwrap(), ("0.0.0.0".parse().unwrap(), 0));
+        assert_eq!(parse_cidr("2001:db8::1/64").unwrap(), ("2001:db8::".parse().unwrap(), 64));
+        assert_eq!(parse_cidr("::/0").unwrap(), ("::".parse().unwrap(), 0));
+        assert_eq!(parse_cidr("2001:db8::1/128").unwrap(), ("2001:db8::1".parse().unwrap(), 128));
+        for bad in
+            ["10.0.0.1/33", "::/129", "10.0.0.1/300", "10.0.0.1/a", "10.0.0.1/1/2", "/8", "10.0.0.1 /8"]
+        {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_in_reasons() {
+        let mut n = vlan("net-x", 12);
+        n["mtu"] = json!("x".repeat(500));
+        let r = refuse_network(n);
+        assert!(r.reason.len() < 150, "{r:?}");
+        assert!(r.reason.ends_with("..."), "{r:?}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Agent configuration: a TOML file whose option names follow Neutron's agents.
+//!
+//! ```toml
+//! host = "node0"
+//! physical_interface_mappings = ["default:eth2"]
+//! bindings = "/etc/datapath/bindings.json"
+//! pin_path = "/sys/fs/bpf/datapath/node0"
+//! control_socket = "/run/datapath/datapath.sock"
+//! mac_age_seconds = 300
+//! local_ip = "192.0.2.10"
+//! tunnel_types = ["vxlan"]
+//! ```
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde::Deserialize;
+
+/// Where the control socket lives unless the config says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/datapath/datapath.sock";
+
+// OVS's default mac-aging-time, so learned entries behave as operators expect.
+const DEFAULT_MAC_AGE_SECONDS: u64 = 300;
+// A day: anything longer means stale entries effectively never leave.
+const MAX_MAC_AGE_SECONDS: u64 = 86_400;
+
+/// The agent's configuration, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The binding:host_id this agent serves.
+    pub host: String,
+    /// Which interface carries each physical network, in file order.
+    pub physical_interface_mappings: Vec<PhysnetMapping>,
+    /// The binding source file (made relative to the config's directory by `load`).
+    pub bindings: PathBuf,
+    /// The bpffs directory for this agent's pins (always absolute).
+    pub pin_path: PathBuf,
+    /// The control socket path.
+    pub control_socket: PathBuf,
+    /// How long a learned MAC lives without traffic, in seconds (1..=86400).
+    pub mac_age_seconds: u64,
+    /// The local VTEP IPv4 address, if any.
+    pub local_ip: Option<Ipv4Addr>,
+    /// Enabled tunnel types (only "vxlan").
+    pub tunnel_types: Vec<String>,
+}
+
+/// One `physical_network:interface` entry of `physical_interface_mappings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhysnetMapping {
+    /// The Neutron physical network name (provider:physical_network).
+    pub physical_network: String,
+    /// The Linux interface that carries it.
+    pub interface: String,
+}
+
+// The file as written; `Config::validate` turns it into a `Config`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    #[serde(default)]
+    physical_interface_mappings: Vec<String>,
+    bindings: PathBuf,
+    pin_path: PathBuf,
+    control_socket: Option<PathBuf>,
+    // Signed so that a negative value gets the range message, not a type error.
+    mac_age_seconds: Option<i64>,
+    // A string so that a bad address gets our message naming the field.
+    local_ip: Option<String>,
+    #[serde(default)]
+    tunnel_types: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`; a relative `bindings` is taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg = Config::parse_str(&text, &path.display().to_string())?;
+        // Relative to the config file rather than the working directory, so the
+        // agent behaves the same whatever directory it was started from.
+        if cfg.bindings.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            cfg.bindings = dir.join(&cfg.bindings);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `origin` names its source in errors.
+    pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
+        // toml's Display carries the line, column and an excerpt of the offending spot.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("config {origin}: {e}"))?;
+        // Flattened so that a plain `{}` shows where and what, not just the outer context.
+        Config::validate(raw).map_err(|e| anyhow!("config {origin}: {e:#}"))
+    }
+
+    /// The interface mapped to `physnet`, if any.
+    pub fn interface_for(&self, physnet: &str) -> Option<&str> {
+        self.physical_interface_mappings
+            .iter()
+            .find(|m| m.physical_network == physnet)
+            .map(|m| m.interface.as_str())
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config> {
+        ensure!(
+            !raw.host.trim().is_empty(),
+            "host is empty; it must be the binding:host_id this agent serves"
+        );
+        // binding:host_id is compared exactly, so stray spaces would match no port.
+        ensure!(raw.host.trim() == raw.host, "host {:?} has leading or trailing whitespace", raw.host);
+
+        let physical_interface_mappings = parse_mappings(&raw.physical_interface_mappings)?;
+
+        ensure!(
+            !raw.bindings.as_os_str().is_empty(),
+            "bindings is empty; it must be the path of the binding source"
+        );
+        // Pins outlive the agent and are found again by path, so it must not depend on the cwd.
+        ensure!(
+            raw.pin_path.is_absolute(),
+            "pin_path {:?} is not absolute; it must be a bpffs directory such as /sys/fs/bpf/datapath/<host>",
+            raw.pin_path
+        );
+        let control_socket = raw.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        ensure!(
+            !control_socket.as_os_str().is_empty(),
+            "control_socket is empty; omit it for {DEFAULT_CONTROL_SOCKET}"
+        );
+
+        let mac_age_seconds = match raw.mac_age_seconds {
+            None => DEFAULT_MAC_AGE_SECONDS,
+            Some(s) => u64::try_from(s)
+                .ok()
+                .filter(|s| (1..=MAX_MAC_AGE_SECONDS).contains(s))
+                .ok_or_else(|| anyhow!("mac_age_seconds = {s} is outside 1..={MAX_MAC_AGE_SECONDS}"))?,
+        };
+
+        let local_ip = match &raw.local_ip {
+            None => None,
+            Some(s) => {
+                Some(s.parse::<Ipv4Addr>().map_err(|_| anyhow!("local_ip = {s:?} is not an IPv4 address"))?)
+            }
+        };
+
+        for (i, t) in raw.tunnel_types.iter().enumerate() {
+            ensure!(t == "vxlan", "tunnel_types[{i}] = {t:?} is not supported; only \"vxlan\" is");
+        }
+        ensure!(
+            raw.tunnel_types.is_empty() || local_ip.is_some(),
+            "tunnel_types is set but local_ip is missing; tunnels need the local VTEP address"
+        );
+
+        Ok(Config {
+            host: raw.host,
+            physical_interface_mappings,
+            bindings: raw.bindings,
+            pin_path: raw.pin_path,
+            control_socket,
+            mac_age_seconds,
+            local_ip,
+            tunnel_types: raw.tunnel_types,
+        })
+    }
+}
+
+fn parse_mappings(entries: &[String]) -> Result<Vec<PhysnetMapping>> {
+    let mut out: Vec<PhysnetMapping> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let m =
+            parse_mapping(entry).with_context(|| format!("physical_interface_mappings[{i}] = {entry:?}"))?;
+        // The lists are a handful of entries long, so a linear scan is plenty.
+        if let Some(j) = out.iter().position(|o| o.physical_network == m.physical_network) {
+            bail!(
+                "physical_interface_mappings[{i}] = {entry:?}: physical_network {:?} is already mapped by physical_interface_mappings[{j}]",
+                m.physical_network
+            );
+        }
+        // One NIC can't carry two physical networks: their VLAN ids would collide on the wire.
+        if let Some(j) = out.iter().position(|o| o.interface == m.interface) {
+            bail!(
+                "physical_interface_mappings[{i}] = {entry:?}: interface {:?} is already mapped by physical_interface_mappings[{j}]",
+                m.interface
+            );
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn parse_mapping(entry: &str) -> Result<PhysnetMapping> {
+    ensure!(entry.matches(':').count() == 1, "expected \"physical_network:interface\" with exactly one ':'");
+    let (physnet, iface) = entry.split_once(':').unwrap_or_default();
+    // Surrounding spaces are trimmed, as Neutron's parse_mappings does.
+    let (physnet, iface) = (physnet.trim(), iface.trim());
+    ensure!(!physnet.is_empty(), "the physical_network part is empty");
+    ensure!(!iface.is_empty(), "the interface part is empty");
+    check_ifname(iface).map_err(anyhow::Error::msg)?;
+    Ok(PhysnetMapping { physical_network: physnet.to_string(), interface: iface.to_string() })
+}
+
+/// Checks `name` against the kernel's rules for interface names (dev_valid_name).
+pub(crate) fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    // IFNAMSIZ is 16 including the terminating NUL.
+    if name.len() > 15 {
+        return Err(format!("interface name {name:?} is {} bytes long; Linux allows at most 15", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("interface name {name:?} is not allowed by Linux"));
+    }
+    if let Some(c) = name.chars().find(|&c| c == '/' || c == ':' || c == '\0' || c.is_whitespace()) {
+        return Err(format!("interface name {name:?} contains {c:?}, which Linux does not allow"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+host = "node0"
+bindings = "/etc/datapath/bindings.json"
+pin_path = "/sys/fs/bpf/datapath/node0"
+"#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse_str(text, "test.toml")
+    }
+
+    // The error text as an operator sees it, whichever way it gets printed.
+    fn err(text: &str) -> String {
+        let e = parse(text).expect_err("config should have been rejected");
+        let plain = e.to_string();
+        assert_eq!(plain, format!("{e:#}"), "the message should be flat");
+        assert!(plain.starts_with("config test.toml: "), "no origin in: {plain}");
+        plain
+    }
+
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}{extra}\n")
+    }
+
+    // A scratch directory unique to this test process and test name.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("datapath-config-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let cfg = parse(
+            r#"
+host = "node0"
+physical_interface_mappings = ["default:eth2", "ext:eth3"]
+bindings = "/path/to/bindings.json"
+pin_path = "/sys/fs/bpf/datapath/node0"
+control_socket = "/run/datapath/other.sock"
+mac_age_seconds = 60
+local_ip = "192.0.2.10"
+tunnel_types = ["vxlan"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg,
+            Config {
+                host: "node0".into(),
+                physical_interface_mappings: vec![
+                    PhysnetMapping { physical_network: "default".into(), interface: "eth2".into() },
+                    PhysnetMapping { physical_network: "ext".into(), interface: "eth3".into() },
+                ],
+                bindings: "/path/to/bindings.json".into(),
+                pin_path: "/sys/fs/bpf/datapath/node0".into(),
+                control_socket: "/run/datapath/other.sock".into(),
+                mac_age_seconds: 60,
+                local_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
+                tunnel_types: vec!["vxlan".into()],
+            }
+        );
+        assert_eq!(cfg.interface_for("default"), Some("eth2"));
+        assert_eq!(cfg.interface_for("ext"), Some("eth3"));
+        assert_eq!(cfg.interface_for("missing"), None);
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.host, "node0");
+        assert!(cfg.physical_interface_mappings.is_empty());
+        assert_eq!(cfg.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(cfg.mac_age_seconds, 300);
+        assert_eq!(cfg.local_ip, None);
+        assert!(cfg.tunnel_types.is_empty());
+        // parse_str has no directory to resolve against, so the path stays as written.
+        let cfg = parse(&MINIMAL.replace("/etc/datapath/bindings.json", "b.json")).unwrap();
+        assert_eq!(cfg.bindings, PathBuf::from("b.json"));
+    }
+
+    #[test]
+    fn mappings_trim_spaces_like_neutron() {
+        let cfg = parse(&with(r#"physical_interface_mappings = [" default : eth2 "]"#)).unwrap();
+        assert_eq!(cfg.interface_for("default"), Some("eth2"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&with("mac_aging = 10"));
+        assert!(e.contains("unknown field `mac_aging`"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = err(&with("local_ip = 192.0.2.10"));
+        assert!(e.contains("line 5, column"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let e = err(&with("mac_age_seconds = \"300\""));
+        assert!(e.contains("line 5, column 19"), "{e}");
+        assert!(e.contains("invalid type: string \"300\""), "{e}");
+    }
+
+    #[test]
+    fn required_keys() {
+        for key in ["host", "bindings", "pin_path"] {
+            let text: String =
+                MINIMAL.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect();
+            let e = err(&text);
+            assert!(e.contains(&format!("missing field `{key}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn host_must_be_non_empty() {
+        let e = err(&MINIMAL.replace("\"node0\"", "\"\""));
+        assert!(e.contains("host is empty"), "{e}");
+        let e = err(&MINIMAL.replace("\"node0\"", "\" node0\""));
+        assert!(e.contains("host \" node0\" has leading or trailing whitespace"), "{e}");
+    }
+
+    #[test]
+    fn bad_mapping_entries() {
+        let cases = [
+            ("eth2", "exactly one ':'"),
+            ("a:b:c", "exactly one ':'"),
+            (":eth2", "physical_network part is empty"),
+            ("default:", "interface part is empty"),
+            ("default: ", "interface part is empty"),
+            ("default:eth0123456789abc", "is 16 bytes long; Linux allows at most 15"),
+            ("default:eth/2", "contains '/'"),
+            ("default:eth 2", "contains ' '"),
+            ("default:.", "not allowed"),
+            ("default:..", "not allowed"),
+        ];
+        for (entry, want) in cases {
+            let e = err(&with(&format!("physical_interface_mappings = [\"ok:eth9\", {entry:?}]")));
+            assert!(e.contains(&format!("physical_interface_mappings[1] = {entry:?}: ")), "{entry}: {e}");
+            assert!(e.contains(want), "{entry}: {e}");
+        }
+        // 15 bytes is the longest name Linux takes.
+        parse(&with(r#"physical_interface_mappings = ["default:eth0123456789ab"]"#)).unwrap();
+    }
+
+    #[test]
+    fn duplicate_physnet() {
+        let e = err(&with(r#"physical_interface_mappings = ["default:eth2", "default:eth3"]"#));
+        assert!(
+            e.contains(
+                "physical_interface_mappings[1] = \"default:eth3\": physical_network \"default\" is already mapped by physical_interface_mappings[0]"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_interface() {
+        let e = err(&with(r#"physical_interface_mappings = ["a:eth2", "b:eth3", "c:eth2"]"#));
+        assert!(
+            e.contains(
+                "physical_interface_mappings[2] = \"c:eth2\": interface \"eth2\" is already mapped by physical_interface_mappings[0]"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pin_path_must_be_absolute() {
+        let e = err(&MINIMAL.replace("/sys/fs/bpf/datapath/node0", "bpf/node0"));
+        assert!(e.contains("pin_path \"bpf/node0\" is not absolute"), "{e}");
+    }
+
+    #[test]
+    fn empty_paths() {
+        let e = err(&MINIMAL.replace("/etc/datapath/bindings.json", ""));
+        assert!(e.contains("bindings is empty"), "{e}");
+        let e = err(&with("control_socket = \"\""));
+        assert!(e.contains("control_socket is empty"), "{e}");
+    }
+
+    #[test]
+    fn mac_age_range() {
+        for bad in ["0", "-1", "86401"] {
+            let e = err(&with(&format!("mac_age_seconds = {bad}")));
+            assert!(e.contains(&format!("mac_age_seconds = {bad} is outside 1..=86400")), "{e}");
+        }
+        for good in [1, 86400] {
+            let cfg = parse(&with(&format!("mac_age_seconds = {good}"))).unwrap();
+            assert_eq!(cfg.mac_age_seconds, good);
+        }
+    }
+
+    #[test]
+    fn local_ip_must_be_ipv4() {
+        for bad in ["192.0.2", "2001:db8::1", "node0"] {
+            let e = err(&with(&format!("local_ip = {bad:?}")));
+            assert!(e.contains(&format!("local_ip = {bad:?} is not an IPv4 address")), "{e}");
+        }
+    }
+
+    #[test]
+    fn tunnel_types() {
+        let e = err(&with("local_ip = \"192.0.2.10\"\ntunnel_types = [\"vxlan\", \"gre\"]"));
+        assert!(e.contains("tunnel_types[1] = \"gre\" is not supported; only \"vxlan\" is"), "{e}");
+        let e = err(&with("tunnel_types = [\"vxlan\"]"));
+        assert!(e.contains("local_ip is missing"), "{e}");
+        // local_ip alone is fine: it is only needed once tunnels are on.
+        let cfg = parse(&with("local_ip = \"192.0.2.10\"")).unwrap();
+        assert!(cfg.tunnel_types.is_empty());
+    }
+
+    #[test]
+    fn check_ifname_rules() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("tap02407769-97").is_ok());
+        for bad in ["", ".", "..", "a/b", "a:b", "a\tb", "a\0b", "0123456789abcdef"] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn load_resolves_relative_bindings() {
+        let dir = scratch("relative");
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, MINIMAL.replace("/etc/datapath/bindings.json", "state/bindings.json")).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.bindings, dir.join("state/bindings.json"));
+
+        std::fs::write(&path, MINIMAL).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.bindings, PathBuf::from("/etc/datapath/bindings.json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn load_errors_name_the_path() {
+        let dir = scratch("errors");
+        let path = dir.join("agent.toml");
+        let e = Config::load(&path).unwrap_err();
+        assert!(format!("{e:#}").contains(&format!("reading config {}", path.display())), "{e:#}");
+
+        std::fs::write(&path, with("bogus = 1")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config {}: ", path.display())), "{e}");
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+
+        std::fs::write(&path, with("mac_age_seconds = 0")).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config {}: ", path.display())), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,14 @@
+//! User side of the datapath: loader, desired state and map sync, binding
+//! source, netlink watcher, control socket, and the agent that ties them.
+
+pub mod agent;
+pub mod attach;
+pub mod bindings;
+pub mod config;
+pub mod desired;
+pub mod learned;
+pub mod loader;
+pub mod netlink;
+pub mod source;
+pub mod sync;
+pub mod testrun;
