@@ -1,0 +1,436 @@
+//! The golden-frame table: one row per behaviour, each run traced (so floods
+//! record their destinations instead of sending copies).
+
+use datapath_common::{Action, DropReason, names};
+use datapath_tests::frames::*;
+
+use crate::scenario::*;
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+enum Expect {
+    /// Dropped, counted under this reason.
+    Drop(DropReason),
+    /// Sent: counted under `action`, to exactly these (device, VLAN pushed) targets,
+    /// leaving `frame` (None: the input, unchanged).
+    Send { action: Action, targets: &'static [(&'static str, u32)], frame: Option<Vec<u8>> },
+}
+
+struct Row {
+    what: &'static str,
+    prog: &'static str,
+    ingress: &'static str,
+    frame: Vec<u8>,
+    expect: Expect,
+}
+
+fn vm(what: &'static str, ingress: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
+    Row { what, prog: names::PROG_VM_PORT, ingress, frame, expect }
+}
+
+fn wire(what: &'static str, frame: Vec<u8>, expect: Expect) -> Row {
+    Row { what, prog: names::PROG_UPLINK, ingress: UPLINK, frame, expect }
+}
+
+fn send(action: Action, targets: &'static [(&'static str, u32)]) -> Expect {
+    Expect::Send { action, targets, frame: None }
+}
+
+const NET1_FLOOD_FROM_A: &[(&str, u32)] = &[(UPLINK, 1000), (X, 0), (B, 0), (D, 0)];
+
+fn icmp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    eth(dst_mac, src_mac, 0x0800, &ipv4_icmp_echo(src, dst))
+}
+
+fn rows() -> Vec<Row> {
+    let a_ip = [10, 10, 10, 2];
+    let b_ip = [10, 10, 10, 3];
+    let dhcp_discover =
+        eth(BROADCAST, MAC_A, 0x0800, &ipv4_udp([0; 4], [255; 4], 68, 67, &dhcp_body(1, MAC_A)));
+    let dhcp_offer_from =
+        |mac: Mac, ip: [u8; 4]| eth(MAC_B, mac, 0x0800, &ipv4_udp(ip, b_ip, 67, 68, &dhcp_body(2, MAC_B)));
+    let untagged_from_wire = icmp(MAC_REMOTE, MAC_A, [10, 10, 10, 30], a_ip);
+    let wire_bcast = arp_request([0x02, 0, 0, 0, 0, 0x51], [10, 10, 10, 51], a_ip);
+
+    vec![
+        // Local switching and flooding.
+        vm(
+            "unicast to a port of the same network goes to that port only",
+            A,
+            icmp(MAC_A, MAC_B, a_ip, b_ip),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "broadcast ARP floods to the network's other up ports and the uplink tagged 1000",
+            A,
+            arp_request(MAC_A, a_ip, b_ip),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "unknown unicast floods like broadcast",
+            A,
+            icmp(MAC_A, neutron_mac(0x77), a_ip, [10, 10, 10, 77]),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "a broadcast on net2 stays in net2: only the uplink, tagged 1001",
+            C,
+            arp_request(MAC_C, a_ip, b_ip),
+            send(Action::Flooded, &[(UPLINK, 1001)]),
+        ),
+        vm(
+            "the flat network leaves the uplink untagged",
+            F,
+            arp_request(MAC_F, [192, 168, 0, 2], [192, 168, 0, 3]),
+            send(Action::Flooded, &[(UPLINK, 0)]),
+        ),
+        vm(
+            "a frame to the port's own MAC is a hairpin",
+            A,
+            icmp(MAC_A, MAC_A, a_ip, a_ip),
+            Expect::Drop(DropReason::Hairpin),
+        ),
+        vm(
+            "an admin-down port is not a destination: its MAC is unknown and flooded",
+            A,
+            icmp(MAC_A, MAC_P, a_ip, [10, 10, 10, 4]),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        // Port state.
+        vm(
+            "an admin-down port's frames are dropped",
+            P,
+            arp_request(MAC_P, [10, 10, 10, 4], a_ip),
+            Expect::Drop(DropReason::PortAdminDown),
+        ),
+        vm(
+            "an unbound tap's frames are dropped",
+            U,
+            arp_request(neutron_mac(0x11), [10, 10, 10, 11], a_ip),
+            Expect::Drop(DropReason::PortUnbound),
+        ),
+        vm(
+            "a device the agent does not know is dropped",
+            "stray0",
+            arp_request(neutron_mac(0x12), [10, 10, 10, 12], a_ip),
+            Expect::Drop(DropReason::PortUnknown),
+        ),
+        // Anti-spoofing.
+        vm(
+            "a forged source MAC is dropped",
+            A,
+            icmp(neutron_mac(0x66), MAC_B, a_ip, b_ip),
+            Expect::Drop(DropReason::SrcMacSpoof),
+        ),
+        vm(
+            "a forged IPv4 source is dropped",
+            A,
+            icmp(MAC_A, MAC_B, [10, 10, 10, 99], b_ip),
+            Expect::Drop(DropReason::Ipv4SrcSpoof),
+        ),
+        vm(
+            "another port's IPv4 address is a forged source too",
+            A,
+            icmp(MAC_A, MAC_B, b_ip, b_ip),
+            Expect::Drop(DropReason::Ipv4SrcSpoof),
+        ),
+        vm(
+            "an allowed-address-pair IP passes",
+            A,
+            icmp(MAC_A, MAC_B, [10, 10, 10, 100], b_ip),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "an allowed pair with its own MAC passes with that MAC",
+            A,
+            icmp(MAC_PAIR, MAC_B, [10, 10, 10, 200], b_ip),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "the pair's IP with the port's own MAC is not the pair",
+            A,
+            icmp(MAC_A, MAC_B, [10, 10, 10, 200], b_ip),
+            Expect::Drop(DropReason::Ipv4SrcSpoof),
+        ),
+        vm(
+            "DHCPDISCOVER from 0.0.0.0 is allowed",
+            A,
+            dhcp_discover,
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "a DHCP server reply from a VM is dropped",
+            A,
+            dhcp_offer_from(MAC_A, a_ip),
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "the DHCP port may send DHCP replies",
+            D,
+            dhcp_offer_from(MAC_D, [10, 10, 10, 10]),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "ARP with a forged sender IP is dropped",
+            A,
+            arp_request(MAC_A, b_ip, [10, 10, 10, 1]),
+            Expect::Drop(DropReason::ArpSpoof),
+        ),
+        vm(
+            "ARP whose sender MAC differs from the frame's is dropped",
+            A,
+            eth(BROADCAST, MAC_A, 0x0806, &arp(1, MAC_B, a_ip, [0; 6], b_ip)),
+            Expect::Drop(DropReason::ArpSpoof),
+        ),
+        vm(
+            "an ARP probe (sender 0.0.0.0) is allowed",
+            A,
+            arp_request(MAC_A, [0; 4], a_ip),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "a neighbour advertisement for another's address is dropped",
+            A,
+            eth(
+                [0x33, 0x33, 0, 0, 0, 1],
+                MAC_A,
+                0x86dd,
+                &ipv6_na(link_local(MAC_A), v6("ff02::1"), v6("2001:db8::b"), MAC_A),
+            ),
+            Expect::Drop(DropReason::NdSpoof),
+        ),
+        vm(
+            "a neighbour advertisement for the port's own address floods",
+            A,
+            eth(
+                [0x33, 0x33, 0, 0, 0, 1],
+                MAC_A,
+                0x86dd,
+                &ipv6_na(link_local(MAC_A), v6("ff02::1"), v6("2001:db8::a"), MAC_A),
+            ),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "a forged IPv6 source is dropped",
+            A,
+            eth(
+                [0x33, 0x33, 0, 0, 0, 1],
+                MAC_A,
+                0x86dd,
+                &ipv6_na(v6("2001:db8::bad"), v6("ff02::1"), v6("2001:db8::a"), MAC_A),
+            ),
+            Expect::Drop(DropReason::Ipv6SrcSpoof),
+        ),
+        vm(
+            "port security off: a forged source passes",
+            X,
+            icmp(neutron_mac(0x66), MAC_B, [10, 10, 10, 99], b_ip),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        // Odd frames from VMs.
+        vm(
+            "a frame the VM tags itself is dropped",
+            A,
+            tagged(&icmp(MAC_A, MAC_B, a_ip, b_ip), 0x8100, 5),
+            Expect::Drop(DropReason::VmTagged),
+        ),
+        vm(
+            "a QinQ frame from a VM is dropped",
+            A,
+            tagged(&icmp(MAC_A, MAC_B, a_ip, b_ip), 0x88a8, 5),
+            Expect::Drop(DropReason::VmTagged),
+        ),
+        vm(
+            "a priority tag over a real tag is dropped",
+            A,
+            tagged(&tagged(&icmp(MAC_A, MAC_B, a_ip, b_ip), 0x8100, 7), 0x8100, 0),
+            Expect::Drop(DropReason::VmTagged),
+        ),
+        vm(
+            "a priority tag (VID 0) is stripped and the frame delivered",
+            A,
+            tagged(&icmp(MAC_A, MAC_B, a_ip, b_ip), 0x8100, 0),
+            Expect::Send {
+                action: Action::ToLocalPort,
+                targets: &[(B, 0)],
+                frame: Some(icmp(MAC_A, MAC_B, a_ip, b_ip)),
+            },
+        ),
+        vm(
+            "STP BPDUs are dropped",
+            A,
+            eth([0x01, 0x80, 0xc2, 0, 0, 0], MAC_A, 0x0026, &[0x42, 0x42, 0x03, 0, 0, 0, 0]),
+            Expect::Drop(DropReason::L2Control),
+        ),
+        vm(
+            "LLDP is dropped",
+            A,
+            eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC_A, 0x88cc, &[0; 32]),
+            Expect::Drop(DropReason::L2Control),
+        ),
+        vm(
+            "a multicast source MAC is invalid",
+            A,
+            icmp([0x01, 0, 0x5e, 0, 0, 1], MAC_B, a_ip, b_ip),
+            Expect::Drop(DropReason::SrcMacInvalid),
+        ),
+        // BPF_PROG_TEST_RUN refuses frames with a truncated IPv4 header; those are
+        // sent through a real device in `injected.rs`.
+        vm(
+            "an IPv4 header with IHL < 5 is malformed",
+            A,
+            eth(MAC_B, MAC_A, 0x0800, &[0x43; 20]),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "a truncated ARP body is malformed",
+            A,
+            eth(BROADCAST, MAC_A, 0x0806, &[0, 1, 8, 0, 6, 4, 0, 1, 0xfa]),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "a 16-byte runt with an unknown ethertype passes, as in the legacy path",
+            A,
+            eth(MAC_B, MAC_A, 0x0000, &[0, 0]),
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        // From the wire.
+        wire(
+            "tag 1000 to a local MAC: tag removed, delivered to that port only",
+            tagged(&untagged_from_wire, 0x8100, 1000),
+            Expect::Send {
+                action: Action::ToLocalPort,
+                targets: &[(A, 0)],
+                frame: Some(untagged_from_wire.clone()),
+            },
+        ),
+        wire(
+            "a broadcast with tag 1000 reaches net1's local ports, never the uplink back",
+            tagged(&wire_bcast, 0x8100, 1000),
+            Expect::Send {
+                action: Action::Flooded,
+                targets: &[(X, 0), (A, 0), (B, 0), (D, 0)],
+                frame: Some(wire_bcast.clone()),
+            },
+        ),
+        wire(
+            "a broadcast with tag 1001 reaches net2 only",
+            tagged(&wire_bcast, 0x8100, 1001),
+            Expect::Send { action: Action::Flooded, targets: &[(C, 0)], frame: Some(wire_bcast.clone()) },
+        ),
+        wire(
+            "an untagged frame belongs to the flat network",
+            arp_request([0x02, 0, 0, 0, 0, 0x52], [192, 168, 0, 9], [192, 168, 0, 2]),
+            send(Action::Flooded, &[(F, 0)]),
+        ),
+        wire(
+            "a priority-tagged frame belongs to the flat network, tag removed",
+            tagged(&arp_request([0x02, 0, 0, 0, 0, 0x53], [192, 168, 0, 9], [192, 168, 0, 2]), 0x8100, 0),
+            Expect::Send {
+                action: Action::Flooded,
+                targets: &[(F, 0)],
+                frame: Some(arp_request([0x02, 0, 0, 0, 0, 0x53], [192, 168, 0, 9], [192, 168, 0, 2])),
+            },
+        ),
+        wire(
+            "an unknown segmentation id is dropped",
+            tagged(&wire_bcast, 0x8100, 1234),
+            Expect::Drop(DropReason::UnknownSegment),
+        ),
+        wire(
+            "QinQ from the wire is an unknown segment",
+            tagged(&wire_bcast, 0x88a8, 1000),
+            Expect::Drop(DropReason::UnknownSegment),
+        ),
+        wire(
+            "a frame from the wire claiming a local port's MAC is dropped",
+            tagged(&icmp(MAC_A, MAC_B, a_ip, b_ip), 0x8100, 1000),
+            Expect::Drop(DropReason::UplinkSrcIsLocal),
+        ),
+        wire(
+            "a truncated tag from the wire is malformed",
+            {
+                let mut f = tagged(&wire_bcast, 0x8100, 1000);
+                f.truncate(15);
+                f
+            },
+            Expect::Drop(DropReason::Malformed),
+        ),
+    ]
+}
+
+#[test]
+fn golden_frames() {
+    let mut bench = bench();
+    let mut failures = Vec::new();
+    for row in rows() {
+        let out = match bench.run(row.prog, row.ingress, &row.frame, true) {
+            Ok(out) => out,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", row.what));
+                continue;
+            }
+        };
+        let got_targets = bench.targets(&out);
+        let trace = out.trace.expect("traced run wrote no record");
+        let mut problems = Vec::new();
+        match &row.expect {
+            Expect::Drop(reason) => {
+                if out.retval != TC_ACT_SHOT {
+                    problems.push(format!("verdict {} (want shot)", out.retval));
+                }
+                if trace.reason != *reason as u32 {
+                    problems.push(format!(
+                        "trace reason {:?} (want {reason:?})",
+                        DropReason::from_index(trace.reason)
+                    ));
+                }
+                if out.drops[*reason as usize] != 1 || out.drops.iter().sum::<u64>() != 1 {
+                    problems
+                        .push(format!("drop counters moved {:?} (want one {reason:?})", nonzero(&out.drops)));
+                }
+            }
+            Expect::Send { action, targets, frame } => {
+                if out.retval != TC_ACT_REDIRECT {
+                    problems.push(format!(
+                        "verdict {} (want redirect), reason {:?}",
+                        out.retval,
+                        DropReason::from_index(trace.reason)
+                    ));
+                }
+                let mut want: Vec<(String, u32)> = targets.iter().map(|(d, v)| (d.to_string(), *v)).collect();
+                want.sort();
+                if got_targets != want {
+                    problems.push(format!("targets {got_targets:?} (want {want:?})"));
+                }
+                if trace.action != *action as u32 || out.actions[*action as usize] != 1 {
+                    problems.push(format!("action {:?} (want {action:?})", Action::from_index(trace.action)));
+                }
+                if out.drops.iter().sum::<u64>() != 0 {
+                    problems.push(format!("drop counters moved {:?}", nonzero(&out.drops)));
+                }
+                let want_frame = frame.as_ref().unwrap_or(&row.frame);
+                if &out.frame != want_frame {
+                    problems.push(format!("frame {:02x?}\n   want {:02x?}", out.frame, want_frame));
+                }
+            }
+        }
+        if out.actions[Action::Received as usize] != 1 {
+            problems.push("rx counter did not move by one".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{} ({} on {}): {}", row.what, row.prog, row.ingress, problems.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} golden rows failed:\n  {}", failures.len(), failures.join("\n  "));
+}
+
+fn nonzero(counters: &[u64]) -> Vec<(Option<DropReason>, u64)> {
+    counters
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != 0)
+        .map(|(i, c)| (DropReason::from_index(i as u32), *c))
+        .collect()
+}

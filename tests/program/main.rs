@@ -1,0 +1,10 @@
+//! Program tests: the real TC programs run on golden frames through
+//! `BPF_PROG_TEST_RUN`, with maps seeded by the agent's own derive + sync.
+//! Each row names the frame, where it enters, and what must happen: the
+//! verdict, the destinations (with the VLAN pushed towards each), the frame
+//! the program leaves behind, and the counter that moves.
+
+mod golden;
+mod injected;
+mod learning;
+mod scenario;

@@ -1,0 +1,413 @@
+//! The seed scenario in namespaces: a "physical network" (a plain Linux
+//! bridge in its own namespace, which passes 802.1Q frames untouched), nodes
+//! whose uplink `eth2` plugs into it, VMs (namespaces behind a veth whose host
+//! end is the port's tap name), a DHCP namespace running dnsmasq the way
+//! Neutron runs it, and one `datapath agent` per node.
+//!
+//! Everything is removed on drop, also when a test panics: agents get SIGTERM
+//! and then `--cleanup`, namespaces and pins go with their guards.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{bpffs::PinDir, netns::Netns};
+
+/// Physical network name used by every node's mapping.
+pub const PHYSNET: &str = "default";
+
+/// The `datapath` binary under test: `DATAPATH_BIN`, or the newest build in target/.
+pub fn datapath_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DATAPATH_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let candidates = [root.join("target/release/datapath"), root.join("target/debug/datapath")];
+    candidates
+        .into_iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("no datapath binary: run through `cargo xtask test` (or set DATAPATH_BIN)")
+}
+
+/// A Neutron port as the tests describe it.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    pub id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ip: String,
+    pub host: String,
+    pub owner: String,
+    pub admin_up: bool,
+    pub port_security: bool,
+}
+
+impl PortSpec {
+    /// A VM port (`compute:nova`) bound to `host`.
+    pub fn vm(id: &str, network_id: &str, mac: &str, ip: &str, host: &str) -> Self {
+        Self {
+            id: id.into(),
+            network_id: network_id.into(),
+            mac: mac.into(),
+            ip: ip.into(),
+            host: host.into(),
+            owner: "compute:nova".into(),
+            admin_up: true,
+            port_security: true,
+        }
+    }
+
+    /// The tap name Nova gives it.
+    pub fn device(&self) -> String {
+        format!("tap{}", &self.id[..11])
+    }
+
+    /// The port in Neutron's API shape.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "network_id": self.network_id, "mac_address": self.mac,
+            "fixed_ips": [{"subnet_id": "sub-".to_string() + &self.network_id[..8], "ip_address": self.ip}],
+            "device_owner": self.owner, "binding:host_id": self.host,
+            "admin_state_up": self.admin_up, "port_security_enabled": self.port_security,
+            "allowed_address_pairs": []
+        })
+    }
+}
+
+/// A network in Neutron's API shape.
+pub fn network_json(id: &str, name: &str, net_type: &str, segmentation_id: Option<u32>) -> Value {
+    json!({
+        "id": id, "name": name, "provider:network_type": net_type,
+        "provider:physical_network": PHYSNET, "provider:segmentation_id": segmentation_id,
+        "mtu": 1500, "admin_state_up": true
+    })
+}
+
+/// A VM: a namespace whose `eth0` is the far end of the port's veth.
+pub struct Vm {
+    pub ns: Netns,
+    pub port: PortSpec,
+}
+
+impl Vm {
+    /// Runs a command in the VM.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        self.ns.exec(args)
+    }
+
+    /// Whether `count` pings to `ip` get answers.
+    pub fn ping(&self, ip: &str, count: u32) -> bool {
+        let c = count.to_string();
+        self.ns.exec(&["ping", "-c", &c, "-i", "0.2", "-W", "1", ip]).is_ok()
+    }
+
+    /// Pings until one answer comes back or `timeout` passes.
+    pub fn ping_until(&self, ip: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Assigns the port's fixed IP statically (/24).
+    pub fn set_static_ip(&self) -> Result<()> {
+        self.ns.exec(&["ip", "addr", "add", &format!("{}/24", self.port.ip), "dev", "eth0"]).map(drop)
+    }
+
+    /// Runs a DHCP client (busybox udhcpc); returns the address it was leased.
+    pub fn dhcp(&self, script: &Path) -> Result<String> {
+        let s = script.to_str().context("script path")?;
+        let out = self
+            .ns
+            .exec(&["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "8", "-T", "1", "-s", s])?;
+        // The script prints the bound address (udhcpc itself logs to stderr).
+        out.lines()
+            .find_map(|l| l.strip_prefix("bound "))
+            .map(|ip| ip.trim().to_string())
+            .with_context(|| format!("udhcpc got no lease: {out}"))
+    }
+}
+
+/// A running agent; stopped and cleaned up on drop.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    ns_path: PathBuf,
+}
+
+impl AgentProc {
+    fn spawn(ns: &Netns, config: &Path, log: &Path) -> Result<Self> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg(datapath_bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting datapath agent")?;
+        Ok(Self {
+            child: Some(child),
+            config: config.into(),
+            log: log.into(),
+            ns_path: ns.path().to_path_buf(),
+        })
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop(&mut self, signal: i32) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            child.wait().context("waiting for the agent to exit")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Runs `datapath agent --config .. --cleanup` in the node.
+    pub fn cleanup(&self) -> Result<()> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg("--")
+            .arg(datapath_bin())
+            .args(["agent", "--cleanup", "--config"])
+            .arg(&self.config)
+            .output()
+            .context("running datapath agent --cleanup")?;
+        if !out.status.success() {
+            bail!("--cleanup failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.stop(libc::SIGTERM);
+        let _ = self.cleanup();
+    }
+}
+
+/// One node: a namespace with uplink `eth2` on the physical network.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub config: PathBuf,
+    pub agent: Option<AgentProc>,
+}
+
+/// dnsmasq serving one network from a `qdhcp-` style namespace.
+pub struct Dhcp {
+    pub ns: Netns,
+    pub port: PortSpec,
+    child: Child,
+}
+
+impl Drop for Dhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole scenario.
+pub struct Cluster {
+    // Drop order matters: agents (in nodes) and dnsmasq go before namespaces and pins.
+    pub vms: Vec<Vm>,
+    pub dhcp: Vec<Dhcp>,
+    pub nodes: Vec<Node>,
+    pub phys: Netns,
+    pub pins: PinDir,
+    pub dir: PathBuf,
+    pub bindings: PathBuf,
+}
+
+impl Cluster {
+    /// `n` nodes on one physical network; bindings start empty.
+    pub fn new(tag: &str, n: usize) -> Result<Self> {
+        crate::require_root();
+        let phys = Netns::new(&format!("{tag}-phys"))?;
+        phys.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        phys.exec(&["ip", "link", "set", "br0", "up"])?;
+        let pins = PinDir::new()?;
+        let dir = std::env::temp_dir().join(format!("dpt-{}", phys.name()));
+        fs::create_dir_all(&dir)?;
+        let bindings = dir.join("bindings.json");
+        let mut cluster =
+            Self { vms: Vec::new(), dhcp: Vec::new(), nodes: Vec::new(), phys, pins, dir, bindings };
+        cluster.write_bindings(&json!({"networks": [], "ports": []}))?;
+        for i in 0..n {
+            cluster.add_node(&format!("node{i}"))?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(&mut self, name: &str) -> Result<()> {
+        let ns = Netns::new(name)?;
+        let up = format!("up-{name}");
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &up,
+            "netns",
+            self.phys.name(),
+        ])?;
+        ns.exec(&["ip", "link", "set", "eth2", "up"])?;
+        self.phys.exec(&["ip", "link", "set", &up, "master", "br0", "up"])?;
+        let config = self.dir.join(format!("{name}.toml"));
+        let pin_path = self.pins.path().join(name);
+        fs::write(
+            &config,
+            format!(
+                "host = \"{name}\"\nphysical_interface_mappings = [\"{PHYSNET}:eth2\"]\nbindings = \"{}\"\npin_path = \"{}\"\ncontrol_socket = \"{}\"\n",
+                self.bindings.display(),
+                pin_path.display(),
+                self.dir.join(format!("{name}.sock")).display()
+            ),
+        )?;
+        self.nodes.push(Node { name: name.into(), ns, config, agent: None });
+        Ok(())
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Replaces the bindings file atomically (write + rename), as a sync tool would.
+    pub fn write_bindings(&self, doc: &Value) -> Result<()> {
+        self.write_bindings_text(&serde_json::to_string_pretty(doc)?)
+    }
+
+    /// Replaces the bindings file with raw text (to test bad input).
+    pub fn write_bindings_text(&self, text: &str) -> Result<()> {
+        let tmp = self.bindings.with_extension("tmp");
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, &self.bindings)?;
+        Ok(())
+    }
+
+    /// Starts the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        let log = self.dir.join(format!("{node}.log"));
+        let n = self.node_mut(node);
+        n.agent = Some(AgentProc::spawn(&n.ns, &n.config, &log)?);
+        Ok(())
+    }
+
+    /// Creates the VM of `port` on `node` (veth: port tap name on the node, eth0 in the VM).
+    pub fn add_vm(&mut self, node: &str, port: PortSpec) -> Result<usize> {
+        let ns = Netns::new("vm")?;
+        let dev = port.device();
+        let n = self.node(node);
+        n.ns.exec(&["ip", "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        n.ns.exec(&["ip", "link", "set", &dev, "up"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "address", &port.mac])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        self.vms.push(Vm { ns, port });
+        Ok(self.vms.len() - 1)
+    }
+
+    /// Creates a DHCP namespace for `port` (owner network:dhcp) on `node`, running
+    /// dnsmasq with a Neutron-style static hosts file for `hosts` (mac, ip).
+    pub fn add_dhcp(&mut self, node: &str, port: PortSpec, hosts: &[(&str, &str)]) -> Result<()> {
+        let ns = Netns::new("qdhcp")?;
+        let dev = port.device();
+        let inner = format!("ns-{}", &port.id[..11]);
+        let n = self.node(node);
+        n.ns.exec(&["ip", "link", "add", &dev, "type", "veth", "peer", "name", &inner, "netns", ns.name()])?;
+        n.ns.exec(&["ip", "link", "set", &dev, "up"])?;
+        ns.exec(&["ip", "link", "set", &inner, "address", &port.mac])?;
+        ns.exec(&["ip", "link", "set", &inner, "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{}/24", port.ip), "dev", &inner])?;
+        let dir = self.dir.join(format!("dhcp-{}", &port.network_id[..8]));
+        fs::create_dir_all(&dir)?;
+        let hosts_file = dir.join("host");
+        let lines: String = hosts
+            .iter()
+            .map(|(mac, ip)| format!("{mac},host-{}.openstacklocal,{ip}\n", ip.replace('.', "-")))
+            .collect();
+        fs::write(&hosts_file, lines)?;
+        let subnet = format!("{}.0", port.ip.rsplit_once('.').context("IPv4 DHCP address")?.0);
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-hosts",
+                "--no-resolv",
+            ])
+            .args(["--strict-order", "--bind-interfaces", "--port=0", "--except-interface=lo"])
+            .arg(format!("--interface={inner}"))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--dhcp-hostsfile={}", hosts_file.display()))
+            .arg("--leasefile-ro")
+            .arg(format!("--dhcp-range=set:tag0,{subnet},static,120s"))
+            .args(["--dhcp-lease-max=256", "--conf-file=/dev/null", "--domain=openstacklocal"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq")?;
+        self.dhcp.push(Dhcp { ns, port, child });
+        Ok(())
+    }
+
+    /// A udhcpc script that prints the bound address and configures it.
+    pub fn udhcpc_script(&self) -> Result<PathBuf> {
+        let path = self.dir.join("udhcpc.sh");
+        fs::write(
+            &path,
+            "#!/bin/sh\nif [ \"$1\" = bound ]; then\n  ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n  echo \"bound $ip\"\nfi\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents first (SIGTERM + --cleanup), while their namespaces still exist.
+        for n in &mut self.nodes {
+            n.agent.take();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,176 @@
+//! Builders for the golden frames of the program tests: Ethernet, 802.1Q, ARP,
+//! IPv4/UDP (DHCP), IPv6/ICMPv6. Checksums are computed so that frames are
+//! what a real stack would send.
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Broadcast MAC.
+pub const BROADCAST: Mac = [0xff; 6];
+
+/// `fa:16:3e:00:00:xx`, the Neutron OUI with a chosen last byte.
+pub const fn neutron_mac(last: u8) -> Mac {
+    [0xfa, 0x16, 0x3e, 0x00, 0x00, last]
+}
+
+/// An Ethernet frame.
+pub fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Inserts an 802.1Q (or other TPID) tag after the MAC addresses.
+pub fn tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// An ARP packet (Ethernet/IPv4). `op` 1 = request, 2 = reply.
+pub fn arp(op: u16, sha: Mac, spa: [u8; 4], tha: Mac, tpa: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0x00, 0x01, 0x08, 0x00, 6, 4];
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa);
+    p.extend_from_slice(&tha);
+    p.extend_from_slice(&tpa);
+    p
+}
+
+/// A broadcast ARP request frame from `sha`/`spa` for `tpa`.
+pub fn arp_request(sha: Mac, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    eth(BROADCAST, sha, 0x0806, &arp(1, sha, spa, [0; 6], tpa))
+}
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 {
+            u16::from_be_bytes([chunk[0], chunk[1]])
+        } else {
+            u16::from_be_bytes([chunk[0], 0])
+        };
+        sum += word as u32;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 header + payload with a correct header checksum.
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = csum_fold(csum_add(0, &h));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A UDP datagram in IPv4 with correct checksums.
+pub fn ipv4_udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    let c = csum_fold(csum_add(csum_add(0, &pseudo), &u));
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 17, &u)
+}
+
+/// An ICMP echo request in IPv4.
+pub fn ipv4_icmp_echo(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(b"datapath-test-payload");
+    let c = csum_fold(csum_add(0, &icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 1, &icmp)
+}
+
+/// A minimal BOOTP/DHCP body (op 1 request or 2 reply) for `chaddr`.
+pub fn dhcp_body(op: u8, chaddr: Mac) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[0] = op;
+    b[1] = 1;
+    b[2] = 6;
+    b[28..34].copy_from_slice(&chaddr);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b
+}
+
+/// An IPv6 header + payload.
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.push(next);
+    h.push(255);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An ICMPv6 neighbour advertisement for `target` (checksum computed), in IPv6.
+pub fn ipv6_na(src: [u8; 16], dst: [u8; 16], target: [u8; 16], mac: Mac) -> Vec<u8> {
+    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend_from_slice(&target);
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&mac);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let c = csum_fold(csum_add(csum_add(0, &pseudo), &icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6(src, dst, 58, &icmp)
+}
+
+/// The EUI-64 link-local address of `mac`.
+pub fn link_local(mac: Mac) -> [u8; 16] {
+    [0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
+}
+
+/// A `std::net::Ipv6Addr` as bytes, for readability in tables.
+pub fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().expect("valid IPv6 literal in test").octets()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, b"abc");
+        assert_eq!(csum_fold(csum_add(0, &p[..20])), 0);
+    }
+
+    #[test]
+    fn tag_is_inserted_after_macs() {
+        let f = eth(BROADCAST, neutron_mac(1), 0x0800, &[1, 2]);
+        let t = tagged(&f, 0x8100, 1000);
+        assert_eq!(&t[12..18], &[0x81, 0x00, 0x03, 0xe8, 0x08, 0x00]);
+    }
+}

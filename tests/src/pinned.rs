@@ -1,0 +1,51 @@
+//! Reads a running agent's pinned maps, to check what the kernel counted.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use datapath_common::{Action, DropReason, PortCounters, PortInfo, names};
+use datapath_user::loader::versioned_pin_dir;
+
+use crate::netns::Netns;
+
+/// The ifindex of `dev` inside `ns`.
+pub fn ifindex_in(ns: &Netns, dev: &str) -> Result<u32> {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j output")?;
+    v[0]["ifindex"].as_u64().map(|i| i as u32).with_context(|| format!("no ifindex for {dev}"))
+}
+
+/// Counters of one port of an agent, summed over CPUs.
+pub struct PortView {
+    pub info: PortInfo,
+    pub counters: PortCounters,
+}
+
+impl PortView {
+    /// Drops counted under `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.counters.drops[reason as usize]
+    }
+
+    /// Frames counted under `action`.
+    pub fn actions(&self, action: Action) -> u64 {
+        self.counters.actions[action as usize]
+    }
+}
+
+/// The pinned PORTS entry and counters of `ifindex`, for the agent pinned at `pin_path`.
+pub fn port_view(pin_path: &Path, ifindex: u32) -> Result<PortView> {
+    let maps = versioned_pin_dir(pin_path).join("maps");
+    let ports: HashMap<MapData, u32, PortInfo> =
+        HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(maps.join(names::PORTS))?))?;
+    let info = ports.get(&ifindex, 0).with_context(|| format!("no PORTS entry for ifindex {ifindex}"))?;
+    let stats: PerCpuArray<MapData, PortCounters> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(MapData::from_pin(maps.join(names::PORT_STATS))?))?;
+    let per_cpu = stats.get(&info.stats_slot, 0)?;
+    let mut counters: PortCounters = bytemuck::Zeroable::zeroed();
+    for c in per_cpu.iter() {
+        counters.accumulate(c);
+    }
+    Ok(PortView { info, counters })
+}

@@ -1,0 +1,218 @@
+//! The program-test bench: the real programs, loaded with private maps,
+//! seeded by the agent's own derive + sync from a bindings document, and run
+//! on golden frames through `BPF_PROG_TEST_RUN` in a private namespace whose
+//! veth devices stand in for taps and the uplink.
+
+use std::{fs::File, os::fd::AsRawFd};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::PerCpuValues;
+use datapath_common::{ACTION_SLOTS, DROP_REASON_SLOTS, PortCounters, TRACE_MAGIC, TraceRecord};
+use datapath_user::{
+    bindings::Bindings,
+    config::Config,
+    desired::{self, Allocations, Derived, Devices},
+    loader::Datapath,
+    sync,
+    testrun::{self, SkbRun},
+};
+
+use crate::netns::Netns;
+
+/// Moves the current thread into a namespace; moves it back on drop.
+struct ThreadNetns {
+    home: File,
+}
+
+impl ThreadNetns {
+    fn enter(ns: &Netns) -> Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        let target = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+        // SAFETY: setns on valid fds; affects only the calling thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {}: {}", ns.name(), std::io::Error::last_os_error());
+        }
+        Ok(Self { home })
+    }
+}
+
+impl Drop for ThreadNetns {
+    fn drop(&mut self) {
+        // SAFETY: setns back to the fd we opened before leaving.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// What one run of a program did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The TC verdict (2 = shot, 7 = redirect).
+    pub retval: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// The decision record (traced runs only).
+    pub trace: Option<TraceRecord>,
+    /// Counter changes of the ingress port's slot during the run.
+    pub drops: [u64; DROP_REASON_SLOTS],
+    pub actions: [u64; ACTION_SLOTS],
+}
+
+/// A loaded datapath in a private namespace, seeded from bindings.
+pub struct Bench {
+    // Fields drop in order: leave the namespace first, delete it last.
+    _enter: ThreadNetns,
+    pub dp: Datapath,
+    pub devices: Devices,
+    pub derived: Derived,
+    pub ns: Netns,
+}
+
+impl Bench {
+    /// Creates `devices` (each a veth whose peer is `<name>p`, all up) in a new
+    /// namespace, loads the programs, and seeds the maps from `config` + `bindings`.
+    pub fn new(config: &str, bindings: &str, devices: &[&str]) -> Result<Self> {
+        let ns = Netns::new("prog")?;
+        // No IPv6 autoconfiguration noise (MLD, RS) on the devices: the flood test counts frames.
+        for key in ["all", "default"] {
+            ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")])?;
+        }
+        for (i, dev) in devices.iter().enumerate() {
+            let peer = format!("peer{i}");
+            ns.exec(&["ip", "link", "add", dev, "type", "veth", "peer", "name", &peer])?;
+            ns.exec(&["ip", "link", "set", dev, "up"])?;
+            ns.exec(&["ip", "link", "set", &peer, "up"])?;
+        }
+        let enter = ThreadNetns::enter(&ns)?;
+        let mut dp = Datapath::load_private()?;
+        let devices = datapath_user::netlink::list_devices()?;
+        let cfg = Config::parse_str(config, "test config")?;
+        let b = Bindings::parse_str(bindings, "test bindings")?;
+        if !b.refused.is_empty() {
+            bail!("test bindings refused entries: {:?}", b.refused);
+        }
+        let derived = desired::derive(&cfg, &b, &devices, &mut Allocations::default());
+        let diff = sync::diff(&derived.state, &sync::read_state(&dp.maps)?);
+        let errors = sync::apply(&mut dp.maps, &diff);
+        if !errors.is_empty() {
+            bail!("seeding maps: {errors:?}");
+        }
+        Ok(Self { _enter: enter, dp, devices, derived, ns })
+    }
+
+    /// The ifindex of a device of the bench.
+    pub fn ifindex(&self, name: &str) -> u32 {
+        *self.devices.get(name).unwrap_or_else(|| panic!("no device {name} in the bench"))
+    }
+
+    /// The device name of an ifindex (for readable assertions).
+    pub fn name_of(&self, ifindex: u32) -> String {
+        self.devices
+            .iter()
+            .find(|(_, i)| **i == ifindex)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+    }
+
+    fn slot(&self, ifindex: u32) -> u32 {
+        self.derived.state.ports.get(&ifindex).map(|p| p.stats_slot).unwrap_or(0)
+    }
+
+    fn counters(&self, slot: u32) -> Result<PortCounters> {
+        let per_cpu = self.dp.maps.port_stats.get(&slot, 0).context("reading PORT_STATS")?;
+        let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        Ok(sum)
+    }
+
+    /// Runs program `prog` on `frame` as if it arrived on device `ingress`.
+    /// A traced run records its decision and sends no copies.
+    pub fn run(&mut self, prog: &str, ingress: &str, frame: &[u8], traced: bool) -> Result<Outcome> {
+        let ifindex = self.ifindex(ingress);
+        let slot = self.slot(ifindex);
+        let before = self.counters(slot)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
+        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
+        let mut cb = [0u32; 5];
+        if traced {
+            cb[0] = TRACE_MAGIC[0];
+            cb[1] = TRACE_MAGIC[1];
+        }
+        let out = {
+            let fd = self.dp.program_fd(prog)?;
+            testrun::run_skb(fd, &SkbRun { frame, ifindex, cb, mark: 0 })?
+        };
+        let trace = if traced {
+            let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
+            per_cpu.iter().find(|r| r.valid == 1).copied()
+        } else {
+            None
+        };
+        let after = self.counters(slot)?;
+        let moved = after.since(&before);
+        Ok(Outcome {
+            retval: out.retval,
+            frame: out.frame,
+            trace,
+            drops: moved.drops,
+            actions: moved.actions,
+        })
+    }
+
+    /// Attaches `prog` for real to the ingress of `dev` (the link lives as long as the bench).
+    pub fn attach(&mut self, prog: &str, dev: &str) -> Result<()> {
+        let p = self.dp.program(prog)?;
+        p.attach(dev, aya::programs::TcAttachType::Ingress)
+            .with_context(|| format!("attaching {prog} to {dev}"))?;
+        Ok(())
+    }
+
+    /// Sends `frame` out of `dev` with an AF_PACKET socket, as a VM or a wire would.
+    pub fn inject(&self, dev: &str, frame: &[u8]) -> Result<()> {
+        let ifindex = self.ifindex(dev);
+        // SAFETY: plain socket(2); the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        // SAFETY: frame and addr are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: closing the fd we opened.
+        unsafe { libc::close(fd) };
+        if n != frame.len() as isize {
+            bail!("sending {} bytes on {dev}: {err}", frame.len());
+        }
+        Ok(())
+    }
+
+    /// Counters of the port on `dev`, summed over CPUs.
+    pub fn port_counters(&self, dev: &str) -> Result<PortCounters> {
+        self.counters(self.slot(self.ifindex(dev)))
+    }
+
+    /// Targets of a traced outcome as (device name, vlan), sorted.
+    pub fn targets(&self, o: &Outcome) -> Vec<(String, u32)> {
+        let Some(t) = &o.trace else { return Vec::new() };
+        let mut v: Vec<(String, u32)> =
+            t.targets[..t.target_count as usize].iter().map(|x| (self.name_of(x.ifindex), x.vlan)).collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,90 @@
+//! The agent's life: ports that come and go in either order, a bindings file
+//! that breaks, the agent stopping (SIGTERM, SIGKILL) while traffic keeps
+//! flowing, and `--cleanup` removing everything.
+
+use std::time::Duration;
+
+use datapath_tests::{
+    cluster::{Cluster, PortSpec},
+    pinned::{ifindex_in, port_view},
+};
+
+use crate::scenario::*;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+#[test]
+fn agent_follows_port_events_survives_stops_and_cleans_up() {
+    let mut c = Cluster::new("life", 1).unwrap();
+    let a = vm1();
+    let mut b = vm2();
+    b.host = "node0".into();
+    let late_binding = PortSpec::vm(
+        "c3c3c3c3-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:c3:00:05",
+        "10.10.10.5",
+        "node0",
+    );
+    let late_device = PortSpec::vm(
+        "c4c4c4c4-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:c4:00:06",
+        "10.10.10.6",
+        "node0",
+    );
+    c.write_bindings(&bindings(&[&a, &b, &late_device])).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node0", b.clone()).unwrap();
+    let ic = c.add_vm("node0", late_binding.clone()).unwrap();
+    for i in [ia, ib, ic] {
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    assert!(c.vms[ia].ping_until(&b.ip, SETTLE), "a reaches b");
+    assert!(!c.vms[ic].ping(&b.ip, 1), "a device without a binding is not connected yet");
+
+    // Device first, binding later.
+    c.write_bindings(&bindings(&[&a, &b, &late_device, &late_binding])).unwrap();
+    assert!(c.vms[ic].ping_until(&b.ip, SETTLE), "device first, then binding");
+
+    // Binding first (late_device has been bound all along), device later.
+    let id = c.add_vm("node0", late_device.clone()).unwrap();
+    c.vms[id].set_static_ip().unwrap();
+    assert!(c.vms[id].ping_until(&a.ip, SETTLE), "binding first, then device");
+
+    // A bindings file that does not parse keeps the last good state.
+    c.write_bindings_text("{\"networks\": [ this is not json").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.vms[ia].ping(&b.ip, 2), "traffic survives a broken bindings file");
+    let log = c.node("node0").agent.as_ref().unwrap().log_text();
+    assert!(log.contains("bindings.json") && log.contains("line 1"), "error names the file and line: {log}");
+
+    // Unbinding a port removes it from the datapath.
+    c.write_bindings(&bindings(&[&a, &b, &late_device])).unwrap();
+    let pin = c.pins.path().join("node0");
+    let ifc = ifindex_in(&c.node("node0").ns, &late_binding.device()).unwrap();
+    let start = std::time::Instant::now();
+    while port_view(&pin, ifc).map(|v| v.info.flags & datapath_common::PORT_F_BOUND != 0).unwrap_or(false)
+        && start.elapsed() < SETTLE
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!c.vms[ic].ping(&b.ip, 1), "an unbound port is cut off");
+
+    // SIGTERM, as systemctl stop/restart sends: forwarding goes on.
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    assert!(c.vms[ia].ping(&b.ip, 3), "forwarding continues with the agent stopped");
+    c.start_agent("node0").unwrap();
+    assert!(c.vms[ia].ping(&b.ip, 2), "and after it starts again");
+    assert!(c.vms[id].ping(&a.ip, 1));
+
+    // SIGKILL: same.
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
+    assert!(c.vms[ia].ping(&b.ip, 3), "forwarding continues after SIGKILL");
+
+    // --cleanup removes programs, links, maps and pins.
+    c.nodes[0].agent.as_ref().unwrap().cleanup().unwrap();
+    assert!(!pin.exists(), "pins left behind at {}", pin.display());
+    assert!(!c.vms[ia].ping(&b.ip, 1), "after cleanup the taps are no longer bridged");
+}

@@ -1,0 +1,9 @@
+//! Topology tests: the real agent and programs on namespaces joined by veth
+//! pairs and a bridge that plays the physical network. Each test builds its
+//! own cluster with unique names and removes it on exit, also on panic.
+
+mod isolation;
+mod lifecycle;
+mod scenario;
+mod security;
+mod seed;
