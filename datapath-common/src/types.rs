@@ -75,6 +75,9 @@ pub const ADDR_KEY_FIXED_BITS: u32 = 96;
 /// `cb[0]`/`cb[1]` values that ask a program to record its decision in `TRACE`
 /// and to send nothing (`datapath trace` and the program tests).
 pub const TRACE_MAGIC: [u32; 2] = [0x7472_6163, 0x6450_6174];
+/// `cb[2]` value of a traced run that must leave no trace in the live state:
+/// no counters, no learning (`datapath trace` against a running agent).
+pub const TRACE_DRY_RUN: u32 = 0x6472_7972;
 
 shared! {
     /// Value of `PORTS` (key: ifindex `u32`).

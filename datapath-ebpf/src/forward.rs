@@ -141,6 +141,8 @@ fn flood(
     } else {
         return Err(DropReason::FloodNoTarget);
     }
-    stats::count_action(meta.slot, Action::FloodCopies, copies);
+    if !meta.dry_run {
+        stats::count_action(meta.slot, Action::FloodCopies, copies);
+    }
     Ok(Verdict { action: Action::Flooded, ret: TC_ACT_REDIRECT })
 }

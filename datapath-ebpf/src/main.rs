@@ -23,7 +23,7 @@ use crate::verdict::Meta;
 /// TC ingress of VM taps and namespace ports: what the port sends.
 #[classifier]
 pub fn vm_port(ctx: TcContext) -> i32 {
-    let mut meta = Meta { slot: 0, net_index: 0, trace: trace::requested(&ctx) };
+    let mut meta = Meta::new(&ctx);
     let res = vm_port::try_vm_port(&ctx, &mut meta);
     verdict::finish(&meta, res)
 }
@@ -31,7 +31,7 @@ pub fn vm_port(ctx: TcContext) -> i32 {
 /// TC ingress of a physical uplink: what the wire delivers.
 #[classifier]
 pub fn uplink_in(ctx: TcContext) -> i32 {
-    let mut meta = Meta { slot: 0, net_index: 0, trace: trace::requested(&ctx) };
+    let mut meta = Meta::new(&ctx);
     let res = uplink::try_uplink(&ctx, &mut meta);
     verdict::finish(&meta, res)
 }

@@ -5,7 +5,7 @@
 //! the per-CPU `TRACE` map, and never clones a frame out of the test run.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{MAX_TRACE_TARGETS, TRACE_MAGIC};
+use datapath_common::{MAX_TRACE_TARGETS, TRACE_DRY_RUN, TRACE_MAGIC};
 
 use crate::maps::TRACE;
 
@@ -14,6 +14,13 @@ use crate::maps::TRACE;
 pub fn requested(ctx: &TcContext) -> bool {
     let cb = ctx.cb();
     cb.len() >= 2 && cb[0] == TRACE_MAGIC[0] && cb[1] == TRACE_MAGIC[1]
+}
+
+/// Whether a traced run must not touch counters or learned MACs.
+#[inline(always)]
+pub fn dry_run(ctx: &TcContext) -> bool {
+    let cb = ctx.cb();
+    cb.len() >= 3 && cb[2] == TRACE_DRY_RUN
 }
 
 /// Records one destination of the frame.

@@ -61,6 +61,9 @@ fn learn(meta: &Meta, ifindex: u32, src: &[u8; 6]) -> Result<(), DropReason> {
         // Statically known remote MACs need no learning.
         return Ok(());
     }
+    if meta.dry_run {
+        return Ok(());
+    }
     // SAFETY: reading the time has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: LRU value read; a racing writer only refreshes the same entry.

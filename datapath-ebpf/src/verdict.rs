@@ -14,6 +14,17 @@ pub struct Meta {
     pub net_index: u32,
     /// Record the decision in `TRACE` and send no copies.
     pub trace: bool,
+    /// Change no live state: no counters, no learning (a dry-run trace).
+    pub dry_run: bool,
+}
+
+impl Meta {
+    /// The state of a fresh run of a program on `ctx`.
+    #[inline(always)]
+    pub fn new(ctx: &aya_ebpf::programs::TcContext) -> Self {
+        let trace = trace::requested(ctx);
+        Self { slot: 0, net_index: 0, trace, dry_run: trace && trace::dry_run(ctx) }
+    }
 }
 
 /// A frame that was not dropped: what happened to it and the TC return code.
@@ -25,17 +36,23 @@ pub struct Verdict {
 /// Counts the outcome under the ingress port and returns the TC verdict.
 #[inline(always)]
 pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
-    stats::count_action(meta.slot, Action::Received, 1);
+    if !meta.dry_run {
+        stats::count_action(meta.slot, Action::Received, 1);
+    }
     match res {
         Ok(v) => {
-            stats::count_action(meta.slot, v.action, 1);
+            if !meta.dry_run {
+                stats::count_action(meta.slot, v.action, 1);
+            }
             if meta.trace {
                 trace::verdict(v.action as u32, 0, meta.net_index);
             }
             v.ret
         }
         Err(reason) => {
-            stats::count_drop(meta.slot, reason);
+            if !meta.dry_run {
+                stats::count_drop(meta.slot, reason);
+            }
             if meta.trace {
                 trace::verdict(0, reason as u32, meta.net_index);
             }

@@ -5,19 +5,20 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::{MissedTickBehavior, interval, sleep},
 };
 
 use crate::{
     attach::{self, Attacher},
     config::Config,
+    control::{self, Pending},
     desired::{self, Allocations, Derived},
     learned,
     loader::{self, Datapath},
@@ -47,13 +48,13 @@ pub struct Status {
 
 /// The running agent's state.
 pub struct Agent {
-    cfg: Config,
-    dp: Datapath,
+    pub(crate) cfg: Config,
+    pub(crate) dp: Datapath,
     alloc: Allocations,
     attacher: Attacher,
-    source: BindingSource,
-    /// Shared with the control socket.
-    pub status: Arc<Mutex<Status>>,
+    pub(crate) source: BindingSource,
+    /// What the last reconciliation found.
+    pub(crate) status: Status,
 }
 
 impl Agent {
@@ -73,7 +74,7 @@ impl Agent {
         }
         let attacher = Attacher::new(dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
-        Ok(Self { cfg, dp, alloc, attacher, source, status: Arc::default() })
+        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default() })
     }
 
     /// One full reconciliation. Without good bindings nothing is touched:
@@ -82,8 +83,7 @@ impl Agent {
         self.source.poll();
         let bindings_error = self.source.error().map(str::to_owned);
         let Some(bindings) = self.source.good() else {
-            let mut st = self.status.lock().expect("status lock");
-            st.bindings_error = bindings_error;
+            self.status.bindings_error = bindings_error;
             return Ok(());
         };
         let devices = netlink::list_devices()?;
@@ -99,18 +99,13 @@ impl Agent {
         for e in &errors {
             log::error!("{e}");
         }
-        let mut st = self.status.lock().expect("status lock");
-        log_port_changes(&st.derived, &derived);
-        st.derived = derived;
-        st.errors = errors;
-        st.bindings_error = bindings_error;
-        st.syncs += 1;
+        log_port_changes(&self.status.derived, &derived);
+        self.status = Status { derived, errors, bindings_error, syncs: self.status.syncs + 1 };
         Ok(())
     }
 
     fn age_learned(&mut self) {
-        let live: BTreeSet<u32> =
-            self.status.lock().expect("status lock").derived.state.networks.keys().copied().collect();
+        let live: BTreeSet<u32> = self.status.derived.state.networks.keys().copied().collect();
         match learned::age(&mut self.dp.maps, Duration::from_secs(self.cfg.mac_age_seconds), &live) {
             Ok(0) => {}
             Ok(n) => log::debug!("aged out {n} learned MACs"),
@@ -128,6 +123,13 @@ impl Agent {
         let mut aging = interval(Duration::from_secs((self.cfg.mac_age_seconds / 4).clamp(1, 60)));
         aging.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_full = Instant::now();
+        let (tx, mut requests) = mpsc::channel::<Pending>(16);
+        let socket = self.cfg.control_socket.clone();
+        let server = tokio::spawn(async move {
+            if let Err(e) = control::serve(socket, tx).await {
+                log::error!("control socket: {e:#}");
+            }
+        });
         self.reconcile()?;
         log::info!("agent for host {} running", self.cfg.host);
         loop {
@@ -142,6 +144,11 @@ impl Agent {
                     self.age_learned();
                     false
                 }
+                Some(p) = requests.recv() => {
+                    let answer = self.answer(p.request).map_err(|e| format!("{e:#}"));
+                    let _ = p.reply.send(answer);
+                    false
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             };
@@ -152,6 +159,8 @@ impl Agent {
                 last_full = Instant::now();
             }
         }
+        server.abort();
+        let _ = std::fs::remove_file(&self.cfg.control_socket);
         log::info!("stopping; the datapath keeps forwarding (remove it with --cleanup)");
         Ok(())
     }

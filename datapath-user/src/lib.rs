@@ -4,8 +4,12 @@
 pub mod agent;
 pub mod attach;
 pub mod bindings;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod desired;
+pub mod frames;
+pub mod introspect;
 pub mod learned;
 pub mod loader;
 pub mod netlink;

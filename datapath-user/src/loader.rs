@@ -129,3 +129,22 @@ where
     let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The names in `datapath_common::names` are the object's names, both ways.
+    #[test]
+    fn embedded_object_has_exactly_the_shared_map_and_program_names() {
+        assert!(!OBJECT.is_empty(), "built without DATAPATH_EBPF_OBJ: run through `cargo xtask test`");
+        let obj = aya_obj::Object::parse(OBJECT).expect("parsing the embedded eBPF object");
+        let maps: BTreeSet<&str> =
+            obj.maps.keys().map(String::as_str).filter(|m| !m.starts_with('.')).collect();
+        assert_eq!(maps, names::ALL_MAPS.into_iter().collect());
+        let progs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(progs, names::ALL_PROGRAMS.into_iter().collect());
+    }
+}

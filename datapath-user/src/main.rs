@@ -1,10 +1,14 @@
-//! `datapath`: the agent and the operator's commands.
+//! `datapath`: the agent, and the operator's commands that talk to it.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use datapath_user::{agent, config::Config};
+use clap::{Args, Parser, Subcommand};
+use datapath_user::{
+    agent, cli,
+    config::{Config, DEFAULT_CONTROL_SOCKET},
+    control::{self, Request},
+};
 
 /// eBPF L2 datapath for OpenStack Neutron nodes (replaces the OVS hybrid chain).
 #[derive(Parser)]
@@ -12,6 +16,32 @@ use datapath_user::{agent, config::Config};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a command finds the running agent.
+#[derive(Args)]
+struct Target {
+    /// The agent's config (its `control_socket` is used).
+    #[arg(long, conflicts_with = "socket")]
+    config: Option<PathBuf>,
+    /// The control socket itself.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            return Ok(Config::load(c)?.control_socket);
+        }
+        Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET))
+    }
 }
 
 #[derive(Subcommand)]
@@ -25,12 +55,54 @@ enum Command {
         #[arg(long)]
         cleanup: bool,
     },
+    /// The agent's summary: bindings in force, port states, errors.
+    Status(Target),
+    /// Every port, unbound tap and uplink, with its state.
+    Ports(Target),
+    /// The networks with ports on this node, with their local index.
+    Networks(Target),
+    /// Forwarding entries: local ports and MACs learned from the wire.
+    Fdb {
+        #[command(flatten)]
+        target: Target,
+        /// Only this network (id, name or local index).
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Per-port counters, per action and per drop reason.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+        /// Only this port (device name or port id).
+        #[arg(long)]
+        port: Option<String>,
+    },
+    /// Run the real program on a frame against the live maps and show the decision.
+    Trace {
+        #[command(flatten)]
+        target: Target,
+        /// The port the frame enters on (device name or port id).
+        #[arg(long)]
+        port: String,
+        /// Hex bytes, a pcap file, or a spec like 'arp who-has 10.10.10.3 from fa:16:3e:00:00:01 10.10.10.2'.
+        #[arg(long)]
+        frame: String,
+    },
+}
+
+fn ask(target: &Target, name: &str, request: Request) -> Result<()> {
+    let result = control::query(&target.socket()?, &request)?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        cli::print_human(name, &result);
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Agent { config, cleanup } => {
             let cfg = Config::load(&config)?;
             if cleanup {
@@ -41,6 +113,16 @@ fn main() -> Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(async { agent::Agent::start(cfg)?.run().await })
+        }
+        Command::Status(t) => ask(&t, "status", Request::Status),
+        Command::Ports(t) => ask(&t, "ports", Request::Ports),
+        Command::Networks(t) => ask(&t, "networks", Request::Networks),
+        Command::Fdb { target, network } => ask(&target, "fdb", Request::Fdb { network }),
+        Command::Stats { target, port } => ask(&target, "stats", Request::Stats { port }),
+        Command::Trace { target, port, frame } => {
+            let bytes = cli::frame_arg(&frame)?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            ask(&target, "trace", Request::Trace { port, frame: hex })
         }
     }
 }

@@ -2,7 +2,7 @@
 //! record their destinations instead of sending copies).
 
 use datapath_common::{Action, DropReason, names};
-use datapath_tests::frames::*;
+use datapath_user::frames::*;
 
 use crate::scenario::*;
 

@@ -4,7 +4,7 @@
 //! malformed, fail-closed.
 
 use datapath_common::{Action, DropReason, names};
-use datapath_tests::frames::*;
+use datapath_user::frames::*;
 
 use crate::scenario::*;
 

@@ -2,7 +2,7 @@
 //! on floods (untraced runs, whose copies really leave through the devices).
 
 use datapath_common::{Action, DropReason, FdbKey, names};
-use datapath_tests::frames::*;
+use datapath_user::frames::*;
 
 use crate::scenario::*;
 

@@ -2,7 +2,8 @@
 //! on physical network "default" (uplink eth2), a DHCP port, an admin-down
 //! port, a port without port security, and an unbound tap.
 
-use datapath_tests::{frames::neutron_mac, program::Bench};
+use datapath_tests::program::Bench;
+use datapath_user::frames::neutron_mac;
 
 pub const CONFIG: &str = r#"
 host = "node0"

@@ -10,7 +10,6 @@
 pub mod bpffs;
 pub mod capture;
 pub mod cluster;
-pub mod frames;
 pub mod link;
 pub mod netns;
 pub mod pinned;

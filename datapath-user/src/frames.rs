@@ -1,4 +1,4 @@
-//! Builders for the golden frames of the program tests: Ethernet, 802.1Q, ARP,
+//! Frame builders (for `datapath trace` specs and the program tests): Ethernet, 802.1Q, ARP,
 //! IPv4/UDP (DHCP), IPv6/ICMPv6. Checksums are computed so that frames are
 //! what a real stack would send.
 

@@ -1,0 +1,271 @@
+//! Answers to control-socket requests: the `ovs-ofctl`/`ovs-appctl` of this
+//! datapath. Every answer is JSON; the CLI turns it into tables.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use aya::maps::PerCpuValues;
+use datapath_common::{
+    ABI_VERSION, Action, DropReason, FDB_F_LOCAL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
+    names,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    agent::Agent,
+    bindings::format_mac,
+    control::Request,
+    desired::{PortReport, PortState},
+    learned::monotonic_ns,
+    testrun::{self, SkbRun},
+};
+
+/// Longest frame `trace` accepts (a page minus the kernel's headroom).
+const MAX_TRACE_FRAME: usize = 3500;
+
+impl Agent {
+    /// Answers one control request.
+    pub fn answer(&mut self, request: Request) -> Result<Value> {
+        match request {
+            Request::Status => Ok(self.status_json()),
+            Request::Ports => {
+                Ok(json!({"ports": self.status.derived.ports.iter().map(port_json).collect::<Vec<_>>()}))
+            }
+            Request::Networks => Ok(self.networks_json()),
+            Request::Fdb { network } => self.fdb_json(network.as_deref()),
+            Request::Stats { port } => self.stats_json(port.as_deref()),
+            Request::Trace { port, frame } => self.trace_json(&port, &frame),
+        }
+    }
+
+    fn status_json(&self) -> Value {
+        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in &self.status.derived.ports {
+            *by_state.entry(state_name(&p.state)).or_default() += 1;
+        }
+        let refused: Vec<Value> = self
+            .source
+            .good()
+            .map(|b| b.refused.iter().map(|r| json!({"what": r.what, "reason": r.reason})).collect())
+            .unwrap_or_default();
+        json!({
+            "host": self.cfg.host,
+            "pin_path": self.cfg.pin_path,
+            "abi_version": ABI_VERSION,
+            "bindings": self.source.path(),
+            "bindings_error": self.source.error(),
+            "syncs": self.status.syncs,
+            "ports": by_state,
+            "networks": self.status.derived.networks.len(),
+            "errors": self.status.errors,
+            "refused": refused,
+        })
+    }
+
+    fn networks_json(&self) -> Value {
+        let nets: Vec<Value> = self
+            .status
+            .derived
+            .networks
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id, "name": n.name, "type": n.net_type, "segmentation_id": n.segmentation_id,
+                    "physical_network": n.physical_network, "local_index": n.net_index,
+                    "local_ports": n.local_ports, "error": n.error,
+                })
+            })
+            .collect();
+        json!({ "networks": nets })
+    }
+
+    /// The network report matching an id, a name or a local index.
+    fn find_network(&self, key: &str) -> Result<u32> {
+        let nets = &self.status.derived.networks;
+        nets.iter()
+            .find(|n| {
+                n.id == key || n.name == key || n.net_index.map(|i| i.to_string()).as_deref() == Some(key)
+            })
+            .and_then(|n| n.net_index)
+            .with_context(|| format!("no network {key:?} with ports on this node"))
+    }
+
+    fn network_id(&self, index: u32) -> String {
+        let nets = &self.status.derived.networks;
+        nets.iter().find(|n| n.net_index == Some(index)).map(|n| n.id.clone()).unwrap_or_default()
+    }
+
+    fn device_of(&self, ifindex: u32) -> String {
+        let ports = &self.status.derived.ports;
+        ports
+            .iter()
+            .find(|p| p.ifindex == Some(ifindex))
+            .map(|p| p.device.clone())
+            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+    }
+
+    fn fdb_json(&self, network: Option<&str>) -> Result<Value> {
+        let only = network.map(|n| self.find_network(n)).transpose()?;
+        let mut entries = Vec::new();
+        for item in self.dp.maps.fdb.iter() {
+            let (k, v) = item.context("reading FDB")?;
+            if only.is_some_and(|n| n != k.net_index) {
+                continue;
+            }
+            entries.push(json!({
+                "network": self.network_id(k.net_index), "local_index": k.net_index, "mac": format_mac(&k.mac),
+                "device": self.device_of(v.ifindex), "type": if v.flags & FDB_F_LOCAL != 0 { "local" } else { "remote" },
+                "age_s": Value::Null,
+            }));
+        }
+        let now = monotonic_ns();
+        for item in self.dp.maps.fdb_learned.iter() {
+            let (k, v) = item.context("reading FDB_LEARNED")?;
+            if only.is_some_and(|n| n != k.net_index) {
+                continue;
+            }
+            entries.push(json!({
+                "network": self.network_id(k.net_index), "local_index": k.net_index, "mac": format_mac(&k.mac),
+                "device": self.device_of(v.ifindex), "type": "learned",
+                "age_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+            }));
+        }
+        Ok(json!({ "entries": entries }))
+    }
+
+    /// The report of a port given by device name or (a prefix of) its port id.
+    fn find_port(&self, key: &str) -> Result<&PortReport> {
+        let ports = &self.status.derived.ports;
+        if let Some(p) = ports.iter().find(|p| p.device == key || (!p.id.is_empty() && p.id == key)) {
+            return Ok(p);
+        }
+        let mut matches = ports.iter().filter(|p| !p.id.is_empty() && p.id.starts_with(key));
+        match (matches.next(), matches.next()) {
+            (Some(p), None) => Ok(p),
+            (Some(_), Some(_)) => bail!("port {key:?} is ambiguous: give more of the id"),
+            _ => bail!("no port {key:?} on this node (give a device name or a port id)"),
+        }
+    }
+
+    fn counters(&self, ifindex: u32) -> Result<Option<(u32, PortCounters)>> {
+        let Ok(info) = self.dp.maps.ports.get(&ifindex, 0) else { return Ok(None) };
+        let per_cpu = self.dp.maps.port_stats.get(&info.stats_slot, 0).context("reading PORT_STATS")?;
+        let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        Ok(Some((info.stats_slot, sum)))
+    }
+
+    fn stats_json(&self, port: Option<&str>) -> Result<Value> {
+        let ports: Vec<&PortReport> = match port {
+            Some(key) => vec![self.find_port(key)?],
+            None => self.status.derived.ports.iter().collect(),
+        };
+        let mut out = Vec::new();
+        for p in ports {
+            let Some(ifindex) = p.ifindex else { continue };
+            let Some((slot, c)) = self.counters(ifindex)? else { continue };
+            let actions: BTreeMap<&str, u64> =
+                Action::ALL.iter().map(|a| (a.label(), c.actions[*a as usize])).collect();
+            let drops: BTreeMap<&str, u64> = DropReason::ALL
+                .iter()
+                .filter(|r| c.drops[**r as usize] != 0)
+                .map(|r| (r.label(), c.drops[*r as usize]))
+                .collect();
+            out.push(json!({
+                "device": p.device, "port_id": p.id, "kind": p.kind, "ifindex": ifindex, "slot": slot,
+                "actions": actions, "drops": drops, "dropped": c.drops.iter().sum::<u64>(),
+            }));
+        }
+        Ok(json!({ "ports": out }))
+    }
+
+    fn trace_json(&mut self, port: &str, frame_hex: &str) -> Result<Value> {
+        let frame = parse_hex(frame_hex)?;
+        if !(15..=MAX_TRACE_FRAME).contains(&frame.len()) {
+            bail!("frame is {} bytes; trace takes 15..={MAX_TRACE_FRAME}", frame.len());
+        }
+        let report = self.find_port(port)?.clone();
+        let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
+        let uplink = self.dp.maps.ports.get(&ifindex, 0).is_ok_and(|p| p.kind == PORT_KIND_UPLINK);
+        let program = if uplink { names::PROG_UPLINK } else { names::PROG_VM_PORT };
+
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
+        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
+        let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, 0, 0];
+        let out = {
+            let fd = self.dp.program_fd(program)?;
+            testrun::run_skb(fd, &SkbRun { frame: &frame, ifindex, cb, mark: 0 })?
+        };
+        let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
+        let rec =
+            per_cpu.iter().find(|r| r.valid == 1).copied().context("the program wrote no trace record")?;
+        let targets: Vec<Value> = rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
+            .iter()
+            .map(|t| json!({"device": self.device_of(t.ifindex), "ifindex": t.ifindex, "vlan": t.vlan}))
+            .collect();
+        let reason = DropReason::from_index(rec.reason);
+        Ok(json!({
+            "port": report.device, "program": program,
+            "verdict": if reason.is_some() { "drop" } else { "forward" },
+            "reason": reason.map(|r| r.label()),
+            "action": if reason.is_none() { Action::from_index(rec.action).map(|a| a.label()) } else { None },
+            "network": self.network_id(rec.net_index), "local_index": rec.net_index,
+            "targets": targets, "tc_verdict": out.retval,
+            "frame_out": out.frame.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        }))
+    }
+}
+
+/// A port's report as JSON.
+fn port_json(p: &PortReport) -> Value {
+    let detail = match &p.state {
+        PortState::Error(e) => e.as_str(),
+        _ => "",
+    };
+    json!({
+        "device": p.device, "port_id": p.id, "kind": p.kind, "ifindex": p.ifindex,
+        "network": p.network_id, "local_index": p.net_index, "state": state_name(&p.state), "detail": detail,
+    })
+}
+
+fn state_name(s: &PortState) -> &'static str {
+    match s {
+        PortState::Up => "up",
+        PortState::AdminDown => "admin_down",
+        PortState::NoDevice => "no_device",
+        PortState::Unbound => "unbound",
+        PortState::Error(_) => "error",
+    }
+}
+
+/// Hex bytes, with optional spaces, colons or a 0x prefix.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>> {
+    let clean: String =
+        text.trim().trim_start_matches("0x").chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+    if !clean.len().is_multiple_of(2) {
+        bail!("hex frame has an odd number of digits ({})", clean.len());
+    }
+    (0..clean.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&clean[i..i + 2], 16)
+                .with_context(|| format!("bad hex {:?} at offset {i}", &clean[i..i + 2]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_frames_parse_with_separators() {
+        assert_eq!(parse_hex("ff:ff 0a").unwrap(), vec![0xff, 0xff, 0x0a]);
+        assert_eq!(parse_hex("0x0102").unwrap(), vec![1, 2]);
+        assert!(parse_hex("abc").unwrap_err().to_string().contains("odd"));
+        assert!(parse_hex("zz").unwrap_err().to_string().contains("offset 0"));
+    }
+}

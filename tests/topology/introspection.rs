@@ -1,0 +1,159 @@
+//! The operator's commands against a running agent: status, ports, networks,
+//! fdb, stats and trace, as tables and as JSON, and bad requests.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    process::Command,
+    time::Duration,
+};
+
+use datapath_tests::cluster::{Cluster, PortSpec, datapath_bin};
+use serde_json::Value;
+
+use crate::scenario::*;
+
+fn datapath(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", c.node("node0").ns.path().display()))
+        .arg("--")
+        .arg(datapath_bin())
+        .args(args)
+        .args(["--config", c.node("node0").config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(c: &Cluster, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = datapath(c, &all);
+    assert!(ok, "datapath {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("datapath {args:?} printed no JSON ({e}): {out}"))
+}
+
+#[test]
+fn status_ports_networks_fdb_stats_and_trace_describe_the_live_datapath() {
+    let mut c = Cluster::new("cli", 2).unwrap();
+    let a = vm1();
+    let b = vm2();
+    let local_b = PortSpec::vm(
+        "0b0b0b0b-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:0b:00:07",
+        "10.10.10.7",
+        "node0",
+    );
+    c.write_bindings(&bindings(&[&a, &b, &local_b])).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    let il = c.add_vm("node0", local_b.clone()).unwrap();
+    for i in [ia, ib, il] {
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    c.start_agent("node1").unwrap();
+    assert!(c.vms[ia].ping_until(&b.ip, Duration::from_secs(10)));
+    assert!(c.vms[ia].ping(&local_b.ip, 1));
+
+    let status = json(&c, &["status"]);
+    assert_eq!(status["host"], "node0");
+    assert_eq!(status["ports"]["up"], 3, "two VMs and the uplink: {status}");
+
+    let ports = json(&c, &["ports"]);
+    let pa = ports["ports"].as_array().unwrap().iter().find(|p| p["port_id"] == a.id.as_str()).unwrap();
+    assert_eq!(pa["device"], a.device().as_str());
+    assert_eq!(pa["state"], "up");
+    assert_eq!(pa["kind"], "vm");
+
+    let nets = json(&c, &["networks"]);
+    let n1 = &nets["networks"][0];
+    assert_eq!(
+        (n1["id"].as_str(), n1["segmentation_id"].as_u64(), n1["local_ports"].as_u64()),
+        (Some(NET1), Some(1000), Some(2))
+    );
+
+    // vm-2 lives on node1: node0 learned its MAC from the wire.
+    let fdb = json(&c, &["fdb", "--network", "net1"]);
+    let entries = fdb["entries"].as_array().unwrap();
+    let find =
+        |mac: &str| entries.iter().find(|e| e["mac"] == mac).unwrap_or_else(|| panic!("{mac} not in {fdb}"));
+    assert_eq!(find(&a.mac)["type"], "local");
+    assert_eq!(find(&a.mac)["device"], a.device().as_str());
+    assert_eq!(find(&b.mac)["type"], "learned");
+    assert_eq!(find(&b.mac)["device"], "eth2");
+
+    let stats = json(&c, &["stats", "--port", &a.device()]);
+    let sa = &stats["ports"][0];
+    assert!(sa["actions"]["rx"].as_u64().unwrap() >= 3);
+    assert!(sa["actions"]["to_uplink"].as_u64().unwrap() >= 1, "pings to vm-2 went to the uplink: {sa}");
+    assert!(sa["actions"]["to_local_port"].as_u64().unwrap() >= 1, "pings to the local VM: {sa}");
+
+    // Trace: an ARP request from vm-1 floods to the local VM and the uplink (tag 1000)...
+    let spec = format!("arp who-has 10.10.10.99 from {} {}", a.mac, a.ip);
+    let t = json(&c, &["trace", "--port", &a.device(), "--frame", &spec]);
+    assert_eq!(t["verdict"], "forward");
+    assert_eq!(t["action"], "flooded");
+    let mut targets: Vec<(String, u64)> = t["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["device"].as_str().unwrap().to_string(), x["vlan"].as_u64().unwrap()))
+        .collect();
+    targets.sort();
+    assert_eq!(targets, vec![("eth2".to_string(), 1000), (local_b.device(), 0)]);
+    // ...a forged one is dropped, and the trace itself counts nothing.
+    let before = json(&c, &["stats", "--port", &a.id])["ports"][0]["dropped"].as_u64().unwrap();
+    let forged = format!("arp who-has 10.10.10.99 from {} 10.10.10.66", a.mac);
+    let t = json(&c, &["trace", "--port", &a.id, "--frame", &forged]);
+    assert_eq!((t["verdict"].as_str(), t["reason"].as_str()), (Some("drop"), Some("arp_spoof")));
+    let after = json(&c, &["stats", "--port", &a.id])["ports"][0]["dropped"].as_u64().unwrap();
+    assert_eq!(before, after, "a trace must not count");
+    // ...and a frame from the wire with tag 1000 reaches vm-1 untagged.
+    let wire = format!("vlan 1000 icmp from {} {} to {} {}", b.mac, b.ip, a.mac, a.ip);
+    let t = json(&c, &["trace", "--port", "eth2", "--frame", &wire]);
+    assert_eq!(t["program"], "uplink_in");
+    assert_eq!(t["targets"][0]["device"], a.device().as_str());
+    assert_eq!(t["frame_out"].as_str().unwrap().len(), (14 + 20 + 8 + 21) * 2, "tag removed");
+
+    // Tables for people.
+    let (ok, table, _) = datapath(&c, &["ports"]);
+    assert!(ok && table.starts_with("DEVICE") && table.contains(&a.device()), "{table}");
+    let (ok, table, _) = datapath(&c, &["stats"]);
+    assert!(ok && table.contains("TO_UPLINK"), "{table}");
+    let (ok, text, _) = datapath(&c, &["trace", "--port", &a.device(), "--frame", &forged]);
+    assert!(ok && text.contains("drop: arp_spoof"), "{text}");
+
+    // Bad CLI input: a clear message, non-zero exit.
+    let (ok, _, err) = datapath(&c, &["trace", "--port", "tap-nonexistent", "--frame", &spec]);
+    assert!(!ok && err.contains("no port \"tap-nonexistent\""), "{err}");
+    let (ok, _, err) = datapath(&c, &["trace", "--port", &a.device(), "--frame", "arp who-has x"]);
+    assert!(!ok && err.contains("frame spec"), "{err}");
+    let (ok, _, err) = datapath(&c, &["fdb", "--network", "nope"]);
+    assert!(!ok && err.contains("no network \"nope\""), "{err}");
+
+    // Bad socket input: an error reply, and the agent keeps serving.
+    let sock = c.dir.join("node0.sock");
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for bad in ["garbage\n", "{\"cmd\":\"reboot\"}\n", "{\"cmd\":\"trace\",\"port\":\"x\"}\n"] {
+        s.write_all(bad.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{bad} -> {line}");
+        assert!(v["error"].as_str().unwrap().starts_with("bad request"), "{line}");
+    }
+    s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    assert!(c.nodes[0].agent.as_mut().unwrap().running(), "the agent survived bad requests");
+    assert!(c.vms[ia].ping(&b.ip, 1));
+}
