@@ -82,9 +82,15 @@ impl Attacher {
                 let id = prog.attach_to_link(link).context("updating the link's program")?;
                 // The pin keeps the link; dropping our handle only closes the fd.
                 drop(prog.take_link(id)?);
+                log::info!(
+                    "{}: adopted the pinned link, now running this build's {}",
+                    att.device,
+                    att.program
+                );
                 return Ok(());
             }
             // The device was re-created: its old link died with it.
+            log::info!("{}: pinned link is defunct, attaching anew", att.device);
             fs::remove_file(&pin).with_context(|| format!("removing defunct pin {}", pin.display()))?;
         }
         let id = prog

@@ -138,21 +138,19 @@ impl Vm {
     }
 }
 
-/// A running agent; stopped and cleaned up on drop.
+/// A running agent; stopped (SIGTERM) on drop. Its node removes its pins.
 pub struct AgentProc {
     child: Option<Child>,
-    pub config: PathBuf,
     pub log: PathBuf,
-    ns_path: PathBuf,
 }
 
 impl AgentProc {
-    fn spawn(ns: &Netns, config: &Path, log: &Path) -> Result<Self> {
+    fn spawn(ns: &Netns, bin: &Path, config: &Path, log: &Path) -> Result<Self> {
         let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", ns.path().display()))
             .arg("--")
-            .arg(datapath_bin())
+            .arg(bin)
             .args(["agent", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -160,12 +158,7 @@ impl AgentProc {
             .stderr(out)
             .spawn()
             .context("starting datapath agent")?;
-        Ok(Self {
-            child: Some(child),
-            config: config.into(),
-            log: log.into(),
-            ns_path: ns.path().to_path_buf(),
-        })
+        Ok(Self { child: Some(child), log: log.into() })
     }
 
     /// Sends `signal` and waits for the process to exit.
@@ -183,10 +176,32 @@ impl AgentProc {
         self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        // Only the process: its pins outlive it, as they do in production.
+        let _ = self.stop(libc::SIGTERM);
+    }
+}
+
+/// One node: a namespace with uplink `eth2` on the physical network.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub config: PathBuf,
+    pub agent: Option<AgentProc>,
+}
+
+impl Node {
     /// Runs `datapath agent --config .. --cleanup` in the node.
     pub fn cleanup(&self) -> Result<()> {
         let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
+            .arg(format!("--net={}", self.ns.path().display()))
             .arg("--")
             .arg(datapath_bin())
             .args(["agent", "--cleanup", "--config"])
@@ -198,26 +213,16 @@ impl AgentProc {
         }
         Ok(())
     }
-
-    /// The agent's log so far.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
-impl Drop for AgentProc {
+impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.stop(libc::SIGTERM);
-        let _ = self.cleanup();
+        // Stop the agent, then remove what it left, while the namespace still exists.
+        self.agent.take();
+        if let Err(e) = self.cleanup() {
+            eprintln!("warning: cleaning up {}: {e:#}", self.name);
+        }
     }
-}
-
-/// One node: a namespace with uplink `eth2` on the physical network.
-pub struct Node {
-    pub name: String,
-    pub ns: Netns,
-    pub config: PathBuf,
-    pub agent: Option<AgentProc>,
 }
 
 /// dnsmasq serving one network from a `qdhcp-` style namespace.
@@ -323,9 +328,14 @@ impl Cluster {
 
     /// Starts the agent of `node`.
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        self.start_agent_with(node, &datapath_bin())
+    }
+
+    /// Starts the agent of `node` from the binary `bin` (an upgrade, say).
+    pub fn start_agent_with(&mut self, node: &str, bin: &Path) -> Result<()> {
         let log = self.dir.join(format!("{node}.log"));
         let n = self.node_mut(node);
-        n.agent = Some(AgentProc::spawn(&n.ns, &n.config, &log)?);
+        n.agent = Some(AgentProc::spawn(&n.ns, bin, &n.config, &log)?);
         Ok(())
     }
 
@@ -404,10 +414,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Agents first (SIGTERM + --cleanup), while their namespaces still exist.
-        for n in &mut self.nodes {
-            n.agent.take();
-        }
+        // Nodes (agents, then --cleanup) before their namespaces and the pin dir go.
+        self.vms.clear();
+        self.dhcp.clear();
+        self.nodes.clear();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -84,7 +84,7 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     assert!(c.vms[ia].ping(&b.ip, 3), "forwarding continues after SIGKILL");
 
     // --cleanup removes programs, links, maps and pins.
-    c.nodes[0].agent.as_ref().unwrap().cleanup().unwrap();
+    c.nodes[0].cleanup().unwrap();
     assert!(!pin.exists(), "pins left behind at {}", pin.display());
     assert!(!c.vms[ia].ping(&b.ip, 1), "after cleanup the taps are no longer bridged");
 }

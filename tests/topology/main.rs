@@ -5,6 +5,7 @@
 mod introspection;
 mod isolation;
 mod lifecycle;
+mod restart;
 mod scenario;
 mod security;
 mod seed;
