@@ -23,13 +23,17 @@ pub const ALLOWED_MACS: &str = "ALLOWED_MACS";
 pub const ALLOWED_V4: &str = "ALLOWED_V4";
 /// IPv6 (port, MAC, prefix) triples a port may send from (LPM trie).
 pub const ALLOWED_V6: &str = "ALLOWED_V6";
+/// Remote VTEPs hosting ports of each tunnel network (head-end replication): `u32` -> [`crate::VtepSet`].
+pub const FLOOD_VTEPS: &str = "FLOOD_VTEPS";
+/// IPv4 -> MAC of every known port, per network, for the ARP responder: [`crate::ArpKey`] -> [`crate::ArpEntry`].
+pub const ARP_TABLE: &str = "ARP_TABLE";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 13] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -39,6 +43,8 @@ pub const ALL_MAPS: [&str; 11] = [
     ALLOWED_MACS,
     ALLOWED_V4,
     ALLOWED_V6,
+    FLOOD_VTEPS,
+    ARP_TABLE,
     PORT_STATS,
     TRACE,
 ];
@@ -48,8 +54,11 @@ pub const PROG_VM_PORT: &str = "vm_port";
 /// TC ingress program for the physical uplink (traffic from the wire).
 pub const PROG_UPLINK: &str = "uplink_in";
 
+/// TC ingress program for the VXLAN device (traffic decapsulated from tunnels).
+pub const PROG_TUNNEL: &str = "tunnel_in";
+
 /// All programs of the object.
-pub const ALL_PROGRAMS: [&str; 2] = [PROG_VM_PORT, PROG_UPLINK];
+pub const ALL_PROGRAMS: [&str; 3] = [PROG_VM_PORT, PROG_UPLINK, PROG_TUNNEL];
 
 const _: () = {
     let mut i = 0;

@@ -85,6 +85,8 @@ counted_enum! {
         UplinkSrcIsLocal = 20 => "uplink_src_is_local",
         /// The VLAN push/pop helper failed.
         VlanOpFailed = 21 => "vlan_op_failed",
+        /// Setting or reading the tunnel key failed, or a remote MAC has no VTEP.
+        TunnelOpFailed = 22 => "tunnel_op_failed",
     }
 }
 
@@ -95,14 +97,16 @@ counted_enum! {
         Received = 0 => "rx",
         /// Sent to one local port.
         ToLocalPort = 1 => "to_local_port",
-        /// Sent to the uplink (tagged with the segmentation id when VLAN).
+        /// Sent to the uplink (tagged with the segmentation id when VLAN), or into a tunnel.
         ToUplink = 2 => "to_uplink",
         /// Flooded (broadcast, multicast, unknown unicast).
         Flooded = 3 => "flooded",
         /// Copies made while flooding (one per extra target).
         FloodCopies = 4 => "flood_copies",
-        /// A remote MAC learned or refreshed from the uplink.
+        /// A remote MAC learned or refreshed from the uplink or a tunnel.
         Learned = 5 => "learned",
+        /// An ARP request answered on the node (tunnel networks), never flooded.
+        ArpReplied = 6 => "arp_replied",
     }
 }
 

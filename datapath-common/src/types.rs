@@ -28,6 +28,8 @@ pub const PORT_KIND_VM: u8 = 1;
 pub const PORT_KIND_NETWORK: u8 = 2;
 /// Port kind: a physical uplink of a physical network.
 pub const PORT_KIND_UPLINK: u8 = 3;
+/// Port kind: the collect-metadata VXLAN device.
+pub const PORT_KIND_TUNNEL: u8 = 4;
 
 /// The port has a binding for this host.
 pub const PORT_F_BOUND: u32 = 1 << 0;
@@ -53,8 +55,14 @@ pub const FDB_F_REMOTE: u32 = 1 << 1;
 
 /// Bound on local ports of one network on one node (the flood list).
 pub const MAX_FLOOD_PORTS: usize = 64;
-/// Bound on the targets one traced run may record (flood list plus uplink).
-pub const MAX_TRACE_TARGETS: usize = MAX_FLOOD_PORTS + 8;
+/// Bound on remote VTEPs one tunnel network floods to (head-end replication).
+pub const MAX_FLOOD_VTEPS: usize = 64;
+/// Bound on the targets one traced run may record (local ports plus VTEPs or uplink).
+pub const MAX_TRACE_TARGETS: usize = MAX_FLOOD_PORTS + MAX_FLOOD_VTEPS;
+/// Capacity of `ARP_TABLE`.
+pub const MAX_ARP: u32 = 65536;
+/// VXLAN's IANA port.
+pub const VXLAN_PORT: u16 = 4789;
 
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
@@ -133,7 +141,7 @@ shared! {
         pub ifindex: u32,
         /// `FDB_F_*`.
         pub flags: u32,
-        /// Remote VTEP (IPv4, network byte order) for tunnel networks; 0 otherwise.
+        /// Remote VTEP (IPv4, host byte order, as `bpf_skb_set_tunnel_key` takes it); 0 otherwise.
         pub vtep_ipv4: u32,
         /// Reconciliation generation.
         pub generation: u32,
@@ -143,7 +151,7 @@ shared! {
     pub struct LearnedEntry [16] {
         /// The uplink (or tunnel device) the MAC was seen on.
         pub ifindex: u32,
-        /// Remote VTEP for tunnel networks; 0 otherwise.
+        /// Remote VTEP for tunnel networks (host byte order); 0 otherwise.
         pub vtep_ipv4: u32,
         /// `bpf_ktime_get_ns()` of the last frame from this MAC.
         pub last_seen_ns: u64,
@@ -156,6 +164,27 @@ shared! {
         /// Reconciliation generation.
         pub generation: u32,
         pub ifindex: [u32; MAX_FLOOD_PORTS],
+    }
+
+    /// Value of `FLOOD_VTEPS` (key: network index `u32`): remote VTEPs of the network.
+    pub struct VtepSet [264] {
+        /// Valid entries in `vtep_ipv4`.
+        pub count: u32,
+        pub _pad: u32,
+        /// IPv4 addresses, host byte order.
+        pub vtep_ipv4: [u32; MAX_FLOOD_VTEPS],
+    }
+
+    /// Key of `ARP_TABLE`.
+    pub struct ArpKey [8] {
+        pub net_index: u32,
+        pub ipv4: [u8; 4],
+    }
+
+    /// Value of `ARP_TABLE`.
+    pub struct ArpEntry [8] {
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
     }
 
     /// Key of `ALLOWED_MACS`.
@@ -190,14 +219,18 @@ shared! {
     }
 
     /// One destination recorded by a traced run.
-    pub struct TraceTarget [8] {
+    pub struct TraceTarget [16] {
         pub ifindex: u32,
         /// VLAN id pushed towards this target; 0 for none.
         pub vlan: u32,
+        /// Remote VTEP (host byte order) of a tunnel target; 0 for none.
+        pub vtep_ipv4: u32,
+        /// VNI of a tunnel target; 0 for none.
+        pub vni: u32,
     }
 
     /// Value of `TRACE` (per CPU, index 0).
-    pub struct TraceRecord [600] {
+    pub struct TraceRecord [2072] {
         /// 1 once a traced run wrote it.
         pub valid: u32,
         /// The `Action` taken, when not dropped.

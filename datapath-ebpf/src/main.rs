@@ -6,12 +6,14 @@
 #![no_main]
 
 mod antispoof;
+mod arp;
 mod forward;
 mod maps;
 mod parse;
 mod skb;
 mod stats;
 mod trace;
+mod tunnel;
 mod uplink;
 mod verdict;
 mod vm_port;
@@ -33,6 +35,14 @@ pub fn vm_port(ctx: TcContext) -> i32 {
 pub fn uplink_in(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = uplink::try_uplink(&ctx, &mut meta);
+    verdict::finish(&meta, res)
+}
+
+/// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.
+#[classifier]
+pub fn tunnel_in(ctx: TcContext) -> i32 {
+    let mut meta = Meta::new(&ctx);
+    let res = tunnel::try_tunnel(&ctx, &mut meta);
     verdict::finish(&meta, res)
 }
 

@@ -10,8 +10,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    AddrKeyV4, AddrKeyV6, FdbEntry, FdbKey, FloodSet, LearnedEntry, MAX_ALLOWED, MAX_FDB, MAX_FDB_LEARNED,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord,
+    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, LearnedEntry, MAX_ALLOWED, MAX_ARP,
+    MAX_FDB, MAX_FDB_LEARNED, MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo,
+    SegmentKey, TraceRecord, VtepSet,
 };
 
 #[map]
@@ -41,6 +42,12 @@ pub static ALLOWED_V4: LpmTrie<AddrKeyV4, u32> = LpmTrie::with_max_entries(MAX_A
 
 #[map]
 pub static ALLOWED_V6: LpmTrie<AddrKeyV6, u32> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
+
+#[map]
+pub static FLOOD_VTEPS: HashMap<u32, VtepSet> = HashMap::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ARP_TABLE: HashMap<ArpKey, ArpEntry> = HashMap::with_max_entries(MAX_ARP, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

@@ -2,8 +2,10 @@
 //! Each one that may move packet data says so: callers re-derive `Pkt` after it.
 
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
-    helpers::generated::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    bindings::{TC_ACT_REDIRECT, bpf_tunnel_key},
+    helpers::generated::{
+        bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+    },
     programs::TcContext,
 };
 use datapath_common::DropReason;
@@ -24,6 +26,46 @@ pub fn hw_vlan(ctx: &TcContext) -> Option<u16> {
     unsafe {
         if (*ctx.skb.skb).vlan_present != 0 { Some(((*ctx.skb.skb).vlan_tci & 0x0fff) as u16) } else { None }
     }
+}
+
+/// GSO segment size, 0 for a frame that is not a GSO super-frame.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
+/// Tunnel TTL of encapsulated frames.
+const TUNNEL_TTL: u8 = 64;
+
+/// Sets the tunnel key the collect-metadata VXLAN device encapsulates with.
+#[inline(always)]
+pub fn set_tunnel(ctx: &TcContext, vtep_ipv4: u32, vni: u32) -> Result<(), DropReason> {
+    // SAFETY: bpf_tunnel_key is plain data; zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = vni;
+    key.__bindgen_anon_1.remote_ipv4 = vtep_ipv4;
+    key.tunnel_ttl = TUNNEL_TTL;
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: helper call on our own context with a key of the size passed.
+    if unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size, 0) } != 0 {
+        return Err(DropReason::TunnelOpFailed);
+    }
+    Ok(())
+}
+
+/// The (VNI, remote VTEP) a decapsulated frame arrived with.
+#[inline(always)]
+pub fn tunnel(ctx: &TcContext) -> Result<(u32, u32), DropReason> {
+    // SAFETY: bpf_tunnel_key is plain data; zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: helper call on our own context with a key of the size passed.
+    if unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size, 0) } != 0 {
+        return Err(DropReason::TunnelOpFailed);
+    }
+    // SAFETY: an IPv4 key (no BPF_F_TUNINFO_IPV6) fills remote_ipv4.
+    Ok((key.tunnel_id, unsafe { key.__bindgen_anon_1.remote_ipv4 }))
 }
 
 /// Pushes an 802.1Q tag. Moves packet data (or the offloaded tag).

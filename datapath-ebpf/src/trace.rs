@@ -23,9 +23,9 @@ pub fn dry_run(ctx: &TcContext) -> bool {
     cb.len() >= 3 && cb[2] == TRACE_DRY_RUN
 }
 
-/// Records one destination of the frame.
+/// Records one destination of the frame, with the VLAN pushed or the tunnel key set for it.
 #[inline(always)]
-pub fn target(ifindex: u32, vlan: u32) {
+pub fn target(ifindex: u32, vlan: u32, vtep_ipv4: u32, vni: u32) {
     if let Some(rec) = TRACE.get_ptr_mut(0) {
         // SAFETY: per-CPU value of this run.
         let rec = unsafe { &mut *rec };
@@ -33,6 +33,8 @@ pub fn target(ifindex: u32, vlan: u32) {
         if n < MAX_TRACE_TARGETS {
             rec.targets[n].ifindex = ifindex;
             rec.targets[n].vlan = vlan;
+            rec.targets[n].vtep_ipv4 = vtep_ipv4;
+            rec.targets[n].vni = vni;
             rec.target_count = n as u32 + 1;
         }
     }

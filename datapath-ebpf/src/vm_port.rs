@@ -3,13 +3,13 @@
 //! Everything malformed fails closed.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{DropReason, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
+use datapath_common::{DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
 
 use crate::{
-    antispoof,
+    antispoof, arp,
     forward::{self, From},
     maps::{NETWORKS, PORTS},
-    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, Eth, Pkt, is_l2_control, is_multicast, is_zero},
+    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero},
     skb,
     verdict::{Meta, Verdict},
 };
@@ -61,5 +61,10 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     }
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let net = *unsafe { NETWORKS.get(port.net_index) }.ok_or(DropReason::NoNetwork)?;
+    if net.net_type == NET_TYPE_VXLAN && eth.ethertype == ETH_P_ARP {
+        if let Some(v) = arp::respond(ctx, meta, ifindex, &pkt, &eth)? {
+            return Ok(v);
+        }
+    }
     forward::forward(ctx, meta, &net, ifindex, From::Port, &eth.dst)
 }

@@ -24,7 +24,7 @@ use crate::{
     loader::{self, Datapath},
     netlink::{self, LinkEvents},
     source::BindingSource,
-    sync,
+    sync, tunnel,
 };
 
 /// How often the bindings file is checked for changes.
@@ -86,7 +86,14 @@ impl Agent {
             self.status.bindings_error = bindings_error;
             return Ok(());
         };
-        let devices = netlink::list_devices()?;
+        let mut devices = netlink::list_devices()?;
+        if let Some(ip) = desired::tunnel_ip(&self.cfg) {
+            match tunnel::ensure(&devices, ip) {
+                Ok(true) => devices = netlink::list_devices()?,
+                Ok(false) => {}
+                Err(e) => log::error!("creating the VXLAN device: {e:#}"),
+            }
+        }
         let derived = desired::derive(&self.cfg, bindings, &devices, &mut self.alloc);
         let current = sync::read_state(&self.dp.maps)?;
         let diff = sync::diff(&derived.state, &current);
@@ -229,6 +236,9 @@ pub fn cleanup(cfg: &Config) -> Result<()> {
     }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    if desired::tunnel_ip(cfg).is_some() {
+        tunnel::remove()?;
     }
     // The pin_path itself, if we leave it empty; other versions' pins stay.
     let _ = std::fs::remove_dir(&cfg.pin_path);

@@ -7,19 +7,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use datapath_common::{
-    ADDR_KEY_FIXED_BITS, AddrKeyV4, AddrKeyV6, FDB_F_LOCAL, FdbEntry, FdbKey, FloodSet, MAX_FLOOD_PORTS,
-    MAX_NETWORKS, MAX_PORTS, MacKey, NET_TYPE_FLAT, NET_TYPE_VLAN, NetInfo, PORT_F_ADMIN_UP,
-    PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_KIND_NETWORK, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo,
-    SEGMENT_UNTAGGED, SegmentKey, names,
+    ADDR_KEY_FIXED_BITS, AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FDB_F_LOCAL, FDB_F_REMOTE, FdbEntry, FdbKey,
+    FloodSet, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS, MAX_NETWORKS, MAX_PORTS, MacKey, NET_TYPE_FLAT,
+    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND,
+    PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, SEGMENT_UNTAGGED,
+    SegmentKey, VtepSet, names,
 };
 
 use crate::{
     bindings::{Bindings, Network, NetworkType, Port},
     config::Config,
+    tunnel::TUNNEL_DEVICE,
 };
 
 /// The content of every map the agent owns (not counters, traces or learned MACs).
@@ -35,6 +37,8 @@ pub struct MapState {
     pub allowed_v4: BTreeMap<(u32, AddrKeyV4), u32>,
     /// (LPM prefix length, data) -> value.
     pub allowed_v6: BTreeMap<(u32, AddrKeyV6), u32>,
+    pub flood_vteps: BTreeMap<u32, VtepSet>,
+    pub arp: BTreeMap<ArpKey, ArpEntry>,
 }
 
 /// Devices in the agent's network namespace: name -> ifindex.
@@ -225,34 +229,39 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
         }
     }
 
-    // Uplinks: every mapped interface that exists.
-    for m in &cfg.physical_interface_mappings {
-        let Some(&ifindex) = devices.get(&m.interface) else { continue };
+    // Uplinks (every mapped interface that exists) and the tunnel device.
+    let mut wires: Vec<(&str, u8, &'static str, &'static str)> = cfg
+        .physical_interface_mappings
+        .iter()
+        .map(|m| (m.interface.as_str(), PORT_KIND_UPLINK, names::PROG_UPLINK, "uplink"))
+        .collect();
+    if tunnel_ip(cfg).is_some() {
+        wires.push((TUNNEL_DEVICE, PORT_KIND_TUNNEL, names::PROG_TUNNEL, "tunnel"));
+    }
+    for (device, kind, program, label) in wires {
+        let Some(&ifindex) = devices.get(device) else { continue };
         let mut report = PortReport {
             id: String::new(),
-            device: m.interface.clone(),
+            device: device.to_string(),
             ifindex: Some(ifindex),
             network_id: String::new(),
             net_index: None,
-            kind: "uplink",
+            kind: label,
             state: PortState::Up,
         };
         match alloc.slot(ifindex) {
             Some(slot) => {
-                out.state.ports.insert(
-                    ifindex,
-                    PortInfo {
-                        net_index: 0,
-                        flags: PORT_F_BOUND | PORT_F_ADMIN_UP,
-                        stats_slot: slot,
-                        generation: 0,
-                        mac: [0; 6],
-                        kind: PORT_KIND_UPLINK,
-                        _pad: 0,
-                    },
-                );
-                out.attach
-                    .insert(ifindex, Attachment { device: m.interface.clone(), program: names::PROG_UPLINK });
+                let info = PortInfo {
+                    net_index: 0,
+                    flags: PORT_F_BOUND | PORT_F_ADMIN_UP,
+                    stats_slot: slot,
+                    generation: 0,
+                    mac: [0; 6],
+                    kind,
+                    _pad: 0,
+                };
+                out.state.ports.insert(ifindex, info);
+                out.attach.insert(ifindex, Attachment { device: device.to_string(), program });
             }
             None => report.state = PortState::Error(format!("no free stats slot (max {MAX_PORTS} ports)")),
         }
@@ -393,14 +402,14 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
             report.local_ports = plan.local_ports;
             out.state.networks.insert(plan.index, plan.info);
             if plan.info.uplink_ifindex != 0 {
-                let segment = if plan.info.net_type == NET_TYPE_VLAN {
-                    plan.info.segmentation_id
-                } else {
-                    SEGMENT_UNTAGGED
-                };
-                out.state
-                    .segments
-                    .insert(SegmentKey { ifindex: plan.info.uplink_ifindex, segment }, plan.index);
+                let key =
+                    SegmentKey { ifindex: plan.info.uplink_ifindex, segment: plan.info.segmentation_id };
+                out.state.segments.insert(key, plan.index);
+            }
+            if plan.info.net_type == NET_TYPE_VXLAN {
+                if let Some(warning) = add_tunnel_network(&mut out.state, cfg, bindings, net, plan) {
+                    report.error = warning;
+                }
             }
             if !plan.members.is_empty() {
                 plan.members.sort_unstable();
@@ -432,33 +441,92 @@ fn plan_network<'a>(
     let (net_type, segment) = match net.network_type {
         NetworkType::Flat => (NET_TYPE_FLAT, SEGMENT_UNTAGGED),
         NetworkType::Vlan => (NET_TYPE_VLAN, net.segmentation_id.unwrap_or(0)),
-        NetworkType::Vxlan => return Err("vxlan networks are not supported by this agent yet".into()),
+        NetworkType::Vxlan => (NET_TYPE_VXLAN, net.segmentation_id.unwrap_or(0)),
     };
-    let physnet = net.physical_network.as_deref().unwrap_or_default();
-    let iface = cfg.interface_for(physnet).ok_or_else(|| {
-        format!("physical network {physnet:?} is not in physical_interface_mappings of this host")
-    })?;
-    if let Some(other) = taken.insert((physnet.to_string(), segment), &net.id) {
-        taken.insert((physnet.to_string(), segment), other);
-        return Err(if net_type == NET_TYPE_FLAT {
-            format!("physical network {physnet:?} already carries flat network {other}")
-        } else {
-            format!("VLAN {segment} on physical network {physnet:?} already belongs to network {other}")
+    let (wire, iface) = if net_type == NET_TYPE_VXLAN {
+        if tunnel_ip(cfg).is_none() {
+            return Err(
+                "vxlan networks need local_ip and tunnel_types = [\"vxlan\"] in the agent config".into()
+            );
+        }
+        ("vxlan".to_string(), TUNNEL_DEVICE)
+    } else {
+        let physnet = net.physical_network.as_deref().unwrap_or_default();
+        let iface = cfg.interface_for(physnet).ok_or_else(|| {
+            format!("physical network {physnet:?} is not in physical_interface_mappings of this host")
+        })?;
+        (physnet.to_string(), iface)
+    };
+    if let Some(other) = taken.insert((wire.clone(), segment), &net.id) {
+        taken.insert((wire.clone(), segment), other);
+        return Err(match net_type {
+            NET_TYPE_FLAT => format!("physical network {wire:?} already carries flat network {other}"),
+            NET_TYPE_VXLAN => format!("VNI {segment} already belongs to network {other}"),
+            _ => format!("VLAN {segment} on physical network {wire:?} already belongs to network {other}"),
         });
     }
     let uplink_ifindex = devices.get(iface).copied().unwrap_or(0);
-    let info = NetInfo {
-        uplink_ifindex,
-        segmentation_id: if net_type == NET_TYPE_VLAN { segment } else { 0 },
-        net_type,
-        mtu: net.mtu,
-        generation: 0,
-        _pad: 0,
-    };
+    let info =
+        NetInfo { uplink_ifindex, segmentation_id: segment, net_type, mtu: net.mtu, generation: 0, _pad: 0 };
     let index = alloc
         .net_index(wire_id_of(&info))
         .ok_or_else(|| format!("no free network index (max {})", MAX_NETWORKS - 1))?;
     Ok((index, info))
+}
+
+/// This node's VTEP address, when tunnels are configured.
+pub fn tunnel_ip(cfg: &Config) -> Option<Ipv4Addr> {
+    cfg.local_ip.filter(|_| cfg.tunnel_types.iter().any(|t| t == "vxlan"))
+}
+
+/// l2population for a tunnel network: every port the bindings place on another
+/// host becomes a static FDB entry behind that host's VTEP, each such VTEP a
+/// flood target, and every port's IPv4 address an ARP responder entry.
+fn add_tunnel_network(
+    state: &mut MapState,
+    cfg: &Config,
+    b: &Bindings,
+    net: &Network,
+    plan: &NetPlan,
+) -> Option<String> {
+    let own = tunnel_ip(cfg);
+    let vtep_of = |host: &str| b.agents.iter().find(|a| a.host == host).and_then(|a| a.tunneling_ip);
+    let mut vteps = BTreeSet::new();
+    for port in b.ports.iter().filter(|p| p.network_id == net.id) {
+        for ip in &port.fixed_ips {
+            if let IpAddr::V4(v4) = ip {
+                let key = ArpKey { net_index: plan.index, ipv4: v4.octets() };
+                state.arp.entry(key).or_insert(ArpEntry { mac: port.mac, _pad: [0; 2] });
+            }
+        }
+        if port.host == cfg.host || port.host.is_empty() {
+            continue;
+        }
+        let Some(vtep) = vtep_of(&port.host).filter(|v| Some(*v) != own) else { continue };
+        vteps.insert(u32::from(vtep));
+        if plan.info.uplink_ifindex != 0 {
+            state.fdb.insert(
+                FdbKey { net_index: plan.index, mac: port.mac, _pad: [0; 2] },
+                FdbEntry {
+                    ifindex: plan.info.uplink_ifindex,
+                    flags: FDB_F_REMOTE,
+                    vtep_ipv4: u32::from(vtep),
+                    generation: 0,
+                },
+            );
+        }
+    }
+    if vteps.is_empty() {
+        return None;
+    }
+    let mut set = VtepSet { count: 0, _pad: 0, vtep_ipv4: [0; MAX_FLOOD_VTEPS] };
+    for (slot, v) in set.vtep_ipv4.iter_mut().zip(&vteps) {
+        *slot = *v;
+        set.count += 1;
+    }
+    state.flood_vteps.insert(plan.index, set);
+    (vteps.len() > MAX_FLOOD_VTEPS)
+        .then(|| format!("{} remote VTEPs; floods reach only the first {MAX_FLOOD_VTEPS}", vteps.len()))
 }
 
 fn add_allowed(state: &mut MapState, ifindex: u32, port: &Port) {

@@ -16,3 +16,4 @@ pub mod netlink;
 pub mod source;
 pub mod sync;
 pub mod testrun;
+pub mod tunnel;

@@ -14,8 +14,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use datapath_common::{
-    ABI_VERSION, AddrKeyV4, AddrKeyV6, FdbEntry, FdbKey, FloodSet, LearnedEntry, MacKey, NetInfo,
-    PortCounters, PortInfo, SegmentKey, TraceRecord, names,
+    ABI_VERSION, AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, LearnedEntry, MacKey,
+    NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet, names,
 };
 
 /// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.
@@ -32,6 +32,8 @@ pub struct Maps {
     pub allowed_macs: HashMap<MapData, MacKey, u32>,
     pub allowed_v4: LpmTrie<MapData, AddrKeyV4, u32>,
     pub allowed_v6: LpmTrie<MapData, AddrKeyV6, u32>,
+    pub flood_vteps: HashMap<MapData, u32, VtepSet>,
+    pub arp_table: HashMap<MapData, ArpKey, ArpEntry>,
     pub port_stats: PerCpuArray<MapData, PortCounters>,
     pub trace: PerCpuArray<MapData, TraceRecord>,
 }
@@ -94,6 +96,8 @@ impl Datapath {
             allowed_macs: take(&mut ebpf, names::ALLOWED_MACS)?,
             allowed_v4: take(&mut ebpf, names::ALLOWED_V4)?,
             allowed_v6: take(&mut ebpf, names::ALLOWED_V6)?,
+            flood_vteps: take(&mut ebpf, names::FLOOD_VTEPS)?,
+            arp_table: take(&mut ebpf, names::ARP_TABLE)?,
             port_stats: take(&mut ebpf, names::PORT_STATS)?,
             trace: take(&mut ebpf, names::TRACE)?,
         };

@@ -43,6 +43,8 @@ pub struct Diff {
     pub allowed_macs: MapDiff<datapath_common::MacKey, u32>,
     pub allowed_v4: MapDiff<(u32, datapath_common::AddrKeyV4), u32>,
     pub allowed_v6: MapDiff<(u32, datapath_common::AddrKeyV6), u32>,
+    pub flood_vteps: MapDiff<u32, datapath_common::VtepSet>,
+    pub arp: MapDiff<datapath_common::ArpKey, datapath_common::ArpEntry>,
 }
 
 impl Diff {
@@ -56,6 +58,8 @@ impl Diff {
             + self.allowed_macs.len()
             + self.allowed_v4.len()
             + self.allowed_v6.len()
+            + self.flood_vteps.len()
+            + self.arp.len()
     }
 
     /// Whether the kernel already matches.
@@ -89,6 +93,8 @@ pub fn diff(desired: &MapState, current: &MapState) -> Diff {
         allowed_macs: diff_map(&desired.allowed_macs, &current.allowed_macs),
         allowed_v4: diff_map(&desired.allowed_v4, &current.allowed_v4),
         allowed_v6: diff_map(&desired.allowed_v6, &current.allowed_v6),
+        flood_vteps: diff_map(&desired.flood_vteps, &current.flood_vteps),
+        arp: diff_map(&desired.arp, &current.arp),
     }
 }
 
@@ -116,6 +122,8 @@ pub fn read_state(maps: &Maps) -> Result<MapState> {
             names::ALLOWED_V6,
             maps.allowed_v6.iter().map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v))),
         )?,
+        flood_vteps: collect(names::FLOOD_VTEPS, maps.flood_vteps.iter())?,
+        arp: collect(names::ARP_TABLE, maps.arp_table.iter())?,
     })
 }
 
@@ -156,6 +164,12 @@ pub fn apply(maps: &mut Maps, diff: &Diff) -> Vec<String> {
     for (k, v) in &diff.flood_sets.upserts {
         note(format!("FLOOD_SETS[{k}]"), maps.flood_sets.insert(k, v, 0));
     }
+    for (k, v) in &diff.flood_vteps.upserts {
+        note(format!("FLOOD_VTEPS[{k}]"), maps.flood_vteps.insert(k, v, 0));
+    }
+    for (k, v) in &diff.arp.upserts {
+        note(format!("ARP_TABLE[{k:?}]"), maps.arp_table.insert(k, v, 0));
+    }
     // A slot that is new to a port starts from zero, whatever a previous owner left.
     for slot in fresh_ports {
         note(format!("PORT_STATS[{slot}]"), zero_slot(maps, slot));
@@ -170,6 +184,12 @@ pub fn apply(maps: &mut Maps, diff: &Diff) -> Vec<String> {
         if let Some(slot) = slot {
             note(format!("PORT_STATS[{slot}]"), zero_slot(maps, slot));
         }
+    }
+    for k in &diff.arp.deletes {
+        note(format!("ARP_TABLE[{k:?}]"), maps.arp_table.remove(k));
+    }
+    for k in &diff.flood_vteps.deletes {
+        note(format!("FLOOD_VTEPS[{k}]"), maps.flood_vteps.remove(k));
     }
     for k in &diff.flood_sets.deletes {
         note(format!("FLOOD_SETS[{k}]"), maps.flood_sets.remove(k));

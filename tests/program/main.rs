@@ -8,3 +8,4 @@ mod golden;
 mod injected;
 mod learning;
 mod scenario;
+mod tunnel;

@@ -254,10 +254,24 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes on one physical network; bindings start empty.
     pub fn new(tag: &str, n: usize) -> Result<Self> {
+        Self::build(tag, n, false)
+    }
+
+    /// Like `new`, plus an underlay: a second bridge `ul0`, each node's `eth1`
+    /// on it with VTEP address `vtep_ip(i)`, and tunnels in every agent config.
+    pub fn with_tunnels(tag: &str, n: usize) -> Result<Self> {
+        Self::build(tag, n, true)
+    }
+
+    fn build(tag: &str, n: usize, tunnels: bool) -> Result<Self> {
         crate::require_root();
         let phys = Netns::new(&format!("{tag}-phys"))?;
         phys.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         phys.exec(&["ip", "link", "set", "br0", "up"])?;
+        if tunnels {
+            phys.exec(&["ip", "link", "add", "ul0", "type", "bridge"])?;
+            phys.exec(&["ip", "link", "set", "ul0", "up"])?;
+        }
         let pins = PinDir::new()?;
         let dir = std::env::temp_dir().join(format!("dpt-{}", phys.name()));
         fs::create_dir_all(&dir)?;
@@ -266,12 +280,34 @@ impl Cluster {
             Self { vms: Vec::new(), dhcp: Vec::new(), nodes: Vec::new(), phys, pins, dir, bindings };
         cluster.write_bindings(&json!({"networks": [], "ports": []}))?;
         for i in 0..n {
-            cluster.add_node(&format!("node{i}"))?;
+            cluster.add_node(&format!("node{i}"), tunnels.then(|| vtep_ip(i)))?;
         }
         Ok(cluster)
     }
 
-    fn add_node(&mut self, name: &str) -> Result<()> {
+    /// Plugs a new namespace into the underlay as `eth1` with `ip`/24 (peer `ul-<tag>` on `ul0`).
+    pub fn underlay_port(&self, ns: &Netns, tag: &str, ip: &str) -> Result<()> {
+        let peer = format!("ul-{tag}");
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            self.phys.name(),
+        ])?;
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth1"])?;
+        ns.exec(&["ip", "link", "set", "eth1", "up"])?;
+        self.phys.exec(&["ip", "link", "set", &peer, "master", "ul0", "up"])?;
+        Ok(())
+    }
+
+    fn add_node(&mut self, name: &str, vtep: Option<String>) -> Result<()> {
         let ns = Netns::new(name)?;
         let up = format!("up-{name}");
         ns.exec(&[
@@ -289,16 +325,22 @@ impl Cluster {
         ])?;
         ns.exec(&["ip", "link", "set", "eth2", "up"])?;
         self.phys.exec(&["ip", "link", "set", &up, "master", "br0", "up"])?;
+        let mut tunnel_cfg = String::new();
+        if let Some(ip) = &vtep {
+            self.underlay_port(&ns, name, ip)?;
+            tunnel_cfg = format!("local_ip = \"{ip}\"\ntunnel_types = [\"vxlan\"]\n");
+        }
         let config = self.dir.join(format!("{name}.toml"));
         let pin_path = self.pins.path().join(name);
         fs::write(
             &config,
-            format!(
-                "host = \"{name}\"\nphysical_interface_mappings = [\"{PHYSNET}:eth2\"]\nbindings = \"{}\"\npin_path = \"{}\"\ncontrol_socket = \"{}\"\n",
-                self.bindings.display(),
-                pin_path.display(),
-                self.dir.join(format!("{name}.sock")).display()
-            ),
+            tunnel_cfg
+                + &format!(
+                    "host = \"{name}\"\nphysical_interface_mappings = [\"{PHYSNET}:eth2\"]\nbindings = \"{}\"\npin_path = \"{}\"\ncontrol_socket = \"{}\"\n",
+                    self.bindings.display(),
+                    pin_path.display(),
+                    self.dir.join(format!("{name}.sock")).display()
+                ),
         )?;
         self.nodes.push(Node { name: name.into(), ns, config, agent: None });
         Ok(())
@@ -420,4 +462,19 @@ impl Drop for Cluster {
         self.nodes.clear();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The VTEP address of node `i` in a cluster with tunnels.
+pub fn vtep_ip(i: usize) -> String {
+    format!("192.0.2.{}", 10 + i)
+}
+
+/// Neutron's agent list for `n` nodes with tunnels, as `GET /v2.0/agents` returns it.
+pub fn agents_json(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({"host": format!("node{i}"), "agent_type": "Open vSwitch agent",
+                   "configurations": {"tunneling_ip": vtep_ip(i)}})
+        })
+        .collect()
 }

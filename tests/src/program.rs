@@ -207,6 +207,17 @@ impl Bench {
         self.counters(self.slot(self.ifindex(dev)))
     }
 
+    /// Targets of a traced outcome as (device, VLAN, VTEP, VNI), sorted.
+    pub fn tunnel_targets(&self, o: &Outcome) -> Vec<(String, u32, std::net::Ipv4Addr, u32)> {
+        let Some(t) = &o.trace else { return Vec::new() };
+        let mut v: Vec<_> = t.targets[..t.target_count as usize]
+            .iter()
+            .map(|x| (self.name_of(x.ifindex), x.vlan, std::net::Ipv4Addr::from(x.vtep_ipv4), x.vni))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Targets of a traced outcome as (device name, vlan), sorted.
     pub fn targets(&self, o: &Outcome) -> Vec<(String, u32)> {
         let Some(t) = &o.trace else { return Vec::new() };

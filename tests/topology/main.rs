@@ -10,3 +10,4 @@ mod restart;
 mod scenario;
 mod security;
 mod seed;
+mod vxlan;

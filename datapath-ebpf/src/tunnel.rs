@@ -1,0 +1,37 @@
+//! The tunnel family: frames the collect-metadata VXLAN device decapsulated.
+//! The VNI selects the network, the inner source MAC is learned behind the
+//! remote VTEP, and the frame is bridged to the local ports only.
+
+use aya_ebpf::programs::TcContext;
+use datapath_common::{DropReason, SegmentKey};
+
+use crate::{
+    forward::{self, From},
+    maps::{NET_BY_SEGMENT, NETWORKS, PORTS},
+    parse::{Eth, Pkt, is_multicast, is_zero},
+    skb,
+    verdict::{Meta, Verdict},
+};
+
+#[inline(always)]
+pub fn try_tunnel(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReason> {
+    let ifindex = skb::ifindex(ctx);
+    // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+    let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+    meta.slot = port.stats_slot;
+    let (vni, remote) = skb::tunnel(ctx)?;
+    let seg_key = SegmentKey { ifindex, segment: vni };
+    // SAFETY: as above.
+    let net_index = *unsafe { NET_BY_SEGMENT.get(seg_key) }.ok_or(DropReason::UnknownSegment)?;
+    meta.net_index = net_index;
+    // SAFETY: as above.
+    let net = *unsafe { NETWORKS.get(net_index) }.ok_or(DropReason::NoNetwork)?;
+
+    let pkt = Pkt::linear(ctx);
+    let eth = Eth::parse(&pkt)?;
+    if is_multicast(&eth.src) || is_zero(&eth.src) {
+        return Err(DropReason::SrcMacInvalid);
+    }
+    forward::learn(meta, ifindex, remote, &eth.src)?;
+    forward::forward(ctx, meta, &net, ifindex, From::Wire, &eth.dst)
+}

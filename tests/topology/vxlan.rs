@@ -1,0 +1,162 @@
+//! VXLAN tenant networks on three nodes: DHCP, ping and TCP through the
+//! tunnels, VNI on the wire, no traffic to a node without ports of the
+//! network, the ARP responder, isolation from a VLAN network, the MTU, and
+//! interop with a plain Linux VXLAN endpoint that is not ours.
+
+use std::time::Duration;
+
+use datapath_common::{Action, DropReason};
+use datapath_tests::{
+    capture::Capture,
+    cluster::{Cluster, PortSpec, agents_json, network_json},
+    netns::Netns,
+    pinned::{ifindex_in, port_view},
+};
+use serde_json::json;
+
+use crate::scenario::NET1;
+
+const TUN: &str = "8c166940-9402-4aca-eaf3-a0753f07373f";
+const VNI: u32 = 5000;
+
+fn tun_port(id: &str, mac: &str, ip: &str, host: &str) -> PortSpec {
+    PortSpec::vm(id, TUN, mac, ip, host)
+}
+
+#[test]
+fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
+    let mut c = Cluster::with_tunnels("vxlan", 3).unwrap();
+    let a = tun_port("a1a1a1a1-1111-4111-8111-111111111111", "fa:16:3e:a1:00:02", "10.20.0.2", "node0");
+    let b = tun_port("b1b1b1b1-1111-4111-8111-111111111111", "fa:16:3e:b1:00:03", "10.20.0.3", "node1");
+    let mut d = tun_port("d1d1d1d1-1111-4111-8111-111111111111", "fa:16:3e:d1:00:0a", "10.20.0.10", "node0");
+    d.owner = "network:dhcp".into();
+    // A VLAN network on node0 and node2 reusing the addresses.
+    let v0 =
+        PortSpec::vm("c0c0c0c0-1111-4111-8111-111111111111", NET1, "fa:16:3e:c0:00:02", "10.20.0.2", "node0");
+    let v2 =
+        PortSpec::vm("c2c2c2c2-1111-4111-8111-111111111111", NET1, "fa:16:3e:c2:00:03", "10.20.0.3", "node2");
+    // An endpoint that is not ours: a plain Linux VXLAN device at 192.0.2.99.
+    let foreign =
+        tun_port("f0f0f0f0-1111-4111-8111-111111111111", "fa:16:3e:f0:00:32", "10.20.0.50", "foreign");
+    let mut agents = agents_json(3);
+    agents.push(json!({"host": "foreign", "agent_type": "Linux bridge agent", "configurations": {"tunneling_ip": "192.0.2.99"}}));
+    let mut tun = network_json(TUN, "tun1", "vxlan", Some(VNI));
+    tun["mtu"] = json!(1450);
+    tun["provider:physical_network"] = serde_json::Value::Null;
+    c.write_bindings(&json!({
+        "networks": [tun, network_json(NET1, "net1", "vlan", Some(1000))],
+        "ports": [a.to_json(), b.to_json(), d.to_json(), v0.to_json(), v2.to_json(), foreign.to_json()],
+        "agents": agents,
+    }))
+    .unwrap();
+    c.add_dhcp("node0", d.clone(), &[(&a.mac, &a.ip), (&b.mac, &b.ip)]).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    let iv0 = c.add_vm("node0", v0.clone()).unwrap();
+    let iv2 = c.add_vm("node2", v2.clone()).unwrap();
+    for i in [ia, ib] {
+        // What DHCP option 26 tells a guest on a 1450 network.
+        c.vms[i].exec(&["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
+    }
+    c.vms[iv0].set_static_ip().unwrap();
+    c.vms[iv2].set_static_ip().unwrap();
+
+    let fns = Netns::new("foreign").unwrap();
+    c.underlay_port(&fns, "foreign", "192.0.2.99").unwrap();
+    let vx = [
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "5000",
+        "dstport",
+        "4789",
+        "local",
+        "192.0.2.99",
+        "nolearning",
+    ];
+    fns.exec(&vx).unwrap();
+    fns.exec(&["ip", "link", "set", "vx0", "address", &foreign.mac, "mtu", "1450", "up"]).unwrap();
+    fns.exec(&["ip", "addr", "add", "10.20.0.50/24", "dev", "vx0"]).unwrap();
+    for dst in ["192.0.2.10", "192.0.2.11"] {
+        fns.exec(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", dst]).unwrap();
+    }
+
+    let ul1 = Capture::start(&c.phys, "ul-node1", "udp port 4789").unwrap();
+    let ul2 = Capture::start(&c.phys, "ul-node2", "udp port 4789").unwrap();
+    for n in ["node0", "node1", "node2"] {
+        c.start_agent(n).unwrap();
+    }
+
+    let script = c.udhcpc_script().unwrap();
+    assert_eq!(c.vms[ia].dhcp(&script).unwrap(), a.ip, "vm on node0 leases over the local port");
+    assert_eq!(c.vms[ib].dhcp(&script).unwrap(), b.ip, "vm on node1 leases through the tunnel");
+    assert!(c.vms[ia].ping(&b.ip, 3), "node0 -> node1 through VXLAN");
+    assert!(c.vms[ib].ping(&d.ip, 2), "node1 -> DHCP port on node0");
+    assert!(
+        c.vms[iv0].ping_until(&v2.ip, Duration::from_secs(10)),
+        "the VLAN network, same addresses, works"
+    );
+
+    // The ARP responder: vm-a asks for vm-b's address; node0 answers itself.
+    c.vms[ia].exec(&["ip", "neigh", "flush", "dev", "eth0"]).unwrap();
+    let before = arp_replied(&c, &a);
+    assert!(c.vms[ia].ping(&b.ip, 1));
+    assert!(arp_replied(&c, &a) > before, "node0 answered the ARP request itself");
+
+    // Interop with the plain Linux VXLAN endpoint, both ways.
+    assert!(c.vms[ia].ping(&foreign.ip, 2), "ours -> plain Linux vxlan");
+    assert!(fns.exec(&["ping", "-c", "2", "-W", "1", &b.ip]).is_ok(), "plain Linux vxlan -> ours (node1)");
+
+    // The tunnel MTU: a 1500-byte frame cannot enter a 1450 network's tunnel.
+    c.vms[ia].exec(&["ip", "link", "set", "eth0", "mtu", "1500"]).unwrap();
+    let before = drops(&c, &a, DropReason::MtuExceeded);
+    assert!(c.vms[ia].exec(&["ping", "-c", "1", "-W", "1", "-s", "1472", "-M", "do", &b.ip]).is_err());
+    assert!(drops(&c, &a, DropReason::MtuExceeded) > before, "oversize frame counted as mtu_exceeded");
+    c.vms[ia].exec(&["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
+
+    // TCP through the tunnel.
+    let _server = c.vms[ib].ns.spawn(&["iperf3", "-s", "-1"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.vms[ia].exec(&["iperf3", "-c", &b.ip, "-t", "3", "-J"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    println!("iperf3 TCP over VXLAN node0 -> node1: {:.2} Gbit/s", bps / 1e9);
+    assert!(bytes > 10_000_000, "TCP moved only {bytes} bytes");
+
+    let on1 = ul1.stop().unwrap();
+    for l in on1.iter().take(6) {
+        println!("node1 underlay: {l}");
+    }
+    let on2 = ul2.stop().unwrap();
+    assert!(
+        on1.iter().any(|l| l.contains(&format!("vni {VNI}"))),
+        "VXLAN with VNI {VNI} reached node1: {on1:#?}"
+    );
+    assert!(on1.iter().all(|l| !l.contains("vni ") || l.contains(&format!("vni {VNI}"))), "only VNI {VNI}");
+    assert!(
+        !on1.iter().any(|l| l.contains("who-has 10.20.0.3") && l.contains(&a.mac)),
+        "vm-a's ARP request for vm-b was flooded into the tunnel: {on1:#?}"
+    );
+    assert!(
+        on2.iter().all(|l| !l.contains(&format!("vni {VNI}"))),
+        "node2 has no port of tun1 and got its traffic: {on2:#?}"
+    );
+}
+
+fn view(c: &Cluster, p: &PortSpec) -> datapath_tests::pinned::PortView {
+    let ifindex = ifindex_in(&c.node(&p.host).ns, &p.device()).unwrap();
+    port_view(&c.pins.path().join(&p.host), ifindex).unwrap()
+}
+
+fn arp_replied(c: &Cluster, p: &PortSpec) -> u64 {
+    view(c, p).actions(Action::ArpReplied)
+}
+
+fn drops(c: &Cluster, p: &PortSpec, r: DropReason) -> u64 {
+    view(c, p).drops(r)
+}
