@@ -61,6 +61,7 @@ impl Agent {
     /// Loads (or adopts) the datapath under the config's pin path.
     pub fn start(cfg: Config) -> Result<Self> {
         ensure_bpffs(&cfg.pin_path)?;
+        refuse_foreign_abi(&cfg.pin_path)?;
         let dp = Datapath::load_pinned(&cfg.pin_path)
             .with_context(|| format!("loading the datapath pinned at {}", cfg.pin_path.display()))?;
         let current = sync::read_state(&dp.maps)?;
@@ -184,6 +185,26 @@ fn log_port_changes(old: &Derived, new: &Derived) {
             log::info!("port {} {} ({}): {:?}", p.device, p.id, p.kind, p.state);
         }
     }
+}
+
+/// Refuses to run over pins of another map layout: their programs may still
+/// be attached, and two datapaths on one port would fight over every frame.
+fn refuse_foreign_abi(pin_path: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(pin_path) else { return Ok(()) };
+    let ours = format!("v{}", datapath_common::ABI_VERSION);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_version =
+            name.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if is_version && name != ours {
+            bail!(
+                "{} holds datapath state of map layout {name}, which this agent ({ours}) does not know; \
+                 remove it with that version's `datapath agent --cleanup`, or delete the directory",
+                entry.path().display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure `pin_path` lives on a bpffs, mounting /sys/fs/bpf if that is where it goes.

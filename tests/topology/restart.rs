@@ -74,3 +74,21 @@ fn traffic_survives_restart_kill_and_upgrade_without_loss() {
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
     assert!(log.contains("adopting pinned state"), "the new agent adopted the pins: {log}");
 }
+
+#[test]
+fn an_agent_refuses_pins_of_a_map_layout_it_does_not_know() {
+    let mut c = Cluster::new("abi", 1).unwrap();
+    let pin = c.pins.path().join("node0");
+    let foreign = pin.join("v999");
+    std::fs::create_dir_all(&foreign).unwrap();
+    c.start_agent("node0").unwrap();
+    let agent = c.nodes[0].agent.as_mut().unwrap();
+    assert!(
+        datapath_tests::wait_until(Duration::from_secs(10), || !agent.running()),
+        "the agent must refuse to start"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("v999") && log.contains("does not know"), "the refusal names the layout: {log}");
+    assert!(!pin.join(format!("v{}", datapath_common::ABI_VERSION)).exists(), "nothing of ours was created");
+    std::fs::remove_dir(&foreign).unwrap();
+}
