@@ -1,45 +1,60 @@
-//! `cargo xtask lint`: formatting and clippy, in two passes (user crates, then
-//! the eBPF crate with nightly) so that feature unification cannot mix them.
+//! `cargo xtask lint`: fmt and clippy, each in two passes (the user workspace with
+//! stable, the eBPF crate with nightly for its own target), since the two crate
+//! sets never build together.
 
-use anyhow::{Context, Result};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
 
 use crate::{
-    build,
-    util::{cmd, path_with_tools, root, run, step},
+    ebpf, user,
+    util::{cmd, report, root, run, secs, step},
 };
 
-/// Runs every check; stops at the first that fails.
+/// Runs every check, going on after a failure so that one run reports them all.
 pub fn lint() -> Result<()> {
-    run(&mut build::cargo(&["fmt", "--all", "--check"])).context("cargo fmt --check (user crates)")?;
-    step("fmt (user crates)", "ok");
-    run(cmd("cargo", ["+nightly", "fmt", "--check"]).current_dir(root().join("datapath-ebpf")))
-        .context("cargo fmt --check (eBPF crate)")?;
-    step("fmt (eBPF crate)", "ok");
-    build::ebpf()?;
-    run(&mut build::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-        .context("clippy, pass 1 (user crates)")?;
-    step("clippy pass 1 (user crates)", "ok");
-    let target_dir = root().join("target/ebpf");
-    run(cmd(
-        "cargo",
-        [
-            "+nightly",
-            "clippy",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-            target_dir.to_str().context("target path")?,
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )
-    .current_dir(root().join("datapath-ebpf"))
-    .env("PATH", path_with_tools()))
-    .context("clippy, pass 2 (eBPF crate)")?;
-    step("clippy pass 2 (eBPF crate)", "ok");
+    let mut failed = Vec::new();
+    let mut check = |name: &str, result: Result<()>, start: Instant| match result {
+        Ok(()) => step(name, &format!("ok ({})", secs(start))),
+        Err(e) => {
+            report(&e);
+            step(name, "FAILED");
+            failed.push(name.to_string());
+        }
+    };
+
+    let start = Instant::now();
+    let r = run(cmd("cargo", ["fmt", "--all", "--check"]).current_dir(root()))
+        .context("formatting differs in the user workspace; fix with: cargo fmt --all");
+    check("fmt (user workspace)", r, start);
+
+    let start = Instant::now();
+    let r = run(cmd("cargo", ["+nightly", "fmt", "--check"]).current_dir(root().join("datapath-ebpf")))
+        .context("formatting differs in datapath-ebpf; fix with: (cd datapath-ebpf && cargo +nightly fmt)");
+    check("fmt (eBPF crate)", r, start);
+
+    // The user side's build script embeds the object, so clippy needs it first.
+    let start = Instant::now();
+    match ebpf::build() {
+        Ok(obj) => {
+            let r = run(&mut user::cargo(
+                &obj,
+                ["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            ))
+            .context("clippy pass 1 (user workspace)");
+            check("clippy pass 1 (user workspace)", r, start);
+        }
+        Err(e) => check("clippy pass 1 (needs the eBPF object)", Err(e), start),
+    }
+
+    let start = Instant::now();
+    let mut clippy = ebpf::cargo("clippy");
+    clippy.args(["--", "-D", "warnings"]);
+    let r = run(&mut clippy).context("clippy pass 2 (eBPF crate)");
+    check("clippy pass 2 (eBPF crate)", r, start);
+
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
     Ok(())
 }

@@ -1,14 +1,16 @@
-//! `cargo xtask`: set up the machine, build, test, lint and run the datapath.
+//! `cargo xtask`: set up the machine, then build, test, lint or run the datapath.
 
-mod build;
+mod demo;
+mod ebpf;
 mod lint;
 mod setup;
 mod test;
+mod user;
 mod util;
 
-use std::process::ExitCode;
+use std::{os::unix::process::CommandExt, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Project tasks. Every command but `setup` runs `setup` first.
@@ -20,53 +22,83 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the project needs (apt packages, rust-src, bpf-linker, bpffs); idempotent.
+    /// Install what the project needs (apt packages, nightly, rust-src, bpf-linker, bpffs); idempotent.
     Setup,
-    /// Build the eBPF object and target/release/datapath.
-    Build,
-    /// Run the test layers (all by default) with one summary.
+    /// Build the eBPF object, then target/release/datapath with it embedded.
+    Build {
+        /// Build the user side in the debug profile (target/debug/datapath).
+        #[arg(long)]
+        debug_user: bool,
+    },
+    /// Run the test layers (all by default, in order) and print one summary.
     Test {
-        /// Only these layers.
-        #[arg(long, value_enum)]
-        layer: Vec<test::Layer>,
-        /// Passed to every `cargo test` (e.g. a test name filter).
+        /// Run only this layer; repeat for several.
+        #[arg(long = "layer", value_name = "LAYER", value_enum)]
+        layers: Vec<test::Layer>,
+        /// Passed to every `cargo test`, e.g. a test-name filter or `--nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// fmt and clippy (user crates, then the eBPF crate).
+    /// fmt and clippy for the user workspace and for the eBPF crate.
     Lint,
-    /// Build, then run `datapath ARGS`.
+    /// The seed scenario live: two nodes, DHCP, ping, tags on the wire, the agent's view.
+    Demo {
+        /// Keep the cluster up until Enter is pressed.
+        #[arg(long)]
+        pause: bool,
+    },
+    /// Build, then run target/release/datapath with ARGS.
     Run {
+        /// Arguments for `datapath`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Setup => "setup",
+            Command::Build { .. } => "build",
+            Command::Test { .. } => "test",
+            Command::Lint => "lint",
+            Command::Demo { .. } => "demo",
+            Command::Run { .. } => "run",
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    match run() {
+    match run(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("[xtask] error: {e:#}");
+            util::report(&e);
             ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> Result<ExitCode> {
-    let cli = Cli::parse();
-    setup::setup()?;
-    match cli.command {
+fn run(command: Command) -> Result<ExitCode> {
+    // A newcomer types only the README's commands, so every command prepares the machine.
+    setup::setup(command.name())?;
+    match command {
         Command::Setup => {}
-        Command::Build => build::all()?,
-        Command::Test { layer, args } => test::test(&layer, &args)?,
+        Command::Build { debug_user } => drop(user::build(&ebpf::build()?, !debug_user)?),
+        Command::Test { layers, args } => {
+            if !test::test(&layers, &args)? {
+                // The summary has said what failed, and its totals line must stay the last one.
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Lint => lint::lint()?,
+        Command::Demo { pause } => demo::demo(pause)?,
         Command::Run { args } => {
-            build::all()?;
-            let status = util::status(
-                util::cmd(util::root().join("target/release/datapath").to_str().unwrap_or("datapath"), &args)
-                    .current_dir(std::env::current_dir()?),
-            )?;
-            return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+            let bin = user::build(&ebpf::build()?, true)?;
+            // exec rather than spawn: the datapath gets our pid, signals (Ctrl-C reaches
+            // the agent directly) and its exit code goes back through cargo unchanged.
+            let mut datapath = util::cmd(&bin, &args);
+            let err = datapath.exec();
+            return Err(err).with_context(|| format!("could not start `{}`", util::describe(&datapath)));
         }
     }
     Ok(ExitCode::SUCCESS)

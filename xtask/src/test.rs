@@ -1,129 +1,194 @@
-//! `cargo xtask test`: the three test layers, each its own cargo run, with one
-//! summary at the end. Layers 2 and 3 need root; `setup` has checked that.
+//! `cargo xtask test`: the test layers, each its own cargo invocation, then one
+//! summary. Program and topology tests need root; `setup` has checked that.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::Stdio,
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{ExitStatus, Stdio},
     time::Instant,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::{
-    build,
-    util::{describe, root},
+    ebpf, user,
+    util::{describe, step},
 };
 
-/// A test layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// A test layer, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Layer {
-    /// User-side logic, no root.
+    /// `#[cfg(test)]` tests of the user-side crates and xtask.
     Unit,
     /// The programs on golden frames through BPF_PROG_TEST_RUN.
     Program,
-    /// The agent and programs on namespaces with real traffic.
+    /// The agent and the programs on namespaces with real traffic.
     Topology,
 }
 
 impl Layer {
-    const ALL: [Layer; 3] = [Layer::Unit, Layer::Program, Layer::Topology];
-
-    fn cargo_args(self) -> Vec<&'static str> {
+    fn name(self) -> &'static str {
         match self {
-            Layer::Unit => vec!["test", "--release", "--workspace", "--exclude", "datapath-tests"],
-            Layer::Program => vec!["test", "--release", "-p", "datapath-tests", "--test", "program"],
+            Layer::Unit => "unit",
+            Layer::Program => "program",
+            Layer::Topology => "topology",
+        }
+    }
+
+    fn cargo_args(self) -> &'static [&'static str] {
+        // --no-fail-fast: a failing test binary must not hide the results of the others.
+        match self {
+            Layer::Unit => &["test", "--no-fail-fast", "--workspace", "--exclude", "datapath-tests"],
+            Layer::Program => &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "program"],
+            // --lib: the harness's self-tests (tests/src) create namespaces and links, so they
+            // belong with the topology tests rather than with the unit layer.
             Layer::Topology => {
-                vec!["test", "--release", "-p", "datapath-tests", "--lib", "--test", "topology"]
+                &["test", "--no-fail-fast", "-p", "datapath-tests", "--lib", "--test", "topology"]
             }
         }
     }
 }
 
-#[derive(Default)]
+/// Test counts summed over every `test result:` line of one layer.
+#[derive(Default, Debug, PartialEq)]
 struct Tally {
     passed: u64,
     failed: u64,
     ignored: u64,
+    results: u64,
 }
 
-/// Parses cargo's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
-fn parse_result(line: &str, t: &mut Tally) -> bool {
-    let Some(rest) = line.trim().strip_prefix("test result: ") else { return false };
-    for part in rest.split(';') {
-        let mut words = part.split_whitespace().rev();
-        let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
-        let Ok(n) = n.parse::<u64>() else { continue };
-        match what {
-            "passed" => t.passed += n,
-            "failed" => t.failed += n,
-            "ignored" => t.ignored += n,
-            _ => {}
+impl Tally {
+    /// Adds a libtest `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line
+    /// (or its `FAILED.` variant); other lines are ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(at) = line.find("test result: ") else { return };
+        let rest = &line[at + "test result: ".len()..];
+        if !(rest.starts_with("ok.") || rest.starts_with("FAILED.")) {
+            return;
         }
-    }
-    true
-}
-
-/// Runs the layers (all when `only` is empty), passing `extra` to every cargo test.
-pub fn test(only: &[Layer], extra: &[String]) -> Result<()> {
-    build::all()?;
-    let bin = root().join("target/release/datapath");
-    let layers: Vec<Layer> = if only.is_empty() { Layer::ALL.to_vec() } else { only.to_vec() };
-    let mut rows = Vec::new();
-    for layer in layers {
-        let start = Instant::now();
-        let mut args = layer.cargo_args();
-        if !extra.is_empty() {
-            args.push("--");
-            args.extend(extra.iter().map(String::as_str));
-        }
-        let mut cmd = build::cargo(&args);
-        cmd.env("DATAPATH_BIN", &bin).stdout(Stdio::piped());
-        println!("\n[xtask] === {layer:?} tests: {} ===", describe(&cmd));
-        let mut child = cmd.spawn().with_context(|| format!("starting `{}`", describe(&cmd)))?;
-        let mut tally = Tally::default();
-        let mut results = 0;
-        for line in BufReader::new(child.stdout.take().context("piped stdout")?).lines() {
-            let line = line.context("reading cargo test output")?;
-            println!("{line}");
-            if parse_result(&line, &mut tally) {
-                results += 1;
+        self.results += 1;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
             }
         }
-        let status = child.wait().context("waiting for cargo test")?;
-        let ok = status.success() && tally.failed == 0 && results > 0 && tally.passed > 0;
-        let note = if !status.success() && results == 0 {
-            "did not run (build error?)"
-        } else if tally.passed == 0 {
-            "ran no test"
-        } else if ok {
-            "ok"
-        } else {
-            "FAILED"
-        };
-        rows.push((layer, tally, note, start.elapsed().as_secs_f64(), ok));
     }
-    println!("\n[xtask] test summary");
-    println!("  {:<10} {:>7} {:>7} {:>8} {:>8}  status", "layer", "passed", "failed", "ignored", "seconds");
-    let (mut passed, mut failed, mut all_ok) = (0, 0, true);
-    for (layer, t, note, secs, ok) in &rows {
+}
+
+struct Row {
+    layer: Layer,
+    tally: Tally,
+    status: String,
+    ok: bool,
+    secs: f64,
+}
+
+/// Runs the `only` layers (all if empty) in order, passing `extra` to every `cargo test`;
+/// returns whether every layer passed.
+pub fn test(only: &[Layer], extra: &[String]) -> Result<bool> {
+    let mut layers =
+        if only.is_empty() { vec![Layer::Unit, Layer::Program, Layer::Topology] } else { only.to_vec() };
+    layers.sort();
+    layers.dedup();
+
+    let obj = ebpf::build()?;
+    // Topology tests start the real binary (tests/src/cluster.rs reads DATAPATH_BIN).
+    let bin = if layers.contains(&Layer::Topology) { Some(user::build(&obj, true)?) } else { None };
+
+    let mut rows = Vec::new();
+    for layer in layers {
+        rows.push(run_layer(layer, &obj, bin.as_deref(), extra)?);
+    }
+    // A filter after `--` may match nothing in some layer; without one, an empty layer
+    // means tests went missing.
+    let filtered = !extra.is_empty();
+    let ran = |r: &Row| r.tally.passed + r.tally.failed > 0;
+    let any_ran = rows.iter().any(ran);
+    for r in &mut rows {
+        if r.ok && !ran(r) {
+            if filtered && any_ran {
+                r.status = "none matched".into();
+            } else {
+                r.status = "FAILED: ran no tests".into();
+                r.ok = false;
+            }
+        }
+    }
+    Ok(summary(&rows))
+}
+
+fn run_layer(layer: Layer, obj: &Path, bin: Option<&Path>, extra: &[String]) -> Result<Row> {
+    let mut cargo = user::cargo(obj, layer.cargo_args());
+    if !extra.is_empty() {
+        cargo.arg("--").args(extra);
+    }
+    if let (Layer::Topology, Some(bin)) = (layer, bin) {
+        cargo.env("DATAPATH_BIN", bin);
+    }
+    // Only stdout is piped: it carries the harness output and the result lines; cargo's
+    // own progress and errors stay on the inherited stderr.
+    cargo.stdout(Stdio::piped());
+    step(&format!("{} tests", layer.name()), &describe(&cargo));
+    let start = Instant::now();
+    let mut child = cargo.spawn().with_context(|| format!("could not start `{}`", describe(&cargo)))?;
+    let mut tally = Tally::default();
+    let mut stdout = std::io::stdout().lock();
+    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
+        let line = line.with_context(|| format!("reading the output of `{}`", describe(&cargo)))?;
+        tally.add_line(&line);
+        // Keep draining even if our stdout went away, so that cargo is never blocked.
+        let _ = writeln!(stdout, "{line}");
+    }
+    drop(stdout);
+    let exit = child.wait().with_context(|| format!("waiting for `{}`", describe(&cargo)))?;
+    let (ok, status) = verdict(&tally, exit);
+    Ok(Row { layer, tally, status, ok, secs: start.elapsed().as_secs_f64() })
+}
+
+/// Whether a layer passed, and how to say so; an empty layer is judged by the caller.
+fn verdict(t: &Tally, exit: ExitStatus) -> (bool, String) {
+    if t.failed > 0 {
+        (false, "FAILED".into())
+    } else if !exit.success() && t.results == 0 {
+        (false, format!("FAILED: cargo {exit} before any test ran (build error?)"))
+    } else if !exit.success() {
+        (false, format!("FAILED: cargo {exit}"))
+    } else {
+        (true, "ok".into())
+    }
+}
+
+/// Prints the table, then the totals as the very last line (CI greps for it).
+fn summary(rows: &[Row]) -> bool {
+    println!();
+    println!("{:<10} {:>7} {:>7} {:>8} {:>8}  status", "layer", "passed", "failed", "ignored", "seconds");
+    for r in rows {
         println!(
-            "  {:<10} {:>7} {:>7} {:>8} {:>8.1}  {note}",
-            format!("{layer:?}").to_lowercase(),
-            t.passed,
-            t.failed,
-            t.ignored,
-            secs
+            "{:<10} {:>7} {:>7} {:>8} {:>8.1}  {}",
+            r.layer.name(),
+            r.tally.passed,
+            r.tally.failed,
+            r.tally.ignored,
+            r.secs,
+            r.status
         );
-        passed += t.passed;
-        failed += t.failed;
-        all_ok &= ok;
     }
+    let bad: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.layer.name()).collect();
+    if !bad.is_empty() {
+        eprintln!("[xtask] failed test layers: {}", bad.join(", "));
+    }
+    let passed: u64 = rows.iter().map(|r| r.tally.passed).sum();
+    let failed: u64 = rows.iter().map(|r| r.tally.failed).sum();
     println!("{passed} passed, {failed} failed");
-    if !all_ok {
-        bail!("some test layers failed");
-    }
-    Ok(())
+    bad.is_empty()
 }
 
 #[cfg(test)]
@@ -131,14 +196,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_cargo_result_lines() {
+    fn sums_result_lines() {
         let mut t = Tally::default();
-        assert!(parse_result(
-            "test result: ok. 58 passed; 0 failed; 2 ignored; 0 measured; 1 filtered out",
-            &mut t
-        ));
-        assert!(parse_result("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured", &mut t));
-        assert!(!parse_result("running 4 tests", &mut t));
-        assert_eq!((t.passed, t.failed, t.ignored), (61, 1, 2));
+        t.add_line(
+            "test result: ok. 58 passed; 0 failed; 2 ignored; 0 measured; 1 filtered out; finished in 0.1s",
+        );
+        t.add_line("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add_line("running 4 tests");
+        t.add_line("test foo ... ok");
+        t.add_line("some test printed this test result: ok. 1 passed; 0 failed; 0 ignored");
+        assert_eq!(t, Tally { passed: 62, failed: 1, ignored: 2, results: 3 });
+    }
+
+    #[test]
+    fn ignores_look_alikes() {
+        let mut t = Tally::default();
+        t.add_line("test result: maybe 5 passed");
+        assert_eq!(t, Tally::default());
     }
 }

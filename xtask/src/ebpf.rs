@@ -1,0 +1,48 @@
+//! The eBPF object. The eBPF crate sits outside the user workspace and is built
+//! with nightly (`-Z build-std=core` for bpfel-unknown-none), so that feature
+//! unification with the user side can never pull `std` into it.
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context, Result};
+
+use crate::util::{cmd, path_with_tools, root, run, secs, step};
+
+const TARGET: &str = "bpfel-unknown-none";
+
+fn target_dir() -> PathBuf {
+    root().join("target/ebpf")
+}
+
+/// Where `build` leaves the object that `DATAPATH_EBPF_OBJ` points the user side at.
+pub fn object() -> PathBuf {
+    target_dir().join(TARGET).join("release/datapath")
+}
+
+/// `cargo +nightly <subcommand>` on the eBPF crate for the BPF target, release profile.
+pub fn cargo(subcommand: &str) -> Command {
+    let mut c = cmd(
+        "cargo",
+        ["+nightly", subcommand, "--release", "--target", TARGET, "-Z", "build-std=core", "--target-dir"],
+    );
+    c.arg(target_dir())
+        .current_dir(root().join("datapath-ebpf"))
+        .env("PATH", path_with_tools())
+        // Host-oriented flags from the caller's environment must not reach the BPF build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET");
+    c
+}
+
+/// Builds the object and returns its path.
+pub fn build() -> Result<PathBuf> {
+    let start = Instant::now();
+    step("eBPF object", "building (cargo +nightly, bpfel-unknown-none)");
+    run(&mut cargo("build")).context("building the eBPF object")?;
+    let obj = object();
+    let size = std::fs::metadata(&obj)
+        .with_context(|| format!("the eBPF build succeeded but left no object at {}", obj.display()))?
+        .len();
+    step("eBPF object", &format!("{size} bytes in {} ({})", secs(start), obj.display()));
+    Ok(obj)
+}
