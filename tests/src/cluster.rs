@@ -119,6 +119,12 @@ impl Vm {
         false
     }
 
+    /// Whether `ip` answers a ping within 10 s. Positive checks use this: one
+    /// lost reply on a loaded 2-core machine must not fail a test.
+    pub fn reaches(&self, ip: &str) -> bool {
+        self.ping_until(ip, Duration::from_secs(10))
+    }
+
     /// Assigns the port's fixed IP statically (/24).
     pub fn set_static_ip(&self) -> Result<()> {
         self.ns.exec(&["ip", "addr", "add", &format!("{}/24", self.port.ip), "dev", "eth0"]).map(drop)

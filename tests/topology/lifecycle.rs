@@ -56,7 +56,7 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     // A bindings file that does not parse keeps the last good state.
     c.write_bindings_text("{\"networks\": [ this is not json").unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    assert!(c.vms[ia].ping(&b.ip, 2), "traffic survives a broken bindings file");
+    assert!(c.vms[ia].reaches(&b.ip), "traffic survives a broken bindings file");
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
     assert!(log.contains("bindings.json") && log.contains("line 1"), "error names the file and line: {log}");
 
@@ -74,14 +74,14 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
 
     // SIGTERM, as systemctl stop/restart sends: forwarding goes on.
     c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
-    assert!(c.vms[ia].ping(&b.ip, 3), "forwarding continues with the agent stopped");
+    assert!(c.vms[ia].reaches(&b.ip), "forwarding continues with the agent stopped");
     c.start_agent("node0").unwrap();
-    assert!(c.vms[ia].ping(&b.ip, 2), "and after it starts again");
-    assert!(c.vms[id].ping(&a.ip, 1));
+    assert!(c.vms[ia].reaches(&b.ip), "and after it starts again");
+    assert!(c.vms[id].reaches(&a.ip));
 
     // SIGKILL: same.
     c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
-    assert!(c.vms[ia].ping(&b.ip, 3), "forwarding continues after SIGKILL");
+    assert!(c.vms[ia].reaches(&b.ip), "forwarding continues after SIGKILL");
 
     // --cleanup removes programs, links, maps and pins.
     c.nodes[0].cleanup().unwrap();

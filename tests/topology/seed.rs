@@ -26,10 +26,10 @@ fn seed_vlan_network_dhcp_ping_tags_and_tcp_across_two_nodes() {
     assert_eq!(c.vms[a].dhcp(&script).unwrap(), p1.ip, "vm-1 (node0) leases its fixed IP");
     assert_eq!(c.vms[b].dhcp(&script).unwrap(), p2.ip, "vm-2 (node1) leases its fixed IP across the wire");
 
-    assert!(c.vms[a].ping(&p2.ip, 3), "vm-1 -> vm-2 across nodes");
-    assert!(c.vms[b].ping(&p1.ip, 3), "vm-2 -> vm-1 across nodes");
-    assert!(c.vms[a].ping(&d.ip, 2), "vm-1 -> DHCP port on the same node");
-    assert!(c.vms[b].ping(&d.ip, 2), "vm-2 -> DHCP port across nodes");
+    assert!(c.vms[a].reaches(&p2.ip), "vm-1 -> vm-2 across nodes");
+    assert!(c.vms[b].reaches(&p1.ip), "vm-2 -> vm-1 across nodes");
+    assert!(c.vms[a].reaches(&d.ip), "vm-1 -> DHCP port on the same node");
+    assert!(c.vms[b].reaches(&d.ip), "vm-2 -> DHCP port across nodes");
 
     let lines = wire.stop().unwrap();
     let ours = wire_frames_of(&lines, &[&p1.mac, &p2.mac, &d.mac]);
