@@ -109,13 +109,12 @@ pub fn learn(meta: &Meta, ifindex: u32, vtep_ipv4: u32, src: &[u8; 6]) -> Result
     // SAFETY: reading the time has no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // SAFETY: LRU value read; a racing writer only refreshes the same entry.
-    if let Some(seen) = unsafe { FDB_LEARNED.get(key) } {
-        if seen.ifindex == ifindex
-            && seen.vtep_ipv4 == vtep_ipv4
-            && now.wrapping_sub(seen.last_seen_ns) < LEARN_REFRESH_NS
-        {
-            return Ok(());
-        }
+    if let Some(seen) = unsafe { FDB_LEARNED.get(key) }
+        && seen.ifindex == ifindex
+        && seen.vtep_ipv4 == vtep_ipv4
+        && now.wrapping_sub(seen.last_seen_ns) < LEARN_REFRESH_NS
+    {
+        return Ok(());
     }
     let entry = LearnedEntry { ifindex, vtep_ipv4, last_seen_ns: now };
     // A full LRU evicts the oldest entry; an insert error leaves the MAC unknown (flooded).

@@ -61,10 +61,11 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     }
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let net = *unsafe { NETWORKS.get(port.net_index) }.ok_or(DropReason::NoNetwork)?;
-    if net.net_type == NET_TYPE_VXLAN && eth.ethertype == ETH_P_ARP {
-        if let Some(v) = arp::respond(ctx, meta, ifindex, &pkt, &eth)? {
-            return Ok(v);
-        }
+    if net.net_type == NET_TYPE_VXLAN
+        && eth.ethertype == ETH_P_ARP
+        && let Some(v) = arp::respond(ctx, meta, ifindex, &pkt, &eth)?
+    {
+        return Ok(v);
     }
     forward::forward(ctx, meta, &net, ifindex, From::Port, &eth.dst)
 }

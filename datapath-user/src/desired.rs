@@ -406,10 +406,10 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
                     SegmentKey { ifindex: plan.info.uplink_ifindex, segment: plan.info.segmentation_id };
                 out.state.segments.insert(key, plan.index);
             }
-            if plan.info.net_type == NET_TYPE_VXLAN {
-                if let Some(warning) = add_tunnel_network(&mut out.state, cfg, bindings, net, plan) {
-                    report.error = warning;
-                }
+            if plan.info.net_type == NET_TYPE_VXLAN
+                && let Some(warning) = add_tunnel_network(&mut out.state, cfg, bindings, net, plan)
+            {
+                report.error = warning;
             }
             if !plan.members.is_empty() {
                 plan.members.sort_unstable();

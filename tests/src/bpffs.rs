@@ -30,15 +30,7 @@ impl PinDir {
     /// Creates the directory.
     pub fn new() -> Result<Self> {
         ensure_bpffs()?;
-        loop {
-            let path = Path::new(BPFFS).join(format!("dpt-{}-{}", std::process::id(), crate::next_id()));
-            // A leftover of a killed earlier run with our pid: take the next number.
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
+        Ok(Self { path: crate::create_unique_dir(Path::new(BPFFS), "dpt")? })
     }
 
     /// The directory.

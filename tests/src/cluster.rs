@@ -125,6 +125,18 @@ impl Vm {
         self.ping_until(ip, Duration::from_secs(10))
     }
 
+    /// Runs iperf3 TCP for `secs` seconds to `server` (which must reach us);
+    /// returns (bytes received, bits per second) as the receiver counted them.
+    pub fn tcp_to(&self, server: &Vm, secs: u32) -> Result<(u64, f64)> {
+        let _listener = server.ns.spawn(&["iperf3", "-s", "-1"])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let out = self.exec(&["iperf3", "-c", &server.port.ip, "-t", &secs.to_string(), "-J"])?;
+        let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+        let sum = &v["end"]["sum_received"];
+        let bytes = sum["bytes"].as_u64().context("iperf3 reported no bytes")?;
+        Ok((bytes, sum["bits_per_second"].as_f64().unwrap_or(0.0)))
+    }
+
     /// Assigns the port's fixed IP statically (/24).
     pub fn set_static_ip(&self) -> Result<()> {
         self.ns.exec(&["ip", "addr", "add", &format!("{}/24", self.port.ip), "dev", "eth0"]).map(drop)

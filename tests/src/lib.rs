@@ -56,6 +56,20 @@ pub(crate) fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Creates `<base>/<prefix>-<pid>-<n>` with the first free `n`.
+pub(crate) fn create_unique_dir(base: &Path, prefix: &str) -> Result<PathBuf> {
+    loop {
+        let path = base.join(format!("{prefix}-{}-{}", std::process::id(), next_id()));
+        // create_dir (not _all) fails on a leftover of an earlier process
+        // that had our pid, and then we just take the next number.
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+}
+
 /// A fresh directory `/tmp/dpt-<tag>-<pid>-<n>`, removed with its contents on drop.
 #[derive(Debug)]
 pub struct TempDir {
@@ -65,17 +79,7 @@ pub struct TempDir {
 impl TempDir {
     /// Creates the directory.
     pub fn new(tag: &str) -> Result<Self> {
-        let base = std::env::temp_dir();
-        loop {
-            let path = base.join(format!("dpt-{tag}-{}-{}", std::process::id(), next_id()));
-            // create_dir (not _all) fails on a leftover of an earlier process
-            // that had our pid, and then we just take the next number.
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
+        Ok(Self { path: create_unique_dir(&std::env::temp_dir(), &format!("dpt-{tag}"))? })
     }
 
     /// The directory.

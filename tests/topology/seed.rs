@@ -41,12 +41,7 @@ fn seed_vlan_network_dhcp_ping_tags_and_tcp_across_two_nodes() {
     }
 
     // TCP across nodes, with the VMs' default offloads (checksum-partial, GSO).
-    let _server = c.vms[b].ns.spawn(&["iperf3", "-s", "-1"]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = c.vms[a].exec(&["iperf3", "-c", &p2.ip, "-t", "3", "-J"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
-    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    let (bytes, bps) = c.vms[a].tcp_to(&c.vms[b], 3).unwrap();
     println!("iperf3 TCP vm-1 (node0) -> vm-2 (node1): {:.2} Gbit/s, {bytes} bytes", bps / 1e9);
     assert!(bytes > 10_000_000, "TCP moved only {bytes} bytes in 3 s");
 }

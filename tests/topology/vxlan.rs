@@ -119,12 +119,7 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     c.vms[ia].exec(&["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
 
     // TCP through the tunnel.
-    let _server = c.vms[ib].ns.spawn(&["iperf3", "-s", "-1"]).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let out = c.vms[ia].exec(&["iperf3", "-c", &b.ip, "-t", "3", "-J"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    let (bytes, bps) = c.vms[ia].tcp_to(&c.vms[ib], 3).unwrap();
     println!("iperf3 TCP over VXLAN node0 -> node1: {:.2} Gbit/s", bps / 1e9);
     assert!(bytes > 10_000_000, "TCP moved only {bytes} bytes");
 
