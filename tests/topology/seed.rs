@@ -5,6 +5,10 @@ use datapath_tests::{capture::Capture, cluster::Cluster};
 
 use crate::scenario::*;
 
+fn mac(s: &str) -> [u8; 6] {
+    datapath_user::bindings::parse_mac(s).unwrap()
+}
+
 /// Frames of `macs` seen on the wire, and whether each carried exactly `vlan {tag}`.
 fn wire_frames_of<'a>(lines: &'a [String], macs: &[&str]) -> Vec<&'a String> {
     lines.iter().filter(|l| macs.iter().any(|m| l.contains(m))).collect()
@@ -31,10 +35,16 @@ fn seed_vlan_network_dhcp_ping_tags_and_tcp_across_two_nodes() {
     assert!(c.vms[a].reaches(&d.ip), "vm-1 -> DHCP port on the same node");
     assert!(c.vms[b].reaches(&d.ip), "vm-2 -> DHCP port across nodes");
 
+    // IPv6 neighbour discovery across nodes: link-local addresses (EUI-64 of the MAC).
+    let ll_b =
+        format!("{}%eth0", std::net::Ipv6Addr::from(datapath_user::desired::link_local_of(&mac(&p2.mac))));
+    assert!(c.vms[a].reaches(&ll_b), "vm-1 -> vm-2 over IPv6 link-local ({ll_b})");
+
     let lines = wire.stop().unwrap();
     let ours = wire_frames_of(&lines, &[&p1.mac, &p2.mac, &d.mac]);
     assert!(ours.iter().any(|l| l.contains("BOOTP/DHCP")), "DHCP crossed the wire: {lines:#?}");
     assert!(ours.iter().any(|l| l.contains("ICMP echo request")), "pings crossed the wire: {lines:#?}");
+    assert!(ours.iter().any(|l| l.contains("neighbor solicitation")), "ND crossed the wire: {lines:#?}");
     for l in &ours {
         assert!(l.contains("vlan 1000,"), "frame on the wire without tag 1000: {l}");
         assert_eq!(l.matches("vlan ").count(), 1, "frame with more than one tag: {l}");
