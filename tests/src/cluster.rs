@@ -364,6 +364,53 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs `datapath ARGS --config <node's config>` inside `node`; returns (success, stdout, stderr).
+    pub fn cli(&self, node: &str, args: &[&str]) -> Result<(bool, String, String)> {
+        let n = self.node(node);
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", n.ns.path().display()))
+            .arg("--")
+            .arg(datapath_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&n.config)
+            .output()
+            .context("running the datapath CLI")?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+    }
+
+    /// `datapath ARGS --json` inside `node`, parsed; fails with the CLI's error.
+    pub fn cli_json(&self, node: &str, args: &[&str]) -> Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (ok, out, err) = self.cli(node, &all)?;
+        if !ok {
+            bail!("datapath {args:?} failed: {err}");
+        }
+        serde_json::from_str(&out).with_context(|| format!("datapath {args:?} printed no JSON: {out}"))
+    }
+
+    /// Whether `node` has learned `mac` (from the uplink or a tunnel), and on which device.
+    pub fn learned_on(&self, node: &str, mac: &str) -> Option<String> {
+        let fdb = self.cli_json(node, &["fdb"]).ok()?;
+        fdb["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["mac"] == mac && e["type"] == "learned")
+            .and_then(|e| e["device"].as_str().map(str::to_owned))
+    }
+
+    /// Adds TOML lines to `node`'s agent config (before its agent starts).
+    pub fn append_config(&self, node: &str, toml: &str) -> Result<()> {
+        let path = &self.node(node).config;
+        let mut text = fs::read_to_string(path)?;
+        text.push_str(toml);
+        text.push('\n');
+        fs::write(path, text)?;
+        Ok(())
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))

@@ -4,37 +4,20 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
-    process::Command,
     time::Duration,
 };
 
-use datapath_tests::cluster::{Cluster, PortSpec, datapath_bin};
+use datapath_tests::cluster::{Cluster, PortSpec};
 use serde_json::Value;
 
 use crate::scenario::*;
 
 fn datapath(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", c.node("node0").ns.path().display()))
-        .arg("--")
-        .arg(datapath_bin())
-        .args(args)
-        .args(["--config", c.node("node0").config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.cli("node0", args).unwrap()
 }
 
 fn json(c: &Cluster, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (ok, out, err) = datapath(c, &all);
-    assert!(ok, "datapath {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("datapath {args:?} printed no JSON ({e}): {out}"))
+    c.cli_json("node0", args).unwrap()
 }
 
 #[test]

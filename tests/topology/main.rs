@@ -2,6 +2,7 @@
 //! pairs and a bridge that plays the physical network. Each test builds its
 //! own cluster with unique names and removes it on exit, also on panic.
 
+mod aging;
 mod events;
 mod introspection;
 mod isolation;

@@ -85,7 +85,17 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
         fns.exec(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", dst]).unwrap();
     }
 
+    // A second endpoint behind the foreign VTEP that the bindings do not name:
+    // our nodes can only learn it from the tunnel.
+    let unnamed_mac = "fa:16:3e:f0:00:99";
+    let fns2 = Netns::new("foreign2").unwrap();
+    fns.exec(&["ip", "link", "add", "mv0", "link", "vx0", "type", "macvlan", "mode", "bridge"]).unwrap();
+    fns.exec(&["ip", "link", "set", "mv0", "netns", fns2.name()]).unwrap();
+    fns2.exec(&["ip", "link", "set", "mv0", "address", unnamed_mac, "mtu", "1450", "up"]).unwrap();
+    fns2.exec(&["ip", "addr", "add", "10.20.0.51/24", "dev", "mv0"]).unwrap();
+
     let ul1 = Capture::start(&c.phys, "ul-node1", "udp port 4789").unwrap();
+    let in_vlan_vm = Capture::start(&c.vms[iv0].ns, "eth0", "").unwrap();
     let ul2 = Capture::start(&c.phys, "ul-node2", "udp port 4789").unwrap();
     for n in ["node0", "node1", "node2"] {
         c.start_agent(n).unwrap();
@@ -110,6 +120,8 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     // Interop with the plain Linux VXLAN endpoint, both ways.
     assert!(c.vms[ia].reaches(&foreign.ip), "ours -> plain Linux vxlan");
     assert!(fns.exec(&["ping", "-c", "2", "-W", "1", &b.ip]).is_ok(), "plain Linux vxlan -> ours (node1)");
+    assert!(c.vms[ia].reaches("10.20.0.51"), "ours -> an endpoint the bindings do not name");
+    assert_eq!(c.learned_on("node0", unnamed_mac).as_deref(), Some("vxlan-dp"), "learned from the tunnel");
 
     // The tunnel MTU: a 1500-byte frame cannot enter a 1450 network's tunnel.
     c.vms[ia].exec(&["ip", "link", "set", "eth0", "mtu", "1500"]).unwrap();
@@ -123,6 +135,12 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     println!("iperf3 TCP over VXLAN node0 -> node1: {:.2} Gbit/s", bps / 1e9);
     assert!(bytes > 10_000_000, "TCP moved only {bytes} bytes");
 
+    let vlan_side = in_vlan_vm.stop().unwrap();
+    let leaked: Vec<_> = vlan_side.iter().filter(|l| l.contains(&a.mac) || l.contains(&b.mac)).collect();
+    assert!(
+        leaked.is_empty(),
+        "VXLAN traffic reached the VLAN network's VM with the same address: {leaked:#?}"
+    );
     let on1 = ul1.stop().unwrap();
     for l in on1.iter().take(6) {
         println!("node1 underlay: {l}");
