@@ -53,6 +53,44 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     c.vms[id].set_static_ip().unwrap();
     assert!(c.vms[id].ping_until(&a.ip, SETTLE), "binding first, then device");
 
+    // Bad entries are refused one by one, with a reason; everything else stays up.
+    let mut doc = bindings(&[&a, &b, &late_device, &late_binding]);
+    let nets = doc["networks"].as_array_mut().unwrap();
+    nets.push(serde_json::json!({"id": "bad-vlan", "provider:network_type": "vlan",
+        "provider:physical_network": "default", "provider:segmentation_id": 5000}));
+    nets.push(serde_json::json!({"id": "bad-physnet", "provider:network_type": "vlan",
+        "provider:physical_network": "nowhere", "provider:segmentation_id": 7}));
+    let ports = doc["ports"].as_array_mut().unwrap();
+    let mut dup = PortSpec::vm("dddd0000-0000-4000-8000-000000000001", NET1, &a.mac, "10.10.10.8", "node0");
+    ports.push(dup.to_json());
+    dup = PortSpec::vm(
+        "eeee0000-0000-4000-8000-000000000001",
+        "bad-physnet",
+        "fa:16:3e:ee:00:08",
+        "10.1.1.8",
+        "node0",
+    );
+    ports.push(dup.to_json());
+    c.write_bindings(&doc).unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        let st = c.cli_json("node0", &["status"]).unwrap();
+        if st["refused"].as_array().is_some_and(|r| r.len() >= 2) || start.elapsed() > SETTLE {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let refused = status["refused"].to_string();
+    assert!(refused.contains("bad-vlan") && refused.contains("5000"), "VLAN out of range refused: {refused}");
+    assert!(refused.contains("dddd0000") && refused.contains(&a.mac), "duplicate MAC refused: {refused}");
+    let nets = c.cli_json("node0", &["networks"]).unwrap().to_string();
+    assert!(
+        nets.contains("nowhere") && nets.contains("not in physical_interface_mappings"),
+        "unmapped physnet: {nets}"
+    );
+    assert!(c.vms[ia].reaches(&b.ip), "the good ports stay up");
+    assert!(c.vms[ic].reaches(&a.ip));
+
     // A bindings file that does not parse keeps the last good state.
     c.write_bindings_text("{\"networks\": [ this is not json").unwrap();
     std::thread::sleep(Duration::from_secs(1));
