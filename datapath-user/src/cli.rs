@@ -145,7 +145,11 @@ pub fn print_human(command: &str, v: &Value) {
             }
             for t in v["targets"].as_array().into_iter().flatten() {
                 let vlan = t["vlan"].as_u64().unwrap_or(0);
-                let tag = if vlan == 0 { String::from("untagged") } else { format!("vlan {vlan}") };
+                let tag = match (t["vtep"].as_str(), vlan) {
+                    (Some(vtep), _) => format!("vxlan vni {} to {vtep}", s(&t["vni"])),
+                    (None, 0) => String::from("untagged"),
+                    (None, vlan) => format!("vlan {vlan}"),
+                };
                 println!("  -> {} ({tag})", s(&t["device"]));
             }
             println!("frame out {}", s(&v["frame_out"]));

@@ -204,7 +204,10 @@ impl Agent {
             per_cpu.iter().find(|r| r.valid == 1).copied().context("the program wrote no trace record")?;
         let targets: Vec<Value> = rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
             .iter()
-            .map(|t| json!({"device": self.device_of(t.ifindex), "ifindex": t.ifindex, "vlan": t.vlan}))
+            .map(|t| {
+                let vtep = (t.vtep_ipv4 != 0).then(|| std::net::Ipv4Addr::from(t.vtep_ipv4).to_string());
+                json!({"device": self.device_of(t.ifindex), "ifindex": t.ifindex, "vlan": t.vlan, "vtep": vtep, "vni": t.vni})
+            })
             .collect();
         let reason = DropReason::from_index(rec.reason);
         Ok(json!({

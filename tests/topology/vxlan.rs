@@ -117,6 +117,12 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     assert!(c.vms[ia].reaches(&b.ip));
     assert!(arp_replied(&c, &a) > before, "node0 answered the ARP request itself");
 
+    // trace shows the tunnel a frame would take.
+    let spec = format!("icmp from {} {} to {} {}", a.mac, a.ip, b.mac, b.ip);
+    let t = c.cli_json("node0", &["trace", "--port", &a.device(), "--frame", &spec]).unwrap();
+    assert_eq!(t["targets"][0]["vtep"], "192.0.2.11", "{t}");
+    assert_eq!(t["targets"][0]["vni"], VNI, "{t}");
+
     // Interop with the plain Linux VXLAN endpoint, both ways.
     assert!(c.vms[ia].reaches(&foreign.ip), "ours -> plain Linux vxlan");
     assert!(fns.exec(&["ping", "-c", "2", "-W", "1", &b.ip]).is_ok(), "plain Linux vxlan -> ours (node1)");
