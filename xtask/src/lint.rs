@@ -33,13 +33,14 @@ pub fn lint() -> Result<()> {
         .context("formatting differs in datapath-ebpf; fix with: (cd datapath-ebpf && cargo +nightly fmt)");
     check("fmt (eBPF crate)", r, start);
 
-    // The user side's build script embeds the object, so clippy needs it first.
+    // The user side's build script embeds the object, so clippy needs it first;
+    // --all-features takes in the bench engine (xtask's `bench` feature).
     let start = Instant::now();
     match ebpf::build() {
         Ok(obj) => {
             let r = run(&mut user::cargo(
                 &obj,
-                ["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+                ["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"],
             ))
             .context("clippy pass 1 (user workspace)");
             check("clippy pass 1 (user workspace)", r, start);

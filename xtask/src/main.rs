@@ -1,5 +1,6 @@
 //! `cargo xtask`: set up the machine, then build, test, lint or run the datapath.
 
+mod bench;
 mod demo;
 mod ebpf;
 mod lint;
@@ -47,6 +48,12 @@ enum Command {
         #[arg(long)]
         pause: bool,
     },
+    /// Benchmark the datapath against a legacy-like hybrid chain; results in target/bench/.
+    Bench {
+        /// One short round (CI smoke test): asserts only that traffic flowed on both paths.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run target/release/datapath with ARGS.
     Run {
         /// Arguments for `datapath`.
@@ -63,6 +70,7 @@ impl Command {
             Command::Test { .. } => "test",
             Command::Lint => "lint",
             Command::Demo { .. } => "demo",
+            Command::Bench { .. } => "bench",
             Command::Run { .. } => "run",
         }
     }
@@ -92,6 +100,10 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Lint => lint::lint()?,
         Command::Demo { pause } => demo::demo(pause)?,
+        Command::Bench { quick } => {
+            let obj = ebpf::build()?;
+            bench::run(&obj, &user::build(&obj, true)?, quick)?;
+        }
         Command::Run { args } => {
             let bin = user::build(&ebpf::build()?, true)?;
             // exec rather than spawn: the datapath gets our pid, signals (Ctrl-C reaches

@@ -1,0 +1,198 @@
+//! One benchmark run: build every topology, measure each scenario round by
+//! round with the legacy chain and the datapath back to back (which goes first
+//! alternates between rounds), then the control plane; reduce to medians.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use anyhow::{Context, Result};
+use datapath_tests::TempDir;
+
+use super::{
+    control,
+    floor::Floor,
+    interrupt,
+    legacy::Legacy,
+    ours::Ours,
+    plan::{Plan, Scenario},
+    report::{self, Metric, Record},
+    stats::median,
+    traffic::{self, Flow},
+};
+use crate::util::{secs, step};
+
+/// Which path a sample was taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Path {
+    Legacy,
+    Datapath,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Legacy => "legacy",
+            Path::Datapath => "datapath",
+        }
+    }
+}
+
+/// The records, what the control plane's time went to, and the traffic that did not flow.
+pub struct Outcome {
+    pub records: Vec<Record>,
+    pub profile: Vec<String>,
+    /// Measurements where nothing reached the receiver; the run fails if any.
+    pub no_traffic: Vec<String>,
+}
+
+type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
+
+/// Runs `plan`.
+pub fn bench(plan: &Plan) -> Result<Outcome> {
+    traffic::check_tools()?;
+    let scratch = TempDir::new("bench")?;
+
+    let start = Instant::now();
+    step("bench: legacy chain", "building (tap, qbr + iptables, qvb/qvo, br-int, br-eth/br-tun)");
+    let legacy = Legacy::build().context("building the legacy chain")?;
+    step("bench: legacy chain", &format!("up in {}", secs(start)));
+    let start = Instant::now();
+    step("bench: datapath cluster", "building (2 nodes, 2 agents)");
+    let ours = Ours::new().context("building the datapath cluster")?;
+    step("bench: datapath cluster", &format!("up in {}", secs(start)));
+    let floor = Floor::new().context("building the veth pair floor")?;
+    floor.flow().prepare("veth pair")?;
+    for sc in Scenario::ALL {
+        legacy.flow(sc).prepare(&format!("legacy {}", sc.name()))?;
+        ours.flow(sc).prepare(&format!("datapath {}", sc.name()))?;
+    }
+
+    let mut samples = Samples::new();
+    let mut floor_ns = Vec::new();
+    let mut floor_pps = Vec::new();
+    let mut floor_rtt = Vec::new();
+    let mut no_traffic = Vec::new();
+    for round in 0..plan.rounds {
+        interrupt::check()?;
+        let label = format!("bench: round {}/{}", round + 1, plan.rounds);
+        let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor")?;
+        let r = floor.flow().rtt(plan.rtt_secs, true).context("RTT, veth pair floor")?;
+        step(
+            &label,
+            &format!(
+                "veth pair floor: {:.0} pps, RTT (polling) p50 {:.1} us, p99 {:.1} us",
+                f.pps, r.p50_us, r.p99_us
+            ),
+        );
+        floor_pps.push(f.pps);
+        floor_rtt.push((r.p50_us, r.p99_us));
+        let floor_cpu = f.cpu_ns_per_pkt;
+        floor_ns.extend(floor_cpu);
+        // Alternate who goes first, so that a drift in the machine's state hits both alike.
+        let order =
+            if round % 2 == 0 { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] };
+        for sc in Scenario::ALL {
+            let flow = |p: Path| -> Flow<'_> {
+                match p {
+                    Path::Legacy => legacy.flow(sc),
+                    Path::Datapath => ours.flow(sc),
+                }
+            };
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let s = flow(p).pps(plan.pps_window, scratch.path(), &tag)?;
+                step(
+                    &label,
+                    &format!(
+                        "{tag}: {:.0} pps, {} (other CPUs {:.0}% busy)",
+                        s.pps,
+                        ns(s.cpu_ns_per_pkt),
+                        s.others_busy * 100.0
+                    ),
+                );
+                if s.packets == 0 {
+                    no_traffic.push(format!("{tag}: no 64-byte frame reached the receiver"));
+                }
+                push(&mut samples, sc, p, report::PPS, Some(s.pps));
+                push(&mut samples, sc, p, report::CPU_NS, s.cpu_ns_per_pkt);
+                let path_ns = s.cpu_ns_per_pkt.zip(floor_cpu).map(|(c, f)| c - f);
+                push(&mut samples, sc, p, report::PATH_NS, path_ns);
+            }
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let t = flow(p).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
+                step(&label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
+                if t.bytes == 0 {
+                    no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
+                }
+                push(&mut samples, sc, p, report::TCP, Some(t.gbps));
+            }
+            for (polling, p50, p99, kind) in [
+                (true, report::RTT_P50, report::RTT_P99, "polling"),
+                (false, report::RTT_BLOCKING_P50, report::RTT_BLOCKING_P99, "blocking"),
+            ] {
+                for p in order {
+                    let tag = format!("{}-{}", sc.name(), p.name());
+                    let r = flow(p).rtt(plan.rtt_secs, polling).with_context(|| format!("RTT, {tag}"))?;
+                    step(
+                        &label,
+                        &format!("{tag}: RTT ({kind}) p50 {:.1} us, p99 {:.1} us", r.p50_us, r.p99_us),
+                    );
+                    push(&mut samples, sc, p, p50, Some(r.p50_us));
+                    push(&mut samples, sc, p, p99, Some(r.p99_us));
+                }
+            }
+        }
+    }
+    // The traffic topologies go before the control plane loads its own datapath.
+    drop((floor, ours, legacy));
+
+    let start = Instant::now();
+    step("bench: control plane", "10,000 ports on 4,000 networks into private maps");
+    let cp = control::measure(scratch.path(), plan.changes).context("measuring the control plane")?;
+    step("bench: control plane", &format!("done in {}", secs(start)));
+
+    let mut records = Vec::new();
+    for sc in Scenario::ALL {
+        for m in [report::PPS, report::TCP, report::RTT_P50, report::RTT_P99, report::CPU_NS, report::PATH_NS]
+        {
+            let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
+            records.push(Record {
+                scenario: sc.name().into(),
+                metric: m,
+                datapath: med(Path::Datapath),
+                legacy: med(Path::Legacy),
+            });
+        }
+    }
+    let control = |metric: Metric, v: f64| Record {
+        scenario: "control-plane".into(),
+        metric,
+        datapath: Some(v),
+        legacy: None,
+    };
+    records.push(control(report::PROGRAM_10K, cp.program_10k_s));
+    records.push(control(report::CHANGE, cp.change_ms));
+    records.push(control(report::CHANGE_1K, cp.change_1k_ms));
+    records.push(control(report::MAP_MEMORY, cp.map_memory_mb));
+    let p50: Vec<f64> = floor_rtt.iter().map(|r| r.0).collect();
+    let p99: Vec<f64> = floor_rtt.iter().map(|r| r.1).collect();
+    let mut profile = vec![format!(
+        "veth pair floor (generator + one hop + sink): {:.0} pps, {}; RTT (polling) p50 {:.1} us, p99 {:.1} us",
+        median(&floor_pps).unwrap_or(0.0),
+        ns(median(&floor_ns)),
+        median(&p50).unwrap_or(0.0),
+        median(&p99).unwrap_or(0.0),
+    )];
+    profile.extend(cp.profile);
+    Ok(Outcome { records, profile, no_traffic })
+}
+
+fn push(samples: &mut Samples, sc: Scenario, p: Path, m: Metric, v: Option<f64>) {
+    if let Some(v) = v {
+        samples.entry((sc, p, m.name)).or_default().push(v);
+    }
+}
+
+fn ns(v: Option<f64>) -> String {
+    v.map_or("CPU cost not measured".into(), |v| format!("{v:.0} ns/frame of CPU"))
+}

@@ -1,0 +1,84 @@
+//! The datapath on the same topologies, built with the topology tests' own
+//! cluster: two nodes (uplink eth2 on the physical bridge, eth1 on the VXLAN
+//! underlay), one agent each, a VLAN network and a VXLAN network, and the
+//! VMs of `plan::VMS`.
+
+use anyhow::{Result, bail};
+use datapath_tests::cluster::{Cluster, PortSpec, agents_json, network_json};
+use serde_json::{Value, json};
+
+use super::{
+    plan::{Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
+    traffic::{Endpoint, Flow},
+};
+
+const VLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b001";
+const VXLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b002";
+
+/// The running cluster; agents, namespaces and pins go when it drops.
+pub struct Ours {
+    cluster: Cluster,
+}
+
+impl Ours {
+    /// Builds the cluster, starts both agents and waits until every scenario's flow pings.
+    pub fn new() -> Result<Self> {
+        let mut c = Cluster::with_tunnels("bench", 2)?;
+        let ports: Vec<PortSpec> = VMS
+            .iter()
+            .map(|v| {
+                let net = if v.vxlan { VXLAN_NET } else { VLAN_NET };
+                PortSpec::vm(v.port_id, net, v.mac, v.ip, &format!("node{}", v.node))
+            })
+            .collect();
+        let mut vx = network_json(VXLAN_NET, "bench-vxlan", "vxlan", Some(VNI));
+        vx["mtu"] = json!(VXLAN_MTU);
+        vx["provider:physical_network"] = Value::Null;
+        c.write_bindings(&json!({
+            "networks": [network_json(VLAN_NET, "bench-vlan", "vlan", Some(VLAN_SEGMENT)), vx],
+            "ports": ports.iter().map(PortSpec::to_json).collect::<Vec<_>>(),
+            "agents": agents_json(2),
+        }))?;
+        for (port, spec) in ports.into_iter().zip(&VMS) {
+            let node = port.host.clone();
+            let i = c.add_vm(&node, port)?;
+            c.vms[i].set_static_ip()?;
+            if spec.vxlan {
+                c.vms[i].exec(&["ip", "link", "set", "eth0", "mtu", &VXLAN_MTU.to_string()])?;
+            }
+        }
+        c.start_agent("node0")?;
+        c.start_agent("node1")?;
+        let ours = Self { cluster: c };
+        for sc in Scenario::ALL {
+            let (a, b) = sc.pair();
+            let vms = &ours.cluster.vms;
+            if !vms[a].reaches(&vms[b].port.ip) {
+                let logs: Vec<String> = ours
+                    .cluster
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.agent.as_ref().map(|a| format!("--- {}:\n{}", n.name, a.log_text())))
+                    .collect();
+                bail!(
+                    "datapath {}: {} does not reach {} within 10 s; agent logs:\n{}",
+                    sc.name(),
+                    vms[a].port.ip,
+                    vms[b].port.ip,
+                    logs.join("\n")
+                );
+            }
+        }
+        Ok(ours)
+    }
+
+    /// The flow of `scenario`.
+    pub fn flow(&self, scenario: Scenario) -> Flow<'_> {
+        let (a, b) = scenario.pair();
+        let end = |i: usize| {
+            let vm = &self.cluster.vms[i];
+            Endpoint { ns: &vm.ns, ip: &vm.port.ip, mac: &vm.port.mac }
+        };
+        Flow { src: end(a), dst: end(b) }
+    }
+}
