@@ -55,6 +55,9 @@ pub struct Agent {
     pub(crate) source: BindingSource,
     /// What the last reconciliation found.
     pub(crate) status: Status,
+    /// Whether the agent-owned maps hold exactly `status.derived.state`: true
+    /// after a sync without map errors, false at start and after any failure.
+    maps_known: bool,
 }
 
 impl Agent {
@@ -75,12 +78,15 @@ impl Agent {
         }
         let attacher = Attacher::new(dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
-        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default() })
+        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), maps_known: false })
     }
 
-    /// One full reconciliation. Without good bindings nothing is touched:
-    /// the kernel keeps what it has.
-    pub fn reconcile(&mut self) -> Result<()> {
+    /// One reconciliation. With `verify`, the maps are read back and any
+    /// drift repaired; otherwise the diff is taken against what the agent last
+    /// applied, so a one-port change costs a few map writes, not a read of
+    /// every map. Without good bindings nothing is touched: the kernel keeps
+    /// what it has.
+    pub fn reconcile(&mut self, verify: bool) -> Result<()> {
         self.source.poll();
         let bindings_error = self.source.error().map(str::to_owned);
         let Some(bindings) = self.source.good() else {
@@ -96,13 +102,19 @@ impl Agent {
             }
         }
         let derived = desired::derive(&self.cfg, bindings, &devices, &mut self.alloc);
-        let current = sync::read_state(&self.dp.maps)?;
-        let diff = sync::diff(&derived.state, &current);
-        let mut errors = Vec::new();
-        if !diff.is_empty() {
-            log::info!("sync: {} map changes", diff.len());
-            errors.extend(sync::apply(&mut self.dp.maps, &diff));
+        let known = (self.maps_known && !verify).then_some(&self.status.derived.state);
+        // Until it has converged, the kernel's contents are unknown.
+        self.maps_known = false;
+        let done = sync::converge(&mut self.dp.maps, &derived.state, known)?;
+        if done.changes > 0 {
+            log::info!(
+                "sync: {} map changes{}",
+                done.changes,
+                if known.is_none() { " (maps read back)" } else { "" }
+            );
         }
+        self.maps_known = done.errors.is_empty();
+        let mut errors = done.errors;
         errors.extend(self.attacher.reconcile(&mut self.dp, &derived.attach));
         for e in &errors {
             log::error!("{e}");
@@ -130,7 +142,7 @@ impl Agent {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut aging = interval(Duration::from_secs((self.cfg.mac_age_seconds / 4).clamp(1, 60)));
         aging.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_full = Instant::now();
+        let mut last_verify = Instant::now();
         let (tx, mut requests) = mpsc::channel::<Pending>(16);
         let socket = self.cfg.control_socket.clone();
         let server = tokio::spawn(async move {
@@ -138,33 +150,36 @@ impl Agent {
                 log::error!("control socket: {e:#}");
             }
         });
-        self.reconcile()?;
+        self.reconcile(true)?;
         log::info!("agent for host {} running", self.cfg.host);
         loop {
-            let full = tokio::select! {
+            let due = last_verify.elapsed() >= RESYNC_EVERY;
+            let (sync, verify) = tokio::select! {
                 r = events.changed() => {
                     r?;
                     sleep(EVENT_SETTLE).await;
-                    true
+                    (true, due)
                 }
-                _ = poll.tick() => self.source_changed() || last_full.elapsed() >= RESYNC_EVERY,
+                _ = poll.tick() => (self.source_changed() || due, due),
                 _ = aging.tick() => {
                     self.age_learned();
-                    false
+                    (false, false)
                 }
                 Some(p) = requests.recv() => {
                     let answer = self.answer(p.request).map_err(|e| format!("{e:#}"));
                     let _ = p.reply.send(answer);
-                    false
+                    (false, false)
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             };
-            if full {
-                if let Err(e) = self.reconcile() {
+            if sync {
+                if let Err(e) = self.reconcile(verify) {
                     log::error!("reconcile: {e:#}");
                 }
-                last_full = Instant::now();
+                if verify {
+                    last_verify = Instant::now();
+                }
             }
         }
         server.abort();

@@ -53,26 +53,69 @@ pub struct WireId {
 }
 
 /// Node-local numbering: network indices (the "local VLAN") and stats slots.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Allocations {
     net_index: BTreeMap<WireId, u32>,
     slots: BTreeMap<u32, u32>,
+    free_nets: Pool,
+    free_slots: Pool,
+}
+
+impl Default for Allocations {
+    fn default() -> Self {
+        Self {
+            net_index: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            // Index 0 means "no network"; slot 0 counts frames on devices the agent does not know.
+            free_nets: Pool::new(1..MAX_NETWORKS),
+            free_slots: Pool::new(1..MAX_PORTS),
+        }
+    }
+}
+
+/// The free numbers of a range; the lowest is handed out first, so numbering
+/// stays dense and a freed number is the next one reused.
+#[derive(Debug, Clone, PartialEq)]
+struct Pool(BTreeSet<u32>);
+
+impl Pool {
+    fn new(range: std::ops::Range<u32>) -> Self {
+        Self(range.collect())
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        self.0.pop_first()
+    }
+
+    /// Returns `keep`; a number that is not kept goes back to the pool.
+    fn keep_or_free(&mut self, keep: bool, n: u32) -> bool {
+        if !keep {
+            self.0.insert(n);
+        }
+        keep
+    }
 }
 
 impl Allocations {
     /// Recovers the numbering a previous agent left in the kernel maps.
     pub fn recover(current: &MapState) -> Self {
-        let net_index = current.networks.iter().map(|(idx, n)| (wire_id_of(n), *idx)).collect();
-        let slots = current.ports.iter().map(|(ifindex, p)| (*ifindex, p.stats_slot)).collect();
-        Self { net_index, slots }
+        let mut a = Self::default();
+        for (idx, n) in &current.networks {
+            a.net_index.insert(wire_id_of(n), *idx);
+            a.free_nets.0.remove(idx);
+        }
+        for (ifindex, p) in &current.ports {
+            a.slots.insert(*ifindex, p.stats_slot);
+            a.free_slots.0.remove(&p.stats_slot);
+        }
+        a
     }
 
     fn net_index(&mut self, id: WireId) -> Option<u32> {
         if let Some(idx) = self.net_index.get(&id) {
             return Some(*idx);
         }
-        let used: BTreeSet<u32> = self.net_index.values().copied().collect();
-        let idx = (1..MAX_NETWORKS).find(|i| !used.contains(i))?;
+        let idx = self.free_nets.take()?;
         self.net_index.insert(id, idx);
         Some(idx)
     }
@@ -81,17 +124,17 @@ impl Allocations {
         if let Some(slot) = self.slots.get(&ifindex) {
             return Some(*slot);
         }
-        let used: BTreeSet<u32> = self.slots.values().copied().collect();
-        // Slot 0 counts frames on devices the agent does not know.
-        let slot = (1..MAX_PORTS).find(|s| !used.contains(s))?;
+        let slot = self.free_slots.take()?;
         self.slots.insert(ifindex, slot);
         Some(slot)
     }
 
     /// Forgets numbers no longer in use, so they can be reused.
     fn retain(&mut self, nets: &BTreeSet<WireId>, ports: &BTreeSet<u32>) {
-        self.net_index.retain(|id, _| nets.contains(id));
-        self.slots.retain(|ifindex, _| ports.contains(ifindex));
+        let free = &mut self.free_nets;
+        self.net_index.retain(|id, idx| free.keep_or_free(nets.contains(id), *idx));
+        let free = &mut self.free_slots;
+        self.slots.retain(|ifindex, slot| free.keep_or_free(ports.contains(ifindex), *slot));
     }
 
     /// Stats slot of a device, if it has one.
@@ -384,6 +427,7 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
         out.ports.push(report);
     }
 
+    let tunnels = Tunnels::index(bindings);
     let mut live_nets = BTreeSet::new();
     for net in bindings.networks.iter().filter(|n| used.contains(n.id.as_str())) {
         let mut report = NetworkReport {
@@ -407,7 +451,7 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
                 out.state.segments.insert(key, plan.index);
             }
             if plan.info.net_type == NET_TYPE_VXLAN
-                && let Some(warning) = add_tunnel_network(&mut out.state, cfg, bindings, net, plan)
+                && let Some(warning) = add_tunnel_network(&mut out.state, cfg, &tunnels, net, plan)
             {
                 report.error = warning;
             }
@@ -479,20 +523,43 @@ pub fn tunnel_ip(cfg: &Config) -> Option<Ipv4Addr> {
     cfg.local_ip.filter(|_| cfg.tunnel_types.iter().any(|t| t == "vxlan"))
 }
 
+/// The bindings indexed for l2population, built once per derivation so that
+/// each tunnel network costs its own ports, not the whole cloud's.
+struct Tunnels<'a> {
+    ports_by_net: BTreeMap<&'a str, Vec<&'a Port>>,
+    /// The first agent entry of each host wins, as a lookup in file order would.
+    vtep_by_host: BTreeMap<&'a str, Ipv4Addr>,
+}
+
+impl<'a> Tunnels<'a> {
+    fn index(b: &'a Bindings) -> Self {
+        let mut ports_by_net: BTreeMap<&str, Vec<&Port>> = BTreeMap::new();
+        for port in &b.ports {
+            ports_by_net.entry(port.network_id.as_str()).or_default().push(port);
+        }
+        let mut vtep_by_host = BTreeMap::new();
+        for agent in &b.agents {
+            if let Some(ip) = agent.tunneling_ip {
+                vtep_by_host.entry(agent.host.as_str()).or_insert(ip);
+            }
+        }
+        Self { ports_by_net, vtep_by_host }
+    }
+}
+
 /// l2population for a tunnel network: every port the bindings place on another
 /// host becomes a static FDB entry behind that host's VTEP, each such VTEP a
 /// flood target, and every port's IPv4 address an ARP responder entry.
 fn add_tunnel_network(
     state: &mut MapState,
     cfg: &Config,
-    b: &Bindings,
+    t: &Tunnels,
     net: &Network,
     plan: &NetPlan,
 ) -> Option<String> {
     let own = tunnel_ip(cfg);
-    let vtep_of = |host: &str| b.agents.iter().find(|a| a.host == host).and_then(|a| a.tunneling_ip);
     let mut vteps = BTreeSet::new();
-    for port in b.ports.iter().filter(|p| p.network_id == net.id) {
+    for port in t.ports_by_net.get(net.id.as_str()).into_iter().flatten() {
         for ip in &port.fixed_ips {
             if let IpAddr::V4(v4) = ip {
                 let key = ArpKey { net_index: plan.index, ipv4: v4.octets() };
@@ -502,7 +569,9 @@ fn add_tunnel_network(
         if port.host == cfg.host || port.host.is_empty() {
             continue;
         }
-        let Some(vtep) = vtep_of(&port.host).filter(|v| Some(*v) != own) else { continue };
+        let Some(&vtep) = t.vtep_by_host.get(port.host.as_str()).filter(|v| Some(**v) != own) else {
+            continue;
+        };
         vteps.insert(u32::from(vtep));
         if plan.info.uplink_ifindex != 0 {
             state.fdb.insert(
@@ -691,6 +760,21 @@ pin_path = "/sys/fs/bpf/t"
         assert_eq!(first, again);
         let mut recovered = Allocations::recover(&first.state);
         assert_eq!(derive(&cfg, &b, &d, &mut recovered).state, first.state);
+    }
+
+    #[test]
+    fn freed_numbers_are_reused_lowest_first_and_recovered_ones_are_not_handed_out() {
+        let mut a = Allocations::default();
+        assert_eq!((a.slot(10), a.slot(11), a.slot(12)), (Some(1), Some(2), Some(3)));
+        a.retain(&BTreeSet::new(), &[10, 12].into());
+        assert_eq!(a.slot(13), Some(2), "the freed slot comes back first");
+        assert_eq!(a.slot(14), Some(4));
+        let mut state = MapState::default();
+        let info = |slot| PortInfo { stats_slot: slot, ..bytemuck::Zeroable::zeroed() };
+        state.ports.insert(20, info(1));
+        state.ports.insert(21, info(3));
+        let mut r = Allocations::recover(&state);
+        assert_eq!((r.slot(20), r.slot(22), r.slot(23)), (Some(1), Some(2), Some(4)));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! (networks before the ports that point at them), removals in reverse (ports
 //! first), so a program never follows a reference to a missing entry.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapError, PerCpuValues, lpm_trie::Key};
@@ -96,6 +99,47 @@ pub fn diff(desired: &MapState, current: &MapState) -> Diff {
         flood_vteps: diff_map(&desired.flood_vteps, &current.flood_vteps),
         arp: diff_map(&desired.arp, &current.arp),
     }
+}
+
+/// What one `converge` did, and where its time went.
+#[derive(Debug, Default)]
+pub struct Converged {
+    /// Entries written or deleted.
+    pub changes: usize,
+    /// Entries that failed, with the reason; the rest were applied.
+    pub errors: Vec<String>,
+    /// Time spent reading the maps (zero when the known state was trusted).
+    pub read: Duration,
+    pub diff: Duration,
+    pub apply: Duration,
+}
+
+/// Brings the maps to `desired`. `known` is what the kernel is believed to
+/// hold (what the last error-free converge applied); without it the maps are
+/// read, which costs a syscall per entry and is kept for start-up and the
+/// periodic resync that repairs changes made behind the agent's back.
+pub fn converge(maps: &mut Maps, desired: &MapState, known: Option<&MapState>) -> Result<Converged> {
+    let mut out = Converged::default();
+    let t = Instant::now();
+    let read;
+    let current = match known {
+        Some(k) => k,
+        None => {
+            read = read_state(maps)?;
+            &read
+        }
+    };
+    out.read = t.elapsed();
+    let t = Instant::now();
+    let diff = diff(desired, current);
+    out.diff = t.elapsed();
+    out.changes = diff.len();
+    let t = Instant::now();
+    if !diff.is_empty() {
+        out.errors = apply(maps, &diff);
+    }
+    out.apply = t.elapsed();
+    Ok(out)
 }
 
 /// Reads every agent-owned map.

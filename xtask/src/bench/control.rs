@@ -1,6 +1,8 @@
 //! Control plane: what the agent's reconcile costs (read the bindings file,
-//! derive, read the kernel maps, diff, apply) with 10,000 ports on 4,000
-//! networks, into the real maps of a privately loaded datapath.
+//! derive, diff, apply; the maps are read back only when programming from
+//! scratch, as the agent reads them only at start and on its periodic resync)
+//! with 10,000 ports on 4,000 networks, into the real maps of a privately
+//! loaded datapath.
 //!
 //! The node's device list is synthetic (map keys take any ifindex), so no
 //! 10,000 devices need to exist; attaching tcx links is not part of the figure.
@@ -19,7 +21,7 @@ use datapath_tests::cluster::{PortSpec, agents_json, network_json};
 use datapath_user::{
     bindings::Bindings,
     config::Config,
-    desired::{self, Allocations, Devices, PortState},
+    desired::{self, Allocations, Devices, MapState, PortState},
     loader::Datapath,
     sync,
     tunnel::TUNNEL_DEVICE,
@@ -122,6 +124,8 @@ struct Node {
     texts: [String; 2],
     /// The added port's device.
     extra: (String, u32),
+    /// What the last reconcile applied without error: the agent diffs against it, not a map read.
+    known: Option<MapState>,
 }
 
 impl Node {
@@ -158,6 +162,7 @@ impl Node {
             ports,
             texts,
             extra: (extra.device(), FIRST_IFINDEX + ports as u32),
+            known: None,
         })
     }
 
@@ -176,19 +181,12 @@ impl Node {
         let t = Instant::now();
         let derived = desired::derive(&self.cfg, &bindings, &self.devices, &mut self.alloc);
         p.derive = t.elapsed();
-        let t = Instant::now();
-        let current = sync::read_state(&self.dp.maps)?;
-        p.read = t.elapsed();
-        let t = Instant::now();
-        let diff = sync::diff(&derived.state, &current);
-        p.diff = t.elapsed();
-        p.changes = diff.len();
-        let t = Instant::now();
-        let errors = sync::apply(&mut self.dp.maps, &diff);
-        p.apply = t.elapsed();
-        if let Some(e) = errors.first() {
-            bail!("applying the synthetic cloud: {} map updates failed, first: {e}", errors.len());
+        let done = sync::converge(&mut self.dp.maps, &derived.state, self.known.as_ref())?;
+        (p.read, p.diff, p.apply, p.changes) = (done.read, done.diff, done.apply, done.changes);
+        if let Some(e) = done.errors.first() {
+            bail!("applying the synthetic cloud: {} map updates failed, first: {e}", done.errors.len());
         }
+        self.known = Some(derived.state);
         if let Some(r) = derived.ports.iter().find(|r| matches!(r.state, PortState::Error(_))) {
             bail!("the agent refused port {} ({}): {:?}", r.id, r.device, r.state);
         }
