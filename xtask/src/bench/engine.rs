@@ -59,8 +59,10 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     step("bench: datapath cluster", "building (2 nodes, 2 agents)");
     let ours = Ours::new().context("building the datapath cluster")?;
     step("bench: datapath cluster", &format!("up in {}", secs(start)));
-    let floor = Floor::new().context("building the veth pair floor")?;
+    let floor = Floor::veth_pair().context("building the veth pair floor")?;
     floor.flow().prepare("veth pair")?;
+    let bridge = Floor::linux_bridge().context("building the plain Linux bridge reference")?;
+    bridge.flow().prepare("plain Linux bridge")?;
     for sc in Scenario::ALL {
         legacy.flow(sc).prepare(&format!("legacy {}", sc.name()))?;
         ours.flow(sc).prepare(&format!("datapath {}", sc.name()))?;
@@ -70,6 +72,8 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     let mut floor_ns = Vec::new();
     let mut floor_pps = Vec::new();
     let mut floor_rtt = Vec::new();
+    let mut bridge_pps = Vec::new();
+    let mut bridge_tcp = Vec::new();
     let mut no_traffic = Vec::new();
     for round in 0..plan.rounds {
         interrupt::check()?;
@@ -86,6 +90,14 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         floor_pps.push(f.pps);
         floor_rtt.push((r.p50_us, r.p99_us));
         let floor_cpu = f.cpu_ns_per_pkt;
+        let bp = bridge.flow().pps(plan.pps_window, scratch.path(), "plain-bridge")?;
+        let bt = bridge.flow().tcp(plan.tcp_secs).context("TCP, plain Linux bridge")?;
+        step(&label, &format!("plain Linux bridge: {:.0} pps, TCP {:.2} Gbit/s", bp.pps, bt.gbps));
+        if bp.packets == 0 || bt.bytes == 0 {
+            no_traffic.push("plain Linux bridge: no 64-byte frame or no TCP byte arrived".into());
+        }
+        bridge_pps.push(bp.pps);
+        bridge_tcp.push(bt.gbps);
         floor_ns.extend(floor_cpu);
         // Alternate who goes first, so that a drift in the machine's state hits both alike.
         let order =
@@ -144,7 +156,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         }
     }
     // The traffic topologies go before the control plane loads its own datapath.
-    drop((floor, ours, legacy));
+    drop((floor, bridge, ours, legacy));
 
     let start = Instant::now();
     step("bench: control plane", "10,000 ports on 4,000 networks into private maps");
@@ -153,8 +165,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
 
     let mut records = Vec::new();
     for sc in Scenario::ALL {
-        for m in [report::PPS, report::TCP, report::RTT_P50, report::RTT_P99, report::CPU_NS, report::PATH_NS]
-        {
+        for m in [
+            report::PPS,
+            report::TCP,
+            report::RTT_P50,
+            report::RTT_P99,
+            report::RTT_BLOCKING_P50,
+            report::RTT_BLOCKING_P99,
+            report::CPU_NS,
+            report::PATH_NS,
+        ] {
             let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
             records.push(Record {
                 scenario: sc.name().into(),
@@ -163,6 +183,15 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 legacy: med(Path::Legacy),
             });
         }
+    }
+    // Issue 3's bar: the datapath VM to VM on one node against a plain Linux bridge.
+    for (m, reference) in [(report::PPS, &bridge_pps), (report::TCP, &bridge_tcp)] {
+        records.push(Record {
+            scenario: report::VS_PLAIN_BRIDGE.into(),
+            metric: m,
+            datapath: samples.get(&(Scenario::SameNodeVlan, Path::Datapath, m.name)).and_then(|v| median(v)),
+            legacy: median(reference),
+        });
     }
     let control = |metric: Metric, v: f64| Record {
         scenario: "control-plane".into(),
