@@ -16,7 +16,7 @@ use super::{
     plan::{Plan, Scenario},
     report::{self, Metric, Record},
     stats::median,
-    traffic::{self, Flow},
+    traffic::{self, Flow, Sender},
 };
 use crate::util::{secs, step};
 
@@ -78,7 +78,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     for round in 0..plan.rounds {
         interrupt::check()?;
         let label = format!("bench: round {}/{}", round + 1, plan.rounds);
-        let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor")?;
+        let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor", Sender::Xdp)?;
         let r = floor.flow().rtt(plan.rtt_secs, true).context("RTT, veth pair floor")?;
         step(
             &label,
@@ -90,7 +90,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         floor_pps.push(f.pps);
         floor_rtt.push((r.p50_us, r.p99_us));
         let floor_cpu = f.cpu_ns_per_pkt;
-        let bp = bridge.flow().pps(plan.pps_window, scratch.path(), "plain-bridge")?;
+        let bp = bridge.flow().pps(plan.pps_window, scratch.path(), "plain-bridge", Sender::Xdp)?;
         let bt = bridge.flow().tcp(plan.tcp_secs).context("TCP, plain Linux bridge")?;
         step(&label, &format!("plain Linux bridge: {:.0} pps, TCP {:.2} Gbit/s", bp.pps, bt.gbps));
         if bp.packets == 0 || bt.bytes == 0 {
@@ -111,7 +111,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             };
             for p in order {
                 let tag = format!("{}-{}", sc.name(), p.name());
-                let s = flow(p).pps(plan.pps_window, scratch.path(), &tag)?;
+                let s = flow(p).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
                 step(
                     &label,
                     &format!(
@@ -128,6 +128,17 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 push(&mut samples, sc, p, report::CPU_NS, s.cpu_ns_per_pkt);
                 let path_ns = s.cpu_ns_per_pkt.zip(floor_cpu).map(|(c, f)| c - f);
                 push(&mut samples, sc, p, report::PATH_NS, path_ns);
+            }
+            // The cross-check: the same frames from trafgen, whose own cost per frame
+            // (about a microsecond) shows how a slow sender squeezes the ratio.
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let s = flow(p).pps(plan.pps_window, scratch.path(), &tag, Sender::Trafgen)?;
+                step(&label, &format!("{tag}: {:.0} pps from trafgen", s.pps));
+                if s.packets == 0 {
+                    no_traffic.push(format!("{tag}: no 64-byte frame from trafgen reached the receiver"));
+                }
+                push(&mut samples, sc, p, report::PPS_TRAFGEN, Some(s.pps));
             }
             for p in order {
                 let tag = format!("{}-{}", sc.name(), p.name());
@@ -167,6 +178,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     for sc in Scenario::ALL {
         for m in [
             report::PPS,
+            report::PPS_TRAFGEN,
             report::TCP,
             report::RTT_P50,
             report::RTT_P99,

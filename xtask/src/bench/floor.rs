@@ -7,7 +7,7 @@
 use anyhow::Result;
 use datapath_tests::netns::Netns;
 
-use super::traffic::{Endpoint, Flow};
+use super::traffic::{Endpoint, Flow, napi_for_generator};
 
 const A: (&str, &str) = ("10.33.0.1", "fa:16:3e:33:00:01");
 const B: (&str, &str) = ("10.33.0.2", "fa:16:3e:33:00:02");
@@ -25,6 +25,7 @@ impl Floor {
         let a = Netns::new("floor-a")?;
         let b = Netns::new("floor-b")?;
         a.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b.name()])?;
+        napi_for_generator(&b, "eth0")?;
         Self { a, b, _bridge: None }.addressed()
     }
 
@@ -54,6 +55,7 @@ impl Floor {
                 vm.name(),
             ])?;
             br.exec(&["ip", "link", "set", port, "master", "br0", "up"])?;
+            napi_for_generator(&br, port)?;
         }
         Self { a, b, _bridge: Some(br) }.addressed()
     }

@@ -17,7 +17,7 @@ use datapath_tests::netns::Netns;
 
 use super::{
     plan::{Scenario, VMS, VNI, VXLAN_MTU},
-    traffic::{Endpoint, Flow},
+    traffic::{Endpoint, Flow, napi_for_generator},
 };
 
 /// VTEP addresses of the two VXLAN nodes on the underlay.
@@ -154,6 +154,7 @@ impl Legacy {
         n.exec(&[&["ip", "link", "add", &qbr, "type", "bridge"][..], &nf].concat())?;
         n.exec(&["ip", "link", "add", &qvb, "type", "veth", "peer", "name", &qvo])?;
         n.exec(&["ip", "link", "set", &tap, "master", &qbr, "up"])?;
+        napi_for_generator(n, &tap)?;
         n.exec(&["ip", "link", "set", &qvb, "master", &qbr, "up"])?;
         n.exec(&["ip", "link", "set", &qvo, "master", "br-int", "up"])?;
         n.exec(&["ip", "link", "set", &qbr, "up"])?;

@@ -32,6 +32,8 @@ mod ours;
 mod plan;
 #[cfg(feature = "bench")]
 mod traffic;
+#[cfg(feature = "bench")]
+mod xdpgen;
 
 use std::path::Path;
 

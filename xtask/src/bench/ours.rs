@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     plan::{Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
-    traffic::{Endpoint, Flow},
+    traffic::{Endpoint, Flow, napi_for_generator},
 };
 
 const VLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b001";
@@ -40,8 +40,9 @@ impl Ours {
             "agents": agents_json(2),
         }))?;
         for (port, spec) in ports.into_iter().zip(&VMS) {
-            let node = port.host.clone();
+            let (node, dev) = (port.host.clone(), port.device());
             let i = c.add_vm(&node, port)?;
+            napi_for_generator(&c.node(&node).ns, &dev)?;
             c.vms[i].set_static_ip()?;
             if spec.vxlan {
                 c.vms[i].exec(&["ip", "link", "set", "eth0", "mtu", &VXLAN_MTU.to_string()])?;

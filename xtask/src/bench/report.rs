@@ -21,8 +21,10 @@ pub struct Metric {
     pub better: Better,
 }
 
-/// 64-byte UDP frames per second counted at the receiver.
+/// 64-byte UDP frames per second counted at the receiver, sent by the XDP live-frames generator.
 pub const PPS: Metric = Metric { name: "pps_64b", unit: "pps", better: Better::Higher };
+/// The same frames sent by trafgen (AF_PACKET), whose own cost squeezes the ratio.
+pub const PPS_TRAFGEN: Metric = Metric { name: "pps_64b_trafgen", unit: "pps", better: Better::Higher };
 /// iperf3 TCP throughput, as the receiver counted it.
 pub const TCP: Metric = Metric { name: "tcp_gbps", unit: "Gbit/s", better: Better::Higher };
 /// sockperf ping-pong round trip with both ends polling (the path's own latency), median.

@@ -1,6 +1,7 @@
 //! The three measurements on one flow between two VM namespaces, the same for
-//! both paths: 64-byte UDP frames per second (trafgen, counted at the
-//! receiver), TCP throughput (iperf3) and round-trip latency (sockperf).
+//! both paths: 64-byte UDP frames per second (counted at the receiver, sent by
+//! the XDP live-frames generator and, as a cross-check, by trafgen), TCP
+//! throughput (iperf3) and round-trip latency (sockperf).
 //!
 //! The sender is pinned to one CPU and the receiving end to the other. A veth
 //! hands a frame to its peer in the sender's own softirq, so the whole 64-byte
@@ -18,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use datapath_tests::netns::Netns;
 
-use super::{interrupt, stats};
+use super::{interrupt, stats, xdpgen::XdpGen};
 
 /// UDP port of the 64-byte frames; the receiver drops it in its raw table.
 const SINK_PORT: &str = "9";
@@ -38,6 +39,15 @@ pub struct Endpoint<'a> {
 pub struct Flow<'a> {
     pub src: Endpoint<'a>,
     pub dst: Endpoint<'a>,
+}
+
+/// Which program sends the 64-byte frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// `xdpgen`: XDP live frames, tens of ns per frame.
+    Xdp,
+    /// trafgen on AF_PACKET, about a microsecond per frame.
+    Trafgen,
 }
 
 /// What the receiver counted in one 64-byte window.
@@ -72,6 +82,13 @@ pub fn cpus() -> (usize, usize) {
     (0, if n > 1 { 1 } else { 0 })
 }
 
+/// Turns GRO on for `dev` in `ns`, the host end of a VM's veth: that gives the
+/// veth NAPI, without which frames the XDP generator transmits from the VM end
+/// are dropped. Every path gets it on every VM port, so it costs them alike.
+pub fn napi_for_generator(ns: &Netns, dev: &str) -> Result<()> {
+    ns.exec(&["ethtool", "-K", dev, "gro", "on"]).map(|_| ())
+}
+
 /// Fails with the Debian package to install when a tool is missing.
 pub fn check_tools() -> Result<()> {
     for (tool, package) in [
@@ -80,6 +97,7 @@ pub fn check_tools() -> Result<()> {
         ("iperf3", "iperf3"),
         ("iptables", "iptables"),
         ("taskset", "util-linux"),
+        ("ethtool", "ethtool"),
         ("ss", "iproute2"),
     ] {
         let found = std::env::var_os("PATH")
@@ -122,22 +140,19 @@ impl Flow<'_> {
         }
     }
 
-    /// 64-byte frames from trafgen for `window` (after a warm-up), counted at the receiver's eth0.
-    pub fn pps(&self, window: Duration, scratch: &Path, tag: &str) -> Result<Pps> {
+    /// 64-byte frames from `sender` for `window` (after a warm-up), counted at the receiver's eth0.
+    pub fn pps(&self, window: Duration, scratch: &Path, tag: &str, sender: Sender) -> Result<Pps> {
         let (sender_cpu, _) = cpus();
-        // 60 bytes: 14 Ethernet + 20 IPv4 + 8 UDP + 18 payload, 64 on a wire with the FCS.
-        let config = format!(
-            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(sa={src_ip}, da={dst_ip}, ttl=64), \
-             udp(sp={SINK_PORT}, dp={SINK_PORT}), fill(0x00, 18) }}\n",
-            dst_mac = self.dst.mac,
-            src_mac = self.src.mac,
-            src_ip = self.src.ip,
-            dst_ip = self.dst.ip,
-        );
-        let conf = scratch.join(format!("{tag}.trafgen"));
-        std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
-        let mut generator =
-            Generator::start(self.src.ns, sender_cpu, &conf, &scratch.join(format!("{tag}.log")))?;
+        let mut generator = match sender {
+            Sender::Xdp => {
+                Running::Xdp(XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu)?)
+            }
+            Sender::Trafgen => Running::Trafgen(Generator::start(
+                self.src.ns,
+                sender_cpu,
+                &self.trafgen_conf(scratch, tag)?,
+            )?),
+        };
         interrupt::sleep(WARMUP)?;
         generator.check_running()?;
         let (rx0, cpu0, t0) = (self.rx_packets()?, cpu_ticks()?, Instant::now());
@@ -166,6 +181,33 @@ impl Flow<'_> {
             cpu_ns_per_pkt: (packets > 0).then(|| busy as f64 * ns_per_tick / packets as f64),
             others_busy: if others_all > 0 { others_busy as f64 / others_all as f64 } else { 0.0 },
         })
+    }
+
+    /// The 60-byte frame (64 on a wire with the FCS): Ethernet, IPv4, UDP to the
+    /// sink port, 18 bytes of zeros.
+    fn frame(&self) -> Result<Vec<u8>> {
+        use datapath_user::{bindings::parse_mac, frames};
+        let ip = |s: &str| -> Result<[u8; 4]> {
+            Ok(s.parse::<std::net::Ipv4Addr>().with_context(|| format!("IPv4 address {s:?}"))?.octets())
+        };
+        let port: u16 = SINK_PORT.parse()?;
+        let udp = frames::ipv4_udp(ip(self.src.ip)?, ip(self.dst.ip)?, port, port, &[0; 18]);
+        Ok(frames::eth(parse_mac(self.dst.mac)?, parse_mac(self.src.mac)?, 0x0800, &udp))
+    }
+
+    /// The same frame as a trafgen config, written under `scratch`; returns (config, log).
+    fn trafgen_conf(&self, scratch: &Path, tag: &str) -> Result<(PathBuf, PathBuf)> {
+        let config = format!(
+            "{{ eth(da={dst_mac}, sa={src_mac}), ipv4(sa={src_ip}, da={dst_ip}, ttl=64), \
+             udp(sp={SINK_PORT}, dp={SINK_PORT}), fill(0x00, 18) }}\n",
+            dst_mac = self.dst.mac,
+            src_mac = self.src.mac,
+            src_ip = self.src.ip,
+            dst_ip = self.dst.ip,
+        );
+        let conf = scratch.join(format!("{tag}.trafgen"));
+        std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
+        Ok((conf, scratch.join(format!("{tag}.log"))))
     }
 
     /// iperf3 TCP for `secs` seconds, client and server pinned to different CPUs.
@@ -237,6 +279,26 @@ fn clock_ticks_per_second() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
+/// A generator that is sending.
+enum Running {
+    Xdp(XdpGen),
+    Trafgen(Generator),
+}
+
+impl Running {
+    /// Fails with the generator's own words if it has stopped.
+    fn check_running(&mut self) -> Result<()> {
+        match self {
+            Running::Xdp(g) if !g.running() => {
+                g.finish()?;
+                bail!("the XDP generator stopped while it should be sending")
+            }
+            Running::Xdp(_) => Ok(()),
+            Running::Trafgen(g) => g.check_running(),
+        }
+    }
+}
+
 /// trafgen in its own process group, killed as a group when dropped: it forks
 /// its sender, and killing only the parent would leave the sender running.
 struct Generator {
@@ -246,7 +308,7 @@ struct Generator {
 }
 
 impl Generator {
-    fn start(ns: &Netns, cpu: usize, conf: &Path, log: &Path) -> Result<Self> {
+    fn start(ns: &Netns, cpu: usize, (conf, log): &(PathBuf, PathBuf)) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name(), "taskset", "-c", &cpu.to_string(), "trafgen", "--dev", "eth0"])

@@ -1,0 +1,247 @@
+//! A 64-byte frame generator that costs almost nothing per frame: a two-
+//! instruction XDP program (`return XDP_TX`) run by `BPF_PROG_TEST_RUN` in
+//! live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`, Linux 5.18+, what
+//! xdp-trafficgen uses) on the sender VM's eth0. Each run turns one frame into
+//! `repeat` real frames transmitted out of eth0, in batches of 64, into the
+//! peer's XDP ring (which needs NAPI there: GRO on).
+//!
+//! One run lasts until the thread is signalled: each run sets up and tears down
+//! a page pool, which sleeps for about 20 ms, so short runs would leave the
+//! sender's CPU idle part of the time and cap the rate for the wrong reason.
+//!
+//! Why not only trafgen: AF_PACKET costs about a microsecond per frame on this
+//! machine, as much as the whole datapath path, and it runs on the same CPU as
+//! the path; a generator that expensive squeezes every ratio towards 1.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use anyhow::{Context, Result, bail};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+/// Frames per test run: as many as the kernel takes; `finish` interrupts the run.
+const REPEAT: u32 = u32::MAX;
+/// Interrupts a run (the test-run loop stops with EINTR on a pending signal).
+const WAKEUP: libc::c_int = libc::SIGUSR1;
+
+/// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`, zero-padded.
+#[repr(C)]
+#[derive(Default)]
+struct LoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u64; 12],
+}
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `struct xdp_md`: the live-frames run needs `data_end` = the frame's length.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a zero-initialised, correctly laid out bpf_attr member whose
+    // pointers refer to buffers that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as libc::c_uint) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Loads `r0 = XDP_TX; exit`.
+fn load_xdp_tx() -> Result<OwnedFd> {
+    // mov64 r0, 3 (XDP_TX); exit
+    let insns: [u64; 2] = [0xb7 | (3 << 32), 0x95];
+    let mut attr = LoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: c"GPL".as_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..10].copy_from_slice(b"bench_xmit");
+    let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_TX generator program")?;
+    // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+extern "C" fn on_wakeup(_: libc::c_int) {}
+
+/// Installs a no-op handler for `WAKEUP`, so the signal interrupts a run instead of killing us.
+fn install_wakeup() -> Result<()> {
+    // SAFETY: a zeroed sigaction with a handler that does nothing (async-signal-safe).
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_wakeup as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigaction(WAKEUP, &sa, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("installing the generator's SIGUSR1 handler");
+    }
+    Ok(())
+}
+
+/// Runs `frame` through the program in live mode, `repeat` times, out of `ifindex`
+/// (the receiver counts what arrived; the sender's count is never used).
+fn send(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<()> {
+    let md = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: &md as *const XdpMd as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
+}
+
+/// A sending thread; it stops when dropped or `finish`ed.
+pub struct XdpGen {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+    /// The thread, for pthread_kill.
+    pthread: libc::pthread_t,
+}
+
+impl XdpGen {
+    /// Starts sending `frame` out of `dev` in the namespace at `netns`, from a
+    /// thread pinned to `cpu`. Fails here (not later) if the first run fails.
+    pub fn start(netns: &Path, dev: &str, frame: Vec<u8>, cpu: usize) -> Result<Self> {
+        install_wakeup()?;
+        let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+        let dev = std::ffi::CString::new(dev)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<libc::pthread_t>>();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let setup = || -> Result<(OwnedFd, u32)> {
+                // SAFETY: setns on this thread only, with a namespace fd we hold open.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error()).context("setns into the sender's namespace");
+                }
+                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(io::Error::last_os_error()).context("pinning the generator thread");
+                    }
+                }
+                // SAFETY: dev is NUL-terminated.
+                let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
+                if ifindex == 0 {
+                    bail!("no device {dev:?} in the sender's namespace");
+                }
+                let prog = load_xdp_tx()?;
+                send(&prog, &frame, ifindex, 1).context(
+                    "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",
+                )?;
+                Ok((prog, ifindex))
+            };
+            let (prog, ifindex) = match setup() {
+                Ok(v) => {
+                    // SAFETY: pthread_self has no preconditions.
+                    let _ = ready_tx.send(Ok(unsafe { libc::pthread_self() }));
+                    v
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let _ = ready_tx.send(Err(e));
+                    bail!("{msg}");
+                }
+            };
+            while !flag.load(Ordering::SeqCst) {
+                match send(&prog, &frame, ifindex, REPEAT) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(e).context("XDP live-frames run"),
+                }
+            }
+            Ok(())
+        });
+        match ready_rx.recv() {
+            Ok(Ok(pthread)) => Ok(Self { stop, thread: Some(thread), pthread }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => bail!("the generator thread ended before it started"),
+        }
+    }
+
+    /// Stops the thread; says why it failed, if it did.
+    pub fn finish(&mut self) -> Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(t) = self.thread.take() else { return Ok(()) };
+        // A signal that lands just before the thread enters a run is lost; repeat it
+        // until the thread is out.
+        while !t.is_finished() {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid.
+            unsafe { libc::pthread_kill(self.pthread, WAKEUP) };
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        t.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
+    }
+
+    /// Whether the thread is still sending (false: it failed; `finish` says why).
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for XdpGen {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
