@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 
 /// `BPF_PROG_TEST_RUN` in `enum bpf_cmd` (also known as `BPF_PROG_RUN`).
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
+pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// Extra room in the output buffer, because programs may push headers (VLAN tags).
 const OUT_HEADROOM: usize = 256;
@@ -150,7 +150,7 @@ fn errno_name(errno: i32) -> String {
 }
 
 /// Mirrors of kernel uapi structs (include/uapi/linux/bpf.h).
-mod uapi {
+pub mod uapi {
     /// The `test` member of `union bpf_attr`.
     ///
     /// The kernel requires every byte after the last field it knows for this
@@ -158,7 +158,7 @@ mod uapi {
     /// field and the whole struct is built from `Default`.
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
-    pub(super) struct TestAttr {
+    pub struct TestAttr {
         pub prog_fd: u32,
         pub retval: u32,
         pub data_size_in: u32,

@@ -26,9 +26,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use datapath_user::testrun::{BPF_PROG_TEST_RUN, uapi::TestAttr};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// Frames per test run: as many as the kernel takes; `finish` interrupts the run.
@@ -53,28 +53,6 @@ struct LoadAttr {
     prog_ifindex: u32,
     expected_attach_type: u32,
     _rest: [u64; 12],
-}
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
 }
 
 /// `struct xdp_md`: the live-frames run needs `data_end` = the frame's length.
