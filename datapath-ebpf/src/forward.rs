@@ -2,15 +2,15 @@
 //! wire (the uplink, tagged with the segmentation id; or a tunnel, with the
 //! remote VTEP and VNI as tunnel key), or flooding.
 //!
-//! Flooding clones with `bpf_clone_redirect` to every target but the last and
-//! redirects the original to the last one, so a flood costs one copy per
-//! extra target and never a drop of the original. Local ports come first:
-//! the VLAN tag (or tunnel key) is only set once they have their copies.
+//! Flooding clones with `bpf_clone_redirect` to every target but one and
+//! redirects the original to that one, so a flood costs one copy per extra
+//! target and never a drop of the original. Local ports come first: the VLAN
+//! tag (or tunnel key) is only set once they have their copies.
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_REDIRECT, cty::c_void, helpers::generated::bpf_loop, programs::TcContext};
 use datapath_common::{
-    Action, DropReason, FDB_F_LOCAL, FdbKey, LearnedEntry, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS, NET_TYPE_VLAN,
-    NET_TYPE_VXLAN, NetInfo,
+    Action, DropReason, FDB_F_LOCAL, FdbKey, FloodSet, LearnedEntry, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS,
+    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, VtepSet,
 };
 
 use crate::{
@@ -190,12 +190,101 @@ fn copy(ctx: &TcContext, meta: &Meta, t: &Target) {
     }
     if prepare(ctx, t).is_err() || ctx.clone_redirect(t.ifindex, 0).is_err() {
         stats::count_drop(meta.slot, DropReason::RedirectFailed);
+    } else if !meta.dry_run {
+        stats::count_action(meta.slot, Action::FloodCopies, 1);
     }
+}
+
+/// What the `bpf_loop` callbacks of a flood need. Nothing in it changes
+/// while they run: Linux 6.1 verifies a callback once, with the state of the
+/// first call, and treats branches on values it then knew as dead code, so
+/// state carried from one iteration to the next would be miscompiled there.
+struct Flood<'a> {
+    ctx: &'a TcContext,
+    meta: &'a Meta,
+    net: &'a NetInfo,
+    ingress: u32,
+    /// The port that takes the frame itself (not a copy); 0 when a wire target does.
+    original: u32,
+    ports: *const FloodSet,
+    vteps: *const VtepSet,
+}
+
+/// `bpf_loop` callback: a copy to member `i` of the network's flood set,
+/// unless it is the ingress or takes the original. Looping with the helper
+/// keeps verification to one pass over the body: an unrolled walk of 64
+/// members (then 64 VTEPs) is more than Linux 6.1's verifier accepts.
+#[inline(never)]
+extern "C" fn flood_port(i: u64, flood: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `flood` was given: a live Flood.
+    let f = unsafe { &*(flood as *const Flood) };
+    // SAFETY: a map value pointer from a lookup in this run.
+    let set = unsafe { &*f.ports };
+    let Some(target) = at(&set.ifindex, i as usize) else { return 1 };
+    if target != 0 && target != f.ingress && target != f.original {
+        copy(f.ctx, f.meta, &Target::port(target));
+    }
+    0
+}
+
+/// `bpf_loop` callback: a copy to remote VTEP `i` of the network (head-end replication).
+#[inline(never)]
+extern "C" fn flood_vtep(i: u64, flood: *mut c_void) -> i64 {
+    // SAFETY: as in flood_port.
+    let f = unsafe { &*(flood as *const Flood) };
+    // SAFETY: a map value pointer from a lookup in this run.
+    let set = unsafe { &*f.vteps };
+    let Some(vtep) = at(&set.vtep_ipv4, i as usize) else { return 1 };
+    if vtep != 0 {
+        copy(f.ctx, f.meta, &Target::wire(f.net, vtep));
+    }
+    0
+}
+
+/// Runs `body` for 0..n (at most `max`) over `flood`.
+#[inline(always)]
+fn walk(n: u32, max: usize, body: extern "C" fn(u64, *mut c_void) -> i64, flood: &Flood) {
+    let n = if n as usize > max { max as u32 } else { n };
+    // SAFETY: `body` is a static BPF subprogram and `flood` outlives the call.
+    unsafe { bpf_loop(n, body as *mut c_void, flood as *const Flood as *mut c_void, 0) };
+}
+
+/// `a[i]` when `i` is in range. `i` goes through an opaque (volatile) copy
+/// first: LLVM otherwise checks `i - 1` in one register and addresses with
+/// `i` in another, whose bound the verifier cannot see.
+#[inline(always)]
+fn at<const N: usize>(a: &[u32; N], i: usize) -> Option<u32> {
+    // SAFETY: a read of a local.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    a.get(i).copied()
+}
+
+/// The last member of `set` that may take a flooded frame: not the ingress.
+/// The agent writes the members densely, so at most one of the last two is out.
+#[inline(always)]
+fn last_member(set: &FloodSet, ingress: u32) -> u32 {
+    let count = set.count as usize;
+    for back in 1..=2 {
+        if back > count {
+            break;
+        }
+        if let Some(t) = at(&set.ifindex, count - back)
+            && t != 0
+            && t != ingress
+        {
+            return t;
+        }
+    }
+    0
 }
 
 /// Broadcast, multicast and unknown unicast: every local port of the network
 /// but the ingress, plus (for frames from local ports) the uplink, or every
 /// remote VTEP that hosts a port of the network (head-end replication).
+///
+/// The frame itself goes last, to the wire target if there is one (the VLAN
+/// is pushed after the ports got their copies), else to the last member; all
+/// other targets get copies (`bpf_clone_redirect`), N targets cost N-1 copies.
 #[inline(always)]
 fn flood(
     ctx: &TcContext,
@@ -204,63 +293,56 @@ fn flood(
     ingress: u32,
     from: From,
 ) -> Result<Verdict, DropReason> {
-    let mut pending = Target::NONE;
-    let mut copies = 0u64;
-    // SAFETY: NO_PREALLOC hash: the value is RCU-protected for this run.
-    if let Some(set) = unsafe { FLOOD_SETS.get(meta.net_index) } {
-        let count = set.count as usize;
-        for i in 0..MAX_FLOOD_PORTS {
-            if i >= count {
-                break;
-            }
-            let target = set.ifindex[i];
-            if target == 0 || target == ingress {
-                continue;
-            }
-            if pending.ifindex != 0 {
-                copy(ctx, meta, &pending);
-                copies += 1;
-            }
-            pending = Target::port(target);
-        }
-    }
+    // SAFETY: NO_PREALLOC hash: the values are RCU-protected for this run.
+    let ports = unsafe { FLOOD_SETS.get(meta.net_index) };
+    let mut vteps = None;
+    let mut last = Target::NONE;
     if from == From::Port && net.uplink_ifindex != 0 {
         if net.net_type != NET_TYPE_VXLAN {
-            if pending.ifindex != 0 {
-                copy(ctx, meta, &pending);
-                copies += 1;
-            }
-            pending = Target::wire(net, 0);
+            last = Target::wire(net, 0);
         } else if check_tunnel_mtu(ctx, net).is_err() {
             // Local ports still get it; the tunnel cannot carry it.
             if !meta.dry_run {
                 stats::count_drop(meta.slot, DropReason::MtuExceeded);
             }
-        // SAFETY: NO_PREALLOC hash: the value is RCU-protected for this run.
-        } else if let Some(vteps) = unsafe { FLOOD_VTEPS.get(meta.net_index) } {
-            let count = vteps.count as usize;
-            for i in 0..MAX_FLOOD_VTEPS {
-                if i >= count {
-                    break;
-                }
-                let vtep = vteps.vtep_ipv4[i];
-                if vtep == 0 {
-                    continue;
-                }
-                if pending.ifindex != 0 {
-                    copy(ctx, meta, &pending);
-                    copies += 1;
-                }
-                pending = Target::wire(net, vtep);
+        // SAFETY: as above.
+        } else if let Some(set) = unsafe { FLOOD_VTEPS.get(meta.net_index) } {
+            let n = set.count as usize;
+            if n > 0
+                && let Some(vtep) = at(&set.vtep_ipv4, n - 1)
+                && vtep != 0
+            {
+                last = Target::wire(net, vtep);
+                vteps = Some(set);
             }
         }
     }
-    if pending.ifindex == 0 {
+    let mut original = 0;
+    if last.ifindex == 0
+        && let Some(set) = ports
+    {
+        original = last_member(set, ingress);
+        last = Target::port(original);
+    }
+    if last.ifindex == 0 {
         return Err(DropReason::FloodNoTarget);
     }
-    send(ctx, meta, pending, Action::Flooded)?;
-    if !meta.dry_run {
-        stats::count_action(meta.slot, Action::FloodCopies, copies);
+    let f = Flood {
+        ctx,
+        meta,
+        net,
+        ingress,
+        original,
+        ports: ports.map_or(core::ptr::null(), |p| p as *const FloodSet),
+        vteps: vteps.map_or(core::ptr::null(), |v| v as *const VtepSet),
+    };
+    if let Some(set) = ports {
+        walk(set.count, MAX_FLOOD_PORTS, flood_port, &f);
     }
+    if let Some(set) = vteps {
+        // The last VTEP takes the frame itself.
+        walk(set.count - 1, MAX_FLOOD_VTEPS - 1, flood_vtep, &f);
+    }
+    send(ctx, meta, last, Action::Flooded)?;
     Ok(Verdict { action: Action::Flooded, ret: TC_ACT_REDIRECT })
 }

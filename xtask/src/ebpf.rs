@@ -29,7 +29,9 @@ pub fn cargo(subcommand: &str) -> Command {
         .current_dir(root().join("datapath-ebpf"))
         .env("PATH", path_with_tools())
         // Host-oriented flags from the caller's environment must not reach the BPF build.
-        .env_remove("RUSTFLAGS")
+        // --btf: bpf-linker turns the debug info into BTF and BTF.ext; the kernel needs
+        // their func_info to verify the bpf_loop callbacks (and names maps and types).
+        .env("RUSTFLAGS", "-C link-arg=--btf")
         .env_remove("CARGO_BUILD_TARGET");
     c
 }
