@@ -20,7 +20,7 @@ use crate::{
     config::Config,
     control::{self, Pending},
     desired::{self, Allocations, Derived},
-    learned,
+    features, learned,
     loader::{self, Datapath},
     netlink::{self, LinkEvents},
     source::BindingSource,
@@ -76,7 +76,9 @@ impl Agent {
                 current.networks.len()
             );
         }
-        let attacher = Attacher::new(dp.pin_dir())?;
+        let features = features::probe(cfg.tc_hook)?;
+        log::info!("kernel {}: programs attach with {}", features.kernel, features.hook.describe());
+        let attacher = Attacher::new(features.hook, dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
         Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), maps_known: false })
     }
@@ -115,7 +117,7 @@ impl Agent {
         }
         self.maps_known = done.errors.is_empty();
         let mut errors = done.errors;
-        errors.extend(self.attacher.reconcile(&mut self.dp, &derived.attach));
+        errors.extend(self.attacher.reconcile(&mut self.dp, &derived.attach, verify));
         for e in &errors {
             log::error!("{e}");
         }
@@ -264,12 +266,7 @@ fn fs_magic(path: &Path) -> Result<i64> {
 /// the programs), pinned maps and the pin directories.
 pub fn cleanup(cfg: &Config) -> Result<()> {
     let dir = loader::versioned_pin_dir(&cfg.pin_path);
-    let links = attach::links_dir(&dir);
-    if links.exists() {
-        for entry in std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
-            attach::unpin(&entry?.path())?;
-        }
-    }
+    attach::detach_all(&dir)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

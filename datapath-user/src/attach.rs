@@ -1,6 +1,13 @@
-//! Attaches the programs to devices with tcx links, pinned so that they keep
-//! forwarding when the agent stops, and adopted (updated in place) when an
-//! agent starts again.
+//! Attaches the programs to devices' TC ingress so that they keep forwarding
+//! when the agent stops, and are adopted (updated in place) when an agent
+//! starts again. Two hooks, chosen by `features::probe` at start-up:
+//!
+//! - tcx (Linux 6.6+): a bpf_link per device, pinned at `links/<device>`;
+//!   an upgrade swaps the program with `bpf_link_update`.
+//! - netlink cls_bpf (older kernels): a direct-action filter on the device's
+//!   clsact qdisc at a fixed priority and handle; the program is pinned at
+//!   `filters/<device>` to record that the filter is ours. An upgrade
+//!   replaces the filter in place, which cls_bpf does atomically.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,40 +19,59 @@ use anyhow::{Context, Result};
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType,
     links::{FdLink, LinkError, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachOptions},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
 };
+use datapath_common::names;
 
-use crate::{desired::Attachment, loader::Datapath};
+use crate::{desired::Attachment, features::Hook, loader::Datapath};
+
+/// Priority of our cls_bpf filter on kernels without tcx: first, before any other filter.
+pub const NETLINK_PRIORITY: u16 = 1;
+/// Handle of our cls_bpf filter ("da7a"), so that a restarted agent finds it again.
+pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0xda7a);
 
 /// Keeps the set of attached devices equal to the desired one.
 pub struct Attacher {
-    /// `<pin dir>/links`, one pin per device; `None` when nothing is pinned (tests).
+    hook: Hook,
+    /// The versioned pin directory; `None` when nothing is pinned (tests).
+    pin_dir: Option<PathBuf>,
+    /// `<pin dir>/links` or `<pin dir>/filters` (by hook), one pin per device.
     links_dir: Option<PathBuf>,
-    /// Devices whose link already runs this process's programs.
+    /// Devices whose hook already runs this process's programs.
     current: BTreeMap<u32, Attachment>,
 }
 
-/// The pinned links of an agent: their directory.
-pub fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
+/// Where an agent pins the attachments of `hook`.
+fn hook_dir(pin_dir: &Path, hook: Hook) -> PathBuf {
+    pin_dir.join(match hook {
+        Hook::Tcx => "links",
+        Hook::Netlink => "filters",
+    })
 }
 
 impl Attacher {
-    /// An attacher pinning its links under `pin_dir/links` when given.
-    pub fn new(pin_dir: Option<&Path>) -> Result<Self> {
-        let links_dir = pin_dir.map(links_dir);
+    /// An attacher using `hook`, pinning under `pin_dir` when given.
+    pub fn new(hook: Hook, pin_dir: Option<&Path>) -> Result<Self> {
+        let links_dir = pin_dir.map(|d| hook_dir(d, hook));
         if let Some(dir) = &links_dir {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(Self { links_dir, current: BTreeMap::new() })
+        Ok(Self { hook, pin_dir: pin_dir.map(Path::to_path_buf), links_dir, current: BTreeMap::new() })
     }
 
     /// Attaches what `desired` names and detaches what it no longer names.
+    /// With `verify`, every attachment is checked (netlink: re-asserted) even
+    /// if this process made it, to repair changes made behind its back.
     /// Returns one message per device that failed; the others are done.
-    pub fn reconcile(&mut self, dp: &mut Datapath, desired: &BTreeMap<u32, Attachment>) -> Vec<String> {
+    pub fn reconcile(
+        &mut self,
+        dp: &mut Datapath,
+        desired: &BTreeMap<u32, Attachment>,
+        verify: bool,
+    ) -> Vec<String> {
         let mut errors = Vec::new();
         for (ifindex, att) in desired {
-            if self.current.get(ifindex) == Some(att) && is_attached(att).unwrap_or(false) {
+            if self.current.get(ifindex) == Some(att) && self.still_attached(att, verify) {
                 continue;
             }
             match self.attach(dp, att) {
@@ -57,14 +83,42 @@ impl Attacher {
         }
         let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
-        if let Err(e) = self.remove_stale_pins(&wanted) {
-            errors.push(format!("removing stale links: {e:#}"));
+        let Some(pin_dir) = &self.pin_dir else { return errors };
+        if let Err(e) = detach_pinned(pin_dir, self.hook, &wanted) {
+            errors.push(format!("removing stale attachments: {e:#}"));
+        }
+        // The hook changed (tc_hook, or a kernel upgrade): ours are in place now,
+        // so the other hook's attachments can go.
+        let other = match self.hook {
+            Hook::Tcx => Hook::Netlink,
+            Hook::Netlink => Hook::Tcx,
+        };
+        if let Err(e) = detach_pinned(pin_dir, other, &BTreeSet::new()) {
+            errors.push(format!("removing attachments of the previous hook: {e:#}"));
         }
         errors
     }
 
+    /// Whether an attachment this process made is still in place. tcx is
+    /// queried every time (a device re-created under the same name lost its
+    /// link); netlink filters cannot be queried through aya, so when verifying
+    /// they count as gone and are re-asserted, which replaces them atomically.
+    fn still_attached(&self, att: &Attachment, verify: bool) -> bool {
+        match self.hook {
+            Hook::Tcx => is_attached_tcx(att).unwrap_or(false),
+            Hook::Netlink => !verify,
+        }
+    }
+
     fn attach(&mut self, dp: &mut Datapath, att: &Attachment) -> Result<()> {
         let prog = dp.program(att.program)?;
+        match self.hook {
+            Hook::Tcx => self.attach_tcx(prog, att),
+            Hook::Netlink => self.attach_netlink(prog, att),
+        }
+    }
+
+    fn attach_tcx(&self, prog: &mut SchedClassifier, att: &Attachment) -> Result<()> {
         let Some(dir) = &self.links_dir else {
             prog.attach_with_options(&att.device, TcAttachType::Ingress, tcx_append())
                 .with_context(|| format!("tcx attach on {}", att.device))?;
@@ -72,7 +126,7 @@ impl Attacher {
         };
         let pin = dir.join(&att.device);
         if pin.exists() {
-            if is_attached(att)? {
+            if is_attached_tcx(att)? {
                 // Our link is still there (agent restart or upgrade): swap in this
                 // build's program atomically, without a moment of detachment.
                 let old =
@@ -101,25 +155,92 @@ impl Attacher {
         Ok(())
     }
 
-    fn remove_stale_pins(&self, wanted: &BTreeSet<&str>) -> Result<()> {
-        let Some(dir) = &self.links_dir else { return Ok(()) };
-        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(name.as_str()) {
-                unpin(&entry.path())?;
+    fn attach_netlink(&self, prog: &mut SchedClassifier, att: &Attachment) -> Result<()> {
+        // EEXIST: the qdisc is there already (ours from before, or the operator's).
+        if let Err(e) = tc::qdisc_add_clsact(&att.device)
+            && !is_exists(&e)
+        {
+            return Err(e)
+                .with_context(|| format!("adding the clsact qdisc to {} (needs sch_ingress)", att.device));
+        }
+        // Replace first: atomic when our filter is there (restart, upgrade), and
+        // ENOENT when it is not, which is when we create it.
+        let existing = SchedClassifierLink::attached(
+            &att.device,
+            TcAttachType::Ingress,
+            NETLINK_PRIORITY,
+            NETLINK_HANDLE,
+            None,
+        )
+        .with_context(|| format!("looking up device {}", att.device))?;
+        let id = match prog.attach_to_link(existing) {
+            Ok(id) => {
+                log::debug!("{}: cls_bpf filter now runs this build's {}", att.device, att.program);
+                id
             }
+            Err(_) => prog
+                .attach_with_options(
+                    &att.device,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: NETLINK_PRIORITY,
+                        handle: NETLINK_HANDLE,
+                        ..Default::default()
+                    }),
+                )
+                .with_context(|| format!("cls_bpf attach on {} (needs cls_bpf)", att.device))?,
+        };
+        // Dropping the link would detach the filter; the filter must outlive us.
+        std::mem::forget(prog.take_link(id)?);
+        if let Some(dir) = &self.links_dir {
+            let pin = dir.join(&att.device);
+            let _ = fs::remove_file(&pin);
+            prog.pin(&pin).with_context(|| format!("pinning the program at {}", pin.display()))?;
         }
         Ok(())
     }
+}
+
+/// Removes every attachment of `hook` pinned under `pin_dir` whose device is not in `keep`.
+fn detach_pinned(pin_dir: &Path, hook: Hook, keep: &BTreeSet<&str>) -> Result<()> {
+    let dir = hook_dir(pin_dir, hook);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(name.as_str()) {
+            continue;
+        }
+        match hook {
+            Hook::Tcx => unpin_link(&entry.path())?,
+            Hook::Netlink => remove_filter(&entry.path(), &name)?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything an agent attached under `pin_dir`, with either hook.
+pub fn detach_all(pin_dir: &Path) -> Result<()> {
+    for hook in [Hook::Tcx, Hook::Netlink] {
+        detach_pinned(pin_dir, hook, &BTreeSet::new())?;
+    }
+    Ok(())
 }
 
 fn tcx_append() -> TcAttachOptions {
     TcAttachOptions::TcxOrder(LinkOrder::default())
 }
 
+fn is_exists(e: &tc::TcError) -> bool {
+    matches!(e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+}
+
 /// Whether `att.program` is attached on `att.device`'s tcx ingress.
-fn is_attached(att: &Attachment) -> Result<bool> {
+fn is_attached_tcx(att: &Attachment) -> Result<bool> {
     let (_, progs) = match SchedClassifier::query_tcx(&att.device, TcAttachType::Ingress) {
         Ok(r) => r,
         // The device is gone: nothing is attached.
@@ -137,7 +258,7 @@ fn device_exists(name: &str) -> bool {
 }
 
 /// Removes a link pin, which detaches the link if nothing else holds it.
-pub fn unpin(path: &Path) -> Result<()> {
+fn unpin_link(path: &Path) -> Result<()> {
     match PinnedLink::from_pin(path) {
         Ok(link) => {
             link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
@@ -146,4 +267,22 @@ pub fn unpin(path: &Path) -> Result<()> {
         Err(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?,
     }
     Ok(())
+}
+
+/// Removes our cls_bpf filters from `device` (if it still exists) and the pin
+/// at `path` that recorded them.
+fn remove_filter(path: &Path, device: &str) -> Result<()> {
+    if device_exists(device) {
+        for name in names::ALL_PROGRAMS {
+            match tc::qdisc_detach_program(device, TcAttachType::Ingress, name) {
+                Ok(()) => {}
+                Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                // No clsact qdisc (removed by hand): no filter of ours either.
+                Err(tc::TcError::NetlinkError(e))
+                    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
+                Err(e) => return Err(e).with_context(|| format!("detaching {name} from {device}")),
+            }
+        }
+    }
+    fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
 }

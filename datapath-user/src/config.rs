@@ -9,6 +9,7 @@
 //! mac_age_seconds = 300
 //! local_ip = "192.0.2.10"
 //! tunnel_types = ["vxlan"]
+//! tc_hook = "auto"        # or "tcx", or "netlink"
 //! ```
 
 use std::{
@@ -46,6 +47,21 @@ pub struct Config {
     pub local_ip: Option<Ipv4Addr>,
     /// Enabled tunnel types (only "vxlan").
     pub tunnel_types: Vec<String>,
+    /// How programs are hooked into TC ingress.
+    pub tc_hook: TcHook,
+}
+
+/// The `tc_hook` option: tcx links where the kernel has them (6.6+), else
+/// netlink cls_bpf filters; or one of the two, forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcHook {
+    /// Probe the kernel: tcx if it has it, netlink otherwise.
+    #[default]
+    Auto,
+    /// tcx links only; refuse to start on a kernel without them.
+    Tcx,
+    /// Netlink cls_bpf filters, even where tcx exists (e.g. beside tools that manage tc filters).
+    Netlink,
 }
 
 /// One `physical_network:interface` entry of `physical_interface_mappings`.
@@ -73,6 +89,7 @@ struct RawConfig {
     local_ip: Option<String>,
     #[serde(default)]
     tunnel_types: Vec<String>,
+    tc_hook: Option<String>,
 }
 
 impl Config {
@@ -155,6 +172,13 @@ impl Config {
             "tunnel_types is set but local_ip is missing; tunnels need the local VTEP address"
         );
 
+        let tc_hook = match raw.tc_hook.as_deref() {
+            None | Some("auto") => TcHook::Auto,
+            Some("tcx") => TcHook::Tcx,
+            Some("netlink") => TcHook::Netlink,
+            Some(other) => bail!("tc_hook = {other:?} is not one of \"auto\", \"tcx\", \"netlink\""),
+        };
+
         Ok(Config {
             host: raw.host,
             physical_interface_mappings,
@@ -164,6 +188,7 @@ impl Config {
             mac_age_seconds,
             local_ip,
             tunnel_types: raw.tunnel_types,
+            tc_hook,
         })
     }
 }
@@ -268,6 +293,7 @@ control_socket = "/run/datapath/other.sock"
 mac_age_seconds = 60
 local_ip = "192.0.2.10"
 tunnel_types = ["vxlan"]
+tc_hook = "netlink"
 "#,
         )
         .unwrap();
@@ -285,6 +311,7 @@ tunnel_types = ["vxlan"]
                 mac_age_seconds: 60,
                 local_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
                 tunnel_types: vec!["vxlan".into()],
+                tc_hook: TcHook::Netlink,
             }
         );
         assert_eq!(cfg.interface_for("default"), Some("eth2"));
@@ -427,6 +454,14 @@ tunnel_types = ["vxlan"]
             let e = err(&with(&format!("local_ip = {bad:?}")));
             assert!(e.contains(&format!("local_ip = {bad:?} is not an IPv4 address")), "{e}");
         }
+    }
+
+    #[test]
+    fn tc_hook_is_auto_unless_named() {
+        assert_eq!(parse(MINIMAL).unwrap().tc_hook, TcHook::Auto);
+        assert_eq!(parse(&with("tc_hook = \"tcx\"")).unwrap().tc_hook, TcHook::Tcx);
+        let e = err(&with("tc_hook = \"xdp\""));
+        assert!(e.contains("tc_hook = \"xdp\" is not one of"), "{e}");
     }
 
     #[test]

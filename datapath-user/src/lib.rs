@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod desired;
+pub mod features;
 pub mod frames;
 pub mod introspect;
 pub mod learned;

@@ -364,6 +364,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Adds `line` to `node`'s agent config (for options the cluster leaves at their defaults).
+    pub fn config_line(&self, node: &str, line: &str) -> Result<()> {
+        let path = &self.node(node).config;
+        let mut text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        text.push_str(line);
+        text.push('\n');
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Runs `datapath ARGS --config <node's config>` inside `node`; returns (success, stdout, stderr).
     pub fn cli(&self, node: &str, args: &[&str]) -> Result<(bool, String, String)> {
         let n = self.node(node);
@@ -460,8 +469,15 @@ impl Cluster {
     }
 
     /// Creates a DHCP namespace for `port` (owner network:dhcp) on `node`, running
-    /// dnsmasq with a Neutron-style static hosts file for `hosts` (mac, ip).
-    pub fn add_dhcp(&mut self, node: &str, port: PortSpec, hosts: &[(&str, &str)]) -> Result<()> {
+    /// dnsmasq with a Neutron-style static hosts file for `hosts` (mac, ip); with
+    /// `mtu`, it advertises that MTU (option 26), as Neutron does for VXLAN networks.
+    pub fn add_dhcp(
+        &mut self,
+        node: &str,
+        port: PortSpec,
+        hosts: &[(&str, &str)],
+        mtu: Option<u32>,
+    ) -> Result<()> {
         let ns = Netns::new("qdhcp")?;
         let dev = port.device();
         let inner = format!("ns-{}", &port.id[..11]);
@@ -497,6 +513,7 @@ impl Cluster {
             .arg("--leasefile-ro")
             .arg(format!("--dhcp-range=set:tag0,{subnet},static,120s"))
             .args(["--dhcp-lease-max=256", "--conf-file=/dev/null", "--domain=openstacklocal"])
+            .args(mtu.map(|m| format!("--dhcp-option-force=tag:tag0,option:mtu,{m}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -164,6 +164,9 @@ impl Bench {
     /// Attaches `prog` for real to the ingress of `dev` (the link lives as long as the bench).
     pub fn attach(&mut self, prog: &str, dev: &str) -> Result<()> {
         let p = self.dp.program(prog)?;
+        // Kernels without tcx attach through a cls_bpf filter, which needs the clsact
+        // qdisc; where tcx exists the qdisc is unused, and EEXIST means it is there.
+        let _ = aya::programs::tc::qdisc_add_clsact(dev);
         p.attach(dev, aya::programs::TcAttachType::Ingress)
             .with_context(|| format!("attaching {prog} to {dev}"))?;
         Ok(())

@@ -34,7 +34,32 @@ fn ping_through(
 
 #[test]
 fn traffic_survives_restart_kill_and_upgrade_without_loss() {
-    let mut c = Cluster::new("restart", 2).unwrap();
+    restart_kill_upgrade("restart", None);
+}
+
+/// The same with the hook of kernels without tcx (cls_bpf filters through
+/// netlink), forced here; the lts-kernel layer runs it where it is the default.
+#[test]
+fn traffic_survives_restart_kill_and_upgrade_with_netlink_filters() {
+    let mut c = restart_kill_upgrade("restart-nl", Some("netlink"));
+    let tap = vm1().device();
+    let filters = c.node("node0").ns.exec(&["tc", "filter", "show", "dev", &tap, "ingress"]).unwrap();
+    assert!(filters.contains("vm_port") && filters.contains("direct-action"), "{filters}");
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    c.nodes[0].cleanup().unwrap();
+    let filters = c.node("node0").ns.exec(&["tc", "filter", "show", "dev", &tap, "ingress"]).unwrap();
+    assert!(!filters.contains("vm_port"), "--cleanup leaves no filter behind: {filters}");
+}
+
+/// Runs the three events with `tc_hook` (if given) in both agents' configs;
+/// returns the cluster, still up.
+fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
+    let mut c = Cluster::new(tag, 2).unwrap();
+    if let Some(h) = hook {
+        for n in ["node0", "node1"] {
+            c.config_line(n, &format!("tc_hook = \"{h}\"")).unwrap();
+        }
+    }
     let (a, b) = (vm1(), vm2());
     c.write_bindings(&bindings(&[&a, &b])).unwrap();
     let ia = c.add_vm("node0", a.clone()).unwrap();
@@ -73,6 +98,10 @@ fn traffic_survives_restart_kill_and_upgrade_without_loss() {
     assert_eq!(tx, rx, "packets lost across the upgrade: {tx} sent, {rx} received");
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
     assert!(log.contains("adopting pinned state"), "the new agent adopted the pins: {log}");
+    if let Some(h) = hook {
+        assert!(log.contains(if h == "netlink" { "cls_bpf filters" } else { "tcx links" }), "{log}");
+    }
+    c
 }
 
 #[test]

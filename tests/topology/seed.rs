@@ -19,7 +19,7 @@ fn seed_vlan_network_dhcp_ping_tags_and_tcp_across_two_nodes() {
     let mut c = Cluster::new("seed", 2).unwrap();
     let (p1, p2, d) = (vm1(), vm2(), dhcp1());
     c.write_bindings(&bindings(&[&p1, &p2, &d])).unwrap();
-    c.add_dhcp("node0", d.clone(), &[(&p1.mac, &p1.ip), (&p2.mac, &p2.ip)]).unwrap();
+    c.add_dhcp("node0", d.clone(), &[(&p1.mac, &p1.ip), (&p2.mac, &p2.ip)], None).unwrap();
     let a = c.add_vm("node0", p1.clone()).unwrap();
     let b = c.add_vm("node1", p2.clone()).unwrap();
     let wire = Capture::start(&c.phys, "up-node0", "").unwrap();

@@ -49,7 +49,7 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
         "agents": agents,
     }))
     .unwrap();
-    c.add_dhcp("node0", d.clone(), &[(&a.mac, &a.ip), (&b.mac, &b.ip)]).unwrap();
+    c.add_dhcp("node0", d.clone(), &[(&a.mac, &a.ip), (&b.mac, &b.ip)], Some(1450)).unwrap();
     let ia = c.add_vm("node0", a.clone()).unwrap();
     let ib = c.add_vm("node1", b.clone()).unwrap();
     let iv0 = c.add_vm("node0", v0.clone()).unwrap();

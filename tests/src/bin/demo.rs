@@ -102,7 +102,7 @@ fn run(pause: bool) -> Result<()> {
     }))?;
     println!("bindings (Neutron API shapes): {}", c.bindings.display());
     println!("{}", std::fs::read_to_string(&c.node("node0").config)?);
-    c.add_dhcp("node0", dhcp.clone(), &[(&vm1.mac, &vm1.ip), (&vm2.mac, &vm2.ip)])?;
+    c.add_dhcp("node0", dhcp.clone(), &[(&vm1.mac, &vm1.ip), (&vm2.mac, &vm2.ip)], None)?;
     let a = c.add_vm("node0", vm1.clone())?;
     let b = c.add_vm("node1", vm2.clone())?;
     println!(
