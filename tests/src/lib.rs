@@ -10,6 +10,7 @@
 pub mod bpffs;
 pub mod capture;
 pub mod cluster;
+pub mod guest;
 pub mod link;
 pub mod netns;
 pub mod pinned;

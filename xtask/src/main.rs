@@ -8,6 +8,7 @@ mod setup;
 mod test;
 mod user;
 mod util;
+mod vm;
 
 use std::{os::unix::process::CommandExt, process::ExitCode};
 
@@ -36,6 +37,9 @@ enum Command {
         /// Run only this layer; repeat for several.
         #[arg(long = "layer", value_name = "LAYER", value_enum)]
         layers: Vec<test::Layer>,
+        /// Add the VM layers: real guests on taps, and the suite on Debian's 6.1 kernel.
+        #[arg(long)]
+        vm: bool,
         /// Passed to every `cargo test`, e.g. a test-name filter or `--nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -92,8 +96,8 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Setup => {}
         Command::Build { debug_user } => drop(user::build(&ebpf::build()?, !debug_user)?),
-        Command::Test { layers, args } => {
-            if !test::test(&layers, &args)? {
+        Command::Test { layers, vm, args } => {
+            if !test::test(&layers, vm, &args)? {
                 // The summary has said what failed, and its totals line must stay the last one.
                 return Ok(ExitCode::FAILURE);
             }

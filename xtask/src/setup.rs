@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "python3-scapy",
 ];
 
+/// Debian packages of the VM layers (`cargo xtask test --vm`): only QEMU. The guest
+/// kernel and busybox are downloaded as .debs and unpacked, not installed.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86"];
+
 /// Components of the nightly toolchain: `-Z build-std` needs the sources, and
 /// `lint` runs nightly fmt and clippy on the eBPF crate (a minimal profile lacks both).
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
@@ -91,13 +95,22 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install_packages("apt packages", PACKAGES)
+}
+
+/// Installs QEMU for the VM test layers, if it is missing.
+pub fn vm_packages() -> Result<()> {
+    install_packages("apt packages (VM layers)", VM_PACKAGES)
+}
+
+fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        step("apt packages", "present");
+        step(what, "present");
         return Ok(());
     }
     let start = Instant::now();
-    step("apt packages", &format!("installing {}", missing.join(" ")));
+    step(what, &format!("installing {}", missing.join(" ")));
     let by_hand = format!(
         "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
         missing.join(" ")
@@ -108,7 +121,7 @@ fn apt_packages() -> Result<()> {
     install.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install)
         .with_context(|| format!("could not install {}; to do it by hand: {by_hand}", missing.join(" ")))?;
-    step("apt packages", &format!("installed in {}", secs(start)));
+    step(what, &format!("installed in {}", secs(start)));
     Ok(())
 }
 

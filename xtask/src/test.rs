@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
+    os::unix::process::ExitStatusExt,
     path::Path,
     process::{ExitStatus, Stdio},
     time::Instant,
@@ -12,8 +13,9 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::{
-    ebpf, user,
+    ebpf, setup, user,
     util::{describe, step},
+    vm,
 };
 
 /// A test layer, in the order they run.
@@ -25,6 +27,20 @@ pub enum Layer {
     Program,
     /// The agent and the programs on namespaces with real traffic.
     Topology,
+    /// Real QEMU guests (Debian's kernel) on taps, through the datapath (`--vm`).
+    Guest,
+    /// The program and topology layers again, inside a QEMU VM running
+    /// Debian bookworm's LTS kernel (6.1), which has no tcx (`--vm`).
+    LtsKernel,
+}
+
+/// The layers `cargo xtask test` runs without `--layer`: the VM layers only with `--vm`.
+pub fn default_layers(vm: bool) -> Vec<Layer> {
+    let mut l = vec![Layer::Unit, Layer::Program, Layer::Topology];
+    if vm {
+        l.extend([Layer::Guest, Layer::LtsKernel]);
+    }
+    l
 }
 
 impl Layer {
@@ -33,7 +49,13 @@ impl Layer {
             Layer::Unit => "unit",
             Layer::Program => "program",
             Layer::Topology => "topology",
+            Layer::Guest => "guest",
+            Layer::LtsKernel => "lts-kernel",
         }
+    }
+
+    fn needs_guest(self) -> bool {
+        matches!(self, Layer::Guest | Layer::LtsKernel)
     }
 
     fn cargo_args(self) -> &'static [&'static str] {
@@ -46,6 +68,9 @@ impl Layer {
             Layer::Topology => {
                 &["test", "--no-fail-fast", "-p", "datapath-tests", "--lib", "--test", "topology"]
             }
+            Layer::Guest => &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "vm"],
+            // Not a cargo run: `run_in_guest` builds the program and topology binaries.
+            Layer::LtsKernel => &[],
         }
     }
 }
@@ -60,6 +85,13 @@ struct Tally {
 }
 
 impl Tally {
+    /// Prints `line` and counts it if it is a result line.
+    fn echo(&mut self, line: &str) {
+        self.add_line(line);
+        // Ignore a closed stdout and keep draining, so that the writer is never blocked.
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+
     /// Adds a libtest `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line
     /// (or its `FAILED.` variant); other lines are ignored.
     fn add_line(&mut self, line: &str) {
@@ -91,21 +123,31 @@ struct Row {
     secs: f64,
 }
 
-/// Runs the `only` layers (all if empty) in order, passing `extra` to every `cargo test`;
-/// returns whether every layer passed.
-pub fn test(only: &[Layer], extra: &[String]) -> Result<bool> {
-    let mut layers =
-        if only.is_empty() { vec![Layer::Unit, Layer::Program, Layer::Topology] } else { only.to_vec() };
+/// Runs the `only` layers (the default ones if empty) in order, passing `extra`
+/// to every `cargo test`; returns whether every layer passed.
+pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
+    let mut layers = if only.is_empty() { default_layers(vm) } else { only.to_vec() };
     layers.sort();
     layers.dedup();
 
     let obj = ebpf::build()?;
-    // Topology tests start the real binary (tests/src/cluster.rs reads DATAPATH_BIN).
-    let bin = if layers.contains(&Layer::Topology) { Some(user::build(&obj, true)?) } else { None };
+    // Topology and guest tests start the real binary (tests/src/cluster.rs reads DATAPATH_BIN).
+    let bin =
+        if layers.iter().any(|l| *l >= Layer::Topology) { Some(user::build(&obj, true)?) } else { None };
+    let guest = if layers.iter().any(|l| l.needs_guest()) {
+        setup::vm_packages()?;
+        Some(vm::guest()?)
+    } else {
+        None
+    };
 
     let mut rows = Vec::new();
     for layer in layers {
-        rows.push(run_layer(layer, &obj, bin.as_deref(), extra)?);
+        let row = match (layer, &guest, &bin) {
+            (Layer::LtsKernel, Some(g), Some(bin)) => run_in_guest(g, &obj, bin, extra)?,
+            _ => run_layer(layer, &obj, bin.as_deref(), guest.as_ref(), extra)?,
+        };
+        rows.push(row);
     }
     // A filter after `--` may match nothing in some layer; without one, an empty layer
     // means tests went missing.
@@ -125,13 +167,22 @@ pub fn test(only: &[Layer], extra: &[String]) -> Result<bool> {
     Ok(summary(&rows))
 }
 
-fn run_layer(layer: Layer, obj: &Path, bin: Option<&Path>, extra: &[String]) -> Result<Row> {
+fn run_layer(
+    layer: Layer,
+    obj: &Path,
+    bin: Option<&Path>,
+    guest: Option<&vm::Guest>,
+    extra: &[String],
+) -> Result<Row> {
     let mut cargo = user::cargo(obj, layer.cargo_args());
     if !extra.is_empty() {
         cargo.arg("--").args(extra);
     }
-    if let (Layer::Topology, Some(bin)) = (layer, bin) {
+    if let Some(bin) = bin {
         cargo.env("DATAPATH_BIN", bin);
+    }
+    if let Some(g) = guest {
+        cargo.env("DATAPATH_GUEST_KERNEL", &g.kernel).env("DATAPATH_GUEST_INITRD", &g.initrd);
     }
     // Only stdout is piped: it carries the harness output and the result lines; cargo's
     // own progress and errors stay on the inherited stderr.
@@ -139,18 +190,36 @@ fn run_layer(layer: Layer, obj: &Path, bin: Option<&Path>, extra: &[String]) -> 
     step(&format!("{} tests", layer.name()), &describe(&cargo));
     let start = Instant::now();
     let mut child = cargo.spawn().with_context(|| format!("could not start `{}`", describe(&cargo)))?;
-    let mut tally = Tally::default();
-    let mut stdout = std::io::stdout().lock();
-    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
-        let line = line.with_context(|| format!("reading the output of `{}`", describe(&cargo)))?;
-        tally.add_line(&line);
-        // Keep draining even if our stdout went away, so that cargo is never blocked.
-        let _ = writeln!(stdout, "{line}");
-    }
-    drop(stdout);
+    let tally = relay(child.stdout.take().expect("stdout is piped"), &describe(&cargo))?;
     let exit = child.wait().with_context(|| format!("waiting for `{}`", describe(&cargo)))?;
     let (ok, status) = verdict(&tally, exit);
     Ok(Row { layer, tally, status, ok, secs: start.elapsed().as_secs_f64() })
+}
+
+/// Copies test output to our stdout line by line, counting the result lines.
+fn relay(out: impl std::io::Read, what: &str) -> Result<Tally> {
+    let mut tally = Tally::default();
+    for line in BufReader::new(out).lines() {
+        let line = line.with_context(|| format!("reading the output of `{what}`"))?;
+        tally.echo(&line);
+    }
+    Ok(tally)
+}
+
+/// The program and topology test binaries, run inside a VM on the guest kernel.
+fn run_in_guest(guest: &vm::Guest, obj: &Path, bin: &Path, extra: &[String]) -> Result<Row> {
+    let start = Instant::now();
+    let mut binaries = Vec::new();
+    for layer in [Layer::Program, Layer::Topology] {
+        binaries.extend(user::test_binaries(obj, layer.cargo_args())?);
+    }
+    let env = [("DATAPATH_BIN", bin), ("DATAPATH_EBPF_OBJ", obj)];
+    step("lts-kernel tests", &format!("{} test binaries in a {} guest", binaries.len(), guest.release));
+    let mut tally = Tally::default();
+    let code = vm::run_suite(guest, &binaries, &env, extra, |line| tally.echo(line))?;
+    let exit = ExitStatus::from_raw(code << 8);
+    let (ok, status) = verdict(&tally, exit);
+    Ok(Row { layer: Layer::LtsKernel, tally, status, ok, secs: start.elapsed().as_secs_f64() })
 }
 
 /// Whether a layer passed, and how to say so; an empty layer is judged by the caller.
@@ -169,10 +238,10 @@ fn verdict(t: &Tally, exit: ExitStatus) -> (bool, String) {
 /// Prints the table, then the totals as the very last line (CI greps for it).
 fn summary(rows: &[Row]) -> bool {
     println!();
-    println!("{:<10} {:>7} {:>7} {:>8} {:>8}  status", "layer", "passed", "failed", "ignored", "seconds");
+    println!("{:<11} {:>7} {:>7} {:>8} {:>8}  status", "layer", "passed", "failed", "ignored", "seconds");
     for r in rows {
         println!(
-            "{:<10} {:>7} {:>7} {:>8} {:>8.1}  {}",
+            "{:<11} {:>7} {:>7} {:>8} {:>8.1}  {}",
             r.layer.name(),
             r.tally.passed,
             r.tally.failed,

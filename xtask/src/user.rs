@@ -32,3 +32,22 @@ pub fn build(obj: &Path, release: bool) -> Result<PathBuf> {
     step("datapath binary", &format!("built in {} ({})", secs(start), bin.display()));
     Ok(bin)
 }
+
+/// Builds the test binaries of `cargo ARGS` (a `cargo test ...` line) without
+/// running them; returns their paths, as cargo's JSON messages name them.
+pub fn test_binaries(obj: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut c = cargo(obj, args);
+    c.args(["--no-run", "--message-format=json"]);
+    let out = crate::util::output(&mut c).context("building the test binaries")?;
+    let mut bins = Vec::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let Some(exe) = msg["executable"].as_str()
+            && msg["profile"]["test"].as_bool() == Some(true)
+        {
+            bins.push(PathBuf::from(exe));
+        }
+    }
+    anyhow::ensure!(!bins.is_empty(), "`{}` built no test binary", crate::util::describe(&c));
+    Ok(bins)
+}
