@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::report::{Better, Record};
 
-const LABEL_W: f64 = 330.0;
+const LABEL_W: f64 = 400.0;
 const PLOT_W: f64 = 520.0;
 const ROW_H: f64 = 26.0;
 const TOP: f64 = 58.0;
@@ -40,7 +40,7 @@ pub fn svg(records: &[Record], title: &str) -> String {
         writeln!(s, r##"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"##, escape(title));
     let _ = writeln!(
         s,
-        r##"<text x="10" y="38" fill="#555">Gain over the legacy chain (datapath/legacy; inverted for latency and cost), log scale. Ticks: goals of issue 6.</text>"##
+        r##"<text x="10" y="38" fill="#555">Gain over the legacy chain (same-node-vs-plain-bridge: over a plain Linux bridge); inverted for latency and cost; log scale. Ticks: goals.</text>"##
     );
     // Grid lines at powers of two, with 1x (parity) drawn darker.
     let bottom = TOP + ROW_H * rows.len() as f64;
