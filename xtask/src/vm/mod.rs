@@ -121,7 +121,11 @@ pub fn run_suite(
     let script = vm_dir().join("suite.sh");
     fs::write(&script, suite_script(binaries, env, extra))
         .with_context(|| format!("writing {}", script.display()))?;
-    let append = format!("console=ttyS0 quiet panic=-1 dp.mode=suite dp.script={}", script.display());
+    let append = format!(
+        "console=ttyS0 quiet panic=-1 dp.mode=suite dp.script={} dp.root={}",
+        script.display(),
+        root().display()
+    );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
     let mut qemu = cmd(
         "qemu-system-x86_64",
