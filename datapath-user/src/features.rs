@@ -1,10 +1,14 @@
-//! Kernel features probed at start-up, and the fallback each missing one
-//! takes (see docs/operations.md, "Kernels"). Whatever the datapath cannot do
-//! without fails later with a message that names it: the verifier names a
-//! helper it lacks, attaching names the qdisc or classifier.
+//! Kernel features probed at start-up: tcx has a fallback (netlink cls_bpf);
+//! the helpers and map types the programs use have none, and a kernel
+//! without one is refused with its name (see docs/operations.md, "Kernels").
+//! Attaching names the qdisc or classifier it lacks when that fails.
 
 use anyhow::{Result, bail};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{
+    maps::MapType,
+    programs::{ProgramType, SchedClassifier, TcAttachType},
+    sys::{BpfHelper, is_helper_supported, is_map_supported},
+};
 
 use crate::config::TcHook;
 
@@ -35,9 +39,44 @@ pub struct Features {
     pub hook: Hook,
 }
 
+/// Helpers the TC programs call, with the release that brought each (for the message).
+const HELPERS: &[(BpfHelper, &str, &str)] = &[
+    (BpfHelper::BPF_FUNC_loop, "bpf_loop", "5.17"),
+    (BpfHelper::BPF_FUNC_clone_redirect, "bpf_clone_redirect", "4.2"),
+    (BpfHelper::BPF_FUNC_redirect, "bpf_redirect", "4.4"),
+    (BpfHelper::BPF_FUNC_skb_vlan_push, "bpf_skb_vlan_push", "4.3"),
+    (BpfHelper::BPF_FUNC_skb_vlan_pop, "bpf_skb_vlan_pop", "4.3"),
+    (BpfHelper::BPF_FUNC_skb_set_tunnel_key, "bpf_skb_set_tunnel_key", "4.3"),
+    (BpfHelper::BPF_FUNC_skb_get_tunnel_key, "bpf_skb_get_tunnel_key", "4.3"),
+    (BpfHelper::BPF_FUNC_skb_pull_data, "bpf_skb_pull_data", "4.9"),
+    (BpfHelper::BPF_FUNC_skb_store_bytes, "bpf_skb_store_bytes", "4.1"),
+    (BpfHelper::BPF_FUNC_ktime_get_ns, "bpf_ktime_get_ns", "4.1"),
+];
+
+/// Map types of the datapath's maps.
+const MAP_TYPES: &[(MapType, &str)] = &[
+    (MapType::Hash, "hash"),
+    (MapType::LruHash, "LRU hash"),
+    (MapType::LpmTrie, "LPM trie"),
+    (MapType::PerCpuArray, "per-CPU array"),
+];
+
 /// Probes the running kernel and settles the config's `tc_hook` choice.
+/// Fails, naming the first missing feature, if the programs could not run.
 pub fn probe(choice: TcHook) -> Result<Features> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    for &(helper, name, since) in HELPERS {
+        // A probe that cannot run at all (no BPF syscall, no permission) is not a verdict on
+        // the helper: loading the programs will say what is wrong in that case.
+        if let Ok(false) = is_helper_supported(ProgramType::SchedClassifier, helper) {
+            bail!("kernel {kernel} has no {name} for TC programs (Linux {since}+); the datapath needs it");
+        }
+    }
+    for &(map, name) in MAP_TYPES {
+        if let Ok(false) = is_map_supported(map) {
+            bail!("kernel {kernel} has no {name} maps; the datapath needs them");
+        }
+    }
     let tcx = has_tcx();
     let hook = match choice {
         TcHook::Auto if tcx => Hook::Tcx,
