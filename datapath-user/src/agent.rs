@@ -55,6 +55,8 @@ pub struct Agent {
     pub(crate) source: BindingSource,
     /// What the last reconciliation found.
     pub(crate) status: Status,
+    /// What the kernel offers, as probed at start.
+    pub(crate) features: features::Features,
     /// Whether the agent-owned maps hold exactly `status.derived.state`: true
     /// after a sync without map errors, false at start and after any failure.
     maps_known: bool,
@@ -80,7 +82,7 @@ impl Agent {
         log::info!("kernel {}: programs attach with {}", features.kernel, features.hook.describe());
         let attacher = Attacher::new(features.hook, dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
-        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), maps_known: false })
+        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), features, maps_known: false })
     }
 
     /// One reconciliation. With `verify`, the maps are read back and any

@@ -40,8 +40,17 @@ fn s(v: &Value) -> String {
 pub fn print_human(command: &str, v: &Value) {
     match command {
         "status" => {
-            for key in ["host", "pin_path", "abi_version", "bindings", "bindings_error", "syncs", "networks"]
-            {
+            for key in [
+                "host",
+                "pin_path",
+                "abi_version",
+                "kernel",
+                "tc_hook",
+                "bindings",
+                "bindings_error",
+                "syncs",
+                "networks",
+            ] {
                 println!("{key:<15} {}", s(&v[key]));
             }
             println!("{:<15} {}", "ports", v["ports"]);

@@ -52,6 +52,8 @@ impl Agent {
             "host": self.cfg.host,
             "pin_path": self.cfg.pin_path,
             "abi_version": ABI_VERSION,
+            "kernel": self.features.kernel,
+            "tc_hook": self.features.hook.describe(),
             "bindings": self.source.path(),
             "bindings_error": self.source.error(),
             "syncs": self.status.syncs,

@@ -46,6 +46,12 @@ fn status_ports_networks_fdb_stats_and_trace_describe_the_live_datapath() {
 
     let status = json(&c, &["status"]);
     assert_eq!(status["host"], "node0");
+    // The hook this kernel gets: tcx from 6.6 on, cls_bpf filters before (the lts-kernel layer).
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(status["kernel"], release.trim(), "{status}");
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let want = if (v.next().unwrap(), v.next().unwrap()) >= (6, 6) { "tcx links" } else { "cls_bpf filters" };
+    assert!(status["tc_hook"].as_str().unwrap_or_default().starts_with(want), "{status}");
     assert_eq!(status["ports"]["up"], 3, "two VMs and the uplink: {status}");
 
     let ports = json(&c, &["ports"]);
