@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttachType,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     links::{FdLink, LinkError, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
 };
@@ -158,7 +158,7 @@ impl Attacher {
     fn attach_netlink(&self, prog: &mut SchedClassifier, att: &Attachment) -> Result<()> {
         // EEXIST: the qdisc is there already (ours from before, or the operator's).
         if let Err(e) = tc::qdisc_add_clsact(&att.device)
-            && !is_exists(&e)
+            && netlink_errno(&e) != Some(libc::EEXIST)
         {
             return Err(e)
                 .with_context(|| format!("adding the clsact qdisc to {} (needs sch_ingress)", att.device));
@@ -178,7 +178,7 @@ impl Attacher {
                 log::debug!("{}: cls_bpf filter now runs this build's {}", att.device, att.program);
                 id
             }
-            Err(_) => prog
+            Err(ProgramError::TcError(e)) if netlink_errno(&e) == Some(libc::ENOENT) => prog
                 .attach_with_options(
                     &att.device,
                     TcAttachType::Ingress,
@@ -189,6 +189,9 @@ impl Attacher {
                     }),
                 )
                 .with_context(|| format!("cls_bpf attach on {} (needs cls_bpf)", att.device))?,
+            Err(e) => {
+                return Err(e).with_context(|| format!("replacing the cls_bpf filter on {}", att.device));
+            }
         };
         // Dropping the link would detach the filter; the filter must outlive us.
         std::mem::forget(prog.take_link(id)?);
@@ -235,8 +238,11 @@ fn tcx_append() -> TcAttachOptions {
     TcAttachOptions::TcxOrder(LinkOrder::default())
 }
 
-fn is_exists(e: &tc::TcError) -> bool {
-    matches!(e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+fn netlink_errno(e: &tc::TcError) -> Option<i32> {
+    match e {
+        tc::TcError::NetlinkError(n) => n.raw_os_error(),
+        _ => None,
+    }
 }
 
 /// Whether `att.program` is attached on `att.device`'s tcx ingress.
@@ -278,8 +284,7 @@ fn remove_filter(path: &Path, device: &str) -> Result<()> {
                 Ok(()) => {}
                 Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 // No clsact qdisc (removed by hand): no filter of ours either.
-                Err(tc::TcError::NetlinkError(e))
-                    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
+                Err(e) if matches!(netlink_errno(&e), Some(libc::EINVAL | libc::ENOENT)) => {}
                 Err(e) => return Err(e).with_context(|| format!("detaching {name} from {device}")),
             }
         }

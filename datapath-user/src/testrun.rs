@@ -149,8 +149,70 @@ fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
+/// One BPF instruction as (opcode, dst | src << 4, offset, immediate).
+pub type Insn = (u8, u8, i16, i32);
+/// `BPF_PROG_TYPE_SCHED_CLS`.
+pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_PROG_TYPE_XDP`.
+pub const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// Loads a hand-assembled program of `prog_type` (GPL) named `name` (at
+/// most 15 bytes), for probes and tools that need no object file.
+pub fn load_raw(prog_type: u32, insns: &[Insn], name: &str) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut raw = Vec::with_capacity(insns.len() * 8);
+    for (code, regs, off, imm) in insns {
+        raw.push(*code);
+        raw.push(*regs);
+        raw.extend_from_slice(&off.to_le_bytes());
+        raw.extend_from_slice(&imm.to_le_bytes());
+    }
+    let mut attr = uapi::ProgLoad {
+        prog_type,
+        insn_cnt: len_u32(insns.len())?,
+        insns: raw.as_ptr() as u64,
+        license: c"GPL".as_ptr() as u64,
+        ..Default::default()
+    };
+    let n = name.len().min(attr.prog_name.len() - 1);
+    attr.prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: attr is a zero-padded BPF_PROG_LOAD member whose pointers refer to
+    // buffers that outlive the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr, size_of::<uapi::ProgLoad>() as libc::c_uint)
+    };
+    if fd < 0 {
+        bail!("BPF_PROG_LOAD of {name} (type {prog_type}): {}", io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_PROG_LOAD` in `enum bpf_cmd`.
+const BPF_PROG_LOAD: libc::c_long = 5;
+
 /// Mirrors of kernel uapi structs (include/uapi/linux/bpf.h).
 pub mod uapi {
+    /// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to
+    /// `expected_attach_type`, with the rest of the union zeroed.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct ProgLoad {
+        pub prog_type: u32,
+        pub insn_cnt: u32,
+        pub insns: u64,
+        pub license: u64,
+        pub log_level: u32,
+        pub log_size: u32,
+        pub log_buf: u64,
+        pub kern_version: u32,
+        pub prog_flags: u32,
+        pub prog_name: [u8; 16],
+        pub prog_ifindex: u32,
+        pub expected_attach_type: u32,
+        pub _rest: [u64; 12],
+    }
+
     /// The `test` member of `union bpf_attr`.
     ///
     /// The kernel requires every byte after the last field it knows for this
@@ -278,14 +340,13 @@ mod tests {
 /// Runs against the real kernel; needs root, so it skips itself otherwise.
 #[cfg(test)]
 mod kernel_tests {
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, OwnedFd};
 
     use super::*;
 
     /// Loads `r2 = 0x1234; skb->mark = r2; skb->cb[1] = skb->cb[0] + 1; return 3`.
     fn load_probe_prog() -> OwnedFd {
-        // (code, dst | src << 4, off, imm)
-        let insns: [(u8, u8, i16, i32); 7] = [
+        let insns: [Insn; 7] = [
             (0xb7, 2, 0, 0x1234),      // mov64 r2, 0x1234
             (0x63, 1 | 2 << 4, 8, 0),  // stxw [r1 + mark], r2
             (0x61, 2 | 1 << 4, 48, 0), // ldxw r2, [r1 + cb[0]]
@@ -294,43 +355,7 @@ mod kernel_tests {
             (0xb7, 0, 0, 3),           // mov64 r0, 3
             (0x95, 0, 0, 0),           // exit
         ];
-        let mut raw = Vec::new();
-        for (code, regs, off, imm) in insns {
-            raw.push(code);
-            raw.push(regs);
-            raw.extend_from_slice(&off.to_le_bytes());
-            raw.extend_from_slice(&imm.to_le_bytes());
-        }
-        let license = c"GPL";
-        // Leading fields of the BPF_PROG_LOAD member of union bpf_attr.
-        #[repr(C)]
-        struct ProgLoad {
-            prog_type: u32,
-            insn_cnt: u32,
-            insns: u64,
-            license: u64,
-            log_level: u32,
-            log_size: u32,
-            log_buf: u64,
-            kern_version: u32,
-            prog_flags: u32,
-        }
-        let attr = ProgLoad {
-            prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
-            insn_cnt: insns.len() as u32,
-            insns: raw.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 0,
-            log_size: 0,
-            log_buf: 0,
-            kern_version: 0,
-            prog_flags: 0,
-        };
-        // SAFETY: attr points to live buffers; BPF_PROG_LOAD is cmd 5.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, 5, &attr, size_of::<ProgLoad>() as libc::c_uint) };
-        assert!(fd >= 0, "BPF_PROG_LOAD: {}", io::Error::last_os_error());
-        // SAFETY: the kernel just handed us this fd.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        load_raw(BPF_PROG_TYPE_SCHED_CLS, &insns, "probe").unwrap()
     }
 
     fn is_root() -> bool {

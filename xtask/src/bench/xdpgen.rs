@@ -16,7 +16,7 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
         Arc,
@@ -26,34 +26,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use datapath_user::testrun::{BPF_PROG_TEST_RUN, uapi::TestAttr};
+use datapath_user::testrun::{BPF_PROG_TEST_RUN, BPF_PROG_TYPE_XDP, Insn, load_raw, uapi::TestAttr};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// Frames per test run: as many as the kernel takes; `finish` interrupts the run.
 const REPEAT: u32 = u32::MAX;
 /// Interrupts a run (the test-run loop stops with EINTR on a pending signal).
 const WAKEUP: libc::c_int = libc::SIGUSR1;
-
-/// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`, zero-padded.
-#[repr(C)]
-#[derive(Default)]
-struct LoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    _rest: [u64; 12],
-}
 
 /// `struct xdp_md`: the live-frames run needs `data_end` = the frame's length.
 #[repr(C)]
@@ -76,19 +55,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
 
 /// Loads `r0 = XDP_TX; exit`.
 fn load_xdp_tx() -> Result<OwnedFd> {
-    // mov64 r0, 3 (XDP_TX); exit
-    let insns: [u64; 2] = [0xb7 | (3 << 32), 0x95];
-    let mut attr = LoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: c"GPL".as_ptr() as u64,
-        ..Default::default()
-    };
-    attr.prog_name[..10].copy_from_slice(b"bench_xmit");
-    let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_TX generator program")?;
-    // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let insns: [Insn; 2] = [
+        (0xb7, 0, 0, 3), // mov64 r0, 3 (XDP_TX)
+        (0x95, 0, 0, 0), // exit
+    ];
+    load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_xmit").context("loading the XDP_TX generator program")
 }
 
 extern "C" fn on_wakeup(_: libc::c_int) {}

@@ -65,13 +65,13 @@ pub fn guest() -> Result<Guest> {
     let kernel = tree.join(format!("boot/vmlinuz-{release}"));
     let modules = tree.join(format!("lib/modules/{release}"));
     let busybox = dir.join("busybox/bin/busybox");
+    ensure_busybox(&busybox)?;
     if !kernel.exists() || !modules.join("modules.dep").exists() {
         let start = Instant::now();
         step("guest kernel", &format!("unpacking {package} (apt-get download, dpkg -x)"));
         let deb = download(&package)?;
         unpack(&deb, &tree)?;
         ensure!(kernel.exists(), "{} has no {}", deb.display(), kernel.display());
-        ensure_busybox(&busybox)?;
         // The package ships no modules.dep (dpkg's postinst makes it); busybox's depmod can.
         run(cmd(&busybox, ["depmod", "-b"]).arg(&tree).arg(&release))
             .context("generating modules.dep for the guest kernel")?;
@@ -79,33 +79,19 @@ pub fn guest() -> Result<Guest> {
     } else {
         step("guest kernel", &format!("present ({release})"));
     }
-    ensure_busybox(&busybox)?;
+    // Rebuilt every time (milliseconds), so that it always has this tree's init and modules.
     let initrd = dir.join(format!("initrd-{release}.cpio"));
-    let init = root().join("tests/guest/init");
-    let stale = |p: &Path| -> bool {
-        let (Ok(a), Ok(b)) =
-            (fs::metadata(p).and_then(|m| m.modified()), fs::metadata(&init).and_then(|m| m.modified()))
-        else {
-            return true;
-        };
-        a < b
-    };
-    if stale(&initrd) {
-        let start = Instant::now();
-        let image = initramfs(&busybox, &modules, &init)?;
-        fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
-        step(
-            "guest initramfs",
-            &format!("{} KiB in {} ({})", image.len() / 1024, secs(start), initrd.display()),
-        );
-    } else {
-        step("guest initramfs", &format!("present ({})", initrd.display()));
-    }
+    let image = initramfs(&busybox, &modules, &root().join("tests/guest/init"))?;
+    fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
+    step("guest initramfs", &format!("{} KiB ({})", image.len() / 1024, initrd.display()));
     Ok(Guest { kernel, initrd, release })
 }
 
 /// Guest memory for the suite: the topology tests run many namespaces, agents and dnsmasqs.
 const SUITE_MEMORY: &str = "4096";
+/// The suite takes ~100 s under TCG on 2 cores; a guest still running after
+/// this is stuck (a hung test, a wedged kernel) and is killed.
+const SUITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20 * 60);
 
 /// Runs the test `binaries` (with `env`, and `extra` as their arguments) one after
 /// the other inside a QEMU VM on the guest kernel, over the host's root file
@@ -151,20 +137,51 @@ pub fn run_suite(
     qemu.stdin(Stdio::null()).stdout(Stdio::piped());
     let what = crate::util::describe(&qemu);
     let mut child = qemu.spawn().with_context(|| format!("starting `{what}`"))?;
-    let mut code = None;
-    for line in BufReader::new(child.stdout.take().expect("stdout is piped")).lines() {
+    let pid = child.id() as i32;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = done_rx.recv_timeout(SUITE_TIMEOUT).is_err();
+        if timed_out {
+            // SAFETY: signalling our own child, which is not reaped before this thread is joined.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        timed_out
+    });
+    let (mut code, mut failed) = (None, None);
+    let mut console = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Bytes, not lines of UTF-8: a kernel message may carry anything.
+        match console.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some(format!("reading the console of `{what}`: {e}"));
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
         // The serial console ends lines with CRLF.
-        let line = line.with_context(|| format!("reading the console of `{what}`"))?;
-        let line = line.trim_end_matches('\r');
+        let line = text.trim_end_matches(['\r', '\n']);
         if let Some(rc) = line.strip_prefix("DP-EXIT ") {
             code = rc.trim().parse().ok();
         }
         if let Some(why) = line.strip_prefix("DP-FAIL ") {
-            bail!("the guest could not run the suite: {why}");
+            // The init powers the guest off after saying so; read on until it has.
+            failed = Some(format!("the guest could not run the suite: {why}"));
         }
         on_line(line);
     }
+    let _ = done_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
     let status = child.wait().with_context(|| format!("waiting for `{what}`"))?;
+    if timed_out {
+        bail!("the guest was still running after {} min and was killed", SUITE_TIMEOUT.as_secs() / 60);
+    }
+    if let Some(why) = failed {
+        bail!("{why}");
+    }
     code.with_context(|| format!("the guest ended ({status}) without reporting the suite's result"))
 }
 
