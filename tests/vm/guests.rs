@@ -97,4 +97,20 @@ fn guests_on_taps_lease_ping_and_move_tcp_on_vlan_and_vxlan_networks() {
         }
         g.wait_for("DONE", STEP).unwrap();
     }
+
+    // It all went through the datapath's program on the real taps, across the
+    // nodes, and nothing a guest sent was dropped.
+    for (p, node) in [(&a, "node0"), (&b, "node1"), (&x, "node0"), (&y, "node1")] {
+        let stats = c.cli_json(node, &["stats", "--port", &p.device()]).unwrap();
+        let s = &stats["ports"][0];
+        // Pings, DHCP and ARP are about 20 frames; 4 MiB of TCP (or its ACKs) add at
+        // least 64 more, however much the guest's TSO and GRO merge.
+        assert!(s["actions"]["rx"].as_u64().unwrap() > 80, "{}: the TCP crossed it: {s}", p.device());
+        assert!(
+            s["actions"]["to_uplink"].as_u64().unwrap() > 0,
+            "{}: frames left for the other node: {s}",
+            p.device()
+        );
+        assert_eq!(s["dropped"], 0, "{}: a guest's own traffic is never dropped: {s}", p.device());
+    }
 }
