@@ -427,7 +427,8 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
         out.ports.push(report);
     }
 
-    let tunnels = Tunnels::index(bindings);
+    // Only nodes with a tunnel network here pay for the cloud-wide index.
+    let tunnels = plans.values().any(|p| p.info.net_type == NET_TYPE_VXLAN).then(|| Tunnels::index(bindings));
     let mut live_nets = BTreeSet::new();
     for net in bindings.networks.iter().filter(|n| used.contains(n.id.as_str())) {
         let mut report = NetworkReport {
@@ -451,7 +452,8 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
                 out.state.segments.insert(key, plan.index);
             }
             if plan.info.net_type == NET_TYPE_VXLAN
-                && let Some(warning) = add_tunnel_network(&mut out.state, cfg, &tunnels, net, plan)
+                && let Some(t) = &tunnels
+                && let Some(warning) = add_tunnel_network(&mut out.state, cfg, t, net, plan)
             {
                 report.error = warning;
             }
