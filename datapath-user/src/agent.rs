@@ -79,7 +79,7 @@ impl Agent {
             );
         }
         let features = features::probe(cfg.tc_hook)?;
-        log::info!("kernel {}: programs attach with {}", features.kernel, features.hook.describe());
+        log::info!("kernel {}: programs attach with {}", features.kernel, features.describe_hook());
         let attacher = Attacher::new(features.hook, dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
         Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), features, maps_known: false })

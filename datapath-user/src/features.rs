@@ -21,22 +21,25 @@ pub enum Hook {
     Netlink,
 }
 
-impl Hook {
-    /// For logs and `datapath status`.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Hook::Tcx => "tcx links",
-            Hook::Netlink => "cls_bpf filters on clsact (netlink; no tcx on this kernel)",
-        }
-    }
-}
-
 /// What this kernel offers.
 #[derive(Debug, Clone)]
 pub struct Features {
     /// The running kernel's release.
     pub kernel: String,
     pub hook: Hook,
+    /// Whether the kernel has tcx (the netlink hook may also be chosen by `tc_hook`).
+    pub tcx: bool,
+}
+
+impl Features {
+    /// The hook and why, for logs and `datapath status`.
+    pub fn describe_hook(&self) -> &'static str {
+        match (self.hook, self.tcx) {
+            (Hook::Tcx, _) => "tcx links",
+            (Hook::Netlink, false) => "cls_bpf filters on clsact (netlink; no tcx on this kernel)",
+            (Hook::Netlink, true) => "cls_bpf filters on clsact (netlink, as tc_hook asks)",
+        }
+    }
 }
 
 /// Helpers the TC programs call, with the release that brought each (for the message).
@@ -87,7 +90,7 @@ pub fn probe(choice: TcHook) -> Result<Features> {
              use tc_hook = \"auto\" or \"netlink\" for cls_bpf filters"
         ),
     };
-    Ok(Features { kernel, hook })
+    Ok(Features { kernel, hook, tcx })
 }
 
 /// A tcx query on `lo`, which every namespace has: kernels without tcx reject the attach type.

@@ -53,7 +53,7 @@ impl Agent {
             "pin_path": self.cfg.pin_path,
             "abi_version": ABI_VERSION,
             "kernel": self.features.kernel,
-            "tc_hook": self.features.hook.describe(),
+            "tc_hook": self.features.describe_hook(),
             "bindings": self.source.path(),
             "bindings_error": self.source.error(),
             "syncs": self.status.syncs,
