@@ -27,13 +27,16 @@ pub const ALLOWED_V6: &str = "ALLOWED_V6";
 pub const FLOOD_VTEPS: &str = "FLOOD_VTEPS";
 /// IPv4 -> MAC of every known port, per network, for the ARP responder: [`crate::ArpKey`] -> [`crate::ArpEntry`].
 pub const ARP_TABLE: &str = "ARP_TABLE";
+/// The verdict of each fragmented datagram's first fragment, for its later fragments:
+/// [`crate::FragKey`] -> [`crate::FragVerdict`] (LRU).
+pub const FRAG_VERDICTS: &str = "FRAG_VERDICTS";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -45,6 +48,7 @@ pub const ALL_MAPS: [&str; 13] = [
     ALLOWED_V6,
     FLOOD_VTEPS,
     ARP_TABLE,
+    FRAG_VERDICTS,
     PORT_STATS,
     TRACE,
 ];

@@ -87,6 +87,10 @@ counted_enum! {
         VlanOpFailed = 21 => "vlan_op_failed",
         /// Setting or reading the tunnel key failed, or a remote MAC has no VTEP.
         TunnelOpFailed = 22 => "tunnel_op_failed",
+        /// An IPv6 router advertisement (ICMPv6 134) from a port with port security.
+        RaFromVm = 23 => "ra_from_vm",
+        /// A non-first fragment whose first fragment this port did not send (or not recently).
+        FragUnknown = 24 => "frag_unknown",
     }
 }
 

@@ -64,6 +64,14 @@ pub const MAX_ARP: u32 = 65536;
 /// VXLAN's IANA port.
 pub const VXLAN_PORT: u16 = 4789;
 
+/// Capacity of the LRU `FRAG_VERDICTS`: fragmented datagrams in flight from all ports.
+pub const MAX_FRAG_DATAGRAMS: u32 = 8192;
+
+/// `FragKey::family` of IPv4 datagrams.
+pub const FRAG_FAMILY_V4: u8 = 4;
+/// `FragKey::family` of IPv6 datagrams.
+pub const FRAG_FAMILY_V6: u8 = 6;
+
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -216,6 +224,29 @@ shared! {
         pub drops: [u64; DROP_REASON_SLOTS],
         /// Packets handled, by `Action`.
         pub actions: [u64; ACTION_SLOTS],
+    }
+
+    /// Key of `FRAG_VERDICTS`: one fragmented datagram sent by one port.
+    /// IPv4 addresses fill the first 4 bytes of `src`/`dst`, the rest zero.
+    pub struct FragKey [44] {
+        /// The port (ingress ifindex) that sent the datagram.
+        pub ifindex: u32,
+        /// The IP identification (IPv4: 16 bits; IPv6: the fragment header's 32).
+        pub id: u32,
+        pub src: [u8; 16],
+        pub dst: [u8; 16],
+        /// The upper-layer protocol the first fragment carried.
+        pub proto: u8,
+        /// `FRAG_FAMILY_V4` or `FRAG_FAMILY_V6`.
+        pub family: u8,
+        pub _pad: [u8; 2],
+    }
+
+    /// Value of `FRAG_VERDICTS`: what the first fragment's upper-layer checks decided.
+    pub struct FragVerdict [8] {
+        /// 0: the datagram passed; otherwise the `DropReason` of its first fragment.
+        pub reason: u32,
+        pub _pad: u32,
     }
 
     /// One destination recorded by a traced run.

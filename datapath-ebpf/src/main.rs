@@ -8,6 +8,7 @@
 mod antispoof;
 mod arp;
 mod forward;
+mod frag;
 mod maps;
 mod parse;
 mod skb;

@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, LearnedEntry, MAX_ALLOWED, MAX_ARP,
-    MAX_FDB, MAX_FDB_LEARNED, MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo,
-    SegmentKey, TraceRecord, VtepSet,
+    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict, LearnedEntry,
+    MAX_ALLOWED, MAX_ARP, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS, MAX_NETWORKS, MAX_PORTS,
+    MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet,
 };
 
 #[map]
@@ -48,6 +48,10 @@ pub static FLOOD_VTEPS: HashMap<u32, VtepSet> = HashMap::with_max_entries(MAX_NE
 
 #[map]
 pub static ARP_TABLE: HashMap<ArpKey, ArpEntry> = HashMap::with_max_entries(MAX_ARP, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FRAG_VERDICTS: LruHashMap<FragKey, FragVerdict> =
+    LruHashMap::with_max_entries(MAX_FRAG_DATAGRAMS, 0);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

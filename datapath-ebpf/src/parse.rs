@@ -109,42 +109,192 @@ pub fn is_l2_control(dst: &[u8; 6]) -> bool {
     dst[0] == 0x01 && dst[1] == 0x80 && dst[2] == 0xc2 && dst[3] == 0 && dst[4] == 0 && dst[5] & 0xf0 == 0
 }
 
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented: the upper-layer header follows the IP headers.
+    Whole,
+    /// The first fragment (offset 0, more to come): it carries the upper-layer header.
+    First(FragId),
+    /// A later fragment: it carries no upper-layer header.
+    Later(FragId),
+}
+
+/// What ties the fragments of one datagram together (with the addresses).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FragId {
+    pub id: u32,
+    /// IPv4: the protocol; IPv6: the fragment header's next header.
+    pub proto: u8,
+}
+
+/// The upper layer of an IP packet: its protocol, where its header starts,
+/// and whether the packet is a fragment.
+pub struct L4 {
+    pub proto: u8,
+    pub off: usize,
+    pub frag: Frag,
+}
+
 /// The fields of an IPv4 header the programs use.
 pub struct Ipv4 {
     pub src: [u8; 4],
-    pub proto: u8,
-    /// Offset of the L4 header.
-    pub l4_off: usize,
+    pub dst: [u8; 4],
+    pub l4: L4,
 }
 
 impl Ipv4 {
+    /// Parses and sanity-checks the header at `off`: version, header length,
+    /// and a total length that covers the header and fits in the frame.
     #[inline(always)]
-    pub fn parse(pkt: &Pkt, off: usize) -> Result<Self, DropReason> {
+    pub fn parse(ctx: &TcContext, pkt: &Pkt, off: usize) -> Result<Self, DropReason> {
         let vihl = pkt.u8_at(off)?;
-        let ihl = (vihl & 0x0f) as usize;
-        if vihl >> 4 != 4 || ihl < 5 {
+        let hdr = ((vihl & 0x0f) as usize) * 4;
+        if vihl >> 4 != 4 || hdr < 20 {
             return Err(DropReason::Malformed);
         }
+        check_ip_len(ctx, off, pkt.be16_at(off + 2)? as usize, 0, hdr)?;
+        let id = pkt.be16_at(off + 4)? as u32;
+        let frag_field = pkt.be16_at(off + 6)?;
         let proto = pkt.u8_at(off + 9)?;
-        let src = pkt.bytes_at(off + 12)?;
-        // Bound the options so the verifier (and the reader) know l4_off <= off + 60.
-        Ok(Self { src, proto, l4_off: off + ihl * 4 })
+        let fid = FragId { id, proto };
+        let frag = if frag_field & IPV4_FRAG_OFFSET != 0 {
+            Frag::Later(fid)
+        } else if frag_field & IPV4_MORE_FRAGMENTS != 0 {
+            Frag::First(fid)
+        } else {
+            Frag::Whole
+        };
+        Ok(Self {
+            src: pkt.bytes_at(off + 12)?,
+            dst: pkt.bytes_at(off + 16)?,
+            l4: L4 { proto, off: off + hdr, frag },
+        })
     }
 }
 
-/// The fields of an IPv6 header the programs use (no extension-header walk).
-pub struct Ipv6 {
-    pub src: [u8; 16],
-    pub next: u8,
-    pub l4_off: usize,
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+
+/// Checks an IP length field against the frame: `len` (the datagram, counted
+/// from `off + base`) must hold `hdr` bytes of header and fit in the frame.
+/// A zero length is valid only on a GSO frame (BIG TCP leaves it 0).
+#[inline(always)]
+fn check_ip_len(ctx: &TcContext, off: usize, len: usize, base: usize, hdr: usize) -> Result<(), DropReason> {
+    let frame = ctx.len() as usize;
+    if len == 0 {
+        if crate::skb::gso_size(ctx) == 0 || off + hdr > frame {
+            return Err(DropReason::Malformed);
+        }
+        return Ok(());
+    }
+    if len + base < hdr || off + base + len > frame {
+        return Err(DropReason::Malformed);
+    }
+    Ok(())
 }
 
+/// The fields of an IPv6 header the programs use.
+pub struct Ipv6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The fixed header's next header.
+    pub next: u8,
+    /// Where the first header after the fixed one starts.
+    pub next_off: usize,
+}
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers walked before the upper layer; a longer chain fails closed.
+pub const IPV6_MAX_EXT_HEADERS: usize = 6;
+
 impl Ipv6 {
+    /// Parses the fixed header at `off` and checks the payload length against the frame.
     #[inline(always)]
-    pub fn parse(pkt: &Pkt, off: usize) -> Result<Self, DropReason> {
+    pub fn parse(ctx: &TcContext, pkt: &Pkt, off: usize) -> Result<Self, DropReason> {
         if pkt.u8_at(off)? >> 4 != 6 {
             return Err(DropReason::Malformed);
         }
-        Ok(Self { next: pkt.u8_at(off + 6)?, src: pkt.bytes_at(off + 8)?, l4_off: off + 40 })
+        check_ip_len(ctx, off, pkt.be16_at(off + 4)? as usize, 40, 40)?;
+        Ok(Self {
+            next: pkt.u8_at(off + 6)?,
+            src: pkt.bytes_at(off + 8)?,
+            dst: pkt.bytes_at(off + 24)?,
+            next_off: off + 40,
+        })
     }
+
+    /// Walks the extension headers (hop-by-hop, routing, fragment,
+    /// destination options, AH) to the upper layer, as ip6tables does. They
+    /// may lie beyond the linear area, so they are read with
+    /// `bpf_skb_load_bytes`. A truncated chain, or one longer than
+    /// `IPV6_MAX_EXT_HEADERS`, is `Malformed`. A later fragment ends the walk:
+    /// what follows its fragment header is payload, not a header.
+    #[inline(always)]
+    pub fn upper(&self, ctx: &TcContext) -> Result<L4, DropReason> {
+        let mut next = self.next;
+        let mut off = self.next_off;
+        let mut frag = Frag::Whole;
+        for _ in 0..IPV6_MAX_EXT_HEADERS {
+            let len = match next {
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    (load_u8(ctx, off + 1)? as usize + 1) * 8
+                }
+                IPPROTO_AH => (load_u8(ctx, off + 1)? as usize + 2) * 4,
+                IPPROTO_FRAGMENT => {
+                    let field = load_be16(ctx, off + 2)?;
+                    let fid = FragId { id: load_be32(ctx, off + 4)?, proto: load_u8(ctx, off)? };
+                    if field & 0xfff8 != 0 {
+                        frag = Frag::Later(fid);
+                    } else if field & 1 != 0 {
+                        frag = Frag::First(fid);
+                    }
+                    8
+                }
+                _ => return Ok(L4 { proto: next, off, frag }),
+            };
+            next = load_u8(ctx, off)?;
+            off += len;
+            if off > ctx.len() as usize {
+                return Err(DropReason::Malformed);
+            }
+            if let Frag::Later(_) = frag {
+                return Ok(L4 { proto: next, off, frag });
+            }
+        }
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+                Err(DropReason::Malformed)
+            }
+            _ => Ok(L4 { proto: next, off, frag }),
+        }
+    }
+}
+
+/// A byte at `off` anywhere in the frame (linear or not).
+#[inline(always)]
+pub fn load_u8(ctx: &TcContext, off: usize) -> Result<u8, DropReason> {
+    ctx.load::<u8>(off).map_err(|_| DropReason::Malformed)
+}
+
+/// A big-endian u16 at `off` anywhere in the frame, in host order.
+#[inline(always)]
+pub fn load_be16(ctx: &TcContext, off: usize) -> Result<u16, DropReason> {
+    Ok(u16::from_be_bytes(load_bytes(ctx, off)?))
+}
+
+/// A big-endian u32 at `off` anywhere in the frame, in host order.
+#[inline(always)]
+pub fn load_be32(ctx: &TcContext, off: usize) -> Result<u32, DropReason> {
+    Ok(u32::from_be_bytes(load_bytes(ctx, off)?))
+}
+
+/// `N` bytes at `off` anywhere in the frame.
+#[inline(always)]
+pub fn load_bytes<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], DropReason> {
+    ctx.load::<[u8; N]>(off).map_err(|_| DropReason::Malformed)
 }

@@ -19,12 +19,19 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// The offloaded (out-of-band) VLAN tag, if the skb carries one.
+/// The offloaded (out-of-band) VLAN tag, if the skb carries one: (TPID, VID).
+/// The kernel moves 802.1Q and 802.1ad tags alike out of the frame before TC
+/// runs, so the TPID must be read here, not from the frame.
 #[inline(always)]
-pub fn hw_vlan(ctx: &TcContext) -> Option<u16> {
+pub fn hw_vlan(ctx: &TcContext) -> Option<(u16, u16)> {
     // SAFETY: reading fields of the context the kernel handed us.
     unsafe {
-        if (*ctx.skb.skb).vlan_present != 0 { Some(((*ctx.skb.skb).vlan_tci & 0x0fff) as u16) } else { None }
+        let skb = &*ctx.skb.skb;
+        if skb.vlan_present != 0 {
+            Some((u16::from_be(skb.vlan_proto as u16), (skb.vlan_tci & 0x0fff) as u16))
+        } else {
+            None
+        }
     }
 }
 

@@ -22,8 +22,11 @@ pub fn try_uplink(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReaso
 
     let pkt = Pkt::linear(ctx);
     let eth = Eth::parse(&pkt)?;
+    // Only an 802.1Q tag selects a network, offloaded or in the frame. An
+    // 802.1ad S-tag is not a Neutron segment, whatever its VID.
     let (segment, tagged) = match skb::hw_vlan(ctx) {
-        Some(vid) => (vid as u32, true),
+        Some((ETH_P_8021Q, vid)) => (vid as u32, true),
+        Some(_) => return Err(DropReason::UnknownSegment),
         None if eth.ethertype == ETH_P_8021Q => ((pkt.be16_at(ETH_LEN)? & 0x0fff) as u32, true),
         None if eth.ethertype == ETH_P_8021AD => return Err(DropReason::UnknownSegment),
         None => (SEGMENT_UNTAGGED, false),

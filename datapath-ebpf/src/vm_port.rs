@@ -6,10 +6,14 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
 
 use crate::{
-    antispoof, arp,
+    antispoof::{self, Ip},
+    arp,
     forward::{self, From},
     maps::{NETWORKS, PORTS},
-    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero},
+    parse::{
+        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Eth, Ipv4, Ipv6, Pkt,
+        is_l2_control, is_multicast, is_zero,
+    },
     skb,
     verdict::{Meta, Verdict},
 };
@@ -28,11 +32,11 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     }
     meta.net_index = port.net_index;
 
-    // A VM owns no VLANs: only a priority tag (VID 0) is accepted, and stripped.
-    // Popping a tag moves the next one (if any) into the skb's offloaded tag,
-    // so the checks after the pops catch double tags too.
-    if let Some(vid) = skb::hw_vlan(ctx) {
-        if vid != 0 {
+    // A VM owns no VLANs: only an 802.1Q priority tag (VID 0) is accepted, and
+    // stripped. Popping a tag moves the next one (if any) into the skb's
+    // offloaded tag, so the checks after the pops catch double tags too.
+    if let Some((tpid, vid)) = skb::hw_vlan(ctx) {
+        if vid != 0 || tpid != ETH_P_8021Q {
             return Err(DropReason::VmTagged);
         }
         skb::vlan_pop(ctx)?;
@@ -56,8 +60,16 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     if is_l2_control(&eth.dst) {
         return Err(DropReason::L2Control);
     }
+    // Every IP header a port sends is checked against the frame, with or
+    // without port security, as br_netfilter does in the hybrid chain.
+    let ip = match eth.ethertype {
+        ETH_P_IPV4 => Ip::V4(Ipv4::parse(ctx, &pkt, ETH_LEN)?),
+        ETH_P_IPV6 => Ip::V6(Ipv6::parse(ctx, &pkt, ETH_LEN)?),
+        _ => Ip::Other,
+    };
     if port.flags & PORT_F_ANTI_SPOOF != 0 {
-        antispoof::check(&pkt, &eth, ETH_LEN, ifindex, port.kind)?;
+        let from = antispoof::From { ifindex, kind: port.kind, dry_run: meta.dry_run };
+        antispoof::check(ctx, &pkt, &eth, &ip, ETH_LEN, &from)?;
     }
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let net = *unsafe { NETWORKS.get(port.net_index) }.ok_or(DropReason::NoNetwork)?;

@@ -14,8 +14,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use datapath_common::{
-    ABI_VERSION, AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, LearnedEntry, MacKey,
-    NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet, names,
+    ABI_VERSION, AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
+    LearnedEntry, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet, names,
 };
 
 /// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.
@@ -34,6 +34,7 @@ pub struct Maps {
     pub allowed_v6: LpmTrie<MapData, AddrKeyV6, u32>,
     pub flood_vteps: HashMap<MapData, u32, VtepSet>,
     pub arp_table: HashMap<MapData, ArpKey, ArpEntry>,
+    pub frag_verdicts: HashMap<MapData, FragKey, FragVerdict>,
     pub port_stats: PerCpuArray<MapData, PortCounters>,
     pub trace: PerCpuArray<MapData, TraceRecord>,
 }
@@ -98,6 +99,7 @@ impl Datapath {
             allowed_v6: take(&mut ebpf, names::ALLOWED_V6)?,
             flood_vteps: take(&mut ebpf, names::FLOOD_VTEPS)?,
             arp_table: take(&mut ebpf, names::ARP_TABLE)?,
+            frag_verdicts: take(&mut ebpf, names::FRAG_VERDICTS)?,
             port_stats: take(&mut ebpf, names::PORT_STATS)?,
             trace: take(&mut ebpf, names::TRACE)?,
         };
