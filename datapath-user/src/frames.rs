@@ -131,20 +131,166 @@ pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, payload: &[u8]) -> Vec<u8> {
     h
 }
 
-/// An ICMPv6 neighbour advertisement for `target` (checksum computed), in IPv6.
-pub fn ipv6_na(src: [u8; 16], dst: [u8; 16], target: [u8; 16], mac: Mac) -> Vec<u8> {
-    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
-    icmp.extend_from_slice(&target);
-    icmp.extend_from_slice(&[2, 1]);
-    icmp.extend_from_slice(&mac);
+/// An ICMPv6 message (type, code, body) from `src` to `dst`, with its checksum.
+pub fn icmpv6(src: [u8; 16], dst: [u8; 16], kind: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(body);
+    let c = l4_checksum_v6(src, dst, 58, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    icmp
+}
+
+/// A UDP datagram (header + payload) from `src` to `dst` in IPv6, with its checksum.
+pub fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = l4_checksum_v6(src, dst, 17, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+fn l4_checksum_v6(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8]) -> u16 {
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&src);
     pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    let c = csum_fold(csum_add(csum_add(0, &pseudo), &icmp));
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    ipv6(src, dst, 58, &icmp)
+    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    csum_fold(csum_add(csum_add(0, &pseudo), l4))
+}
+
+/// The ICMPv6 body of a neighbour advertisement for `target`, with a target link-layer option.
+pub fn na_body(target: [u8; 16], mac: Mac) -> Vec<u8> {
+    let mut b = vec![0x60, 0, 0, 0];
+    b.extend_from_slice(&target);
+    b.extend_from_slice(&[2, 1]);
+    b.extend_from_slice(&mac);
+    b
+}
+
+/// The ICMPv6 body of a router advertisement (hop limit 64, lifetime 1800 s) with a source link-layer option.
+pub fn ra_body(mac: Mac) -> Vec<u8> {
+    let mut b = vec![64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+    b.extend_from_slice(&mac);
+    b
+}
+
+/// An ICMPv6 neighbour advertisement for `target` (checksum computed), in IPv6.
+pub fn ipv6_na(src: [u8; 16], dst: [u8; 16], target: [u8; 16], mac: Mac) -> Vec<u8> {
+    ipv6(src, dst, 58, &icmpv6(src, dst, 136, 0, &na_body(target, mac)))
+}
+
+/// An IPv6 extension header, to put in front of an upper layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ext {
+    /// Hop-by-hop options (8 bytes, PadN).
+    HopByHop,
+    /// Destination options (8 bytes, PadN).
+    DestOpts,
+    /// A routing header with no segments left (8 bytes).
+    Routing,
+    /// An authentication header with a 4-byte ICV (16 bytes).
+    Ah,
+    /// A fragment header: `offset` in 8-byte units, the more-fragments flag, the identification.
+    Fragment { offset: u16, more: bool, id: u32 },
+}
+
+impl Ext {
+    /// The header's protocol number.
+    pub fn proto(self) -> u8 {
+        match self {
+            Ext::HopByHop => 0,
+            Ext::DestOpts => 60,
+            Ext::Routing => 43,
+            Ext::Ah => 51,
+            Ext::Fragment { .. } => 44,
+        }
+    }
+
+    fn bytes(self, next: u8) -> Vec<u8> {
+        match self {
+            Ext::HopByHop | Ext::DestOpts => vec![next, 0, 1, 4, 0, 0, 0, 0],
+            Ext::Routing => vec![next, 0, 0, 0, 0, 0, 0, 0],
+            Ext::Ah => vec![next, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xa5, 0xa5, 0xa5, 0xa5],
+            Ext::Fragment { offset, more, id } => {
+                let field = (offset << 3) | u16::from(more);
+                let mut b = vec![next, 0];
+                b.extend_from_slice(&field.to_be_bytes());
+                b.extend_from_slice(&id.to_be_bytes());
+                b
+            }
+        }
+    }
+}
+
+/// An IPv6 packet whose upper layer (`proto`, bytes `upper`) follows the extension headers `exts`.
+pub fn ipv6_ext(src: [u8; 16], dst: [u8; 16], exts: &[Ext], proto: u8, upper: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (i, ext) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(proto, |e| e.proto());
+        payload.extend_from_slice(&ext.bytes(next));
+    }
+    payload.extend_from_slice(upper);
+    ipv6(src, dst, exts.first().map_or(proto, |e| e.proto()), &payload)
+}
+
+/// The two fragments of an IPv6 datagram carrying `upper` (protocol `proto`),
+/// split after `split` bytes of it (a multiple of 8).
+pub fn ipv6_fragments(
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
+    proto: u8,
+    upper: &[u8],
+    split: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let (head, tail, offset) = split8(upper, split);
+    let first = ipv6_ext(src, dst, &[Ext::Fragment { offset: 0, more: true, id }], proto, head);
+    (first, ipv6_ext(src, dst, &[Ext::Fragment { offset, more: false, id }], proto, tail))
+}
+
+/// The two fragments of an IPv4 datagram carrying `upper` (protocol `proto`),
+/// split after `split` bytes of it (a multiple of 8).
+pub fn ipv4_fragments(
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    proto: u8,
+    upper: &[u8],
+    split: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let (head, tail, offset) = split8(upper, split);
+    let fragment = |bytes: &[u8], field: u16| {
+        let mut p = ipv4(src, dst, proto, bytes);
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        p[6..8].copy_from_slice(&field.to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = csum_fold(csum_add(0, &p[..20]));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    };
+    (fragment(head, 0x2000), fragment(tail, offset))
+}
+
+/// `upper` cut after `split` bytes (a multiple of 8, as fragment offsets
+/// count), and the later part's offset in 8-byte units.
+fn split8(upper: &[u8], split: usize) -> (&[u8], &[u8], u16) {
+    assert!(split.is_multiple_of(8) && split < upper.len(), "fragments split on 8-byte boundaries");
+    (&upper[..split], &upper[split..], (split / 8) as u16)
+}
+
+/// The UDP header + payload of a datagram in IPv4 (checksum left 0, which IPv4 allows).
+pub fn udp4_segment(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
 }
 
 /// The EUI-64 link-local address of `mac`.
@@ -165,6 +311,28 @@ mod tests {
     fn ipv4_header_checksum_verifies() {
         let p = ipv4_udp([10, 0, 0, 1], [10, 0, 0, 2], 1000, 2000, b"abc");
         assert_eq!(csum_fold(csum_add(0, &p[..20])), 0);
+    }
+
+    #[test]
+    fn extension_headers_chain_their_next_header_fields() {
+        let p = ipv6_ext([0; 16], [0; 16], &[Ext::HopByHop, Ext::Ah, Ext::DestOpts], 58, &[134, 0]);
+        assert_eq!(p[6], 0, "fixed header points at hop-by-hop");
+        assert_eq!(p[40], 51, "hop-by-hop points at AH");
+        assert_eq!(p[48], 60, "AH points at destination options");
+        assert_eq!((p[49] as usize + 2) * 4, 16, "AH length field");
+        assert_eq!(p[64], 58, "destination options point at ICMPv6");
+        assert_eq!(&p[72..], &[134, 0]);
+        assert_eq!(u16::from_be_bytes([p[4], p[5]]) as usize, p.len() - 40);
+    }
+
+    #[test]
+    fn fragments_carry_offsets_and_flags() {
+        let (a, b) = ipv4_fragments([1, 1, 1, 1], [2, 2, 2, 2], 7, 17, &[0u8; 24], 16);
+        assert_eq!((&a[6..8], &b[6..8]), (&[0x20, 0][..], &[0, 2][..]));
+        assert_eq!(csum_fold(csum_add(0, &b[..20])), 0);
+        let (a, b) = ipv6_fragments([0; 16], [0; 16], 9, 17, &[0u8; 24], 8);
+        assert_eq!((&a[42..44], &b[42..44]), (&[0, 1][..], &[0, 8][..]));
+        assert_eq!(&b[44..48], &9u32.to_be_bytes());
     }
 
     #[test]

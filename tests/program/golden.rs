@@ -39,6 +39,51 @@ fn send(action: Action, targets: &'static [(&'static str, u32)]) -> Expect {
 
 const NET1_FLOOD_FROM_A: &[(&str, u32)] = &[(UPLINK, 1000), (X, 0), (B, 0), (D, 0)];
 
+/// The all-nodes multicast group and its MAC.
+const ALL_NODES_MAC: Mac = [0x33, 0x33, 0, 0, 0, 1];
+
+/// A router advertisement from `mac`'s link-local address to all nodes, behind `exts`.
+fn ra(mac: Mac, exts: &[Ext]) -> Vec<u8> {
+    let (src, dst) = (link_local(mac), v6("ff02::1"));
+    eth(ALL_NODES_MAC, mac, 0x86dd, &ipv6_ext(src, dst, exts, 58, &icmpv6(src, dst, 134, 0, &ra_body(mac))))
+}
+
+/// A neighbour advertisement from port A for `target`, behind `exts`.
+fn na_from_a(exts: &[Ext], target: [u8; 16]) -> Vec<u8> {
+    let (src, dst) = (link_local(MAC_A), v6("ff02::1"));
+    let body = icmpv6(src, dst, 136, 0, &na_body(target, MAC_A));
+    eth(ALL_NODES_MAC, MAC_A, 0x86dd, &ipv6_ext(src, dst, exts, 58, &body))
+}
+
+/// A DHCPv6 reply (server port 547 to client port 546) from port A to port B, behind `exts`.
+fn dhcpv6_reply_from_a(exts: &[Ext]) -> Vec<u8> {
+    let (src, dst) = (link_local(MAC_A), link_local(MAC_B));
+    eth(MAC_B, MAC_A, 0x86dd, &ipv6_ext(src, dst, exts, 17, &udp6(src, dst, 547, 546, &[7, 0, 0, 1])))
+}
+
+/// Both fragments of a UDP datagram from port A to port B over IPv4 (`v4`) or IPv6.
+/// The later fragment's first bytes look like a DHCP server's ports (67 -> 68):
+/// read as a header, they would be mistaken for one.
+fn udp_fragments_a_to_b(v4: bool, src4: [u8; 4], id: u32, sport: u16) -> (Vec<u8>, Vec<u8>) {
+    let payload = [0, 67, 0, 68, 0, 16, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let (first, later) = if v4 {
+        let udp = udp4_segment(sport, 53, &payload);
+        ipv4_fragments(src4, [10, 10, 10, 3], id as u16, 17, &udp, 8)
+    } else {
+        let (src, dst) = (v6("2001:db8::a"), link_local(MAC_B));
+        ipv6_fragments(src, dst, id, 17, &udp6(src, dst, sport, 53, &payload), 8)
+    };
+    let ethertype = if v4 { 0x0800 } else { 0x86dd };
+    (eth(MAC_B, MAC_A, ethertype, &first), eth(MAC_B, MAC_A, ethertype, &later))
+}
+
+/// `frame` (Ethernet + IPv4) with its IPv4 total length changed by `delta`.
+fn ipv4_total_len_plus(mut frame: Vec<u8>, delta: i32) -> Vec<u8> {
+    let len = u16::from_be_bytes([frame[16], frame[17]]) as i32 + delta;
+    frame[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+    frame
+}
+
 fn icmp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     eth(dst_mac, src_mac, 0x0800, &ipv4_icmp_echo(src, dst))
 }
@@ -227,6 +272,230 @@ fn rows() -> Vec<Row> {
             X,
             icmp(neutron_mac(0x66), MAC_B, [10, 10, 10, 99], b_ip),
             send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        // Router advertisements: only network:* ports (routers) and ports
+        // without port security may send them.
+        vm(
+            "a router advertisement from a VM is dropped",
+            A,
+            ra(MAC_A, &[]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a unicast router advertisement to another VM is dropped",
+            A,
+            {
+                let (src, dst) = (link_local(MAC_A), link_local(MAC_B));
+                eth(MAC_B, MAC_A, 0x86dd, &ipv6(src, dst, 58, &icmpv6(src, dst, 134, 0, &ra_body(MAC_A))))
+            },
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a network:* port (a router) may send router advertisements",
+            D,
+            ra(MAC_D, &[]),
+            send(Action::Flooded, &[(UPLINK, 1000), (X, 0), (A, 0), (B, 0)]),
+        ),
+        vm(
+            "port security off: a router advertisement passes",
+            X,
+            ra(neutron_mac(0x09), &[]),
+            send(Action::Flooded, &[(UPLINK, 1000), (A, 0), (B, 0), (D, 0)]),
+        ),
+        // IPv6 extension headers hide nothing: the rules apply to the upper layer.
+        vm(
+            "a router advertisement behind hop-by-hop options is dropped",
+            A,
+            ra(MAC_A, &[Ext::HopByHop]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a router advertisement behind destination options and a routing header is dropped",
+            A,
+            ra(MAC_A, &[Ext::DestOpts, Ext::Routing]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a router advertisement behind AH is dropped",
+            A,
+            ra(MAC_A, &[Ext::Ah]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a router advertisement in an atomic fragment is dropped",
+            A,
+            ra(MAC_A, &[Ext::Fragment { offset: 0, more: false, id: 1 }]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "six extension headers are walked to the router advertisement behind them",
+            A,
+            ra(MAC_A, &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Ah, Ext::DestOpts, Ext::DestOpts]),
+            Expect::Drop(DropReason::RaFromVm),
+        ),
+        vm(
+            "a chain of seven extension headers is malformed (fails closed)",
+            A,
+            ra(
+                MAC_A,
+                &[
+                    Ext::HopByHop,
+                    Ext::DestOpts,
+                    Ext::Routing,
+                    Ext::Ah,
+                    Ext::DestOpts,
+                    Ext::Routing,
+                    Ext::DestOpts,
+                ],
+            ),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "an extension header longer than the packet is malformed",
+            A,
+            eth(
+                ALL_NODES_MAC,
+                MAC_A,
+                0x86dd,
+                &ipv6(link_local(MAC_A), v6("ff02::1"), 0, &[58, 5, 1, 4, 0, 0, 0, 0]),
+            ),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "a neighbour advertisement for another's address behind hop-by-hop is dropped",
+            A,
+            na_from_a(&[Ext::HopByHop], link_local(MAC_B)),
+            Expect::Drop(DropReason::NdSpoof),
+        ),
+        vm(
+            "a neighbour advertisement for the port's own address behind hop-by-hop floods",
+            A,
+            na_from_a(&[Ext::HopByHop], v6("2001:db8::a")),
+            send(Action::Flooded, NET1_FLOOD_FROM_A),
+        ),
+        vm(
+            "a DHCPv6 server reply behind destination options is dropped",
+            A,
+            dhcpv6_reply_from_a(&[Ext::DestOpts]),
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "a DHCPv6 server reply in an atomic fragment is dropped",
+            A,
+            dhcpv6_reply_from_a(&[Ext::Fragment { offset: 0, more: false, id: 2 }]),
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        // Fragments. These rows run in order: a later fragment gets the
+        // verdict its first fragment got (remembered in FRAG_VERDICTS).
+        vm(
+            "an IPv4 first fragment of an allowed UDP datagram passes",
+            A,
+            udp_fragments_a_to_b(true, a_ip, 0x101, 40000).0,
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "its later fragment passes on that verdict, though its payload looks like DHCP server ports",
+            A,
+            udp_fragments_a_to_b(true, a_ip, 0x101, 40000).1,
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "an IPv4 first fragment of a DHCP server reply is dropped",
+            A,
+            udp_fragments_a_to_b(true, a_ip, 0x102, 67).0,
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "its later fragment is dropped for the same reason",
+            A,
+            udp_fragments_a_to_b(true, a_ip, 0x102, 67).1,
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "a later IPv4 fragment still has its source checked",
+            A,
+            udp_fragments_a_to_b(true, [10, 10, 10, 99], 0x101, 40000).1,
+            Expect::Drop(DropReason::Ipv4SrcSpoof),
+        ),
+        vm(
+            "a later IPv4 fragment whose first fragment was never sent is dropped",
+            A,
+            udp_fragments_a_to_b(true, a_ip, 0x103, 40000).1,
+            Expect::Drop(DropReason::FragUnknown),
+        ),
+        vm(
+            "an IPv6 first fragment of a DHCPv6 server reply is dropped",
+            A,
+            udp_fragments_a_to_b(false, a_ip, 0x201, 547).0,
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "its later fragment is dropped for the same reason",
+            A,
+            udp_fragments_a_to_b(false, a_ip, 0x201, 547).1,
+            Expect::Drop(DropReason::DhcpServerFromVm),
+        ),
+        vm(
+            "an IPv6 first fragment of an allowed UDP datagram passes",
+            A,
+            udp_fragments_a_to_b(false, a_ip, 0x202, 40000).0,
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "its later fragment passes on that verdict",
+            A,
+            udp_fragments_a_to_b(false, a_ip, 0x202, 40000).1,
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "a later IPv6 fragment whose first fragment was never sent is dropped",
+            A,
+            udp_fragments_a_to_b(false, a_ip, 0x203, 40000).1,
+            Expect::Drop(DropReason::FragUnknown),
+        ),
+        // IP lengths against the frame, on every VM port.
+        vm(
+            "an IPv4 total length beyond the frame is malformed",
+            A,
+            ipv4_total_len_plus(icmp(MAC_A, MAC_B, a_ip, b_ip), 10),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "port security off: an IPv4 total length beyond the frame is still malformed",
+            X,
+            ipv4_total_len_plus(icmp(neutron_mac(0x09), MAC_B, [10, 10, 10, 5], b_ip), 10),
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "an IPv4 total length shorter than the header is malformed",
+            A,
+            {
+                let f = icmp(MAC_A, MAC_B, a_ip, b_ip);
+                let len = u16::from_be_bytes([f[16], f[17]]) as i32;
+                ipv4_total_len_plus(f, 16 - len)
+            },
+            Expect::Drop(DropReason::Malformed),
+        ),
+        vm(
+            "Ethernet padding after the IPv4 datagram is fine",
+            A,
+            {
+                let mut f = icmp(MAC_A, MAC_B, a_ip, b_ip);
+                f.extend_from_slice(&[0; 10]);
+                f
+            },
+            send(Action::ToLocalPort, &[(B, 0)]),
+        ),
+        vm(
+            "an IPv6 payload length beyond the frame is malformed",
+            A,
+            {
+                let mut f = na_from_a(&[], v6("2001:db8::a"));
+                let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+                f[18..20].copy_from_slice(&len.to_be_bytes());
+                f
+            },
+            Expect::Drop(DropReason::Malformed),
         ),
         // Odd frames from VMs.
         vm(

@@ -15,6 +15,7 @@ pub mod link;
 pub mod netns;
 pub mod pinned;
 pub mod program;
+pub mod raw;
 
 use std::{
     io,

@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::Mutex,
@@ -215,6 +216,31 @@ pub fn list_names() -> Result<Vec<String>> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect())
+}
+
+/// Moves the current thread into a namespace; moves it back on drop.
+pub struct ThreadNetns {
+    home: File,
+}
+
+impl ThreadNetns {
+    /// Enters `ns` with this thread only (setns(2) affects the calling thread).
+    pub fn enter(ns: &Netns) -> Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        let target = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+        // SAFETY: setns on valid fds; affects only the calling thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {}: {}", ns.name(), std::io::Error::last_os_error());
+        }
+        Ok(Self { home })
+    }
+}
+
+impl Drop for ThreadNetns {
+    fn drop(&mut self) {
+        // SAFETY: setns back to the fd we opened before leaving.
+        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
 }
 
 #[cfg(test)]

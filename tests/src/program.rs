@@ -3,8 +3,6 @@
 //! on golden frames through `BPF_PROG_TEST_RUN` in a private namespace whose
 //! veth devices stand in for taps and the uplink.
 
-use std::{fs::File, os::fd::AsRawFd};
-
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{ACTION_SLOTS, DROP_REASON_SLOTS, PortCounters, TRACE_MAGIC, TraceRecord};
@@ -17,31 +15,10 @@ use datapath_user::{
     testrun::{self, SkbRun},
 };
 
-use crate::netns::Netns;
-
-/// Moves the current thread into a namespace; moves it back on drop.
-struct ThreadNetns {
-    home: File,
-}
-
-impl ThreadNetns {
-    fn enter(ns: &Netns) -> Result<Self> {
-        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
-        let target = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
-        // SAFETY: setns on valid fds; affects only the calling thread.
-        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", ns.name(), std::io::Error::last_os_error());
-        }
-        Ok(Self { home })
-    }
-}
-
-impl Drop for ThreadNetns {
-    fn drop(&mut self) {
-        // SAFETY: setns back to the fd we opened before leaving.
-        unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-    }
-}
+use crate::{
+    netns::{Netns, ThreadNetns},
+    raw,
+};
 
 /// What one run of a program did.
 #[derive(Debug)]
@@ -174,35 +151,7 @@ impl Bench {
 
     /// Sends `frame` out of `dev` with an AF_PACKET socket, as a VM or a wire would.
     pub fn inject(&self, dev: &str, frame: &[u8]) -> Result<()> {
-        let ifindex = self.ifindex(dev);
-        // SAFETY: plain socket(2); the fd is closed below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if fd < 0 {
-            bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_ll is plain data.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        addr.sll_halen = 6;
-        // SAFETY: frame and addr are valid for the lengths passed.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        // SAFETY: closing the fd we opened.
-        unsafe { libc::close(fd) };
-        if n != frame.len() as isize {
-            bail!("sending {} bytes on {dev}: {err}", frame.len());
-        }
-        Ok(())
+        raw::send(dev, frame)
     }
 
     /// Counters of the port on `dev`, summed over CPUs.

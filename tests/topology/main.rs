@@ -4,6 +4,7 @@
 
 mod aging;
 mod events;
+mod hardening;
 mod introspection;
 mod isolation;
 mod lifecycle;
