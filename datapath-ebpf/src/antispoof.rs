@@ -14,8 +14,8 @@ use crate::{
     frag,
     maps::{ALLOWED_MACS, ALLOWED_V4, ALLOWED_V6},
     parse::{
-        ETH_P_ARP, Eth, Frag, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6, L4, Pkt, load_be16, load_bytes,
-        load_u8,
+        ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Eth, Frag, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6, L4, Pkt,
+        load_be16, load_bytes, load_u8,
     },
 };
 
@@ -24,14 +24,6 @@ const DHCPV4_CLIENT_PORT: u16 = 68;
 const DHCPV6_SERVER_PORT: u16 = 547;
 const ICMPV6_ROUTER_ADVERT: u8 = 134;
 const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
-
-/// The network layer of a frame, parsed (and sanity-checked) once by the caller.
-pub enum Ip {
-    V4(Ipv4),
-    V6(Ipv6),
-    /// ARP, or an ethertype the rules do not look into.
-    Other,
-}
 
 /// The port a frame comes from, as the checks need it.
 pub struct From {
@@ -42,27 +34,24 @@ pub struct From {
 }
 
 /// Checks the frame against the port's allowed (MAC, IP) pairs and the
-/// upper-layer rules.
-#[inline(always)]
-pub fn check(
-    ctx: &TcContext,
-    pkt: &Pkt,
-    eth: &Eth,
-    ip: &Ip,
-    l3_off: usize,
-    port: &From,
-) -> Result<(), DropReason> {
+/// upper-layer rules. A BPF subprogram of its own: its locals (addresses,
+/// LPM and fragment keys) then never add to the stack of the flood's
+/// `bpf_loop` callbacks, which Linux 6.1 caps at 512 bytes for the chain.
+#[inline(never)]
+pub fn check(ctx: &TcContext, pkt: &Pkt, eth: &Eth, l3_off: usize, port: &From) -> Result<(), DropReason> {
+    // The IP header is checked against the frame first, as on every port.
+    crate::parse::check_ip(ctx, pkt, eth.ethertype, l3_off)?;
     let mac_key = MacKey { ifindex: port.ifindex, mac: eth.src, _pad: [0; 2] };
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected for this run.
     if unsafe { ALLOWED_MACS.get(mac_key) }.is_none() {
         return Err(DropReason::SrcMacSpoof);
     }
-    match ip {
-        Ip::V4(v4) => check_ipv4(ctx, eth, v4, port),
-        Ip::V6(v6) => check_ipv6(ctx, eth, v6, port),
+    match eth.ethertype {
+        ETH_P_IPV4 => check_ipv4(ctx, pkt, eth, l3_off, port),
+        ETH_P_IPV6 => check_ipv6(ctx, pkt, eth, l3_off, port),
+        ETH_P_ARP => check_arp(pkt, eth, l3_off, port.ifindex),
         // Like the hybrid firewall, which filters only IP: other ethertypes pass.
-        Ip::Other if eth.ethertype == ETH_P_ARP => check_arp(pkt, eth, l3_off, port.ifindex),
-        Ip::Other => Ok(()),
+        _ => Ok(()),
     }
 }
 
@@ -78,8 +67,10 @@ fn v6_allowed(ifindex: u32, mac: [u8; 6], addr: [u8; 16]) -> bool {
     ALLOWED_V6.get(&key).is_some()
 }
 
-#[inline(always)]
-fn check_ipv4(ctx: &TcContext, eth: &Eth, ip: &Ipv4, port: &From) -> Result<(), DropReason> {
+// Subprograms of their own, like `check`: their keys share no frame.
+#[inline(never)]
+fn check_ipv4(ctx: &TcContext, pkt: &Pkt, eth: &Eth, off: usize, port: &From) -> Result<(), DropReason> {
+    let ip = &Ipv4::parse(ctx, pkt, off)?;
     let src_ok = || {
         if v4_allowed(port.ifindex, eth.src, ip.src) { Ok(()) } else { Err(DropReason::Ipv4SrcSpoof) }
     };
@@ -115,13 +106,10 @@ fn ipv4_upper(ctx: &TcContext, ip: &Ipv4, kind: u8) -> Result<bool, DropReason> 
     Ok(ip.src == [0; 4] && sport == DHCPV4_CLIENT_PORT && dport == DHCPV4_SERVER_PORT)
 }
 
-#[inline(always)]
+#[inline(never)]
 fn check_arp(pkt: &Pkt, eth: &Eth, off: usize, ifindex: u32) -> Result<(), DropReason> {
     // htype(2) ptype(2) hlen(1) plen(1) oper(2) sha(6) spa(4) tha(6) tpa(4)
-    if pkt.be16_at(off + 2)? != crate::parse::ETH_P_IPV4
-        || pkt.u8_at(off + 4)? != 6
-        || pkt.u8_at(off + 5)? != 4
-    {
+    if pkt.be16_at(off + 2)? != ETH_P_IPV4 || pkt.u8_at(off + 4)? != 6 || pkt.u8_at(off + 5)? != 4 {
         return Err(DropReason::Malformed);
     }
     let sha: [u8; 6] = pkt.bytes_at(off + 8)?;
@@ -137,8 +125,9 @@ fn check_arp(pkt: &Pkt, eth: &Eth, off: usize, ifindex: u32) -> Result<(), DropR
     Ok(())
 }
 
-#[inline(always)]
-fn check_ipv6(ctx: &TcContext, eth: &Eth, ip: &Ipv6, port: &From) -> Result<(), DropReason> {
+#[inline(never)]
+fn check_ipv6(ctx: &TcContext, pkt: &Pkt, eth: &Eth, off: usize, port: &From) -> Result<(), DropReason> {
+    let ip = &Ipv6::parse(ctx, pkt, off)?;
     // The unspecified source is what duplicate address detection uses.
     let src_ok = || {
         if ip.src == [0; 16] || v6_allowed(port.ifindex, eth.src, ip.src) {

@@ -275,6 +275,18 @@ impl Ipv6 {
     }
 }
 
+/// Checks the IP header (if the frame has one) against the frame: every port
+/// gets this, with or without port security. A subprogram of its own, so
+/// that its locals stay off the frames of its callers.
+#[inline(never)]
+pub fn check_ip(ctx: &TcContext, pkt: &Pkt, ethertype: u16, off: usize) -> Result<(), DropReason> {
+    match ethertype {
+        ETH_P_IPV4 => Ipv4::parse(ctx, pkt, off).map(drop),
+        ETH_P_IPV6 => Ipv6::parse(ctx, pkt, off).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// A byte at `off` anywhere in the frame (linear or not).
 #[inline(always)]
 pub fn load_u8(ctx: &TcContext, off: usize) -> Result<u8, DropReason> {

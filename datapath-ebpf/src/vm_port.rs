@@ -6,13 +6,11 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
 
 use crate::{
-    antispoof::{self, Ip},
-    arp,
+    antispoof, arp,
     forward::{self, From},
     maps::{NETWORKS, PORTS},
     parse::{
-        ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Eth, Ipv4, Ipv6, Pkt,
-        is_l2_control, is_multicast, is_zero,
+        self, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero,
     },
     skb,
     verdict::{Meta, Verdict},
@@ -62,20 +60,32 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     }
     // Every IP header a port sends is checked against the frame, with or
     // without port security, as br_netfilter does in the hybrid chain.
-    let ip = match eth.ethertype {
-        ETH_P_IPV4 => Ip::V4(Ipv4::parse(ctx, &pkt, ETH_LEN)?),
-        ETH_P_IPV6 => Ip::V6(Ipv6::parse(ctx, &pkt, ETH_LEN)?),
-        _ => Ip::Other,
-    };
     if port.flags & PORT_F_ANTI_SPOOF != 0 {
         let from = antispoof::From { ifindex, kind: port.kind, dry_run: meta.dry_run };
-        antispoof::check(ctx, &pkt, &eth, &ip, ETH_LEN, &from)?;
+        antispoof::check(ctx, &pkt, &eth, ETH_LEN, &from)?;
+    } else {
+        parse::check_ip(ctx, &pkt, eth.ethertype, ETH_LEN)?;
     }
+    bridge(ctx, meta, port.net_index, ifindex, &eth)
+}
+
+/// Delivers a frame the port may send: the ARP responder of tunnel
+/// networks, else bridging. A subprogram of its own, so that the flood's
+/// `bpf_loop` callbacks and the anti-spoofing checks never stack their
+/// frames on each other's (Linux 6.1 caps a call chain at 512 bytes).
+#[inline(never)]
+fn bridge(
+    ctx: &TcContext,
+    meta: &Meta,
+    net_index: u32,
+    ifindex: u32,
+    eth: &Eth,
+) -> Result<Verdict, DropReason> {
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
-    let net = *unsafe { NETWORKS.get(port.net_index) }.ok_or(DropReason::NoNetwork)?;
+    let net = *unsafe { NETWORKS.get(net_index) }.ok_or(DropReason::NoNetwork)?;
     if net.net_type == NET_TYPE_VXLAN
         && eth.ethertype == ETH_P_ARP
-        && let Some(v) = arp::respond(ctx, meta, ifindex, &pkt, &eth)?
+        && let Some(v) = arp::respond(ctx, meta, ifindex, &Pkt::new(ctx), eth)?
     {
         return Ok(v);
     }
