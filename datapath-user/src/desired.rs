@@ -24,22 +24,7 @@ use crate::{
     tunnel::TUNNEL_DEVICE,
 };
 
-/// The content of every map the agent owns (not counters, traces or learned MACs).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MapState {
-    pub ports: BTreeMap<u32, PortInfo>,
-    pub networks: BTreeMap<u32, NetInfo>,
-    pub segments: BTreeMap<SegmentKey, u32>,
-    pub fdb: BTreeMap<FdbKey, FdbEntry>,
-    pub flood_sets: BTreeMap<u32, FloodSet>,
-    pub allowed_macs: BTreeMap<MacKey, u32>,
-    /// (LPM prefix length, data) -> value.
-    pub allowed_v4: BTreeMap<(u32, AddrKeyV4), u32>,
-    /// (LPM prefix length, data) -> value.
-    pub allowed_v6: BTreeMap<(u32, AddrKeyV6), u32>,
-    pub flood_vteps: BTreeMap<u32, VtepSet>,
-    pub arp: BTreeMap<ArpKey, ArpEntry>,
-}
+pub use crate::synced::MapState;
 
 /// Devices in the agent's network namespace: name -> ifindex.
 pub type Devices = BTreeMap<String, u32>;

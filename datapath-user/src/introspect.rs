@@ -109,7 +109,7 @@ impl Agent {
     fn fdb_json(&self, network: Option<&str>) -> Result<Value> {
         let only = network.map(|n| self.find_network(n)).transpose()?;
         let mut entries = Vec::new();
-        for item in self.dp.maps.fdb.iter() {
+        for item in self.dp.maps.synced.fdb.iter() {
             let (k, v) = item.context("reading FDB")?;
             if only.is_some_and(|n| n != k.net_index) {
                 continue;
@@ -150,7 +150,7 @@ impl Agent {
     }
 
     fn counters(&self, ifindex: u32) -> Result<Option<(u32, PortCounters)>> {
-        let Ok(info) = self.dp.maps.ports.get(&ifindex, 0) else { return Ok(None) };
+        let Ok(info) = self.dp.maps.synced.ports.get(&ifindex, 0) else { return Ok(None) };
         let per_cpu = self.dp.maps.port_stats.get(&info.stats_slot, 0).context("reading PORT_STATS")?;
         let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
         for c in per_cpu.iter() {
@@ -190,7 +190,7 @@ impl Agent {
         }
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
-        let uplink = self.dp.maps.ports.get(&ifindex, 0).is_ok_and(|p| p.kind == PORT_KIND_UPLINK);
+        let uplink = self.dp.maps.synced.ports.get(&ifindex, 0).is_ok_and(|p| p.kind == PORT_KIND_UPLINK);
         let program = if uplink { names::PROG_UPLINK } else { names::PROG_VM_PORT };
 
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;

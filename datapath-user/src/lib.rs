@@ -16,5 +16,6 @@ pub mod loader;
 pub mod netlink;
 pub mod source;
 pub mod sync;
+pub mod synced;
 pub mod testrun;
 pub mod tunnel;

@@ -8,36 +8,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray},
-    programs::SchedClassifier,
-};
-use datapath_common::{
-    ABI_VERSION, AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
-    LearnedEntry, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet, names,
-};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use datapath_common::{ABI_VERSION, names};
 
 /// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
 
-/// Typed handles on every map of the datapath.
-pub struct Maps {
-    pub ports: HashMap<MapData, u32, PortInfo>,
-    pub networks: HashMap<MapData, u32, NetInfo>,
-    pub net_by_segment: HashMap<MapData, SegmentKey, u32>,
-    pub fdb: HashMap<MapData, FdbKey, FdbEntry>,
-    pub fdb_learned: HashMap<MapData, FdbKey, LearnedEntry>,
-    pub flood_sets: HashMap<MapData, u32, FloodSet>,
-    pub allowed_macs: HashMap<MapData, MacKey, u32>,
-    pub allowed_v4: LpmTrie<MapData, AddrKeyV4, u32>,
-    pub allowed_v6: LpmTrie<MapData, AddrKeyV6, u32>,
-    pub flood_vteps: HashMap<MapData, u32, VtepSet>,
-    pub arp_table: HashMap<MapData, ArpKey, ArpEntry>,
-    pub frag_verdicts: HashMap<MapData, FragKey, FragVerdict>,
-    pub port_stats: PerCpuArray<MapData, PortCounters>,
-    pub trace: PerCpuArray<MapData, TraceRecord>,
-}
+pub use crate::synced::Maps;
 
 /// The loaded object: maps taken out as typed handles, programs loaded and ready to attach.
 pub struct Datapath {
@@ -87,22 +64,7 @@ impl Datapath {
                 .with_context(|| format!("program {name} is not a TC classifier"))?;
             prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
-        let maps = Maps {
-            ports: take(&mut ebpf, names::PORTS)?,
-            networks: take(&mut ebpf, names::NETWORKS)?,
-            net_by_segment: take(&mut ebpf, names::NET_BY_SEGMENT)?,
-            fdb: take(&mut ebpf, names::FDB)?,
-            fdb_learned: take(&mut ebpf, names::FDB_LEARNED)?,
-            flood_sets: take(&mut ebpf, names::FLOOD_SETS)?,
-            allowed_macs: take(&mut ebpf, names::ALLOWED_MACS)?,
-            allowed_v4: take(&mut ebpf, names::ALLOWED_V4)?,
-            allowed_v6: take(&mut ebpf, names::ALLOWED_V6)?,
-            flood_vteps: take(&mut ebpf, names::FLOOD_VTEPS)?,
-            arp_table: take(&mut ebpf, names::ARP_TABLE)?,
-            frag_verdicts: take(&mut ebpf, names::FRAG_VERDICTS)?,
-            port_stats: take(&mut ebpf, names::PORT_STATS)?,
-            trace: take(&mut ebpf, names::TRACE)?,
-        };
+        let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps, pin_dir })
     }
 
@@ -126,14 +88,6 @@ impl Datapath {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
     }
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type or layout"))
 }
 
 #[cfg(test)]

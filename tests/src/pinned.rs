@@ -52,28 +52,6 @@ pub fn port_view(pin_path: &Path, ifindex: u32) -> Result<PortView> {
 
 /// How many entries each agent-owned map holds, for the agent pinned at `pin_path`.
 pub fn entry_counts(pin_path: &Path) -> Result<std::collections::BTreeMap<&'static str, usize>> {
-    use aya::maps::{Map, lpm_trie::LpmTrie};
-    use datapath_common::{AddrKeyV4, AddrKeyV6, FdbEntry, FdbKey, FloodSet, MacKey, NetInfo, SegmentKey};
     let dir = versioned_pin_dir(pin_path).join("maps");
-    let open =
-        |name: &str| MapData::from_pin(dir.join(name)).with_context(|| format!("opening pinned {name}"));
-    let mut counts = std::collections::BTreeMap::new();
-    let ports: HashMap<MapData, u32, PortInfo> = HashMap::try_from(Map::HashMap(open(names::PORTS)?))?;
-    counts.insert(names::PORTS, ports.keys().count());
-    let nets: HashMap<MapData, u32, NetInfo> = HashMap::try_from(Map::HashMap(open(names::NETWORKS)?))?;
-    counts.insert(names::NETWORKS, nets.keys().count());
-    let segs: HashMap<MapData, SegmentKey, u32> =
-        HashMap::try_from(Map::HashMap(open(names::NET_BY_SEGMENT)?))?;
-    counts.insert(names::NET_BY_SEGMENT, segs.keys().count());
-    let fdb: HashMap<MapData, FdbKey, FdbEntry> = HashMap::try_from(Map::HashMap(open(names::FDB)?))?;
-    counts.insert(names::FDB, fdb.keys().count());
-    let flood: HashMap<MapData, u32, FloodSet> = HashMap::try_from(Map::HashMap(open(names::FLOOD_SETS)?))?;
-    counts.insert(names::FLOOD_SETS, flood.keys().count());
-    let macs: HashMap<MapData, MacKey, u32> = HashMap::try_from(Map::HashMap(open(names::ALLOWED_MACS)?))?;
-    counts.insert(names::ALLOWED_MACS, macs.keys().count());
-    let v4: LpmTrie<MapData, AddrKeyV4, u32> = LpmTrie::try_from(Map::LpmTrie(open(names::ALLOWED_V4)?))?;
-    counts.insert(names::ALLOWED_V4, v4.keys().count());
-    let v6: LpmTrie<MapData, AddrKeyV6, u32> = LpmTrie::try_from(Map::LpmTrie(open(names::ALLOWED_V6)?))?;
-    counts.insert(names::ALLOWED_V6, v6.keys().count());
-    Ok(counts)
+    Ok(datapath_user::synced::SyncedMaps::from_pins(&dir)?.read()?.counts())
 }
