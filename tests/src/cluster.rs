@@ -129,7 +129,11 @@ impl Vm {
     /// returns (bytes received, bits per second) as the receiver counted them.
     pub fn tcp_to(&self, server: &Vm, secs: u32) -> Result<(u64, f64)> {
         let _listener = server.ns.spawn(&["iperf3", "-s", "-1"])?;
-        std::thread::sleep(Duration::from_millis(500));
+        let listening =
+            || server.ns.exec(&["ss", "-ltnH", "sport", "= :5201"]).is_ok_and(|o| !o.trim().is_empty());
+        if !crate::wait_until(Duration::from_secs(5), listening) {
+            bail!("iperf3 -s did not listen on port 5201 within 5 s");
+        }
         let out = self.exec(&["iperf3", "-c", &server.port.ip, "-t", &secs.to_string(), "-J"])?;
         let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
         let sum = &v["end"]["sum_received"];

@@ -51,6 +51,12 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Polls `cond` until it holds; panics naming `what` if `timeout` passes
+/// first. For positive waits whose failure is the test's failure.
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, cond), "timed out after {timeout:?} waiting for {what}");
+}
+
 /// A number unique within this process; combined with the pid it makes names
 /// unique across every test thread and every concurrently running test binary.
 pub(crate) fn next_id() -> u64 {

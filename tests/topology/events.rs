@@ -2,24 +2,17 @@
 //! disappear at once, then lose their bindings. The agent follows, and a
 //! removed port leaves no trace in any map.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datapath_tests::{
     cluster::{Cluster, PortSpec},
     pinned::entry_counts,
+    wait_for,
 };
 use serde_json::json;
 
 const PORTS: usize = 200;
 const NETWORKS: usize = 4;
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn a_burst_of_200_ports_comes_and_goes_without_leaving_a_trace() {

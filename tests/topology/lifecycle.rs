@@ -4,14 +4,23 @@
 
 use std::time::Duration;
 
+use datapath_common::{DropReason, PORT_F_BOUND};
 use datapath_tests::{
+    capture::Capture,
     cluster::{Cluster, PortSpec},
     pinned::{ifindex_in, port_view},
+    wait_for,
 };
 
 use crate::scenario::*;
 
 const SETTLE: Duration = Duration::from_secs(10);
+
+/// What the kernel counted as `port_unbound` on `port`'s tap.
+fn unbound_drops(c: &Cluster, port: &PortSpec) -> u64 {
+    let ifindex = ifindex_in(&c.node("node0").ns, &port.device()).unwrap();
+    port_view(&c.pins.path().join("node0"), ifindex).map(|v| v.drops(DropReason::PortUnbound)).unwrap_or(0)
+}
 
 #[test]
 fn agent_follows_port_events_survives_stops_and_cleans_up() {
@@ -42,7 +51,10 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     }
     c.start_agent("node0").unwrap();
     assert!(c.vms[ia].ping_until(&b.ip, SETTLE), "a reaches b");
+    let pin = c.pins.path().join("node0");
+    let before = unbound_drops(&c, &late_binding);
     assert!(!c.vms[ic].ping(&b.ip, 1), "a device without a binding is not connected yet");
+    assert!(unbound_drops(&c, &late_binding) > before, "and its frames are counted as port_unbound");
 
     // Device first, binding later.
     c.write_bindings(&bindings(&[&a, &b, &late_device, &late_binding])).unwrap();
@@ -72,14 +84,10 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     );
     ports.push(dup.to_json());
     c.write_bindings(&doc).unwrap();
-    let start = std::time::Instant::now();
-    let status = loop {
-        let st = c.cli_json("node0", &["status"]).unwrap();
-        if st["refused"].as_array().is_some_and(|r| r.len() >= 2) || start.elapsed() > SETTLE {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    wait_for("the agent to refuse the two bad ports", SETTLE, || {
+        c.cli_json("node0", &["status"]).unwrap()["refused"].as_array().is_some_and(|r| r.len() >= 2)
+    });
+    let status = c.cli_json("node0", &["status"]).unwrap();
     let refused = status["refused"].to_string();
     assert!(refused.contains("bad-vlan") && refused.contains("5000"), "VLAN out of range refused: {refused}");
     assert!(refused.contains("dddd0000") && refused.contains(&a.mac), "duplicate MAC refused: {refused}");
@@ -93,22 +101,22 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
 
     // A bindings file that does not parse keeps the last good state.
     c.write_bindings_text("{\"networks\": [ this is not json").unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for("the agent to report the broken bindings file", SETTLE, || {
+        c.cli_json("node0", &["status"]).unwrap()["bindings_error"].is_string()
+    });
     assert!(c.vms[ia].reaches(&b.ip), "traffic survives a broken bindings file");
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
     assert!(log.contains("bindings.json") && log.contains("line 1"), "error names the file and line: {log}");
 
     // Unbinding a port removes it from the datapath.
     c.write_bindings(&bindings(&[&a, &b, &late_device])).unwrap();
-    let pin = c.pins.path().join("node0");
     let ifc = ifindex_in(&c.node("node0").ns, &late_binding.device()).unwrap();
-    let start = std::time::Instant::now();
-    while port_view(&pin, ifc).map(|v| v.info.flags & datapath_common::PORT_F_BOUND != 0).unwrap_or(false)
-        && start.elapsed() < SETTLE
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("the unbound port to lose its binding in the kernel", SETTLE, || {
+        port_view(&pin, ifc).is_ok_and(|v| v.info.flags & PORT_F_BOUND == 0)
+    });
+    let before = unbound_drops(&c, &late_binding);
     assert!(!c.vms[ic].ping(&b.ip, 1), "an unbound port is cut off");
+    assert!(unbound_drops(&c, &late_binding) > before, "its frames are counted as port_unbound");
 
     // SIGTERM, as systemctl stop/restart sends: forwarding goes on.
     c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
@@ -124,5 +132,8 @@ fn agent_follows_port_events_survives_stops_and_cleans_up() {
     // --cleanup removes programs, links, maps and pins.
     c.nodes[0].cleanup().unwrap();
     assert!(!pin.exists(), "pins left behind at {}", pin.display());
+    let at_b = Capture::start(&c.vms[ib].ns, "eth0", "icmp").unwrap();
     assert!(!c.vms[ia].ping(&b.ip, 1), "after cleanup the taps are no longer bridged");
+    let reached = at_b.stop().unwrap();
+    assert!(reached.is_empty(), "nothing of a's ping reaches b without the datapath: {reached:#?}");
 }

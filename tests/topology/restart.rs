@@ -3,9 +3,25 @@
 
 use std::time::Duration;
 
-use datapath_tests::cluster::{Cluster, datapath_bin};
+use datapath_tests::{
+    cluster::{Cluster, datapath_bin},
+    wait_for,
+};
 
 use crate::scenario::*;
+
+/// How many times `node`'s agents have said they run (the log is appended across restarts).
+fn runs(c: &Cluster, node: &str) -> usize {
+    let line = format!("agent for host {node} running");
+    c.node(node).agent.as_ref().map_or(0, |a| a.log_text().matches(&line).count())
+}
+
+/// Starts `node`'s agent from `bin` and waits until it has done its first reconcile.
+fn start_and_settle(c: &mut Cluster, node: &str, bin: &std::path::Path) {
+    let before = runs(c, node);
+    c.start_agent_with(node, bin).unwrap();
+    wait_for("the new agent's first reconcile", Duration::from_secs(10), || runs(c, node) > before);
+}
 
 /// Starts `ping -i 0.005` for `secs` seconds in VM `from`, runs `event`, then
 /// returns (transmitted, received).
@@ -18,7 +34,8 @@ fn ping_through(
 ) -> (u64, u64) {
     let w = secs.to_string();
     let mut ping = c.vms[from].ns.spawn(&["ping", "-i", "0.005", "-w", &w, "-W", "1", to]).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The event must hit a stream that flows, not one still starting.
+    wait_for("the ping stream to flow", Duration::from_secs(5), || ping.output().contains("bytes from"));
     event(c);
     let status = ping.wait_timeout(Duration::from_secs(secs as u64 + 5)).unwrap();
     assert!(status.is_some(), "ping did not finish");
@@ -73,8 +90,7 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
     // systemctl restart: SIGTERM, then a new agent.
     let (tx, rx) = ping_through(&mut c, ia, &b.ip, 4, |c| {
         c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
-        c.start_agent("node0").unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        start_and_settle(c, "node0", &datapath_bin());
     });
     assert!(tx > 300, "the stream was too slow to mean anything: {tx}");
     assert_eq!(tx, rx, "packets lost across SIGTERM + restart: {tx} sent, {rx} received");
@@ -82,8 +98,7 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
     // SIGKILL, then a new agent.
     let (tx, rx) = ping_through(&mut c, ia, &b.ip, 4, |c| {
         c.nodes[1].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
-        c.start_agent("node1").unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        start_and_settle(c, "node1", &datapath_bin());
     });
     assert_eq!(tx, rx, "packets lost across SIGKILL + restart: {tx} sent, {rx} received");
 
@@ -92,8 +107,7 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
     std::fs::copy(datapath_bin(), &upgraded).unwrap();
     let (tx, rx) = ping_through(&mut c, ia, &b.ip, 4, |c| {
         c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
-        c.start_agent_with("node0", &upgraded).unwrap();
-        std::thread::sleep(Duration::from_secs(1));
+        start_and_settle(c, "node0", &upgraded);
     });
     assert_eq!(tx, rx, "packets lost across the upgrade: {tx} sent, {rx} received");
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
