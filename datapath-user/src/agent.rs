@@ -98,7 +98,7 @@ impl Agent {
             return Ok(());
         };
         let mut devices = netlink::list_devices()?;
-        if let Some(ip) = desired::tunnel_ip(&self.cfg) {
+        if let Some(ip) = self.cfg.tunnel_ip() {
             match tunnel::ensure(&devices, ip) {
                 Ok(true) => devices = netlink::list_devices()?,
                 Ok(false) => {}
@@ -272,7 +272,7 @@ pub fn cleanup(cfg: &Config) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    if desired::tunnel_ip(cfg).is_some() {
+    if cfg.tunnel_ip().is_some() {
         tunnel::remove()?;
     }
     // The pin_path itself, if we leave it empty; other versions' pins stay.

@@ -115,6 +115,11 @@ impl Config {
         Config::validate(raw).map_err(|e| anyhow!("config {origin}: {e:#}"))
     }
 
+    /// This node's VTEP address, when tunnels are configured.
+    pub fn tunnel_ip(&self) -> Option<Ipv4Addr> {
+        self.local_ip.filter(|_| self.tunnel_types.iter().any(|t| t == "vxlan"))
+    }
+
     /// The interface mapped to `physnet`, if any.
     pub fn interface_for(&self, physnet: &str) -> Option<&str> {
         self.physical_interface_mappings

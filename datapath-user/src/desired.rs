@@ -21,13 +21,11 @@ use datapath_common::{
 use crate::{
     bindings::{Bindings, Network, NetworkType, Port},
     config::Config,
+    netlink::Devices,
     tunnel::TUNNEL_DEVICE,
 };
 
 pub use crate::synced::MapState;
-
-/// Devices in the agent's network namespace: name -> ifindex.
-pub type Devices = BTreeMap<String, u32>;
 
 /// What identifies a network on the wire of this node; stable across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -263,7 +261,7 @@ pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut 
         .iter()
         .map(|m| (m.interface.as_str(), PORT_KIND_UPLINK, names::PROG_UPLINK, "uplink"))
         .collect();
-    if tunnel_ip(cfg).is_some() {
+    if cfg.tunnel_ip().is_some() {
         wires.push((TUNNEL_DEVICE, PORT_KIND_TUNNEL, names::PROG_TUNNEL, "tunnel"));
     }
     for (device, kind, program, label) in wires {
@@ -475,7 +473,7 @@ fn plan_network<'a>(
         NetworkType::Vxlan => (NET_TYPE_VXLAN, net.segmentation_id.unwrap_or(0)),
     };
     let (wire, iface) = if net_type == NET_TYPE_VXLAN {
-        if tunnel_ip(cfg).is_none() {
+        if cfg.tunnel_ip().is_none() {
             return Err(
                 "vxlan networks need local_ip and tunnel_types = [\"vxlan\"] in the agent config".into()
             );
@@ -503,11 +501,6 @@ fn plan_network<'a>(
         .net_index(wire_id_of(&info))
         .ok_or_else(|| format!("no free network index (max {})", MAX_NETWORKS - 1))?;
     Ok((index, info))
-}
-
-/// This node's VTEP address, when tunnels are configured.
-pub fn tunnel_ip(cfg: &Config) -> Option<Ipv4Addr> {
-    cfg.local_ip.filter(|_| cfg.tunnel_types.iter().any(|t| t == "vxlan"))
 }
 
 /// The bindings indexed for l2population, built once per derivation so that
@@ -544,7 +537,7 @@ fn add_tunnel_network(
     net: &Network,
     plan: &NetPlan,
 ) -> Option<String> {
-    let own = tunnel_ip(cfg);
+    let own = cfg.tunnel_ip();
     let mut vteps = BTreeSet::new();
     for port in t.ports_by_net.get(net.id.as_str()).into_iter().flatten() {
         for ip in &port.fixed_ips {

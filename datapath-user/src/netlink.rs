@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::io::unix::AsyncFd;
 
-use crate::desired::Devices;
+/// Devices in the agent's network namespace: name -> ifindex.
+pub type Devices = std::collections::BTreeMap<String, u32>;
 
 /// Every device of the current network namespace: name -> ifindex.
 pub fn list_devices() -> Result<Devices> {

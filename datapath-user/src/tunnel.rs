@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, process::Command};
 use anyhow::{Context, Result, bail};
 use datapath_common::VXLAN_PORT;
 
-use crate::desired::Devices;
+use crate::netlink::Devices;
 
 /// Name of the agent's VXLAN device.
 pub const TUNNEL_DEVICE: &str = "vxlan-dp";

@@ -9,8 +9,9 @@ use datapath_common::{ACTION_SLOTS, DROP_REASON_SLOTS, PortCounters, TRACE_MAGIC
 use datapath_user::{
     bindings::Bindings,
     config::Config,
-    desired::{self, Allocations, Derived, Devices},
+    desired::{self, Allocations, Derived},
     loader::Datapath,
+    netlink::Devices,
     sync,
     testrun::{self, SkbRun},
 };

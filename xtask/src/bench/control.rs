@@ -21,8 +21,9 @@ use datapath_tests::cluster::{PortSpec, agents_json, network_json};
 use datapath_user::{
     bindings::Bindings,
     config::Config,
-    desired::{self, Allocations, Devices, MapState, PortState},
+    desired::{self, Allocations, MapState, PortState},
     loader::Datapath,
+    netlink::Devices,
     sync,
     tunnel::TUNNEL_DEVICE,
 };

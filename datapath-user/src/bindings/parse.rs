@@ -1,13 +1,5 @@
-//! The binding source: networks, ports and agents in the shapes Neutron's API
-//! returns them (GET /v2.0/networks, /v2.0/ports, /v2.0/agents), read from one
-//! JSON document:
-//!
-//! ```json
-//! {"networks": [...], "ports": [...], "agents": [...]}
-//! ```
-//!
-//! A broken document is an error; a broken entry is refused on its own and
-//! reported in [`Bindings::refused`], so one bad port can't take the node down.
+//! Reading a binding document: entry by entry, each field checked, a
+//! broken entry refused on its own with a reason that names the field.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,104 +10,11 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 
+use super::{
+    AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal,
+    addr::{DEVICE_ID_CHARS, device_name, format_mac, parse_cidr, parse_mac},
+};
 use crate::config::check_ifname;
-
-/// A Neutron provider network type this datapath handles.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NetworkType {
-    /// Untagged on the physical network.
-    Flat,
-    /// 802.1Q-tagged on the physical network.
-    Vlan,
-    /// VXLAN-encapsulated between VTEPs.
-    Vxlan,
-}
-
-/// A Neutron network, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Network {
-    /// The network's UUID.
-    pub id: String,
-    /// The human-readable name ("" when unset).
-    pub name: String,
-    /// provider:network_type.
-    pub network_type: NetworkType,
-    /// provider:physical_network (always set for flat and vlan).
-    pub physical_network: Option<String>,
-    /// provider:segmentation_id: the VLAN id or VNI (always set for vlan and vxlan, never for flat).
-    pub segmentation_id: Option<u32>,
-    /// The network's MTU.
-    pub mtu: u32,
-    /// Whether the network is administratively up.
-    pub admin_state_up: bool,
-}
-
-/// A Neutron port, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Port {
-    /// The port's UUID.
-    pub id: String,
-    /// The network the port is on (always one of the accepted networks).
-    pub network_id: String,
-    /// The port's MAC (unicast, non-zero).
-    pub mac: [u8; 6],
-    /// The addresses of fixed_ips, in order.
-    pub fixed_ips: Vec<IpAddr>,
-    /// device_owner, e.g. "compute:nova" or "network:dhcp" ("" when unset).
-    pub device_owner: String,
-    /// binding:host_id ("" when unbound).
-    pub host: String,
-    /// Whether the port is administratively up.
-    pub admin_state_up: bool,
-    /// Whether anti-spoofing applies (Neutron's port_security_enabled).
-    pub port_security_enabled: bool,
-    /// Extra (address, MAC) pairs the port may send from.
-    pub allowed_address_pairs: Vec<AddressPair>,
-}
-
-/// One allowed address pair of a port.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AddressPair {
-    /// The address or network, with the bits beyond `prefix_len` cleared.
-    pub ip: IpAddr,
-    /// The prefix length (32 or 128 for a single address).
-    pub prefix_len: u8,
-    /// The MAC allowed with it (the port's own when the pair gives none).
-    pub mac: [u8; 6],
-}
-
-/// A Neutron agent, as other hosts are known by (for tunnel endpoints later).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Agent {
-    /// The host the agent runs on.
-    pub host: String,
-    /// agent_type, e.g. "Open vSwitch agent" ("" when unset).
-    pub agent_type: String,
-    /// configurations.tunneling_ip, if any.
-    pub tunneling_ip: Option<Ipv4Addr>,
-}
-
-/// An entry that was refused, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    /// Which entry: "network <id>", "port <id>", "agent <host>", or "networks[3]" when it has no id.
-    pub what: String,
-    /// Why it was refused, naming the field and the bad value.
-    pub reason: String,
-}
-
-/// The accepted entries of a binding source, in file order, and the refused ones.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Bindings {
-    /// Accepted networks.
-    pub networks: Vec<Network>,
-    /// Accepted ports (each on an accepted network).
-    pub ports: Vec<Port>,
-    /// Accepted agents.
-    pub agents: Vec<Agent>,
-    /// Entries that were refused.
-    pub refused: Vec<Refusal>,
-}
 
 // Neutron's defaults for attributes a document may leave out.
 const DEFAULT_MTU: u64 = 1500;
@@ -125,8 +24,6 @@ const MTU_RANGE: std::ops::RangeInclusive<u64> = 68..=65535;
 const VLAN_RANGE: std::ops::RangeInclusive<u64> = 1..=4094;
 // A 24-bit VNI; 0 is not used by Neutron.
 const VNI_RANGE: std::ops::RangeInclusive<u64> = 1..=16_777_215;
-// Nova and Neutron name a port's tap device "tap" + this many characters of its id.
-const DEVICE_ID_CHARS: usize = 11;
 
 type Object = Map<String, Value>;
 
@@ -162,16 +59,6 @@ impl Bindings {
             }
         }
         Ok(out)
-    }
-
-    /// The accepted network with this id.
-    pub fn network(&self, id: &str) -> Option<&Network> {
-        self.networks.iter().find(|n| n.id == id)
-    }
-
-    /// The accepted ports bound to `host` (binding:host_id), in file order.
-    pub fn ports_on_host<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Port> + 'a {
-        self.ports.iter().filter(move |p| p.host == host)
     }
 
     fn refuse(&mut self, what: String, reason: String) {
@@ -263,58 +150,6 @@ impl Bindings {
             }
         }
     }
-}
-
-impl Port {
-    /// The device name Nova/Neutron give the port: "tap" + the first 11 characters of the id.
-    pub fn device_name(&self) -> String {
-        device_name(&self.id)
-    }
-
-    /// Whether Neutron exempts the port from anti-spoofing: port_security_enabled false, or a "network:*" owner.
-    pub fn anti_spoof_exempt(&self) -> bool {
-        // Neutron's firewall drivers treat network-owned ports (DHCP, routers) as trusted.
-        !self.port_security_enabled || self.is_network_owned()
-    }
-
-    /// Whether the owner is a network service ("network:*", e.g. network:dhcp).
-    pub fn is_network_owned(&self) -> bool {
-        self.device_owner.starts_with("network:")
-    }
-}
-
-/// Parses a MAC written as six colon-separated hex pairs (either case), as Neutron writes them.
-pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let bad = || {
-        anyhow!(
-            "{s:?} is not a MAC address (expected six colon-separated hex pairs such as fa:16:3e:00:00:01)"
-        )
-    };
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(bad)?;
-        // from_str_radix alone would take "+f" or a single digit.
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
-}
-
-/// Formats a MAC as Neutron does: lowercase, colon-separated.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    let [a, b, c, d, e, f] = mac;
-    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-}
-
-fn device_name(id: &str) -> String {
-    let head: String = id.chars().take(DEVICE_ID_CHARS).collect();
-    format!("tap{head}")
 }
 
 // serde_json's Display ends in " at line L column C"; say it once, in our words.
@@ -477,41 +312,6 @@ fn port_mac(s: &str, field: &str) -> Result<[u8; 6], String> {
         return Err(format!("{field} {s:?} is a multicast address; a port needs a unicast MAC"));
     }
     Ok(mac)
-}
-
-/// Parses "addr" or "addr/len" into the network address (host bits cleared) and prefix length.
-fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(len) => {
-            // u8's parser would also take "+24".
-            if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("prefix length {len:?} is not a number"));
-            }
-            match len.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("prefix length {len} is over {max}")),
-            }
-        }
-    };
-    // Host bits are cleared so that equal networks compare and key equal.
-    let ip = match ip {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-    };
-    Ok((ip, len))
 }
 
 fn agent_from(obj: &Object) -> Result<Agent, String> {
@@ -1186,40 +986,6 @@ mod tests {
         let got: Vec<(bool, bool)> =
             b.ports.iter().map(|p| (p.anti_spoof_exempt(), p.is_network_owned())).collect();
         assert_eq!(got, [(false, false), (true, false), (true, true), (true, true)]);
-    }
-
-    #[test]
-    fn mac_round_trip() {
-        assert_eq!(parse_mac("fa:16:3e:ad:66:9e").unwrap(), [0xfa, 0x16, 0x3e, 0xad, 0x66, 0x9e]);
-        assert_eq!(parse_mac("FA:16:3E:AD:66:9E").unwrap(), [0xfa, 0x16, 0x3e, 0xad, 0x66, 0x9e]);
-        assert_eq!(format_mac(&[0xfa, 0x16, 0x3e, 0x0a, 0, 1]), "fa:16:3e:0a:00:01");
-        for bad in [
-            "",
-            "fa:16:3e:ad:66",
-            "fa:16:3e:ad:66:9e:00",
-            "fa:16:3e:ad:66:9",
-            "fa:16:3e:ad:66:+9",
-            "fa16.3ead.669e",
-        ] {
-            let e = parse_mac(bad).unwrap_err().to_string();
-            assert!(e.contains(&format!("{bad:?} is not a MAC address")), "{e}");
-        }
-    }
-
-    #[test]
-    fn cidr() {
-        assert_eq!(parse_cidr("10.1.2.3").unwrap(), ("10.1.2.3".parse().unwrap(), 32));
-        assert_eq!(parse_cidr("10.1.2.3/32").unwrap(), ("10.1.2.3".parse().unwrap(), 32));
-        assert_eq!(parse_cidr("10.1.2.3/8").unwrap(), ("10.0.0.0".parse().unwrap(), 8));
-        assert_eq!(parse_cidr("10.1.2.3/0").unwrap(), ("0.0.0.0".parse().unwrap(), 0));
-        assert_eq!(parse_cidr("2001:db8::1/64").unwrap(), ("2001:db8::".parse().unwrap(), 64));
-        assert_eq!(parse_cidr("::/0").unwrap(), ("::".parse().unwrap(), 0));
-        assert_eq!(parse_cidr("2001:db8::1/128").unwrap(), ("2001:db8::1".parse().unwrap(), 128));
-        for bad in
-            ["10.0.0.1/33", "::/129", "10.0.0.1/300", "10.0.0.1/a", "10.0.0.1/1/2", "/8", "10.0.0.1 /8"]
-        {
-            assert!(parse_cidr(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -1,0 +1,17 @@
+//! The binding source: networks, ports and agents in the shapes Neutron's API
+//! returns them (GET /v2.0/networks, /v2.0/ports, /v2.0/agents), read from one
+//! JSON document:
+//!
+//! ```json
+//! {"networks": [...], "ports": [...], "agents": [...]}
+//! ```
+//!
+//! A broken document is an error; a broken entry is refused on its own and
+//! reported in [`Bindings::refused`], so one bad port can't take the node down.
+
+mod addr;
+mod model;
+mod parse;
+
+pub use addr::{format_mac, parse_mac};
+pub use model::{AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal};
