@@ -1,0 +1,112 @@
+//! Node-local numbering: network indices (the OVS agent's "local VLAN") and
+//! per-port stats slots, kept across reconciliations and recovered from the
+//! kernel maps after a restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datapath_common::{MAX_NETWORKS, MAX_PORTS, NetInfo};
+
+use super::MapState;
+
+/// What identifies a network on the wire of this node; stable across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WireId {
+    pub net_type: u32,
+    pub segmentation_id: u32,
+    pub uplink_ifindex: u32,
+}
+
+/// Node-local numbering: network indices (the "local VLAN") and stats slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocations {
+    net_index: BTreeMap<WireId, u32>,
+    slots: BTreeMap<u32, u32>,
+    free_nets: Pool,
+    free_slots: Pool,
+}
+
+impl Default for Allocations {
+    fn default() -> Self {
+        Self {
+            net_index: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            // Index 0 means "no network"; slot 0 counts frames on devices the agent does not know.
+            free_nets: Pool::new(1..MAX_NETWORKS),
+            free_slots: Pool::new(1..MAX_PORTS),
+        }
+    }
+}
+
+/// The free numbers of a range; the lowest is handed out first, so numbering
+/// stays dense and a freed number is the next one reused.
+#[derive(Debug, Clone, PartialEq)]
+struct Pool(BTreeSet<u32>);
+
+impl Pool {
+    fn new(range: std::ops::Range<u32>) -> Self {
+        Self(range.collect())
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        self.0.pop_first()
+    }
+
+    /// Returns `keep`; a number that is not kept goes back to the pool.
+    fn keep_or_free(&mut self, keep: bool, n: u32) -> bool {
+        if !keep {
+            self.0.insert(n);
+        }
+        keep
+    }
+}
+
+impl Allocations {
+    /// Recovers the numbering a previous agent left in the kernel maps.
+    pub fn recover(current: &MapState) -> Self {
+        let mut a = Self::default();
+        for (idx, n) in &current.networks {
+            a.net_index.insert(wire_id_of(n), *idx);
+            a.free_nets.0.remove(idx);
+        }
+        for (ifindex, p) in &current.ports {
+            a.slots.insert(*ifindex, p.stats_slot);
+            a.free_slots.0.remove(&p.stats_slot);
+        }
+        a
+    }
+
+    pub(super) fn net_index(&mut self, id: WireId) -> Option<u32> {
+        if let Some(idx) = self.net_index.get(&id) {
+            return Some(*idx);
+        }
+        let idx = self.free_nets.take()?;
+        self.net_index.insert(id, idx);
+        Some(idx)
+    }
+
+    pub(super) fn slot(&mut self, ifindex: u32) -> Option<u32> {
+        if let Some(slot) = self.slots.get(&ifindex) {
+            return Some(*slot);
+        }
+        let slot = self.free_slots.take()?;
+        self.slots.insert(ifindex, slot);
+        Some(slot)
+    }
+
+    /// Forgets numbers no longer in use, so they can be reused.
+    pub(super) fn retain(&mut self, nets: &BTreeSet<WireId>, ports: &BTreeSet<u32>) {
+        let free = &mut self.free_nets;
+        self.net_index.retain(|id, idx| free.keep_or_free(nets.contains(id), *idx));
+        let free = &mut self.free_slots;
+        self.slots.retain(|ifindex, slot| free.keep_or_free(ports.contains(ifindex), *slot));
+    }
+
+    /// Stats slot of a device, if it has one.
+    pub fn slot_of(&self, ifindex: u32) -> Option<u32> {
+        self.slots.get(&ifindex).copied()
+    }
+}
+
+pub(super) fn wire_id_of(n: &NetInfo) -> WireId {
+    WireId { net_type: n.net_type, segmentation_id: n.segmentation_id, uplink_ifindex: n.uplink_ifindex }
+}

@@ -1,0 +1,228 @@
+//! The devices the programs run on: uplinks and the tunnel device, the ports
+//! bound to this host, and taps nobody bound here.
+
+use std::collections::BTreeSet;
+
+use datapath_common::{
+    FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
+    PORT_F_BOUND, PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, names,
+};
+
+use super::{
+    Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, is_port_device,
+    networks::Plans,
+};
+use crate::{bindings::Port, config::Config, netlink::Devices, tunnel::TUNNEL_DEVICE};
+
+fn no_slot() -> PortState {
+    PortState::Error(format!("no free stats slot (max {MAX_PORTS} ports)"))
+}
+
+/// A port entry of no network: uplinks, the tunnel device and unbound taps.
+fn networkless(flags: u32, slot: u32, kind: u8) -> PortInfo {
+    PortInfo { net_index: 0, flags, stats_slot: slot, generation: 0, mac: [0; 6], kind, _pad: 0 }
+}
+
+/// Every mapped interface that exists (an uplink), and the tunnel device.
+pub(super) fn wires(out: &mut Derived, cfg: &Config, devices: &Devices, alloc: &mut Allocations) {
+    let mut wires: Vec<(&str, u8, &'static str, &'static str)> = cfg
+        .physical_interface_mappings
+        .iter()
+        .map(|m| (m.interface.as_str(), PORT_KIND_UPLINK, names::PROG_UPLINK, "uplink"))
+        .collect();
+    if cfg.tunnel_ip().is_some() {
+        wires.push((TUNNEL_DEVICE, PORT_KIND_TUNNEL, names::PROG_TUNNEL, "tunnel"));
+    }
+    for (device, kind, program, label) in wires {
+        let Some(&ifindex) = devices.get(device) else { continue };
+        let mut report = PortReport {
+            id: String::new(),
+            device: device.to_string(),
+            ifindex: Some(ifindex),
+            network_id: String::new(),
+            net_index: None,
+            kind: label,
+            state: PortState::Up,
+        };
+        match alloc.slot(ifindex) {
+            Some(slot) => {
+                out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, kind));
+                out.attach.insert(ifindex, Attachment { device: device.to_string(), program });
+            }
+            None => report.state = no_slot(),
+        }
+        out.ports.push(report);
+    }
+}
+
+/// The ports bound to this host: their entry, FDB entry, flood membership
+/// and allowed addresses. Returns their device names.
+pub(super) fn bound(
+    out: &mut Derived,
+    local: &[&Port],
+    plans: &mut Plans,
+    devices: &Devices,
+    alloc: &mut Allocations,
+) -> BTreeSet<String> {
+    let mut bound_devices = BTreeSet::new();
+    for port in local {
+        let device = port.device_name();
+        bound_devices.insert(device.clone());
+        let ifindex = devices.get(&device).copied();
+        let mut report = PortReport {
+            id: port.id.clone(),
+            device: device.clone(),
+            ifindex,
+            network_id: port.network_id.clone(),
+            net_index: None,
+            kind: if port.is_network_owned() { "network" } else { "vm" },
+            state: PortState::Up,
+        };
+        let Some(plan) = plans.planned.get_mut(port.network_id.as_str()) else {
+            let why = plans
+                .refused
+                .get(port.network_id.as_str())
+                .cloned()
+                .unwrap_or_else(|| format!("network {} is not in the bindings", port.network_id));
+            report.state = PortState::Error(format!("network refused: {why}"));
+            out.ports.push(report);
+            continue;
+        };
+        report.net_index = Some(plan.index);
+        let Some(ifindex) = ifindex else {
+            report.state = PortState::NoDevice;
+            out.ports.push(report);
+            continue;
+        };
+        let admin_up = port.admin_state_up && plan.net.admin_state_up;
+        if admin_up && plan.members.len() >= MAX_FLOOD_PORTS {
+            report.state =
+                PortState::Error(format!("network has more than {MAX_FLOOD_PORTS} local ports on this node"));
+            out.ports.push(report);
+            continue;
+        }
+        let Some(slot) = alloc.slot(ifindex) else {
+            report.state = no_slot();
+            out.ports.push(report);
+            continue;
+        };
+        let anti_spoof = !port.anti_spoof_exempt();
+        let mut flags = PORT_F_BOUND;
+        if admin_up {
+            flags |= PORT_F_ADMIN_UP;
+        }
+        if anti_spoof {
+            flags |= PORT_F_ANTI_SPOOF;
+        }
+        let kind = if port.is_network_owned() { PORT_KIND_NETWORK } else { PORT_KIND_VM };
+        out.state.ports.insert(
+            ifindex,
+            PortInfo {
+                net_index: plan.index,
+                flags,
+                stats_slot: slot,
+                generation: 0,
+                mac: port.mac,
+                kind,
+                _pad: 0,
+            },
+        );
+        out.attach.insert(ifindex, Attachment { device: device.clone(), program: names::PROG_VM_PORT });
+        plan.local_ports += 1;
+        if admin_up {
+            plan.members.push(ifindex);
+            out.state.fdb.insert(
+                FdbKey { net_index: plan.index, mac: port.mac, _pad: [0; 2] },
+                FdbEntry { ifindex, flags: FDB_F_LOCAL, vtep_ipv4: 0, generation: 0 },
+            );
+        } else {
+            report.state = PortState::AdminDown;
+        }
+        if anti_spoof {
+            add_allowed(&mut out.state, ifindex, port);
+        }
+        out.ports.push(report);
+    }
+    bound_devices
+}
+
+/// Taps nobody bound to this host: attached so that their frames are dropped and counted.
+pub(super) fn unbound(
+    out: &mut Derived,
+    devices: &Devices,
+    bound: &BTreeSet<String>,
+    alloc: &mut Allocations,
+) {
+    for (name, &ifindex) in devices {
+        if !is_port_device(name) || bound.contains(name) {
+            continue;
+        }
+        let mut report = PortReport {
+            id: String::new(),
+            device: name.clone(),
+            ifindex: Some(ifindex),
+            network_id: String::new(),
+            net_index: None,
+            kind: "unbound",
+            state: PortState::Unbound,
+        };
+        match alloc.slot(ifindex) {
+            Some(slot) => {
+                out.state.ports.insert(ifindex, networkless(0, slot, PORT_KIND_VM));
+                out.attach.insert(ifindex, Attachment { device: name.clone(), program: names::PROG_VM_PORT });
+            }
+            None => report.state = no_slot(),
+        }
+        out.ports.push(report);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datapath_common::{MAX_FLOOD_PORTS, PORT_F_ADMIN_UP};
+    use serde_json::json;
+
+    use crate::{
+        bindings::Bindings,
+        config::Config,
+        desired::{Allocations, PortState, derive, tests::CONFIG},
+        netlink::Devices,
+    };
+
+    #[test]
+    fn the_flood_list_caps_admin_up_ports_of_a_network_at_64() {
+        let n = MAX_FLOOD_PORTS + 2;
+        let mut ports: Vec<_> = (0..n)
+            .map(|i| {
+                json!({"id": format!("{i:08x}-0000-4000-8000-000000000000"), "network_id": "n",
+                       "mac_address": format!("fa:16:3e:00:01:{i:02x}"), "binding:host_id": "node0"})
+            })
+            .collect();
+        // An admin-down port takes no place in the flood list, so it is never refused for it.
+        ports[n - 1]["admin_state_up"] = json!(false);
+        let doc = json!({"networks": [{"id": "n", "provider:network_type": "vlan",
+            "provider:physical_network": "default", "provider:segmentation_id": 10}], "ports": ports});
+        let b = Bindings::parse_str(&doc.to_string(), "test").unwrap();
+        let mut devices: Devices = [("eth2".to_string(), 2)].into();
+        for i in 0..n {
+            devices.insert(format!("tap{i:08x}-00"), 100 + i as u32);
+        }
+        let out =
+            derive(&Config::parse_str(CONFIG, "test").unwrap(), &b, &devices, &mut Allocations::default());
+        let state_of =
+            |i: usize| &out.ports.iter().find(|p| p.ifindex == Some(100 + i as u32)).unwrap().state;
+        for i in 0..MAX_FLOOD_PORTS {
+            assert_eq!(state_of(i), &PortState::Up, "port {i}");
+        }
+        let refused = state_of(MAX_FLOOD_PORTS);
+        assert!(
+            matches!(refused, PortState::Error(e) if e.contains("more than 64 local ports")),
+            "{refused:?}"
+        );
+        assert!(!out.state.ports.contains_key(&(100 + MAX_FLOOD_PORTS as u32)), "the 65th is not programmed");
+        assert_eq!(state_of(n - 1), &PortState::AdminDown);
+        assert_eq!(out.state.ports[&(100 + n as u32 - 1)].flags & PORT_F_ADMIN_UP, 0);
+        let set = out.state.flood_sets.values().next().unwrap();
+        assert_eq!(set.count as usize, MAX_FLOOD_PORTS);
+    }
+}
