@@ -170,7 +170,7 @@ impl Agent {
                     (false, false)
                 }
                 Some(p) = requests.recv() => {
-                    let answer = self.answer(p.request).map_err(|e| format!("{e:#}"));
+                    let answer = self.answer(p.request);
                     let _ = p.reply.send(answer);
                     (false, false)
                 }

@@ -5,9 +5,14 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use datapath_common::Action;
 
-use crate::{bindings::parse_mac, frames, introspect::parse_hex};
+use crate::{
+    api::{FdbReply, NetworksReply, PortsReply, StatsReply, StatusReply, TraceReply},
+    bindings::parse_mac,
+    frames,
+    introspect::parse_hex,
+};
 
 /// Prints `rows` under `headers`, columns padded to their widest cell.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
@@ -27,144 +32,133 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A cell for an optional value: `-` when absent or empty.
+fn cell<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into())
+}
+
+/// `status` as lines of `key value`.
+pub fn print_status(v: &StatusReply) {
+    let lines = [
+        ("host", v.host.clone()),
+        ("pin_path", v.pin_path.clone()),
+        ("abi_version", v.abi_version.to_string()),
+        ("kernel", v.kernel.clone()),
+        ("tc_hook", v.tc_hook.clone()),
+        ("bindings", v.bindings.clone()),
+        ("bindings_error", cell(v.bindings_error.as_deref())),
+        ("syncs", v.syncs.to_string()),
+        ("networks", v.networks.to_string()),
+    ];
+    for (key, value) in lines {
+        println!("{key:<15} {value}");
+    }
+    let ports: Vec<String> = v.ports.iter().map(|(state, n)| format!("{state}={n}")).collect();
+    println!("{:<15} {}", "ports", ports.join(" "));
+    for e in &v.errors {
+        println!("error           {e}");
+    }
+    for r in &v.refused {
+        println!("refused         {}: {}", r.what, r.reason);
     }
 }
 
-/// Prints a command's result as a human-readable table.
-pub fn print_human(command: &str, v: &Value) {
-    match command {
-        "status" => {
-            for key in [
-                "host",
-                "pin_path",
-                "abi_version",
-                "kernel",
-                "tc_hook",
-                "bindings",
-                "bindings_error",
-                "syncs",
-                "networks",
-            ] {
-                println!("{key:<15} {}", s(&v[key]));
-            }
-            println!("{:<15} {}", "ports", v["ports"]);
-            for e in v["errors"].as_array().into_iter().flatten() {
-                println!("error           {}", s(e));
-            }
-            for r in v["refused"].as_array().into_iter().flatten() {
-                println!("refused         {}: {}", s(&r["what"]), s(&r["reason"]));
-            }
-        }
-        "ports" => {
-            let rows: Vec<Vec<String>> = v["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    ["device", "port_id", "kind", "ifindex", "network", "local_index", "state", "detail"]
-                        .iter()
-                        .map(|k| s(&p[*k]))
-                        .collect()
-                })
-                .collect();
-            print_table(&["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "DETAIL"], &rows);
-        }
-        "networks" => {
-            let rows: Vec<Vec<String>> = v["networks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|n| {
-                    [
-                        "id",
-                        "name",
-                        "type",
-                        "segmentation_id",
-                        "physical_network",
-                        "local_index",
-                        "local_ports",
-                        "error",
-                    ]
-                    .iter()
-                    .map(|k| s(&n[*k]))
-                    .collect()
-                })
-                .collect();
-            print_table(&["NETWORK", "NAME", "TYPE", "SEGMENT", "PHYSNET", "LOCAL", "PORTS", "ERROR"], &rows);
-        }
-        "fdb" => {
-            let rows: Vec<Vec<String>> = v["entries"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|e| {
-                    ["local_index", "mac", "type", "device", "age_s", "network"]
-                        .iter()
-                        .map(|k| s(&e[*k]))
-                        .collect()
-                })
-                .collect();
-            print_table(&["LOCAL", "MAC", "TYPE", "PORT", "AGE", "NETWORK"], &rows);
-        }
-        "stats" => {
-            let mut rows = Vec::new();
-            for p in v["ports"].as_array().into_iter().flatten() {
-                let actions = &p["actions"];
-                let drops: Vec<String> =
-                    p["drops"].as_object().into_iter().flatten().map(|(k, n)| format!("{k}={n}")).collect();
-                rows.push(vec![
-                    s(&p["device"]),
-                    s(&p["kind"]),
-                    s(&actions["rx"]),
-                    s(&actions["to_local_port"]),
-                    s(&actions["to_uplink"]),
-                    s(&actions["flooded"]),
-                    s(&actions["learned"]),
-                    s(&p["dropped"]),
-                    if drops.is_empty() { "-".into() } else { drops.join(" ") },
-                ]);
-            }
-            print_table(
-                &[
-                    "PORT",
-                    "KIND",
-                    "RX",
-                    "TO_LOCAL",
-                    "TO_UPLINK",
-                    "FLOODED",
-                    "LEARNED",
-                    "DROPPED",
-                    "DROPS BY REASON",
-                ],
-                &rows,
-            );
-        }
-        "trace" => {
-            println!("port      {} ({})", s(&v["port"]), s(&v["program"]));
-            println!("network   {} (local index {})", s(&v["network"]), s(&v["local_index"]));
-            match v["verdict"].as_str() {
-                Some("drop") => println!("verdict   drop: {}", s(&v["reason"])),
-                _ => println!("verdict   {}", s(&v["action"])),
-            }
-            for t in v["targets"].as_array().into_iter().flatten() {
-                let vlan = t["vlan"].as_u64().unwrap_or(0);
-                let tag = match (t["vtep"].as_str(), vlan) {
-                    (Some(vtep), _) => format!("vxlan vni {} to {vtep}", s(&t["vni"])),
-                    (None, 0) => String::from("untagged"),
-                    (None, vlan) => format!("vlan {vlan}"),
-                };
-                println!("  -> {} ({tag})", s(&t["device"]));
-            }
-            println!("frame out {}", s(&v["frame_out"]));
-        }
-        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+/// `ports` as a table.
+pub fn print_ports(v: &PortsReply) {
+    let rows: Vec<Vec<String>> = v
+        .ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.device.clone(),
+                cell(Some(&p.port_id)),
+                p.kind.clone(),
+                cell(p.ifindex),
+                cell(Some(&p.network)),
+                cell(p.local_index),
+                p.state.clone(),
+                cell(Some(&p.detail)),
+            ]
+        })
+        .collect();
+    print_table(&["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "DETAIL"], &rows);
+}
+
+/// `networks` as a table.
+pub fn print_networks(v: &NetworksReply) {
+    let rows: Vec<Vec<String>> = v
+        .networks
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                cell(Some(&n.name)),
+                n.net_type.clone(),
+                cell(n.segmentation_id),
+                cell(n.physical_network.as_deref()),
+                cell(n.local_index),
+                n.local_ports.to_string(),
+                cell(Some(&n.error)),
+            ]
+        })
+        .collect();
+    print_table(&["NETWORK", "NAME", "TYPE", "SEGMENT", "PHYSNET", "LOCAL", "PORTS", "ERROR"], &rows);
+}
+
+/// `fdb` as a table.
+pub fn print_fdb(v: &FdbReply) {
+    let rows: Vec<Vec<String>> = v
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.local_index.to_string(),
+                e.mac.clone(),
+                e.kind.clone(),
+                e.device.clone(),
+                cell(e.age_s),
+                cell(Some(&e.network)),
+            ]
+        })
+        .collect();
+    print_table(&["LOCAL", "MAC", "TYPE", "PORT", "AGE", "NETWORK"], &rows);
+}
+
+/// `stats` as a table: the main actions as columns, then every drop reason that counted.
+pub fn print_stats(v: &StatsReply) {
+    let columns = [Action::Received, Action::ToLocalPort, Action::ToUplink, Action::Flooded, Action::Learned];
+    let mut rows = Vec::new();
+    for p in &v.ports {
+        let mut row = vec![p.device.clone(), p.kind.clone()];
+        row.extend(columns.iter().map(|a| cell(p.actions.get(a.label()))));
+        row.push(p.dropped.to_string());
+        let drops: Vec<String> = p.drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        row.push(if drops.is_empty() { "-".into() } else { drops.join(" ") });
+        rows.push(row);
     }
+    let mut headers = vec!["PORT".to_string(), "KIND".to_string()];
+    headers.extend(columns.iter().map(|a| a.label().to_uppercase()));
+    headers.extend(["DROPPED".to_string(), "DROPS BY REASON".to_string()]);
+    print_table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
+}
+
+/// `trace` as the decision, one destination per line.
+pub fn print_trace(v: &TraceReply) {
+    println!("port      {} ({})", v.port, v.program);
+    println!("network   {} (local index {})", cell(Some(&v.network)), v.local_index);
+    match (&v.reason, &v.action) {
+        (Some(reason), _) => println!("verdict   drop: {reason}"),
+        (None, action) => println!("verdict   {}", cell(action.as_deref())),
+    }
+    for t in &v.targets {
+        let tag = match (&t.vtep, t.vlan) {
+            (Some(vtep), _) => format!("vxlan vni {} to {vtep}", t.vni),
+            (None, 0) => String::from("untagged"),
+            (None, vlan) => format!("vlan {vlan}"),
+        };
+        println!("  -> {} ({tag})", t.device);
+    }
+    println!("frame out {}", v.frame_out);
 }
 
 /// Frame bytes from a `trace --frame` argument: hex, a pcap file (first

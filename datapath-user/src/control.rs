@@ -1,9 +1,6 @@
 //! The control socket: one JSON request per line in, one JSON reply per line
-//! out. The listener only parses and forwards; the agent loop answers, so all
-//! state stays owned by one task.
-//!
-//! Request:  `{"cmd": "ports"}`, `{"cmd": "stats", "port": "tap02407769-97"}`, ...
-//! Reply:    `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+//! out, in the shapes of `api`. The listener only parses and forwards; the
+//! agent loop answers, so all state stays owned by one task.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -13,39 +10,22 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
     net::UnixListener,
     sync::{mpsc, oneshot},
 };
 
+use crate::api::{Answer, ApiError, ErrorKind, Reply, Request};
+
 /// Longest request line accepted; anything longer is refused without being read whole.
 pub const MAX_REQUEST: usize = 1 << 20;
-
-/// What a client can ask.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    /// Agent summary.
-    Status,
-    /// Every port (and unbound tap, and uplink) with its state.
-    Ports,
-    /// Networks with ports on this node.
-    Networks,
-    /// Forwarding entries, of one network (id, name or local index) or all.
-    Fdb { network: Option<String> },
-    /// Counters per port, of one port (device or port id) or all.
-    Stats { port: Option<String> },
-    /// Runs the real program on a frame (hex) against the live maps, changing nothing.
-    Trace { port: String, frame: String },
-}
 
 /// A request waiting for the agent's answer.
 pub struct Pending {
     pub request: Request,
-    pub reply: oneshot::Sender<Result<Value, String>>,
+    pub reply: oneshot::Sender<Result<Answer, ApiError>>,
 }
 
 /// Listens on `path` and forwards every request to `tx`.
@@ -83,75 +63,29 @@ async fn connection(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -
             }
             Err(e) => Err(e),
         };
-        let body = match reply {
-            Ok(result) => json!({"ok": true, "result": result}),
-            Err(error) => json!({"ok": false, "error": error}),
-        };
-        let mut text = serde_json::to_string(&body)?;
+        let mut text = serde_json::to_string(&Reply::from_result(reply))?;
         text.push('\n');
         write.write_all(text.as_bytes()).await.context("writing a reply")?;
     }
     Ok(())
 }
 
-/// The wire form of a request, before it is checked against its command.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRequest {
-    cmd: String,
-    network: Option<String>,
-    port: Option<String>,
-    frame: Option<String>,
-}
-
 /// Parses one request line; the error says what is wrong with it.
-pub fn parse_request(line: &str) -> Result<Request, String> {
+pub fn parse_request(line: &str) -> Result<Request, ApiError> {
     if line.len() > MAX_REQUEST {
-        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        return Err(ApiError::new(ErrorKind::BadRequest, format!("request longer than {MAX_REQUEST} bytes")));
     }
-    let raw: RawRequest =
-        serde_json::from_str(line).map_err(|e| format!("bad request: {e} (at column {})", e.column()))?;
-    let unexpected = |field: &str, present: bool| {
-        if present { Err(format!("bad request: {:?} takes no {field:?}", raw.cmd)) } else { Ok(()) }
-    };
-    let request = match raw.cmd.as_str() {
-        "status" | "ports" | "networks" => {
-            unexpected("network", raw.network.is_some())?;
-            unexpected("port", raw.port.is_some())?;
-            unexpected("frame", raw.frame.is_some())?;
-            match raw.cmd.as_str() {
-                "status" => Request::Status,
-                "ports" => Request::Ports,
-                _ => Request::Networks,
-            }
-        }
-        "fdb" => {
-            unexpected("port", raw.port.is_some())?;
-            unexpected("frame", raw.frame.is_some())?;
-            Request::Fdb { network: raw.network.clone() }
-        }
-        "stats" => {
-            unexpected("network", raw.network.is_some())?;
-            unexpected("frame", raw.frame.is_some())?;
-            Request::Stats { port: raw.port.clone() }
-        }
-        "trace" => {
-            unexpected("network", raw.network.is_some())?;
-            let port = raw.port.clone().ok_or("bad request: trace needs \"port\"")?;
-            let frame = raw.frame.clone().ok_or("bad request: trace needs \"frame\"")?;
-            Request::Trace { port, frame }
-        }
-        other => {
-            return Err(format!(
-                "bad request: unknown cmd {other:?} (status, ports, networks, fdb, stats, trace)"
-            ));
-        }
-    };
-    Ok(request)
+    serde_json::from_str(line).map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("bad request: {e} (commands: status, ports, networks, fdb, stats, trace)"),
+        )
+    })
 }
 
-/// Sends one request to the agent listening on `path` and returns its result.
-pub fn query(path: &Path, request: &Request) -> Result<Value> {
+/// Sends one request to the agent listening on `path` and returns its result,
+/// read as the reply type of that request.
+pub fn query<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
     let mut stream = UnixStream::connect(path).with_context(|| {
         format!("connecting to the agent's control socket {} (is the agent running?)", path.display())
     })?;
@@ -164,11 +98,12 @@ pub fn query(path: &Path, request: &Request) -> Result<Value> {
     if reply.is_empty() {
         bail!("the agent closed the connection without replying");
     }
-    let v: Value = serde_json::from_str(&reply).context("the agent's reply is not JSON")?;
-    if v["ok"] == Value::Bool(true) {
-        Ok(v["result"].clone())
-    } else {
-        bail!("agent: {}", v["error"].as_str().unwrap_or("unknown error"))
+    let reply: Reply<T> =
+        serde_json::from_str(&reply).context("the agent's reply is not a reply of this version")?;
+    match (reply.result, reply.error) {
+        (Some(result), _) if reply.ok => Ok(result),
+        (_, Some(error)) => Err(error).context("agent"),
+        _ => bail!("agent: a reply with neither a result nor an error"),
     }
 }
 
@@ -177,29 +112,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_parse_and_round_trip() {
-        assert_eq!(parse_request(r#"{"cmd":"ports"}"#), Ok(Request::Ports));
+    fn requests_parse() {
+        assert_eq!(parse_request(r#"{"cmd":"ports"}"#), Ok(Request::Ports {}));
         assert_eq!(parse_request(r#"{"cmd":"fdb"}"#), Ok(Request::Fdb { network: None }));
         assert_eq!(
             parse_request(r#"{"cmd":"stats","port":"tap1"}"#),
             Ok(Request::Stats { port: Some("tap1".into()) })
         );
-        let t = Request::Trace { port: "p".into(), frame: "ff".into() };
-        assert_eq!(parse_request(&serde_json::to_string(&t).unwrap()), Ok(t));
     }
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
-        let e = parse_request("not json").unwrap_err();
-        assert!(e.contains("bad request"), "{e}");
-        let e = parse_request(r#"{"cmd":"reboot"}"#).unwrap_err();
-        assert!(e.contains("reboot"), "{e}");
-        let e = parse_request(r#"{"cmd":"trace","port":"x"}"#).unwrap_err();
-        assert!(e.contains("frame"), "{e}");
-        let e = parse_request(r#"{"cmd":"ports","extra":1}"#).unwrap_err();
-        assert!(e.contains("extra"), "{e}");
-        let e = parse_request(r#"{"cmd":"ports","port":"x"}"#).unwrap_err();
-        assert!(e.contains("takes no"), "{e}");
-        assert!(parse_request(&"x".repeat(MAX_REQUEST + 1)).unwrap_err().contains("longer"));
+        let bad = |line: &str| {
+            let e = parse_request(line).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+            e.message
+        };
+        assert!(bad("not json").contains("bad request"));
+        assert!(bad(r#"{"cmd":"reboot"}"#).contains("reboot"));
+        assert!(bad(r#"{"cmd":"trace","port":"x"}"#).contains("frame"));
+        assert!(bad(r#"{"cmd":"stats","extra":1}"#).contains("extra"));
+        assert!(bad(r#"{"cmd":"ports","port":"x"}"#).contains("port"));
+        assert!(bad(&"x".repeat(MAX_REQUEST + 1)).contains("longer"));
     }
 }

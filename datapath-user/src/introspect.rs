@@ -1,84 +1,96 @@
 //! Answers to control-socket requests: the `ovs-ofctl`/`ovs-appctl` of this
-//! datapath. Every answer is JSON; the CLI turns it into tables.
+//! datapath. Every answer is one of `api`'s reply types; the CLI turns it
+//! into tables.
 
 use std::collections::BTreeMap;
 
+use crate::{
+    agent::Agent,
+    api::{
+        Answer, ApiError, ErrorKind, FdbReply, FdbRow, NetworkRow, NetworksReply, PortRow, PortStats,
+        PortsReply, Refused, Request, StatsReply, StatusReply, TraceReply, TraceTarget,
+    },
+    bindings::format_mac,
+    desired::{PortReport, PortState},
+    learned::monotonic_ns,
+    testrun::{self, SkbRun},
+};
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{
     ABI_VERSION, Action, DropReason, FDB_F_LOCAL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
     names,
 };
-use serde_json::{Value, json};
-
-use crate::{
-    agent::Agent,
-    bindings::format_mac,
-    control::Request,
-    desired::{PortReport, PortState},
-    learned::monotonic_ns,
-    testrun::{self, SkbRun},
-};
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
 const MAX_TRACE_FRAME: usize = 3500;
 
 impl Agent {
-    /// Answers one control request.
-    pub fn answer(&mut self, request: Request) -> Result<Value> {
-        match request {
-            Request::Status => Ok(self.status_json()),
-            Request::Ports => {
-                Ok(json!({"ports": self.status.derived.ports.iter().map(port_json).collect::<Vec<_>>()}))
-            }
-            Request::Networks => Ok(self.networks_json()),
-            Request::Fdb { network } => self.fdb_json(network.as_deref()),
-            Request::Stats { port } => self.stats_json(port.as_deref()),
-            Request::Trace { port, frame } => self.trace_json(&port, &frame),
-        }
-    }
-
-    fn status_json(&self) -> Value {
-        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
-        for p in &self.status.derived.ports {
-            *by_state.entry(state_name(&p.state)).or_default() += 1;
-        }
-        let refused: Vec<Value> = self
-            .source
-            .good()
-            .map(|b| b.refused.iter().map(|r| json!({"what": r.what, "reason": r.reason})).collect())
-            .unwrap_or_default();
-        json!({
-            "host": self.cfg.host,
-            "pin_path": self.cfg.pin_path,
-            "abi_version": ABI_VERSION,
-            "kernel": self.features.kernel,
-            "tc_hook": self.features.describe_hook(),
-            "bindings": self.source.path(),
-            "bindings_error": self.source.error(),
-            "syncs": self.status.syncs,
-            "ports": by_state,
-            "networks": self.status.derived.networks.len(),
-            "errors": self.status.errors,
-            "refused": refused,
+    /// Answers one control request. A port or network this node does not
+    /// have is `not_found`; anything else that fails is `failed`.
+    pub fn answer(&mut self, request: Request) -> Result<Answer, ApiError> {
+        let answer = match request {
+            Request::Status {} => Ok(Answer::Status(self.status_reply())),
+            Request::Ports {} => Ok(Answer::Ports(PortsReply {
+                ports: self.status.derived.ports.iter().map(port_row).collect(),
+            })),
+            Request::Networks {} => Ok(Answer::Networks(self.networks_reply())),
+            Request::Fdb { network } => self.fdb_reply(network.as_deref()).map(Answer::Fdb),
+            Request::Stats { port } => self.stats_reply(port.as_deref()).map(Answer::Stats),
+            Request::Trace { port, frame } => self.trace_reply(&port, &frame).map(Answer::Trace),
+        };
+        answer.map_err(|e| match e.downcast_ref::<ApiError>() {
+            Some(api) => api.clone(),
+            None => ApiError::new(ErrorKind::Failed, format!("{e:#}")),
         })
     }
 
-    fn networks_json(&self) -> Value {
-        let nets: Vec<Value> = self
+    fn status_reply(&self) -> StatusReply {
+        let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+        for p in &self.status.derived.ports {
+            *by_state.entry(state_name(&p.state).to_string()).or_default() += 1;
+        }
+        let refused = self
+            .source
+            .good()
+            .map(|b| {
+                b.refused.iter().map(|r| Refused { what: r.what.clone(), reason: r.reason.clone() }).collect()
+            })
+            .unwrap_or_default();
+        StatusReply {
+            host: self.cfg.host.clone(),
+            pin_path: self.cfg.pin_path.display().to_string(),
+            abi_version: ABI_VERSION,
+            kernel: self.features.kernel.clone(),
+            tc_hook: self.features.describe_hook().to_string(),
+            bindings: self.source.path().display().to_string(),
+            bindings_error: self.source.error().map(str::to_owned),
+            syncs: self.status.syncs,
+            ports: by_state,
+            networks: self.status.derived.networks.len(),
+            errors: self.status.errors.clone(),
+            refused,
+        }
+    }
+
+    fn networks_reply(&self) -> NetworksReply {
+        let networks = self
             .status
             .derived
             .networks
             .iter()
-            .map(|n| {
-                json!({
-                    "id": n.id, "name": n.name, "type": n.net_type, "segmentation_id": n.segmentation_id,
-                    "physical_network": n.physical_network, "local_index": n.net_index,
-                    "local_ports": n.local_ports, "error": n.error,
-                })
+            .map(|n| NetworkRow {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                net_type: n.net_type.clone(),
+                segmentation_id: n.segmentation_id,
+                physical_network: n.physical_network.clone(),
+                local_index: n.net_index,
+                local_ports: n.local_ports,
+                error: n.error.clone(),
             })
             .collect();
-        json!({ "networks": nets })
+        NetworksReply { networks }
     }
 
     /// The network report matching an id, a name or a local index.
@@ -89,7 +101,7 @@ impl Agent {
                 n.id == key || n.name == key || n.net_index.map(|i| i.to_string()).as_deref() == Some(key)
             })
             .and_then(|n| n.net_index)
-            .with_context(|| format!("no network {key:?} with ports on this node"))
+            .ok_or_else(|| not_found(format!("no network {key:?} with ports on this node")))
     }
 
     fn network_id(&self, index: u32) -> String {
@@ -106,7 +118,7 @@ impl Agent {
             .unwrap_or_else(|| format!("ifindex {ifindex}"))
     }
 
-    fn fdb_json(&self, network: Option<&str>) -> Result<Value> {
+    fn fdb_reply(&self, network: Option<&str>) -> Result<FdbReply> {
         let only = network.map(|n| self.find_network(n)).transpose()?;
         let mut entries = Vec::new();
         for item in self.dp.maps.synced.fdb.iter() {
@@ -114,11 +126,14 @@ impl Agent {
             if only.is_some_and(|n| n != k.net_index) {
                 continue;
             }
-            entries.push(json!({
-                "network": self.network_id(k.net_index), "local_index": k.net_index, "mac": format_mac(&k.mac),
-                "device": self.device_of(v.ifindex), "type": if v.flags & FDB_F_LOCAL != 0 { "local" } else { "remote" },
-                "age_s": Value::Null,
-            }));
+            entries.push(FdbRow {
+                network: self.network_id(k.net_index),
+                local_index: k.net_index,
+                mac: format_mac(&k.mac),
+                device: self.device_of(v.ifindex),
+                kind: if v.flags & FDB_F_LOCAL != 0 { "local" } else { "remote" }.into(),
+                age_s: None,
+            });
         }
         let now = monotonic_ns();
         for item in self.dp.maps.fdb_learned.iter() {
@@ -126,13 +141,16 @@ impl Agent {
             if only.is_some_and(|n| n != k.net_index) {
                 continue;
             }
-            entries.push(json!({
-                "network": self.network_id(k.net_index), "local_index": k.net_index, "mac": format_mac(&k.mac),
-                "device": self.device_of(v.ifindex), "type": "learned",
-                "age_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
-            }));
+            entries.push(FdbRow {
+                network: self.network_id(k.net_index),
+                local_index: k.net_index,
+                mac: format_mac(&k.mac),
+                device: self.device_of(v.ifindex),
+                kind: "learned".into(),
+                age_s: Some(now.saturating_sub(v.last_seen_ns) / 1_000_000_000),
+            });
         }
-        Ok(json!({ "entries": entries }))
+        Ok(FdbReply { entries })
     }
 
     /// The report of a port given by device name or (a prefix of) its port id.
@@ -144,8 +162,8 @@ impl Agent {
         let mut matches = ports.iter().filter(|p| !p.id.is_empty() && p.id.starts_with(key));
         match (matches.next(), matches.next()) {
             (Some(p), None) => Ok(p),
-            (Some(_), Some(_)) => bail!("port {key:?} is ambiguous: give more of the id"),
-            _ => bail!("no port {key:?} on this node (give a device name or a port id)"),
+            (Some(_), Some(_)) => Err(not_found(format!("port {key:?} is ambiguous: give more of the id"))),
+            _ => Err(not_found(format!("no port {key:?} on this node (give a device name or a port id)"))),
         }
     }
 
@@ -159,7 +177,7 @@ impl Agent {
         Ok(Some((info.stats_slot, sum)))
     }
 
-    fn stats_json(&self, port: Option<&str>) -> Result<Value> {
+    fn stats_reply(&self, port: Option<&str>) -> Result<StatsReply> {
         let ports: Vec<&PortReport> = match port {
             Some(key) => vec![self.find_port(key)?],
             None => self.status.derived.ports.iter().collect(),
@@ -168,25 +186,34 @@ impl Agent {
         for p in ports {
             let Some(ifindex) = p.ifindex else { continue };
             let Some((slot, c)) = self.counters(ifindex)? else { continue };
-            let actions: BTreeMap<&str, u64> =
-                Action::ALL.iter().map(|a| (a.label(), c.actions[*a as usize])).collect();
-            let drops: BTreeMap<&str, u64> = DropReason::ALL
+            let actions =
+                Action::ALL.iter().map(|a| (a.label().to_string(), c.actions[*a as usize])).collect();
+            let drops = DropReason::ALL
                 .iter()
                 .filter(|r| c.drops[**r as usize] != 0)
-                .map(|r| (r.label(), c.drops[*r as usize]))
+                .map(|r| (r.label().to_string(), c.drops[*r as usize]))
                 .collect();
-            out.push(json!({
-                "device": p.device, "port_id": p.id, "kind": p.kind, "ifindex": ifindex, "slot": slot,
-                "actions": actions, "drops": drops, "dropped": c.drops.iter().sum::<u64>(),
-            }));
+            out.push(PortStats {
+                device: p.device.clone(),
+                port_id: p.id.clone(),
+                kind: p.kind.to_string(),
+                ifindex,
+                slot,
+                actions,
+                drops,
+                dropped: c.drops.iter().sum(),
+            });
         }
-        Ok(json!({ "ports": out }))
+        Ok(StatsReply { ports: out })
     }
 
-    fn trace_json(&mut self, port: &str, frame_hex: &str) -> Result<Value> {
-        let frame = parse_hex(frame_hex)?;
+    fn trace_reply(&mut self, port: &str, frame_hex: &str) -> Result<TraceReply> {
+        let frame = parse_hex(frame_hex).map_err(|e| bad_request(format!("{e:#}")))?;
         if !(15..=MAX_TRACE_FRAME).contains(&frame.len()) {
-            bail!("frame is {} bytes; trace takes 15..={MAX_TRACE_FRAME}", frame.len());
+            return Err(bad_request(format!(
+                "frame is {} bytes; trace takes 15..={MAX_TRACE_FRAME}",
+                frame.len()
+            )));
         }
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
@@ -204,36 +231,62 @@ impl Agent {
         let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
         let rec =
             per_cpu.iter().find(|r| r.valid == 1).copied().context("the program wrote no trace record")?;
-        let targets: Vec<Value> = rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
+        let targets = rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
             .iter()
-            .map(|t| {
-                let vtep = (t.vtep_ipv4 != 0).then(|| std::net::Ipv4Addr::from(t.vtep_ipv4).to_string());
-                json!({"device": self.device_of(t.ifindex), "ifindex": t.ifindex, "vlan": t.vlan, "vtep": vtep, "vni": t.vni})
+            .map(|t| TraceTarget {
+                device: self.device_of(t.ifindex),
+                ifindex: t.ifindex,
+                vlan: t.vlan,
+                vtep: (t.vtep_ipv4 != 0).then(|| std::net::Ipv4Addr::from(t.vtep_ipv4).to_string()),
+                vni: t.vni,
             })
             .collect();
         let reason = DropReason::from_index(rec.reason);
-        Ok(json!({
-            "port": report.device, "program": program,
-            "verdict": if reason.is_some() { "drop" } else { "forward" },
-            "reason": reason.map(|r| r.label()),
-            "action": if reason.is_none() { Action::from_index(rec.action).map(|a| a.label()) } else { None },
-            "network": self.network_id(rec.net_index), "local_index": rec.net_index,
-            "targets": targets, "tc_verdict": out.retval,
-            "frame_out": out.frame.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        }))
+        Ok(TraceReply {
+            port: report.device,
+            program: program.to_string(),
+            verdict: if reason.is_some() { "drop" } else { "forward" }.into(),
+            reason: reason.map(|r| r.label().to_string()),
+            action: if reason.is_none() {
+                Action::from_index(rec.action).map(|a| a.label().to_string())
+            } else {
+                None
+            },
+            network: self.network_id(rec.net_index),
+            local_index: rec.net_index,
+            targets,
+            tc_verdict: out.retval,
+            frame_out: out.frame.iter().map(|b| format!("{b:02x}")).collect(),
+        })
     }
 }
 
-/// A port's report as JSON.
-fn port_json(p: &PortReport) -> Value {
+/// A port's report as a row of `ports`.
+fn port_row(p: &PortReport) -> PortRow {
     let detail = match &p.state {
-        PortState::Error(e) => e.as_str(),
-        _ => "",
+        PortState::Error(e) => e.clone(),
+        _ => String::new(),
     };
-    json!({
-        "device": p.device, "port_id": p.id, "kind": p.kind, "ifindex": p.ifindex,
-        "network": p.network_id, "local_index": p.net_index, "state": state_name(&p.state), "detail": detail,
-    })
+    PortRow {
+        device: p.device.clone(),
+        port_id: p.id.clone(),
+        kind: p.kind.to_string(),
+        ifindex: p.ifindex,
+        network: p.network_id.clone(),
+        local_index: p.net_index,
+        state: state_name(&p.state).to_string(),
+        detail,
+    }
+}
+
+/// An error that tells the client the port or network it named is not here.
+fn not_found(message: String) -> anyhow::Error {
+    ApiError::new(ErrorKind::NotFound, message).into()
+}
+
+/// An error that tells the client its request was wrong.
+fn bad_request(message: String) -> anyhow::Error {
+    ApiError::new(ErrorKind::BadRequest, message).into()
 }
 
 fn state_name(s: &PortState) -> &'static str {

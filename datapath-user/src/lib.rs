@@ -2,6 +2,7 @@
 //! source, netlink watcher, control socket, and the agent that ties them.
 
 pub mod agent;
+pub mod api;
 pub mod attach;
 pub mod bindings;
 pub mod cli;

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use datapath_user::{
-    agent, cli,
+    agent,
+    api::{API_VERSION, Request, Versioned},
+    cli,
     config::{Config, DEFAULT_CONTROL_SOCKET},
-    control::{self, Request},
+    control,
 };
+use serde::{Serialize, de::DeserializeOwned};
 
 /// eBPF L2 datapath for OpenStack Neutron nodes (replaces the OVS hybrid chain).
 #[derive(Parser)]
@@ -90,12 +93,16 @@ enum Command {
     },
 }
 
-fn ask(target: &Target, name: &str, request: Request) -> Result<()> {
-    let result = control::query(&target.socket()?, &request)?;
+/// Sends `request`, then prints its reply of type `T`: as a table, or with `--json` as JSON.
+fn ask<T: DeserializeOwned + Serialize>(target: &Target, request: Request, human: fn(&T)) -> Result<()> {
+    let result: T = control::query(&target.socket()?, &request)?;
     if target.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Versioned { api_version: API_VERSION, result: &result })?
+        );
     } else {
-        cli::print_human(name, &result);
+        human(&result);
     }
     Ok(())
 }
@@ -114,15 +121,15 @@ fn main() -> Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(async { agent::Agent::start(cfg)?.run().await })
         }
-        Command::Status(t) => ask(&t, "status", Request::Status),
-        Command::Ports(t) => ask(&t, "ports", Request::Ports),
-        Command::Networks(t) => ask(&t, "networks", Request::Networks),
-        Command::Fdb { target, network } => ask(&target, "fdb", Request::Fdb { network }),
-        Command::Stats { target, port } => ask(&target, "stats", Request::Stats { port }),
+        Command::Status(t) => ask(&t, Request::Status {}, cli::print_status),
+        Command::Ports(t) => ask(&t, Request::Ports {}, cli::print_ports),
+        Command::Networks(t) => ask(&t, Request::Networks {}, cli::print_networks),
+        Command::Fdb { target, network } => ask(&target, Request::Fdb { network }, cli::print_fdb),
+        Command::Stats { target, port } => ask(&target, Request::Stats { port }, cli::print_stats),
         Command::Trace { target, port, frame } => {
             let bytes = cli::frame_arg(&frame)?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            ask(&target, "trace", Request::Trace { port, frame: hex })
+            ask(&target, Request::Trace { port, frame: hex }, cli::print_trace)
         }
     }
 }

@@ -45,6 +45,7 @@ fn status_ports_networks_fdb_stats_and_trace_describe_the_live_datapath() {
     assert!(c.vms[ia].reaches(&local_b.ip));
 
     let status = json(&c, &["status"]);
+    assert_eq!(status["api_version"], 1, "--json output says its version: {status}");
     assert_eq!(status["host"], "node0");
     // The hook this kernel gets: tcx from 6.6 on, cls_bpf filters before (the lts-kernel layer).
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -136,9 +137,16 @@ fn status_ports_networks_fdb_stats_and_trace_describe_the_live_datapath() {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], false, "{bad} -> {line}");
-        assert!(v["error"].as_str().unwrap().starts_with("bad request"), "{line}");
+        assert_eq!((&v["ok"], &v["version"]), (&Value::Bool(false), &Value::from(1)), "{bad} -> {line}");
+        assert_eq!(v["error"]["kind"], "bad_request", "{line}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("bad request"), "{line}");
     }
+    // A well-formed request about something this node does not have says so by kind.
+    s.write_all(b"{\"cmd\":\"stats\",\"port\":\"tap-nonexistent\"}\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["error"]["kind"], "not_found", "{line}");
     s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();

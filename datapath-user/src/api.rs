@@ -1,0 +1,313 @@
+//! The control protocol, as types shared by the agent and the CLI: one JSON
+//! request per line in, one JSON reply per line out. A reply's shape is its
+//! documentation; `datapath <cmd> --json` prints the reply's result with the
+//! protocol version beside it, so scripts can rely on both.
+//!
+//! ```text
+//! {"cmd": "stats", "port": "tap02407769-97"}
+//! {"version": 1, "ok": true, "result": {"ports": [...]}}
+//! {"version": 1, "ok": false, "error": {"kind": "not_found", "message": "no port \"x\" on this node ..."}}
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the request and reply shapes below; bumped when one changes incompatibly.
+pub const API_VERSION: u32 = 1;
+
+/// What a client can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    // Variants without fields are written with braces: only then does serde
+    // refuse a field that does not belong to them (`{"cmd": "ports", "port": ...}`).
+    /// Agent summary.
+    Status {},
+    /// Every port (and unbound tap, and uplink) with its state.
+    Ports {},
+    /// Networks with ports on this node.
+    Networks {},
+    /// Forwarding entries, of one network (id, name or local index) or all.
+    Fdb {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
+    /// Counters per port, of one port (device or port id) or all.
+    Stats {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+    },
+    /// Runs the real program on a frame (hex) against the live maps, changing nothing.
+    Trace { port: String, frame: String },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (not JSON, unknown command, missing field).
+    BadRequest,
+    /// It names a port or network this node does not have.
+    NotFound,
+    /// The agent could not answer (a map or program call failed).
+    Failed,
+    /// The agent has too many clients; try again.
+    Busy,
+}
+
+/// A failed request: what kind of failure, and the message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// One reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply<T> {
+    /// `API_VERSION` of the agent that answered.
+    pub version: u32,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl<T> Reply<T> {
+    /// The reply carrying `outcome`.
+    pub fn from_result(outcome: Result<T, ApiError>) -> Self {
+        match outcome {
+            Ok(result) => Self { version: API_VERSION, ok: true, result: Some(result), error: None },
+            Err(error) => Self { version: API_VERSION, ok: false, result: None, error: Some(error) },
+        }
+    }
+}
+
+/// A successful answer, whatever the request was (the CLI reads the type it asked for).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Status(StatusReply),
+    Ports(PortsReply),
+    Networks(NetworksReply),
+    Fdb(FdbReply),
+    Stats(StatsReply),
+    Trace(TraceReply),
+}
+
+/// A result as `--json` prints it: the reply's result, with the protocol version.
+#[derive(Debug, Serialize)]
+pub struct Versioned<'a, T> {
+    pub api_version: u32,
+    #[serde(flatten)]
+    pub result: &'a T,
+}
+
+/// `status`: the agent's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub host: String,
+    pub pin_path: String,
+    pub abi_version: u32,
+    pub kernel: String,
+    /// How programs are hooked (tcx, or netlink cls_bpf filters, and why).
+    pub tc_hook: String,
+    /// The binding source.
+    pub bindings: String,
+    /// Why the bindings file is not in force, if it is not.
+    pub bindings_error: Option<String>,
+    /// Reconciliations since start.
+    pub syncs: u64,
+    /// Ports by state name (`up`, `admin_down`, `no_device`, `unbound`, `error`).
+    pub ports: BTreeMap<String, usize>,
+    /// Networks with ports on this node.
+    pub networks: usize,
+    /// Map entries or attachments that failed in the last reconciliation.
+    pub errors: Vec<String>,
+    /// Binding entries refused, with why.
+    pub refused: Vec<Refused>,
+}
+
+/// A refused binding entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub what: String,
+    pub reason: String,
+}
+
+/// `ports`: every port, unbound tap and uplink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortsReply {
+    pub ports: Vec<PortRow>,
+}
+
+/// One port's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortRow {
+    pub device: String,
+    /// Neutron port id ("" for unbound taps and uplinks).
+    pub port_id: String,
+    /// `vm`, `network`, `uplink`, `tunnel` or `unbound`.
+    pub kind: String,
+    pub ifindex: Option<u32>,
+    /// Neutron network id ("" when none).
+    pub network: String,
+    pub local_index: Option<u32>,
+    /// `up`, `admin_down`, `no_device`, `unbound` or `error`.
+    pub state: String,
+    /// Why, for `error`.
+    pub detail: String,
+}
+
+/// `networks`: the networks with ports on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworksReply {
+    pub networks: Vec<NetworkRow>,
+}
+
+/// One network's place on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkRow {
+    pub id: String,
+    pub name: String,
+    /// `flat`, `vlan` or `vxlan`.
+    #[serde(rename = "type")]
+    pub net_type: String,
+    pub segmentation_id: Option<u32>,
+    pub physical_network: Option<String>,
+    pub local_index: Option<u32>,
+    pub local_ports: usize,
+    /// Empty when programmed; otherwise why not.
+    pub error: String,
+}
+
+/// `fdb`: forwarding entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdbReply {
+    pub entries: Vec<FdbRow>,
+}
+
+/// One forwarding entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdbRow {
+    pub network: String,
+    pub local_index: u32,
+    pub mac: String,
+    /// The port (or uplink, or tunnel device) the MAC lives behind.
+    pub device: String,
+    /// `local`, `remote` (from the bindings) or `learned`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Seconds since a learned MAC was last seen.
+    pub age_s: Option<u64>,
+}
+
+/// `stats`: counters per port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub ports: Vec<PortStats>,
+}
+
+/// One port's counters, summed over CPUs; labels are `Action::label` and `DropReason::label`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub device: String,
+    pub port_id: String,
+    pub kind: String,
+    pub ifindex: u32,
+    /// The port's counter slot in `PORT_STATS`.
+    pub slot: u32,
+    /// Every action counter.
+    pub actions: BTreeMap<String, u64>,
+    /// The drop counters that are not zero.
+    pub drops: BTreeMap<String, u64>,
+    /// Frames dropped, all reasons.
+    pub dropped: u64,
+}
+
+/// `trace`: what the program decided for a frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceReply {
+    pub port: String,
+    pub program: String,
+    /// `forward` or `drop`.
+    pub verdict: String,
+    /// The drop reason's label, when dropped.
+    pub reason: Option<String>,
+    /// The action's label, when forwarded.
+    pub action: Option<String>,
+    pub network: String,
+    pub local_index: u32,
+    pub targets: Vec<TraceTarget>,
+    /// The TC return code.
+    pub tc_verdict: u32,
+    /// The frame as the program left it, hex.
+    pub frame_out: String,
+}
+
+/// One destination of a traced frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceTarget {
+    pub device: String,
+    pub ifindex: u32,
+    /// VLAN pushed towards it; 0 for none.
+    pub vlan: u32,
+    /// Remote VTEP of a tunnel target.
+    pub vtep: Option<String>,
+    pub vni: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_in_their_wire_form() {
+        for (r, wire) in [
+            (Request::Ports {}, r#"{"cmd":"ports"}"#),
+            (Request::Fdb { network: None }, r#"{"cmd":"fdb"}"#),
+            (Request::Stats { port: Some("tap1".into()) }, r#"{"cmd":"stats","port":"tap1"}"#),
+            (
+                Request::Trace { port: "p".into(), frame: "ff".into() },
+                r#"{"cmd":"trace","port":"p","frame":"ff"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&r).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn replies_carry_the_version_and_either_a_result_or_an_error() {
+        let ok = Reply::from_result(Ok(PortsReply { ports: vec![] }));
+        assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"version":1,"ok":true,"result":{"ports":[]}}"#);
+        let err: Reply<PortsReply> = Reply::from_result(Err(ApiError::new(ErrorKind::NotFound, "no port x")));
+        let text = serde_json::to_string(&err).unwrap();
+        assert_eq!(text, r#"{"version":1,"ok":false,"error":{"kind":"not_found","message":"no port x"}}"#);
+        assert_eq!(serde_json::from_str::<Reply<PortsReply>>(&text).unwrap(), err);
+    }
+
+    #[test]
+    fn json_output_puts_the_version_beside_the_result() {
+        let r = FdbReply { entries: vec![] };
+        let v = serde_json::to_value(Versioned { api_version: API_VERSION, result: &r }).unwrap();
+        assert_eq!(v, serde_json::json!({"api_version": 1, "entries": []}));
+    }
+}
