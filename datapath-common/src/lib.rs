@@ -15,4 +15,9 @@ pub use reason::{ACTION_SLOTS, Action, DROP_REASON_SLOTS, DropReason};
 pub use types::*;
 
 /// Version of the map layouts below; part of every pin path.
-pub const ABI_VERSION: u32 = 1;
+#[cfg(not(feature = "abi-next"))]
+pub const ABI_VERSION: u32 = 2;
+/// Version of the map layouts below; part of every pin path. The `abi-next`
+/// test build is one ahead, with a layout of its own.
+#[cfg(feature = "abi-next")]
+pub const ABI_VERSION: u32 = 3;

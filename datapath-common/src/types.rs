@@ -22,6 +22,13 @@ macro_rules! shared {
     };
 }
 
+/// Size of `NetInfo` (larger in the `abi-next` test build).
+#[cfg(not(feature = "abi-next"))]
+pub const NET_INFO_SIZE: usize = 16;
+/// Size of `NetInfo` (larger in the `abi-next` test build).
+#[cfg(feature = "abi-next")]
+pub const NET_INFO_SIZE: usize = 20;
+
 /// Port kind: a VM tap (`compute:*` owner). DHCP server replies from it are dropped.
 pub const PORT_KIND_VM: u8 = 1;
 /// Port kind: a namespace port of a `network:*` owner (DHCP, router).
@@ -97,24 +104,25 @@ pub const TRACE_DRY_RUN: u32 = 0x6472_7972;
 
 shared! {
     /// Value of `PORTS` (key: ifindex `u32`).
-    pub struct PortInfo [24] {
+    pub struct PortInfo [16] {
         /// Node-local network index; 0 when unbound.
         pub net_index: u32,
         /// `PORT_F_*`.
         pub flags: u32,
         /// Index into `PORT_STATS`.
         pub stats_slot: u32,
-        /// Reconciliation generation of the agent that wrote it.
-        pub generation: u32,
-        /// The port's own MAC.
-        pub mac: [u8; 6],
         /// `PORT_KIND_*`.
         pub kind: u8,
-        pub _pad: u8,
+        pub _pad: [u8; 3],
     }
 
     /// Value of `NETWORKS` (key: node-local network index `u32`).
-    pub struct NetInfo [24] {
+    ///
+    /// Its first three fields (the network's identity on this node's wire)
+    /// keep their offsets in every layout version: an agent of another
+    /// version maps old network indices to new ones through them when it
+    /// carries learned MACs over an upgrade or a downgrade.
+    pub struct NetInfo [NET_INFO_SIZE] {
         /// Uplink ifindex for flat/VLAN networks; 0 if the node has none.
         pub uplink_ifindex: u32,
         /// VLAN id or VNI; 0 for flat.
@@ -123,9 +131,10 @@ shared! {
         pub net_type: u32,
         /// Network MTU.
         pub mtu: u32,
-        /// Reconciliation generation.
-        pub generation: u32,
-        pub _pad: u32,
+        /// A field that only a test build (`abi-next`) has: it gives the
+        /// upgrade tests a real layout change to cross.
+        #[cfg(feature = "abi-next")]
+        pub _next: u32,
     }
 
     /// Key of `NET_BY_SEGMENT`.
@@ -144,15 +153,13 @@ shared! {
     }
 
     /// Value of `FDB`.
-    pub struct FdbEntry [16] {
+    pub struct FdbEntry [12] {
         /// Where to send: a local port or the uplink.
         pub ifindex: u32,
         /// `FDB_F_*`.
         pub flags: u32,
         /// Remote VTEP (IPv4, host byte order, as `bpf_skb_set_tunnel_key` takes it); 0 otherwise.
         pub vtep_ipv4: u32,
-        /// Reconciliation generation.
-        pub generation: u32,
     }
 
     /// Value of `FDB_LEARNED`.
@@ -166,11 +173,9 @@ shared! {
     }
 
     /// Value of `FLOOD_SETS` (key: network index `u32`): the network's local ports.
-    pub struct FloodSet [264] {
+    pub struct FloodSet [260] {
         /// Valid entries in `ifindex`.
         pub count: u32,
-        /// Reconciliation generation.
-        pub generation: u32,
         pub ifindex: [u32; MAX_FLOOD_PORTS],
     }
 

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -22,6 +22,7 @@ use crate::{
     desired::{self, Allocations, Derived},
     features, learned,
     loader::{self, Datapath},
+    migrate,
     netlink::{self, LinkEvents},
     source::BindingSource,
     sync, tunnel,
@@ -60,15 +61,26 @@ pub struct Agent {
     /// Whether the agent-owned maps hold exactly `status.derived.state`: true
     /// after a sync without map errors, false at start and after any failure.
     maps_known: bool,
+    /// Another layout version's pins this agent is taking over, until every device runs its programs.
+    migration: Option<Migration>,
+}
+
+/// An upgrade or downgrade across map layouts in progress (see `migrate`).
+struct Migration {
+    /// The other versions' pin directories, removed once the swap is done.
+    dirs: Vec<PathBuf>,
+    /// What they learned from the wire, restored once our networks exist.
+    learned: Vec<migrate::Learned>,
 }
 
 impl Agent {
     /// Loads (or adopts) the datapath under the config's pin path.
     pub fn start(cfg: Config) -> Result<Self> {
         ensure_bpffs(&cfg.pin_path)?;
-        refuse_foreign_abi(&cfg.pin_path)?;
+        let foreign = migrate::foreign_versions(&cfg.pin_path)?;
         let dp = Datapath::load_pinned(&cfg.pin_path)
             .with_context(|| format!("loading the datapath pinned at {}", cfg.pin_path.display()))?;
+        let migration = take_over(&foreign, dp.pin_dir().context("the datapath is pinned")?)?;
         let current = sync::read_state(&dp.maps)?;
         let alloc = Allocations::recover(&current);
         if !current.ports.is_empty() {
@@ -82,7 +94,17 @@ impl Agent {
         log::info!("kernel {}: programs attach with {}", features.kernel, features.describe_hook());
         let attacher = Attacher::new(features.hook, dp.pin_dir())?;
         let source = BindingSource::new(cfg.bindings.clone());
-        Ok(Self { cfg, dp, alloc, attacher, source, status: Status::default(), features, maps_known: false })
+        Ok(Self {
+            cfg,
+            dp,
+            alloc,
+            attacher,
+            source,
+            status: Status::default(),
+            features,
+            maps_known: false,
+            migration,
+        })
     }
 
     /// One reconciliation. With `verify`, the maps are read back and any
@@ -119,7 +141,28 @@ impl Agent {
         }
         self.maps_known = done.errors.is_empty();
         let mut errors = done.errors;
-        errors.extend(self.attacher.reconcile(&mut self.dp, &derived.attach, verify));
+        if let Some(m) = &mut self.migration {
+            // Before the programs swap, so that they find what the old ones learned.
+            let n = migrate::restore_learned(&mut self.dp.maps, &derived.state, &m.learned);
+            if !m.learned.is_empty() {
+                log::info!("carried over {n} of {} learned MACs", m.learned.len());
+            }
+            m.learned.clear();
+        }
+        let attach_errors = self.attacher.reconcile(&mut self.dp, &derived.attach, verify);
+        if attach_errors.is_empty()
+            && let Some(m) = self.migration.take()
+        {
+            for dir in &m.dirs {
+                match migrate::remove(dir) {
+                    Ok(()) => {
+                        log::info!("every device runs this build's programs: removed {}", dir.display())
+                    }
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+        }
+        errors.extend(attach_errors);
         for e in &errors {
             log::error!("{e}");
         }
@@ -206,24 +249,30 @@ fn log_port_changes(old: &Derived, new: &Derived) {
     }
 }
 
-/// Refuses to run over pins of another map layout: their programs may still
-/// be attached, and two datapaths on one port would fight over every frame.
-fn refuse_foreign_abi(pin_path: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(pin_path) else { return Ok(()) };
-    let ours = format!("v{}", datapath_common::ABI_VERSION);
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_version =
-            name.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if is_version && name != ours {
-            bail!(
-                "{} holds datapath state of map layout {name}, which this agent ({ours}) does not know; \
-                 remove it with that version's `datapath agent --cleanup`, or delete the directory",
-                entry.path().display()
-            );
-        }
+/// Takes over the pins of other layout versions: what they learned, and
+/// their attachments, which the first reconcile swaps to this build's programs.
+fn take_over(foreign: &[(u32, PathBuf)], own_dir: &Path) -> Result<Option<Migration>> {
+    if foreign.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    let mut m = Migration { dirs: Vec::new(), learned: Vec::new() };
+    for (version, dir) in foreign {
+        log::info!(
+            "{} holds map layout v{version}: taking it over as v{} without stopping traffic",
+            dir.display(),
+            datapath_common::ABI_VERSION
+        );
+        match migrate::learned_of(dir) {
+            Ok(l) => m.learned.extend(l),
+            Err(e) => {
+                log::warn!("not carrying over learned MACs of v{version} (they will be learned again): {e:#}")
+            }
+        }
+        let moved = migrate::adopt_attachments(dir, own_dir)?;
+        log::info!("took over {moved} attachments of v{version}");
+        m.dirs.push(dir.clone());
+    }
+    Ok(Some(m))
 }
 
 /// Makes sure `pin_path` lives on a bpffs, mounting /sys/fs/bpf if that is where it goes.
@@ -267,10 +316,14 @@ fn fs_magic(path: &Path) -> Result<i64> {
 /// Removes everything an agent with this config created: links (which detaches
 /// the programs), pinned maps and the pin directories.
 pub fn cleanup(cfg: &Config) -> Result<()> {
-    let dir = loader::versioned_pin_dir(&cfg.pin_path);
-    attach::detach_all(&dir)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    // Every layout version's pins: an interrupted upgrade may have left two.
+    let mut dirs = vec![loader::versioned_pin_dir(&cfg.pin_path)];
+    dirs.extend(migrate::foreign_versions(&cfg.pin_path)?.into_iter().map(|(_, d)| d));
+    for dir in dirs {
+        attach::detach_all(&dir)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
     }
     if cfg.tunnel_ip().is_some() {
         tunnel::remove()?;

@@ -14,6 +14,7 @@ pub mod frames;
 pub mod introspect;
 pub mod learned;
 pub mod loader;
+pub mod migrate;
 pub mod netlink;
 pub mod source;
 pub mod sync;

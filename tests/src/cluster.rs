@@ -36,6 +36,14 @@ pub fn datapath_bin() -> PathBuf {
         .expect("no datapath binary: run through `cargo xtask test` (or set DATAPATH_BIN)")
 }
 
+/// The `abi-next` test build of the binary (one map-layout version ahead),
+/// which `cargo xtask test` builds for the upgrade tests: `DATAPATH_BIN_ABI_NEXT`.
+pub fn datapath_bin_abi_next() -> PathBuf {
+    std::env::var_os("DATAPATH_BIN_ABI_NEXT").map(PathBuf::from).expect(
+        "DATAPATH_BIN_ABI_NEXT is not set: run through `cargo xtask test`, which builds the abi-next binary",
+    )
+}
+
 /// A Neutron port as the tests describe it.
 #[derive(Debug, Clone)]
 pub struct PortSpec {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use datapath_tests::{
-    cluster::{Cluster, datapath_bin},
+    cluster::{Cluster, datapath_bin, datapath_bin_abi_next},
     wait_for,
 };
 
@@ -21,6 +21,15 @@ fn start_and_settle(c: &mut Cluster, node: &str, bin: &std::path::Path) {
     let before = runs(c, node);
     c.start_agent_with(node, bin).unwrap();
     wait_for("the new agent's first reconcile", Duration::from_secs(10), || runs(c, node) > before);
+}
+
+/// Replaces every node's agent by one of `bin` (SIGTERM, start, first reconcile), node by node.
+fn restart_all(c: &mut Cluster, bin: &std::path::Path) {
+    for i in 0..c.nodes.len() {
+        c.nodes[i].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+        let name = c.nodes[i].name.clone();
+        start_and_settle(c, &name, bin);
+    }
 }
 
 /// Starts `ping -i 0.005` for `secs` seconds in VM `from`, runs `event`, then
@@ -118,20 +127,57 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
     c
 }
 
+/// An upgrade to a build of another map layout, then the downgrade back, on
+/// both nodes, while a fast ping and one long TCP connection run across them.
 #[test]
-fn an_agent_refuses_pins_of_a_map_layout_it_does_not_know() {
-    let mut c = Cluster::new("abi", 1).unwrap();
-    let pin = c.pins.path().join("node0");
-    let foreign = pin.join("v999");
-    std::fs::create_dir_all(&foreign).unwrap();
+fn an_upgrade_and_a_downgrade_across_map_layouts_lose_nothing() {
+    let mut c = Cluster::new("abi", 2).unwrap();
+    let (a, b) = (vm1(), vm2());
+    c.write_bindings(&bindings(&[&a, &b])).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    c.vms[ia].set_static_ip().unwrap();
+    c.vms[ib].set_static_ip().unwrap();
     c.start_agent("node0").unwrap();
-    let agent = c.nodes[0].agent.as_mut().unwrap();
-    assert!(
-        datapath_tests::wait_until(Duration::from_secs(10), || !agent.running()),
-        "the agent must refuse to start"
-    );
-    let log = agent.log_text();
-    assert!(log.contains("v999") && log.contains("does not know"), "the refusal names the layout: {log}");
-    assert!(!pin.join(format!("v{}", datapath_common::ABI_VERSION)).exists(), "nothing of ours was created");
-    std::fs::remove_dir(&foreign).unwrap();
+    c.start_agent("node1").unwrap();
+    assert!(c.vms[ia].ping_until(&b.ip, Duration::from_secs(10)));
+    let (ours, next) = (datapath_bin(), datapath_bin_abi_next());
+    let pins = c.pins.path().join("node0");
+    let version = |n: u32| pins.join(format!("v{n}"));
+    let (v_ours, v_next) = (datapath_common::ABI_VERSION, datapath_common::ABI_VERSION + 1);
+    assert!(version(v_ours).exists(), "the agent pins under its layout version");
+
+    let _server = c.vms[ib].ns.spawn(&["iperf3", "-s", "-1"]).unwrap();
+    wait_for("iperf3 to listen", Duration::from_secs(5), || {
+        c.vms[ib].ns.exec(&["ss", "-ltnH", "sport", "= :5201"]).is_ok_and(|o| !o.trim().is_empty())
+    });
+    let mut tcp = c.vms[ia].ns.spawn(&["iperf3", "-c", &b.ip, "-t", "16", "-b", "200M", "-J"]).unwrap();
+    let (tx, rx) = ping_through(&mut c, ia, &b.ip, 14, |c| {
+        restart_all(c, &next);
+        wait_for("the old layout's pins to go", Duration::from_secs(15), || !version(v_ours).exists());
+        assert!(version(v_next).exists(), "the new build pins under its own version");
+        let log = c.node("node0").agent.as_ref().unwrap().log_text();
+        assert!(
+            log.contains(&format!("holds map layout v{v_ours}")),
+            "the upgrade says what it takes over: {log}"
+        );
+        assert!(
+            log.contains("carried over") && !log.contains("carried over 0 of"),
+            "vm-2's MAC, learned from the wire, is carried over: {log}"
+        );
+        // Traffic runs on the new layout for a while before the way back.
+        std::thread::sleep(Duration::from_secs(2));
+        restart_all(c, &ours);
+        wait_for("the newer layout's pins to go", Duration::from_secs(15), || !version(v_next).exists());
+    });
+    assert!(tx > 1000, "the stream was too slow to mean anything: {tx}");
+    assert_eq!(tx, rx, "packets lost across the upgrade and the downgrade: {tx} sent, {rx} received");
+    let status = tcp.wait_timeout(Duration::from_secs(30)).unwrap();
+    let out = tcp.output();
+    assert!(status.is_some_and(|s| s.success()), "the TCP connection did not survive: {out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 -J prints JSON");
+    assert!(report["error"].is_null(), "iperf3 reported an error: {}", report["error"]);
+    let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(bytes > 10_000_000, "the connection carried data all along: {bytes} bytes");
+    assert!(version(v_ours).exists() && !version(v_next).exists(), "back on our layout, alone");
 }

@@ -21,11 +21,16 @@ pub fn object() -> PathBuf {
 
 /// `cargo +nightly <subcommand>` on the eBPF crate for the BPF target, release profile.
 pub fn cargo(subcommand: &str) -> Command {
+    cargo_in(subcommand, &target_dir())
+}
+
+/// Like `cargo`, with its own target directory.
+fn cargo_in(subcommand: &str, dir: &std::path::Path) -> Command {
     let mut c = cmd(
         "cargo",
         ["+nightly", subcommand, "--release", "--target", TARGET, "-Z", "build-std=core", "--target-dir"],
     );
-    c.arg(target_dir())
+    c.arg(dir)
         .current_dir(root().join("datapath-ebpf"))
         .env("PATH", path_with_tools())
         // Host-oriented flags from the caller's environment must not reach the BPF build.
@@ -34,6 +39,20 @@ pub fn cargo(subcommand: &str) -> Command {
         .env("RUSTFLAGS", "-C link-arg=--btf")
         .env_remove("CARGO_BUILD_TARGET");
     c
+}
+
+/// Builds the object of the `abi-next` test build (another map layout
+/// version) into a target directory of its own, and returns its path.
+pub fn build_abi_next() -> Result<PathBuf> {
+    let start = Instant::now();
+    step("eBPF object (abi-next)", "building the upgrade tests' other layout version");
+    let dir = root().join("target/ebpf-abi-next");
+    let mut c = cargo_in("build", &dir);
+    c.args(["--features", "abi-next"]);
+    run(&mut c).context("building the abi-next eBPF object")?;
+    let obj = dir.join(TARGET).join("release/datapath");
+    step("eBPF object (abi-next)", &format!("built in {} ({})", secs(start), obj.display()));
+    Ok(obj)
 }
 
 /// Builds the object and returns its path.

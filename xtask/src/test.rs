@@ -134,6 +134,8 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
     // Topology and guest tests start the real binary (tests/src/cluster.rs reads DATAPATH_BIN).
     let bin =
         if layers.iter().any(|l| *l >= Layer::Topology) { Some(user::build(&obj, true)?) } else { None };
+    // The upgrade tests cross a real map-layout change: a second build, one version ahead.
+    let next = if bin.is_some() { Some(user::build_abi_next(&ebpf::build_abi_next()?)?) } else { None };
     let guest = if layers.iter().any(|l| l.needs_guest()) {
         setup::vm_packages()?;
         Some(vm::guest()?)
@@ -144,8 +146,8 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
     let mut rows = Vec::new();
     for layer in layers {
         let row = match (layer, &guest, &bin) {
-            (Layer::LtsKernel, Some(g), Some(bin)) => run_in_guest(g, &obj, bin, extra)?,
-            _ => run_layer(layer, &obj, bin.as_deref(), guest.as_ref(), extra)?,
+            (Layer::LtsKernel, Some(g), Some(bin)) => run_in_guest(g, &obj, bin, next.as_deref(), extra)?,
+            _ => run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), extra)?,
         };
         rows.push(row);
     }
@@ -171,6 +173,7 @@ fn run_layer(
     layer: Layer,
     obj: &Path,
     bin: Option<&Path>,
+    next: Option<&Path>,
     guest: Option<&vm::Guest>,
     extra: &[String],
 ) -> Result<Row> {
@@ -180,6 +183,9 @@ fn run_layer(
     }
     if let Some(bin) = bin {
         cargo.env("DATAPATH_BIN", bin);
+    }
+    if let Some(next) = next {
+        cargo.env("DATAPATH_BIN_ABI_NEXT", next);
     }
     if let Some(g) = guest {
         cargo.env("DATAPATH_GUEST_KERNEL", &g.kernel).env("DATAPATH_GUEST_INITRD", &g.initrd);
@@ -207,13 +213,20 @@ fn relay(out: impl std::io::Read, what: &str) -> Result<Tally> {
 }
 
 /// The program and topology test binaries, run inside a VM on the guest kernel.
-fn run_in_guest(guest: &vm::Guest, obj: &Path, bin: &Path, extra: &[String]) -> Result<Row> {
+fn run_in_guest(
+    guest: &vm::Guest,
+    obj: &Path,
+    bin: &Path,
+    next: Option<&Path>,
+    extra: &[String],
+) -> Result<Row> {
     let start = Instant::now();
     let mut binaries = Vec::new();
     for layer in [Layer::Program, Layer::Topology] {
         binaries.extend(user::test_binaries(obj, layer.cargo_args())?);
     }
-    let env = [("DATAPATH_BIN", bin), ("DATAPATH_EBPF_OBJ", obj)];
+    let mut env = vec![("DATAPATH_BIN", bin), ("DATAPATH_EBPF_OBJ", obj)];
+    env.extend(next.map(|n| ("DATAPATH_BIN_ABI_NEXT", n)));
     step("lts-kernel tests", &format!("{} test binaries in a {} guest", binaries.len(), guest.release));
     let mut tally = Tally::default();
     let code = vm::run_suite(guest, &binaries, &env, extra, |line| tally.echo(line))?;

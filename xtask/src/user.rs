@@ -33,6 +33,22 @@ pub fn build(obj: &Path, release: bool) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds the `abi-next` test build of the binary (another map layout
+/// version, embedding `obj` from `ebpf::build_abi_next`), for the upgrade
+/// and downgrade tests across layouts; returns its path.
+pub fn build_abi_next(obj: &Path) -> Result<PathBuf> {
+    let start = Instant::now();
+    step("datapath binary (abi-next)", "building (release)");
+    let dir = root().join("target/abi-next");
+    let mut c =
+        cargo(obj, ["build", "-p", "datapath-user", "--release", "--features", "abi-next", "--target-dir"]);
+    c.arg(&dir);
+    run(&mut c).context("building the abi-next datapath binary")?;
+    let bin = dir.join("release/datapath");
+    step("datapath binary (abi-next)", &format!("built in {} ({})", secs(start), bin.display()));
+    Ok(bin)
+}
+
 /// Builds the test binaries of `cargo ARGS` (a `cargo test ...` line) without
 /// running them; returns their paths, as cargo's JSON messages name them.
 pub fn test_binaries(obj: &Path, args: &[&str]) -> Result<Vec<PathBuf>> {

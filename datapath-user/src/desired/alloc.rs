@@ -107,6 +107,7 @@ impl Allocations {
     }
 }
 
-pub(super) fn wire_id_of(n: &NetInfo) -> WireId {
+/// The wire identity of a network entry.
+pub fn wire_id_of(n: &NetInfo) -> WireId {
     WireId { net_type: n.net_type, segmentation_id: n.segmentation_id, uplink_ifindex: n.uplink_ifindex }
 }

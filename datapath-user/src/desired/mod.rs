@@ -15,7 +15,7 @@ mod ports;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use addresses::link_local_of;
-pub use alloc::{Allocations, WireId};
+pub use alloc::{Allocations, WireId, wire_id_of};
 
 pub use crate::synced::MapState;
 use crate::{bindings::Bindings, config::Config, netlink::Devices};

@@ -127,7 +127,7 @@ fn add_flood_set(state: &mut MapState, plan: &mut NetPlan) {
         return;
     }
     plan.members.sort_unstable();
-    let mut set = FloodSet { count: plan.members.len() as u32, generation: 0, ifindex: [0; MAX_FLOOD_PORTS] };
+    let mut set = FloodSet { count: plan.members.len() as u32, ifindex: [0; MAX_FLOOD_PORTS] };
     set.ifindex[..plan.members.len()].copy_from_slice(&plan.members);
     state.flood_sets.insert(plan.index, set);
 }
@@ -167,8 +167,13 @@ fn plan_network<'a>(
         });
     }
     let uplink_ifindex = devices.get(iface).copied().unwrap_or(0);
-    let info =
-        NetInfo { uplink_ifindex, segmentation_id: segment, net_type, mtu: net.mtu, generation: 0, _pad: 0 };
+    let info = NetInfo {
+        uplink_ifindex,
+        segmentation_id: segment,
+        net_type,
+        mtu: net.mtu,
+        ..bytemuck::Zeroable::zeroed()
+    };
     let index = alloc
         .net_index(wire_id_of(&info))
         .ok_or_else(|| format!("no free network index (max {})", MAX_NETWORKS - 1))?;
@@ -226,7 +231,6 @@ fn add_tunnel_network(
                     ifindex: plan.info.uplink_ifindex,
                     flags: FDB_F_REMOTE,
                     vtep_ipv4: u32::from(vtep),
-                    generation: 0,
                 },
             );
         }

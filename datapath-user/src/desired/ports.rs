@@ -20,7 +20,7 @@ fn no_slot() -> PortState {
 
 /// A port entry of no network: uplinks, the tunnel device and unbound taps.
 fn networkless(flags: u32, slot: u32, kind: u8) -> PortInfo {
-    PortInfo { net_index: 0, flags, stats_slot: slot, generation: 0, mac: [0; 6], kind, _pad: 0 }
+    PortInfo { net_index: 0, flags, stats_slot: slot, kind, _pad: [0; 3] }
 }
 
 /// Every mapped interface that exists (an uplink), and the tunnel device.
@@ -115,25 +115,16 @@ pub(super) fn bound(
             flags |= PORT_F_ANTI_SPOOF;
         }
         let kind = if port.is_network_owned() { PORT_KIND_NETWORK } else { PORT_KIND_VM };
-        out.state.ports.insert(
-            ifindex,
-            PortInfo {
-                net_index: plan.index,
-                flags,
-                stats_slot: slot,
-                generation: 0,
-                mac: port.mac,
-                kind,
-                _pad: 0,
-            },
-        );
+        out.state
+            .ports
+            .insert(ifindex, PortInfo { net_index: plan.index, flags, stats_slot: slot, kind, _pad: [0; 3] });
         out.attach.insert(ifindex, Attachment { device: device.clone(), program: names::PROG_VM_PORT });
         plan.local_ports += 1;
         if admin_up {
             plan.members.push(ifindex);
             out.state.fdb.insert(
                 FdbKey { net_index: plan.index, mac: port.mac, _pad: [0; 2] },
-                FdbEntry { ifindex, flags: FDB_F_LOCAL, vtep_ipv4: 0, generation: 0 },
+                FdbEntry { ifindex, flags: FDB_F_LOCAL, vtep_ipv4: 0 },
             );
         } else {
             report.state = PortState::AdminDown;
