@@ -1,0 +1,73 @@
+//! One traced run of a real program: the verdict, the recorded targets and
+//! the frame it left, in the model's terms.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use anyhow::{Context, Result};
+use aya::maps::PerCpuValues;
+use datapath_common::{Action, DropReason, TRACE_MAGIC, TraceRecord};
+use datapath_user::testrun::{self, SkbRun};
+
+use crate::{model::Target, program::Bench};
+
+/// TC_ACT_SHOT.
+pub const TC_ACT_SHOT: u32 = 2;
+/// TC_ACT_REDIRECT.
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// What the kernel did with one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub retval: u32,
+    /// The drop reason's label ("" when not dropped).
+    pub reason: String,
+    pub action: Option<Action>,
+    pub targets: Vec<Target>,
+    pub frame: Vec<u8>,
+    pub net_index: u32,
+}
+
+/// The counter name of drop reason index `i`, also for reasons this build does not know.
+pub fn reason_label(i: u32) -> String {
+    DropReason::from_index(i).map(|r| r.label().to_string()).unwrap_or_else(|| format!("reason #{i}"))
+}
+
+/// Runs program `prog` once, traced, on `frame` arriving on `ifindex`.
+/// `Ok(None)`: BPF_PROG_TEST_RUN refused the frame (the program never ran).
+pub fn run(bench: &mut Bench, prog: &str, ifindex: u32, frame: &[u8]) -> Result<Option<Answer>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
+    bench.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
+    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], 0, 0, 0];
+    let out = {
+        let fd: BorrowedFd = bench.dp.program_fd(prog)?;
+        let raw = fd.as_raw_fd();
+        match testrun::run_skb(fd, &SkbRun { frame, ifindex, cb, mark: 0 }) {
+            Ok(out) => out,
+            // The kernel's own checks of the input (e.g. an IPv4 ethertype with
+            // less than an IP header) refuse the run before the program starts.
+            Err(e) if format!("{e:#}").contains("EINVAL") => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("test run of {prog} (fd {raw})")),
+        }
+    };
+    let per_cpu = bench.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
+    let rec: TraceRecord = per_cpu
+        .iter()
+        .find(|r| r.valid == 1)
+        .copied()
+        .with_context(|| format!("{prog} returned {} and recorded no decision", out.retval))?;
+    let n = (rec.target_count as usize).min(rec.targets.len());
+    let mut targets: Vec<Target> = rec.targets[..n]
+        .iter()
+        .map(|t| Target { ifindex: t.ifindex, vlan: t.vlan, vtep: t.vtep_ipv4, vni: t.vni })
+        .collect();
+    targets.sort();
+    Ok(Some(Answer {
+        retval: out.retval,
+        reason: if rec.reason == 0 { String::new() } else { reason_label(rec.reason) },
+        action: if rec.reason == 0 { Action::from_index(rec.action) } else { None },
+        targets,
+        frame: out.frame,
+        net_index: rec.net_index,
+    }))
+}

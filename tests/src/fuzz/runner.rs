@@ -1,0 +1,295 @@
+//! The differential run: N frames, each through the real program and the
+//! model, the maps re-seeded from a new random bindings document every
+//! `reseed_every` frames; disagreements and invariant violations are
+//! collected as reproducible cases.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use datapath_user::bindings::Bindings;
+
+use super::{
+    bindings::{self, CONFIG},
+    frames::{Case, Generator},
+    invariants::{Invariants, Sent},
+    kernel::{self, Answer, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    rng::Rng,
+};
+use crate::{
+    model::{self, Ingress, Model, Tables, Verdict},
+    program::Bench,
+};
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub frames: u64,
+    pub seed: u64,
+    /// A new bindings document every this many frames.
+    pub reseed_every: u64,
+    /// Reports kept in full (the rest are only counted).
+    pub max_reports: usize,
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub frames: u64,
+    /// Frames BPF_PROG_TEST_RUN refused before the program ran.
+    pub refused: u64,
+    pub disagreements: u64,
+    pub violations: u64,
+    pub documents: u64,
+    /// Disagreements, then invariant violations, in full (at most `max_reports` of each).
+    pub reports: Vec<String>,
+    pub violation_reports: Vec<String>,
+    /// Disagreements by (kernel outcome, model outcome).
+    pub mismatches: BTreeMap<(String, String), u64>,
+    /// Frames per outcome (drop reason or action label).
+    pub outcomes: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    /// Time spent in the kernel side (trace clear, test run, trace read).
+    pub kernel_time: Duration,
+}
+
+impl Summary {
+    pub fn frames_per_second(&self) -> f64 {
+        self.frames as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A short account: counts, speed and the outcome spread.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} frames ({} refused by BPF_PROG_TEST_RUN), {} bindings documents, {:.1} s, {:.0} frames/s \
+             ({:.0}% of the time in the kernel side): {} disagreements, {} invariant violations\noutcomes:",
+            self.frames,
+            self.refused,
+            self.documents,
+            self.elapsed.as_secs_f64(),
+            self.frames_per_second(),
+            100.0 * self.kernel_time.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9),
+            self.disagreements,
+            self.violations
+        );
+        for (k, v) in &self.outcomes {
+            let _ = write!(s, " {k}={v}");
+        }
+        if !self.mismatches.is_empty() {
+            s.push_str("\ndisagreements (kernel -> model):");
+            for ((k, m), n) in &self.mismatches {
+                let _ = write!(s, "\n  {n:>8}  {k} -> {m}");
+            }
+        }
+        s
+    }
+}
+
+/// One bindings document's worth of state on both sides.
+struct World {
+    doc: String,
+    model: Model,
+    tables: Tables,
+    generator: Generator,
+    invariants: Invariants,
+}
+
+impl World {
+    fn new(bench: &Bench, doc: String) -> Result<Self> {
+        let b = Bindings::parse_str(&doc, "fuzz bindings")?;
+        Ok(World {
+            model: Model::new(bench.derived.state.clone()),
+            tables: Tables::default(),
+            generator: Generator::new(&b),
+            invariants: Invariants::new(&b, &bench.devices),
+            doc,
+        })
+    }
+}
+
+/// Empties the kernel's learned-MAC table, as the model starts each document empty.
+fn forget_learned(bench: &mut Bench) -> Result<()> {
+    let keys: Vec<_> =
+        bench.dp.maps.fdb_learned.keys().collect::<Result<_, _>>().context("listing FDB_LEARNED")?;
+    for k in keys {
+        bench.dp.maps.fdb_learned.remove(&k).context("emptying FDB_LEARNED")?;
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn describe_kernel(a: &Answer) -> String {
+    match a.action {
+        Some(action) if a.retval == TC_ACT_REDIRECT => format!(
+            "send {} to {:?} (net {}), frame {}",
+            action.label(),
+            a.targets,
+            a.net_index,
+            hex(&a.frame)
+        ),
+        _ => format!("verdict {} reason {:?} (net {})", a.retval, a.reason, a.net_index),
+    }
+}
+
+fn describe_model(o: &model::Outcome) -> String {
+    match &o.verdict {
+        Verdict::Drop(r) => format!("drop reason {:?} (net {})", r.label(), o.net_index),
+        Verdict::Send { action, targets, frame } => format!(
+            "send {} to {targets:?} (net {}), frame {}{}",
+            action.label(),
+            o.net_index,
+            hex(&frame.bytes),
+            frame.hw.map(|h| format!(" + offloaded tag {h:?}")).unwrap_or_default()
+        ),
+    }
+}
+
+/// The differences between the kernel's answer and the model's.
+fn differences(k: &Answer, m: &model::Outcome) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    if k.net_index != m.net_index {
+        d.push("network");
+    }
+    match &m.verdict {
+        Verdict::Drop(r) => {
+            if k.retval != TC_ACT_SHOT {
+                d.push("verdict");
+            }
+            if k.reason != r.label() {
+                d.push("drop reason");
+            }
+        }
+        Verdict::Send { action, targets, frame } => {
+            if k.retval != TC_ACT_REDIRECT || !k.reason.is_empty() {
+                d.push("verdict");
+            }
+            if k.action != Some(*action) {
+                d.push("action");
+            }
+            if &k.targets != targets {
+                d.push("targets");
+            }
+            if k.frame != frame.bytes {
+                d.push("output frame");
+            }
+        }
+    }
+    d
+}
+
+/// The golden-frame row (tests/program/golden.rs) the kernel should satisfy, per the model.
+fn golden_row(seed: u64, i: u64, case: &Case, m: &model::Outcome) -> String {
+    let expect = match &m.verdict {
+        Verdict::Drop(r) => format!("Expect::Drop(DropReason::{:?})", r),
+        Verdict::Send { action, targets, .. } => format!("send(Action::{action:?}, &{targets:?})"),
+    };
+    format!(
+        "vm(\"fuzz seed {seed} frame {i}\", \"{}\", unhex(\"{}\"), {expect}),",
+        case.device,
+        hex(&case.frame)
+    )
+}
+
+/// Runs `opts.frames` frames; errors only when the bench itself fails.
+pub fn run(opts: Options) -> Result<Summary> {
+    let started = Instant::now();
+    let mut rng = Rng::new(opts.seed);
+    let devices = bindings::devices();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let doc = bindings::generate(&mut rng);
+    let mut bench = Bench::new(CONFIG, &doc, &names).context("building the fuzz bench")?;
+    let mut world = World::new(&bench, doc)?;
+    let mut sum = Summary { documents: 1, ..Default::default() };
+    for i in 0..opts.frames {
+        if i > 0 && i % opts.reseed_every == 0 {
+            let doc = bindings::generate(&mut rng);
+            bench.reseed(CONFIG, &doc).with_context(|| format!("re-seeding with {doc}"))?;
+            forget_learned(&mut bench)?;
+            world = World::new(&bench, doc)?;
+            sum.documents += 1;
+        }
+        let case = world.generator.case(&mut rng);
+        let ifindex = bench.ifindex(&case.device);
+        let t = Instant::now();
+        let answer = kernel::run(&mut bench, case.prog.name(), ifindex, &case.frame)?;
+        sum.kernel_time += t.elapsed();
+        let Some(answer) = answer else {
+            sum.refused += 1;
+            continue;
+        };
+        sum.frames += 1;
+        let ingress = Ingress { prog: case.prog, ifindex, hw: None, gso_size: 0, tunnel: None };
+        let outcome = model::decide(&world.model, &mut world.tables, ingress, &case.frame);
+        let label = match answer.action {
+            Some(a) if answer.reason.is_empty() => a.label().to_string(),
+            _ => answer.reason.clone(),
+        };
+        *sum.outcomes.entry(label.clone()).or_default() += 1;
+
+        let diffs = differences(&answer, &outcome);
+        let mut violations = Vec::new();
+        if let (Some(action), TC_ACT_REDIRECT) = (answer.action, answer.retval) {
+            violations = world.invariants.check(&Sent {
+                prog: case.prog,
+                ingress: &case.device,
+                input: &case.frame,
+                action,
+                targets: &answer.targets,
+                output: &answer.frame,
+            });
+        }
+        if let Verdict::Send { action, targets, frame } = &outcome.verdict {
+            violations.extend(
+                world
+                    .invariants
+                    .check(&Sent {
+                        prog: case.prog,
+                        ingress: &case.device,
+                        input: &case.frame,
+                        action: *action,
+                        targets,
+                        output: &frame.bytes,
+                    })
+                    .into_iter()
+                    .map(|v| format!("(model) {v}")),
+            );
+        }
+        if !diffs.is_empty() {
+            sum.disagreements += 1;
+            let model_label = match &outcome.verdict {
+                Verdict::Drop(r) => r.label().to_string(),
+                Verdict::Send { action, .. } => action.label().to_string(),
+            };
+            *sum.mismatches.entry((label, model_label)).or_default() += 1;
+        }
+        if !violations.is_empty() {
+            sum.violations += 1;
+        }
+        let list = if diffs.is_empty() { &mut sum.violation_reports } else { &mut sum.reports };
+        if (!diffs.is_empty() || !violations.is_empty()) && list.len() < opts.max_reports {
+            list.push(format!(
+                "frame {i} of seed {seed}: {what}\n  reproduce: cargo xtask fuzz frames --seed {seed} --frames {n}\n  \
+                 ingress:   {prog} on {dev} (ifindex {ifindex})\n  frame:     {frame}\n  kernel:    {k}\n  \
+                 model:     {m}\n  golden:    {row}\n  bindings:  {doc}",
+                seed = opts.seed,
+                what = if diffs.is_empty() { violations.join("; ") } else { format!("differ in {}", diffs.join(", ")) },
+                n = i + 1,
+                prog = case.prog.name(),
+                dev = case.device,
+                frame = hex(&case.frame),
+                k = describe_kernel(&answer),
+                m = describe_model(&outcome),
+                row = golden_row(opts.seed, i, &case, &outcome),
+                doc = world.doc,
+            ));
+        }
+    }
+    sum.elapsed = started.elapsed();
+    Ok(sum)
+}
