@@ -110,7 +110,8 @@ pub fn generate(rng: &mut Rng) -> String {
             net["provider:segmentation_id"] = json!(seg);
         }
         networks.push(net);
-        let local = rng.below(5).min(slots.len());
+        // The first network always has a port here, so that most documents program something.
+        let local = if n == 1 { 1 + rng.below(4) } else { rng.below(5) }.min(slots.len());
         let remote = rng.below(4);
         for k in 0..local + remote {
             let prefix = if k < local {

@@ -110,12 +110,18 @@ impl World {
     }
 }
 
-/// Empties the kernel's learned-MAC table, as the model starts each document empty.
-fn forget_learned(bench: &mut Bench) -> Result<()> {
-    let keys: Vec<_> =
-        bench.dp.maps.fdb_learned.keys().collect::<Result<_, _>>().context("listing FDB_LEARNED")?;
+/// Empties the tables the kernel writes (learned MACs, fragment verdicts),
+/// as the model starts each document with empty ones.
+fn forget(bench: &mut Bench) -> Result<()> {
+    let maps = &mut bench.dp.maps;
+    let keys: Vec<_> = maps.fdb_learned.keys().collect::<Result<_, _>>().context("listing FDB_LEARNED")?;
     for k in keys {
-        bench.dp.maps.fdb_learned.remove(&k).context("emptying FDB_LEARNED")?;
+        maps.fdb_learned.remove(&k).context("emptying FDB_LEARNED")?;
+    }
+    let keys: Vec<_> =
+        maps.frag_verdicts.keys().collect::<Result<_, _>>().context("listing FRAG_VERDICTS")?;
+    for k in keys {
+        maps.frag_verdicts.remove(&k).context("emptying FRAG_VERDICTS")?;
     }
     Ok(())
 }
@@ -186,7 +192,7 @@ fn differences(k: &Answer, m: &model::Outcome) -> Vec<&'static str> {
 /// The golden-frame row (tests/program/golden.rs) the kernel should satisfy, per the model.
 fn golden_row(seed: u64, i: u64, case: &Case, m: &model::Outcome) -> String {
     let expect = match &m.verdict {
-        Verdict::Drop(r) => format!("Expect::Drop(DropReason::{:?})", r),
+        Verdict::Drop(r) => format!("Expect::Drop(DropReason::{r:?})"),
         Verdict::Send { action, targets, .. } => format!("send(Action::{action:?}, &{targets:?})"),
     };
     format!(
@@ -210,7 +216,7 @@ pub fn run(opts: Options) -> Result<Summary> {
         if i > 0 && i % opts.reseed_every == 0 {
             let doc = bindings::generate(&mut rng);
             bench.reseed(CONFIG, &doc).with_context(|| format!("re-seeding with {doc}"))?;
-            forget_learned(&mut bench)?;
+            forget(&mut bench)?;
             world = World::new(&bench, doc)?;
             sum.documents += 1;
         }

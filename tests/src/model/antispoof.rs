@@ -5,7 +5,7 @@
 
 use datapath_common::{DropReason, PORT_KIND_VM, PortInfo};
 
-use super::{FragKey, Reason, Run, frame::Skb};
+use super::{FragKey, Run, frame::Skb};
 
 const L3: usize = 14;
 const IPPROTO_UDP: u8 = 17;
@@ -16,14 +16,12 @@ const ROUTING: u8 = 43;
 const FRAGMENT: u8 = 44;
 const AUTH: u8 = 51;
 const DEST_OPTS: u8 = 60;
-const ESP: u8 = 50;
-const NO_NEXT: u8 = 59;
 const MAX_EXT_HEADERS: usize = 6;
 const ICMPV6_RA: u8 = 134;
 const ICMPV6_NA: u8 = 136;
 
 /// Checks a frame of an anti-spoofing port; the tags are gone and the IP header is sane.
-pub(super) fn check(run: &mut Run, skb: &Skb, port: &PortInfo) -> Result<(), Reason> {
+pub(super) fn check(run: &mut Run, skb: &Skb, port: &PortInfo) -> Result<(), DropReason> {
     let src: [u8; 6] = skb.take(6)?;
     if !run.model.mac_allowed(run.ingress.ifindex, src) {
         return Err(DropReason::SrcMacSpoof.into());
@@ -37,25 +35,24 @@ pub(super) fn check(run: &mut Run, skb: &Skb, port: &PortInfo) -> Result<(), Rea
     }
 }
 
-fn drop(r: DropReason) -> Result<(), Reason> {
-    Err(r.into())
+fn drop(r: DropReason) -> Result<(), DropReason> {
+    Err(r)
 }
 
 /// The remembered verdict of a later fragment's datagram.
-fn remembered(run: &Run, key: &FragKey) -> Result<(), Reason> {
+fn remembered(run: &Run, key: &FragKey) -> Result<(), DropReason> {
     match run.tables.frags.get(key) {
-        None => Err(Reason::FragUnknown),
+        None => Err(DropReason::FragUnknown),
         Some(None) => Ok(()),
         Some(Some(r)) => Err(*r),
     }
 }
 
-fn ipv4(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), Reason> {
+fn ipv4(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), DropReason> {
     let hdr: [u8; 20] = skb.take(L3)?;
     let l4 = L3 + (hdr[0] & 0x0f) as usize * 4;
     let src: [u8; 4] = hdr[12..16].try_into().expect("4 bytes");
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-    let (offset, more) = (frag & 0x1fff, frag & 0x2000 != 0);
     let mut key = FragKey {
         ifindex: run.ingress.ifindex,
         src: [0; 16],
@@ -65,37 +62,37 @@ fn ipv4(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), R
     };
     key.src[..4].copy_from_slice(&src);
     key.dst[..4].copy_from_slice(&hdr[16..20]);
-    let allowed = run.model.v4_allowed(run.ingress.ifindex, mac, src);
-    if offset != 0 {
-        if !allowed {
-            return drop(DropReason::Ipv4SrcSpoof);
+    let src_ok = || {
+        if run.model.v4_allowed(run.ingress.ifindex, mac, src) {
+            Ok(())
+        } else {
+            drop(DropReason::Ipv4SrcSpoof)
         }
+    };
+    if frag & 0x1fff != 0 {
+        src_ok()?;
         return remembered(run, &key);
     }
-    let verdict = (|| {
-        if hdr[9] == IPPROTO_UDP {
-            let sport = skb.be16(l4)?;
-            let dport = skb.be16(l4 + 2)?;
-            if port.kind == PORT_KIND_VM && sport == 67 {
-                return drop(DropReason::DhcpServerFromVm);
-            }
-            // DHCPDISCOVER/REQUEST before the VM has an address.
-            if src == [0; 4] && sport == 68 && dport == 67 {
-                return Ok(());
-            }
+    // The upper-layer rules: no DHCP server from a VM; a DHCP client's
+    // request from 0.0.0.0 needs no address.
+    let upper = (|| {
+        if hdr[9] != IPPROTO_UDP {
+            return Ok(false);
         }
-        if !allowed {
-            return drop(DropReason::Ipv4SrcSpoof);
+        let sport = skb.be16(l4)?;
+        let dport = skb.be16(l4 + 2)?;
+        if port.kind == PORT_KIND_VM && sport == 67 {
+            return Err(DropReason::DhcpServerFromVm);
         }
-        Ok(())
+        Ok(src == [0; 4] && sport == 68 && dport == 67)
     })();
-    if more {
-        run.tables.frags.insert(key, verdict.err());
+    if frag & 0x2000 != 0 {
+        run.tables.frags.insert(key, upper.err());
     }
-    verdict
+    if upper? { Ok(()) } else { src_ok() }
 }
 
-fn arp(run: &Run, skb: &Skb, mac: [u8; 6]) -> Result<(), Reason> {
+fn arp(run: &Run, skb: &Skb, mac: [u8; 6]) -> Result<(), DropReason> {
     let off = L3;
     if skb.be16(off + 2)? != 0x0800 || skb.u8(off + 4)? != 6 || skb.u8(off + 5)? != 4 {
         return drop(DropReason::Malformed);
@@ -113,102 +110,95 @@ fn arp(run: &Run, skb: &Skb, mac: [u8; 6]) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Where the IPv6 extension-header walk ended.
-enum Upper {
-    /// The upper-layer protocol and its offset.
-    L4(u8, usize),
-    /// ESP or no-next-header: nothing to check beyond the source.
-    Opaque,
-    /// A fragment with a non-zero offset: no L4 header in this frame.
-    LaterFragment,
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frag {
+    Whole,
+    /// Offset 0, more to come: carries the upper-layer header.
+    First(u32, u8),
+    /// Offset > 0: no upper-layer header in this frame.
+    Later(u32, u8),
 }
 
-/// Walks the extension headers; returns where it ended and the fragment
-/// header's (id, next header, offset) if one was crossed.
-fn walk(skb: &Skb) -> Result<(Upper, Option<(u32, u8)>), Reason> {
+/// Walks the extension headers to the upper layer: (protocol, offset, fragment state).
+fn walk(skb: &Skb) -> Result<(u8, usize, Frag), DropReason> {
     let mut next = skb.u8(L3 + 6)?;
     let mut off = L3 + 40;
-    let mut frag = None;
-    for _ in 0..=MAX_EXT_HEADERS {
+    let mut frag = Frag::Whole;
+    let mut seen = 0;
+    loop {
         let len = match next {
-            HOP_BY_HOP | ROUTING | DEST_OPTS | AUTH | FRAGMENT => {
-                let h: [u8; 2] = skb.take(off)?;
-                match next {
-                    FRAGMENT => 8,
-                    AUTH => (h[1] as usize + 2) * 4,
-                    _ => (h[1] as usize + 1) * 8,
-                }
-            }
-            ESP | NO_NEXT => return Ok((Upper::Opaque, frag)),
-            l4 => return Ok((Upper::L4(l4, off), frag)),
+            HOP_BY_HOP | ROUTING | DEST_OPTS => (skb.u8(off + 1)? as usize + 1) * 8,
+            AUTH => (skb.u8(off + 1)? as usize + 2) * 4,
+            FRAGMENT => 8,
+            _ => return Ok((next, off, frag)),
         };
-        if off + len > skb.len() {
-            return Err(DropReason::Malformed.into());
+        seen += 1;
+        if seen > MAX_EXT_HEADERS || off + len > skb.len() {
+            return Err(DropReason::Malformed);
         }
         if next == FRAGMENT {
             let h: [u8; 8] = skb.take(off)?;
-            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            frag = Some((id, h[0]));
-            if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                return Ok((Upper::LaterFragment, frag));
+            let (id, proto) = (u32::from_be_bytes([h[4], h[5], h[6], h[7]]), h[0]);
+            let field = u16::from_be_bytes([h[2], h[3]]);
+            if field >> 3 != 0 {
+                return Ok((proto, off + len, Frag::Later(id, proto)));
+            }
+            if field & 1 != 0 {
+                frag = Frag::First(id, proto);
             }
         }
         next = skb.u8(off)?;
         off += len;
     }
-    Err(DropReason::Malformed.into())
 }
 
-fn ipv6(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), Reason> {
+fn ipv6(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), DropReason> {
     let hdr: [u8; 40] = skb.take(L3)?;
     let src: [u8; 16] = hdr[8..24].try_into().expect("16 bytes");
     let ifindex = run.ingress.ifindex;
     // The unspecified source is what duplicate address detection uses.
-    let allowed = src == [0; 16] || run.model.v6_allowed(ifindex, mac, src);
-    let (upper, frag) = walk(skb)?;
-    let key = frag.map(|(id, proto)| FragKey {
-        ifindex,
-        src,
-        dst: hdr[24..40].try_into().expect("16 bytes"),
-        id,
-        proto,
-    });
-    if let Upper::LaterFragment = upper {
-        if !allowed {
-            return drop(DropReason::Ipv6SrcSpoof);
+    let src_ok = || {
+        if src == [0; 16] || run.model.v6_allowed(ifindex, mac, src) {
+            Ok(())
+        } else {
+            drop(DropReason::Ipv6SrcSpoof)
         }
-        return remembered(run, &key.expect("a later fragment has a fragment header"));
+    };
+    let (proto, l4, frag) = walk(skb)?;
+    let key = |id, proto| FragKey { ifindex, src, dst: hdr[24..40].try_into().expect("16 bytes"), id, proto };
+    if let Frag::Later(id, p) = frag {
+        src_ok()?;
+        return remembered(run, &key(id, p));
     }
-    let verdict = (|| {
-        let l4 = match upper {
-            Upper::L4(proto, off) => Some((proto, off)),
-            _ => None,
-        };
-        if let Some((IPPROTO_UDP, off)) = l4
-            && port.kind == PORT_KIND_VM
-            && skb.be16(off)? == 547
-        {
-            return drop(DropReason::DhcpServerFromVm);
-        }
-        if !allowed {
-            return drop(DropReason::Ipv6SrcSpoof);
-        }
-        if let Some((IPPROTO_ICMPV6, off)) = l4 {
-            match skb.u8(off)? {
-                ICMPV6_RA => return Err(Reason::RaFromVm),
+    // The upper-layer rules: no DHCPv6 server or router advertisement from a
+    // VM, neighbour advertisements only for the port's own addresses.
+    let upper = (|| {
+        match proto {
+            IPPROTO_UDP if port.kind == PORT_KIND_VM && skb.be16(l4)? == 547 => {
+                return Err(DropReason::DhcpServerFromVm);
+            }
+            IPPROTO_ICMPV6 => match skb.u8(l4)? {
+                ICMPV6_RA => return Err(DropReason::RaFromVm),
                 ICMPV6_NA => {
-                    let target: [u8; 16] = skb.take(off + 8)?;
+                    let target: [u8; 16] = skb.take(l4 + 8)?;
                     if !run.model.v6_allowed(ifindex, mac, target) {
-                        return drop(DropReason::NdSpoof);
+                        return Err(DropReason::NdSpoof);
                     }
                 }
                 _ => {}
-            }
+            },
+            _ => {}
         }
         Ok(())
     })();
-    if let Some(key) = key {
-        run.tables.frags.insert(key, verdict.err());
+    if let Frag::First(id, p) = frag {
+        run.tables.frags.insert(key(id, p), upper.err());
     }
-    verdict
+    // A DHCPv6 server is refused whatever its source; the other rules come after the source check.
+    if upper == Err(DropReason::DhcpServerFromVm) {
+        return upper;
+    }
+    src_ok()?;
+    upper
 }

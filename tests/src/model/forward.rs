@@ -4,7 +4,7 @@
 
 use datapath_common::{Action, DropReason, FDB_F_LOCAL, NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo};
 
-use super::{Decision, Reason, Run, Target, frame::Skb};
+use super::{Decision, Run, Target, frame::Skb};
 
 /// Where the frame entered the network on this node.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ fn flood(run: &mut Run, skb: &Skb, net: &NetInfo, from: From) -> Decision {
             targets.push(wire_target(net, 0));
         } else if !fits_tunnel(skb, net) {
             // Local ports still get it; the tunnel cannot carry it.
-            run.side_drops.push(Reason::Known(DropReason::MtuExceeded));
+            run.side_drops.push(DropReason::MtuExceeded);
         } else if let Some(set) = run.model.state.flood_vteps.get(&run.net_index) {
             let vteps = &set.vtep_ipv4[..(set.count as usize).min(set.vtep_ipv4.len())];
             targets.extend(vteps.iter().filter(|&&v| v != 0).map(|&v| wire_target(net, v)));

@@ -48,34 +48,6 @@ pub struct Ingress {
     pub tunnel: Option<(u32, u32)>,
 }
 
-/// Why a frame is dropped: a counted reason. Named by label so that reasons
-/// the kernel's enum does not have yet compare by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Known(DropReason),
-    /// An ICMPv6 router advertisement from an anti-spoofing port.
-    RaFromVm,
-    /// A non-first fragment whose first fragment was not seen.
-    FragUnknown,
-}
-
-impl Reason {
-    /// The operator-facing counter name.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::Known(r) => r.label(),
-            Reason::RaFromVm => "ra_from_vm",
-            Reason::FragUnknown => "frag_unknown",
-        }
-    }
-}
-
-impl From<DropReason> for Reason {
-    fn from(r: DropReason) -> Self {
-        Reason::Known(r)
-    }
-}
-
 /// One destination and what the frame carries towards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Target {
@@ -98,7 +70,7 @@ impl Target {
 /// What the program must do with one frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Drop(Reason),
+    Drop(DropReason),
     /// Sent to `targets` (sorted), leaving `frame` as the program's output.
     Send {
         action: Action,
@@ -112,7 +84,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub verdict: Verdict,
-    pub side_drops: Vec<Reason>,
+    pub side_drops: Vec<DropReason>,
     /// The network the frame was classified into (0: none yet).
     pub net_index: u32,
 }
@@ -130,11 +102,11 @@ pub(crate) struct Run<'a> {
     pub tables: &'a mut Tables,
     pub ingress: Ingress,
     pub net_index: u32,
-    pub side_drops: Vec<Reason>,
+    pub side_drops: Vec<DropReason>,
 }
 
 /// A short result type for the families: a drop, or what to send.
-pub(crate) type Decision = Result<(Action, Vec<Target>), Reason>;
+pub(crate) type Decision = Result<(Action, Vec<Target>), DropReason>;
 
 /// Decides what `ingress.prog` does with `frame`; updates `tables` as the
 /// kernel would (learning, fragment verdicts).
@@ -157,11 +129,11 @@ pub fn decide(model: &Model, tables: &mut Tables, ingress: Ingress, frame: &[u8]
 }
 
 /// A read past the end is `malformed`; an incomplete tag the helper cannot pop is `vlan_op_failed`.
-impl From<frame::Short> for Reason {
+impl From<frame::Short> for DropReason {
     fn from(s: frame::Short) -> Self {
         match s {
-            frame::Short::Truncated => Reason::Known(DropReason::Malformed),
-            frame::Short::PopFailed => Reason::Known(DropReason::VlanOpFailed),
+            frame::Short::Truncated => DropReason::Malformed,
+            frame::Short::PopFailed => DropReason::VlanOpFailed,
         }
     }
 }

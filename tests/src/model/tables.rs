@@ -3,10 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use datapath_common::{ADDR_KEY_FIXED_BITS, FdbEntry, FdbKey, NetInfo, PortInfo, SegmentKey};
+use datapath_common::{ADDR_KEY_FIXED_BITS, DropReason, FdbEntry, FdbKey, NetInfo, PortInfo, SegmentKey};
 use datapath_user::desired::MapState;
-
-use super::Reason;
 
 /// The agent's maps, as the model reads them.
 #[derive(Debug, Clone, Default)]
@@ -96,4 +94,4 @@ pub struct FragKey {
 }
 
 /// The verdict of each first fragment seen: `None` for pass.
-pub type Frags = BTreeMap<FragKey, Option<Reason>>;
+pub type Frags = BTreeMap<FragKey, Option<DropReason>>;

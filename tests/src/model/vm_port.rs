@@ -7,7 +7,7 @@ use datapath_common::{
 };
 
 use super::{
-    Decision, Reason, Run, Target, antispoof,
+    Decision, Run, Target, antispoof,
     forward::{self, From},
     frame::{ETH_LEN, Skb, TPID_8021AD, is_vlan},
 };
@@ -57,7 +57,7 @@ pub(super) fn decide(run: &mut Run, skb: &mut Skb) -> Decision {
 
 /// A VM owns no VLANs: a priority tag (802.1Q, VID 0) is stripped; any
 /// other tag, any 802.1ad tag, or a second tag is `vm_tagged`.
-fn strip_priority_tag(skb: &mut Skb) -> Result<(), Reason> {
+fn strip_priority_tag(skb: &mut Skb) -> Result<(), DropReason> {
     if let Some(hw) = skb.hw {
         if hw.proto == TPID_8021AD || hw.vid() != 0 {
             return Err(DropReason::VmTagged.into());
@@ -77,43 +77,43 @@ fn strip_priority_tag(skb: &mut Skb) -> Result<(), Reason> {
     Ok(())
 }
 
-/// IPv4 sanity on every VM-port frame: version, IHL, total length within the frame.
-fn ipv4_sane(skb: &Skb) -> Result<(), Reason> {
-    let bad = Reason::Known(DropReason::Malformed);
-    let hdr: [u8; 20] = skb.take(ETH_LEN)?;
-    let ihl = (hdr[0] & 0x0f) as usize * 4;
-    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-    if hdr[0] >> 4 != 4 || ihl < 20 {
-        return Err(bad);
+/// IPv4 sanity on every VM-port frame: version 4, IHL >= 5, a total length
+/// that holds the header and fits in the frame; zero only on a GSO frame.
+fn ipv4_sane(skb: &Skb) -> Result<(), DropReason> {
+    let first = skb.u8(ETH_LEN)?;
+    let ihl = (first & 0x0f) as usize * 4;
+    if first >> 4 != 4 || ihl < 20 {
+        return Err(DropReason::Malformed);
     }
-    if total == 0 && skb.gso_size != 0 {
-        return Ok(());
-    }
-    if total < ihl || ETH_LEN + total > skb.len() {
-        return Err(bad);
-    }
+    ip_len_fits(skb, skb.be16(ETH_LEN + 2)? as usize, 0, ihl)?;
+    skb.take::<20>(ETH_LEN)?;
     Ok(())
 }
 
-/// IPv6 sanity: version, and the payload within the frame.
-fn ipv6_sane(skb: &Skb) -> Result<(), Reason> {
-    let hdr: [u8; 40] = skb.take(ETH_LEN)?;
-    let payload = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
-    if hdr[0] >> 4 != 6 {
-        return Err(DropReason::Malformed.into());
+/// IPv6 sanity: version 6, the payload within the frame; zero only on a GSO frame.
+fn ipv6_sane(skb: &Skb) -> Result<(), DropReason> {
+    if skb.u8(ETH_LEN)? >> 4 != 6 {
+        return Err(DropReason::Malformed);
     }
-    if payload == 0 && skb.gso_size != 0 {
-        return Ok(());
-    }
-    if ETH_LEN + 40 + payload > skb.len() {
-        return Err(DropReason::Malformed.into());
-    }
+    ip_len_fits(skb, skb.be16(ETH_LEN + 4)? as usize, 40, 40)?;
+    skb.take::<40>(ETH_LEN)?;
     Ok(())
+}
+
+/// `len` (counted from `base` bytes into the IP header) must hold `hdr`
+/// bytes and end within the frame; a zero length (BIG TCP) only on GSO.
+fn ip_len_fits(skb: &Skb, len: usize, base: usize, hdr: usize) -> Result<(), DropReason> {
+    let fits = if len == 0 {
+        skb.gso_size != 0 && ETH_LEN + hdr <= skb.len()
+    } else {
+        base + len >= hdr && ETH_LEN + base + len <= skb.len()
+    };
+    if fits { Ok(()) } else { Err(DropReason::Malformed) }
 }
 
 /// The ARP responder: a request for a known address in the network comes
 /// back to the asker as the owner's reply; `None` when it does not apply.
-fn arp_reply(run: &Run, skb: &mut Skb) -> Result<Option<(Action, Vec<Target>)>, Reason> {
+fn arp_reply(run: &Run, skb: &mut Skb) -> Result<Option<(Action, Vec<Target>)>, DropReason> {
     let off = ETH_LEN;
     if skb.be16(off + 2)? != ETH_P_IPV4 || skb.u8(off + 4)? != 6 || skb.u8(off + 5)? != 4 {
         return Err(DropReason::Malformed.into());

@@ -6,7 +6,7 @@
 use datapath_common::{DropReason, FDB_F_LOCAL, SEGMENT_UNTAGGED};
 
 use super::{
-    Decision, Reason, Run,
+    Decision, Run,
     forward::{self, From},
     frame::{ETH_LEN, Skb, TPID_8021AD, TPID_8021Q},
 };
@@ -50,7 +50,7 @@ fn deliver(run: &mut Run, skb: &mut Skb, segment: u32, vtep: u32, tagged: bool) 
         }
     }
     if tagged {
-        skb.vlan_pop().map_err(Reason::from)?;
+        skb.vlan_pop()?;
     }
     forward::forward(run, skb, &net, From::Wire, dst)
 }
