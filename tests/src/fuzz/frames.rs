@@ -22,6 +22,8 @@ pub struct Case {
     pub device: String,
     pub prog: Prog,
     pub frame: Vec<u8>,
+    /// Non-zero: the frame poses as a GSO super-frame of this segment size.
+    pub gso_size: u32,
 }
 
 /// What a port may legitimately send from, to build frames that pass.
@@ -39,8 +41,12 @@ pub struct Generator {
     v4: Vec<[u8; 4]>,
     v6: Vec<[u8; 16]>,
     segments: Vec<u16>,
+    /// (uplink device, VLAN id or `None` for flat) of every network on a physical network.
+    wires: Vec<(String, Option<u16>)>,
     /// Device -> what the port bound there owns.
     own: Vec<(String, Identity)>,
+    /// Source MACs of recent frames from the wire, which the kernel learns: VMs send to them.
+    heard: Vec<Mac>,
     /// Recent first fragments: (device, IP header bytes to reuse, is IPv6).
     datagrams: Vec<(String, Vec<u8>, bool)>,
 }
@@ -52,6 +58,10 @@ impl Generator {
         for net in &b.networks {
             if let Some(s) = net.segmentation_id {
                 g.segments.push((s & 0x0fff) as u16);
+            }
+            let uplink = UPLINKS.iter().find(|(p, _)| Some(*p) == net.physical_network.as_deref());
+            if let Some((_, dev)) = uplink {
+                g.wires.push((dev.to_string(), net.segmentation_id.map(|s| s as u16)));
             }
         }
         for p in &b.ports {
@@ -84,13 +94,19 @@ impl Generator {
         g
     }
 
+    /// Whether the next frame poses as GSO: rarely, it changes only the length rules.
+    fn gso_next(&self, rng: &mut Rng) -> bool {
+        rng.chance(4)
+    }
+
     /// The next case.
     pub fn case(&mut self, rng: &mut Rng) -> Case {
         let (device, prog) = ingress(rng, &self.own);
         let me = self.own.iter().find(|(d, _)| *d == device).map(|(_, id)| id.clone()).unwrap_or_default();
         let mut f = Builder { rng, g: self, me: &me, device: &device };
         let frame = f.frame();
-        Case { device, prog, frame }
+        let gso_size = if self.gso_next(rng) { *rng.pick(&[1448, 1398, 8948]) } else { 0 };
+        Case { device, prog, frame, gso_size }
     }
 }
 
@@ -182,18 +198,26 @@ impl Builder<'_> {
             65..=69 => [0x01, 0x00, 0x5e, 0, 0, self.rng.byte()],
             70..=74 => [0x01, 0x80, 0xc2, 0, 0, self.rng.byte() & 0x1f],
             75..=79 if !self.me.macs.is_empty() => self.me.macs[0],
+            80..=87 if !self.g.heard.is_empty() => *self.rng.pick(&self.g.heard),
             _ => self.random_unicast(),
         }
     }
 
     fn src_mac(&mut self) -> Mac {
-        match self.rng.below(100) {
+        let mac = match self.rng.below(100) {
             0..=59 if !self.me.macs.is_empty() => *self.rng.pick(&self.me.macs),
             60..=84 => self.any_mac(),
             85..=87 => [0; 6],
             88..=89 => [0x01, 0, 0x5e, 0, 0, 1],
             _ => self.random_unicast(),
+        };
+        if self.me.macs.is_empty() {
+            self.g.heard.push(mac);
+            if self.g.heard.len() > 32 {
+                self.g.heard.remove(0);
+            }
         }
+        mac
     }
 
     fn vid(&mut self) -> u16 {
@@ -210,21 +234,26 @@ impl Builder<'_> {
     }
 
     fn vlan_stack(&mut self, f: &mut Vec<u8>) {
-        // The wire mostly carries the node's segments; VMs mostly send untagged.
-        if self.me.macs.is_empty() && self.rng.chance(50) && !self.g.segments.is_empty() {
-            let v = *self.rng.pick(&self.g.segments);
-            self.tag(f, 0x8100, v);
-            return;
+        // The wire mostly carries the segments of networks programmed on that uplink.
+        if self.me.macs.is_empty() && self.rng.chance(60) {
+            let wires: Vec<Option<u16>> =
+                self.g.wires.iter().filter(|(d, _)| d == self.device).map(|(_, s)| *s).collect();
+            if !wires.is_empty() {
+                if let Some(v) = *self.rng.pick(&wires) {
+                    self.tag(f, 0x8100, v);
+                }
+                return;
+            }
         }
         match self.rng.below(100) {
-            0..=54 => {}
-            55..=66 => self.tag(f, 0x8100, 0),
-            67..=84 => {
+            0..=69 => {}
+            70..=79 => self.tag(f, 0x8100, 0),
+            80..=88 => {
                 let v = self.vid();
                 self.tag(f, 0x8100, v);
             }
-            85..=92 => {
-                let (outer, inner) = (self.vid(), self.vid());
+            89..=94 => {
+                let (outer, inner) = (if self.rng.chance(30) { 0 } else { self.vid() }, self.vid());
                 self.tag(f, 0x8100, outer);
                 self.tag(f, 0x8100, inner);
             }
@@ -324,6 +353,9 @@ impl Builder<'_> {
             b.resize(240, 0);
             b[236..240].copy_from_slice(&[99, 130, 83, 99]);
             b
+        } else if self.rng.chance(5) {
+            // Around the MTUs (1450 tunnel, 1500, 9000): exceeds some, fits others.
+            vec![0; self.rng.range(1380, 1520) as usize]
         } else {
             self.random_bytes(0, 48)
         };

@@ -32,9 +32,15 @@ pub fn reason_label(i: u32) -> String {
     DropReason::from_index(i).map(|r| r.label().to_string()).unwrap_or_else(|| format!("reason #{i}"))
 }
 
-/// Runs program `prog` once, traced, on `frame` arriving on `ifindex`.
+/// Runs program `prog` once, traced, on `frame` arriving on `ifindex` (a GSO super-frame if `gso_size` > 0).
 /// `Ok(None)`: BPF_PROG_TEST_RUN refused the frame (the program never ran).
-pub fn run(bench: &mut Bench, prog: &str, ifindex: u32, frame: &[u8]) -> Result<Option<Answer>> {
+pub fn run(
+    bench: &mut Bench,
+    prog: &str,
+    ifindex: u32,
+    frame: &[u8],
+    gso_size: u32,
+) -> Result<Option<Answer>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
     let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
     bench.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
@@ -42,7 +48,7 @@ pub fn run(bench: &mut Bench, prog: &str, ifindex: u32, frame: &[u8]) -> Result<
     let out = {
         let fd: BorrowedFd = bench.dp.program_fd(prog)?;
         let raw = fd.as_raw_fd();
-        match testrun::run_skb(fd, &SkbRun { frame, ifindex, cb, mark: 0 }) {
+        match testrun::run_skb_gso(fd, &SkbRun { frame, ifindex, cb, mark: 0 }, gso_size) {
             Ok(out) => out,
             // The kernel's own checks of the input (e.g. an IPv4 ethertype with
             // less than an IP header) refuse the run before the program starts.

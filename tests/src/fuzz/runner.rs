@@ -41,6 +41,8 @@ pub struct Summary {
     pub frames: u64,
     /// Frames BPF_PROG_TEST_RUN refused before the program ran.
     pub refused: u64,
+    /// The first few refused frames (hex), to show what the kernel refuses.
+    pub refused_examples: Vec<String>,
     pub disagreements: u64,
     pub violations: u64,
     pub documents: u64,
@@ -77,6 +79,9 @@ impl Summary {
         );
         for (k, v) in &self.outcomes {
             let _ = write!(s, " {k}={v}");
+        }
+        for r in &self.refused_examples {
+            let _ = write!(s, "\nrefused: {r}");
         }
         if !self.mismatches.is_empty() {
             s.push_str("\ndisagreements (kernel -> model):");
@@ -124,6 +129,18 @@ fn forget(bench: &mut Bench) -> Result<()> {
         maps.frag_verdicts.remove(&k).context("emptying FRAG_VERDICTS")?;
     }
     Ok(())
+}
+
+/// Whether BPF_PROG_TEST_RUN refuses `frame` before running the program: it
+/// reads the IPv4 or IPv6 header the outer ethertype announces, and refuses
+/// a frame too short to hold it (such frames are sent through a real device
+/// in tests/program/injected.rs instead).
+fn test_run_refuses(frame: &[u8]) -> bool {
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => frame.len() < 14 + 20,
+        0x86dd => frame.len() < 14 + 40,
+        _ => false,
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -223,14 +240,33 @@ pub fn run(opts: Options) -> Result<Summary> {
         let case = world.generator.case(&mut rng);
         let ifindex = bench.ifindex(&case.device);
         let t = Instant::now();
-        let answer = kernel::run(&mut bench, case.prog.name(), ifindex, &case.frame)?;
+        let answer = kernel::run(&mut bench, case.prog.name(), ifindex, &case.frame, case.gso_size)?;
         sum.kernel_time += t.elapsed();
         let Some(answer) = answer else {
+            // Only a frame too short for the IP header its ethertype announces may be
+            // refused; anything else refused would hide frames from the comparison.
+            if !test_run_refuses(&case.frame) {
+                anyhow::bail!(
+                    "BPF_PROG_TEST_RUN refused frame {i} of seed {}, which it should run: {} on {}: {}",
+                    opts.seed,
+                    case.prog.name(),
+                    case.device,
+                    hex(&case.frame)
+                );
+            }
             sum.refused += 1;
+            if sum.refused_examples.len() < 5 {
+                sum.refused_examples.push(format!(
+                    "{} on {}: {}",
+                    case.prog.name(),
+                    case.device,
+                    hex(&case.frame)
+                ));
+            }
             continue;
         };
         sum.frames += 1;
-        let ingress = Ingress { prog: case.prog, ifindex, hw: None, gso_size: 0, tunnel: None };
+        let ingress = Ingress { prog: case.prog, ifindex, hw: None, gso_size: case.gso_size, tunnel: None };
         let outcome = model::decide(&world.model, &mut world.tables, ingress, &case.frame);
         let label = match answer.action {
             Some(a) if answer.reason.is_empty() => a.label().to_string(),
@@ -281,13 +317,14 @@ pub fn run(opts: Options) -> Result<Summary> {
         if (!diffs.is_empty() || !violations.is_empty()) && list.len() < opts.max_reports {
             list.push(format!(
                 "frame {i} of seed {seed}: {what}\n  reproduce: cargo xtask fuzz frames --seed {seed} --frames {n}\n  \
-                 ingress:   {prog} on {dev} (ifindex {ifindex})\n  frame:     {frame}\n  kernel:    {k}\n  \
+                 ingress:   {prog} on {dev} (ifindex {ifindex}), gso_size {gso}\n  frame:     {frame}\n  kernel:    {k}\n  \
                  model:     {m}\n  golden:    {row}\n  bindings:  {doc}",
                 seed = opts.seed,
                 what = if diffs.is_empty() { violations.join("; ") } else { format!("differ in {}", diffs.join(", ")) },
                 n = i + 1,
                 prog = case.prog.name(),
                 dev = case.device,
+                gso = case.gso_size,
                 frame = hex(&case.frame),
                 k = describe_kernel(&answer),
                 m = describe_model(&outcome),
