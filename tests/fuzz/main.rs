@@ -30,9 +30,11 @@ fn kernel_programs_agree_with_the_model() {
         println!("\n{r}");
     }
     assert!(
-        sum.disagreements == 0 && sum.violations == 0,
-        "seed {seed}: {} disagreements and {} invariant violations in {} frames (cases printed above)",
+        sum.disagreements == 0 && sum.counter_mismatches == 0 && sum.violations == 0,
+        "seed {seed}: {} disagreements, {} documents with counter mismatches and {} invariant violations \
+         in {} frames (cases printed above)",
         sum.disagreements,
+        sum.counter_mismatches,
         sum.violations,
         sum.frames
     );

@@ -108,7 +108,8 @@ impl Bench {
         self.derived.state.ports.get(&ifindex).map(|p| p.stats_slot).unwrap_or(0)
     }
 
-    fn counters(&self, slot: u32) -> Result<PortCounters> {
+    /// The counters of stats slot `slot`, summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<PortCounters> {
         let per_cpu = self.dp.maps.port_stats.get(&slot, 0).context("reading PORT_STATS")?;
         let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
         for c in per_cpu.iter() {

@@ -5,6 +5,7 @@
 //! reproducible case.
 
 pub mod bindings;
+pub mod counters;
 pub mod frames;
 pub mod invariants;
 pub mod kernel;

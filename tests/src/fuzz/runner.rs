@@ -14,6 +14,7 @@ use datapath_user::bindings::Bindings;
 
 use super::{
     bindings::{self, CONFIG},
+    counters::Ledger,
     frames::{Case, Generator},
     invariants::{Invariants, Sent},
     kernel::{self, Answer, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -44,6 +45,8 @@ pub struct Summary {
     /// The first few refused frames (hex), to show what the kernel refuses.
     pub refused_examples: Vec<String>,
     pub disagreements: u64,
+    /// Documents whose counters moved otherwise than the model booked.
+    pub counter_mismatches: u64,
     pub violations: u64,
     pub documents: u64,
     /// Disagreements, then invariant violations, in full (at most `max_reports` of each).
@@ -67,7 +70,7 @@ impl Summary {
     pub fn describe(&self) -> String {
         let mut s = format!(
             "{} frames ({} refused by BPF_PROG_TEST_RUN), {} bindings documents, {:.1} s, {:.0} frames/s \
-             ({:.0}% of the time in the kernel side): {} disagreements, {} invariant violations\noutcomes:",
+             ({:.0}% of the time in the kernel side): {} disagreements, {} counter mismatches, {} invariant violations\noutcomes:",
             self.frames,
             self.refused,
             self.documents,
@@ -75,6 +78,7 @@ impl Summary {
             self.frames_per_second(),
             100.0 * self.kernel_time.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9),
             self.disagreements,
+            self.counter_mismatches,
             self.violations
         );
         for (k, v) in &self.outcomes {
@@ -100,13 +104,16 @@ struct World {
     tables: Tables,
     generator: Generator,
     invariants: Invariants,
+    ledger: Ledger,
 }
 
 impl World {
     fn new(bench: &Bench, doc: String) -> Result<Self> {
         let b = Bindings::parse_str(&doc, "fuzz bindings")?;
+        let model = Model::new(bench.derived.state.clone());
         Ok(World {
-            model: Model::new(bench.derived.state.clone()),
+            ledger: Ledger::start(bench, &model)?,
+            model,
             tables: Tables::default(),
             generator: Generator::new(&b),
             invariants: Invariants::new(&b, &bench.devices),
@@ -219,6 +226,24 @@ fn golden_row(seed: u64, i: u64, case: &Case, m: &model::Outcome) -> String {
     )
 }
 
+/// Closes a document's books: its counters must have moved as the model booked.
+fn settle(bench: &Bench, world: &World, opts: &Options, sum: &mut Summary) -> Result<()> {
+    let diffs = world.ledger.differences(bench)?;
+    if !diffs.is_empty() {
+        sum.counter_mismatches += 1;
+        if sum.reports.len() < opts.max_reports {
+            sum.reports.push(format!(
+                "document {} of seed {}: counters differ:\n  {}\n  bindings:  {}",
+                sum.documents,
+                opts.seed,
+                diffs.join("\n  "),
+                world.doc
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `opts.frames` frames; errors only when the bench itself fails.
 pub fn run(opts: Options) -> Result<Summary> {
     let started = Instant::now();
@@ -231,6 +256,7 @@ pub fn run(opts: Options) -> Result<Summary> {
     let mut sum = Summary { documents: 1, ..Default::default() };
     for i in 0..opts.frames {
         if i > 0 && i % opts.reseed_every == 0 {
+            settle(&bench, &world, &opts, &mut sum)?;
             let doc = bindings::generate(&mut rng);
             bench.reseed(CONFIG, &doc).with_context(|| format!("re-seeding with {doc}"))?;
             forget(&mut bench)?;
@@ -268,6 +294,7 @@ pub fn run(opts: Options) -> Result<Summary> {
         sum.frames += 1;
         let ingress = Ingress { prog: case.prog, ifindex, hw: None, gso_size: case.gso_size, tunnel: None };
         let outcome = model::decide(&world.model, &mut world.tables, ingress, &case.frame);
+        world.ledger.book(&world.model, ifindex, &outcome);
         let label = match answer.action {
             Some(a) if answer.reason.is_empty() => a.label().to_string(),
             _ => answer.reason.clone(),
@@ -333,6 +360,7 @@ pub fn run(opts: Options) -> Result<Summary> {
             ));
         }
     }
+    settle(&bench, &world, &opts, &mut sum)?;
     sum.elapsed = started.elapsed();
     Ok(sum)
 }
