@@ -111,7 +111,7 @@ fn arp(run: &Run, skb: &Skb, mac: [u8; 6]) -> Result<(), DropReason> {
 }
 
 /// Where a packet stands in its datagram.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Frag {
     Whole,
     /// Offset 0, more to come: carries the upper-layer header.
@@ -201,4 +201,64 @@ fn ipv6(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), D
     }
     src_ok()?;
     upper
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv6 frame whose fixed header says `first`, then `chain` bytes.
+    fn v6(first: u8, chain: &[u8]) -> Skb {
+        let mut b = vec![0u8; 14];
+        b[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let mut hdr = [0u8; 40];
+        hdr[0] = 0x60;
+        hdr[4..6].copy_from_slice(&(chain.len() as u16).to_be_bytes());
+        hdr[6] = first;
+        b.extend_from_slice(&hdr);
+        b.extend_from_slice(chain);
+        Skb { bytes: b, hw: None, gso_size: 0 }
+    }
+
+    /// `n` destination-options headers (8 bytes each), then `upper`.
+    fn dst_opts(n: usize, upper: u8) -> Vec<u8> {
+        let mut c = Vec::new();
+        for i in 0..n {
+            let next = if i + 1 == n { upper } else { DEST_OPTS };
+            c.extend_from_slice(&[next, 0, 1, 1, 1, 1, 1, 1]);
+        }
+        c.extend_from_slice(&[136, 0, 0, 0]);
+        c
+    }
+
+    #[test]
+    fn the_walk_takes_six_headers_and_no_more() {
+        let (proto, off, frag) = walk(&v6(DEST_OPTS, &dst_opts(6, IPPROTO_ICMPV6))).unwrap();
+        assert!(proto == IPPROTO_ICMPV6 && off == 14 + 40 + 48 && frag == Frag::Whole);
+        assert_eq!(walk(&v6(DEST_OPTS, &dst_opts(7, IPPROTO_ICMPV6))).err(), Some(DropReason::Malformed));
+    }
+
+    #[test]
+    fn a_header_past_the_frame_is_malformed_and_ah_counts_in_words() {
+        let mut chain = dst_opts(1, IPPROTO_UDP);
+        chain[1] = 3; // 32 bytes claimed, 12 present
+        assert_eq!(walk(&v6(DEST_OPTS, &chain)).err(), Some(DropReason::Malformed));
+        // AH: (hdrlen + 2) * 4 = 12 bytes.
+        let ah = [IPPROTO_UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(walk(&v6(AUTH, &ah)).unwrap().1, 14 + 40 + 12);
+    }
+
+    #[test]
+    fn fragments_first_later_and_atomic() {
+        let frag = |field: u16| {
+            let mut c = vec![IPPROTO_UDP, 0];
+            c.extend_from_slice(&field.to_be_bytes());
+            c.extend_from_slice(&[0, 0, 0, 9, 0, 0]);
+            c
+        };
+        assert_eq!(walk(&v6(FRAGMENT, &frag(1))).unwrap().2, Frag::First(9, IPPROTO_UDP));
+        assert_eq!(walk(&v6(FRAGMENT, &frag(8 << 3))).unwrap().2, Frag::Later(9, IPPROTO_UDP));
+        // Offset 0 and no more fragments: a whole datagram (RFC 6946).
+        assert_eq!(walk(&v6(FRAGMENT, &frag(0))).unwrap().2, Frag::Whole);
+    }
 }

@@ -109,3 +109,40 @@ impl Skb {
         Ok(tci)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tagged(tags: &[(u16, u16)], ethertype: u16, payload: usize) -> Skb {
+        let mut b = vec![0xffu8; 6];
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+        for (tpid, tci) in tags {
+            b.extend_from_slice(&tpid.to_be_bytes());
+            b.extend_from_slice(&tci.to_be_bytes());
+        }
+        b.extend_from_slice(&ethertype.to_be_bytes());
+        b.resize(b.len() + payload, 0);
+        Skb { bytes: b, hw: None, gso_size: 0 }
+    }
+
+    #[test]
+    fn popping_the_outer_tag_offloads_the_inner_one() {
+        let mut skb = tagged(&[(TPID_8021Q, 0), (TPID_8021AD, 7)], 0x0800, 20);
+        skb.vlan_pop().unwrap();
+        assert_eq!(skb.hw, Some(HwTag { proto: TPID_8021AD, tci: 7 }));
+        assert_eq!(skb.ethertype(), Ok(0x0800));
+        assert_eq!(skb.len(), 14 + 20);
+        // The offloaded tag goes first, and nothing else is left to offload.
+        skb.vlan_pop().unwrap();
+        assert_eq!((skb.hw, skb.len()), (None, 34));
+    }
+
+    #[test]
+    fn an_incomplete_tag_cannot_be_popped() {
+        let mut skb = tagged(&[(TPID_8021Q, 0)], 0x0800, 0);
+        skb.bytes.truncate(17);
+        assert_eq!(skb.vlan_pop(), Err(Short::PopFailed));
+        assert_eq!(skb.take::<4>(16), Err(Short::Truncated));
+    }
+}
