@@ -11,7 +11,7 @@ use super::rng::Rng;
 /// The agent config every fuzzed node runs with.
 pub const CONFIG: &str = r#"
 host = "node0"
-physical_interface_mappings = ["physnet1:eth2", "physnet2:eth3"]
+physical_interface_mappings = ["physnet1:eth2", "physnet2:eth3", "physnet3:eth9"]
 bindings = "/unused/in/fuzz.json"
 pin_path = "/sys/fs/bpf/unused"
 local_ip = "192.0.2.10"
@@ -20,6 +20,10 @@ tunnel_types = ["vxlan"]
 
 /// Uplinks of the node, by physical network.
 pub const UPLINKS: [(&str, &str); 2] = [("physnet1", "eth2"), ("physnet2", "eth3")];
+/// Physical networks whose networks are not carried here: mapped to an
+/// interface that does not exist (no uplink: no wire target), and not mapped
+/// at all (the network is refused on this node, its ports are not programmed).
+const NO_UPLINK: [&str; 2] = ["physnet3", "physnet9"];
 /// The collect-metadata VXLAN device.
 pub const VXLAN_DEV: &str = "vxlan-dp";
 /// A device the agent knows nothing about.
@@ -90,9 +94,10 @@ pub fn generate(rng: &mut Rng) -> String {
     let n_nets = rng.range(1, 4) as usize;
     for n in 1..=n_nets {
         let id = format!("{n:08x}-0000-4000-8000-{:012x}", rng.next_u64() & 0xffff_ffff_ffff);
+        let physnet = if rng.chance(10) { *rng.pick(&NO_UPLINK) } else { rng.pick(&UPLINKS).0 };
         let (kind, physnet, seg) = match rng.below(3) {
-            0 => ("flat", Some(rng.pick(&UPLINKS).0), 0),
-            1 => ("vlan", Some(rng.pick(&UPLINKS).0), rng.range(1, 4094)),
+            0 => ("flat", Some(physnet), 0),
+            1 => ("vlan", Some(physnet), rng.range(1, 4094)),
             _ => ("vxlan", None, rng.range(1, 1 << 24)),
         };
         let wire = physnet.unwrap_or("vxlan").to_string();
