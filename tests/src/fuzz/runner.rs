@@ -213,15 +213,24 @@ fn differences(k: &Answer, m: &model::Outcome) -> Vec<&'static str> {
     d
 }
 
-/// The golden-frame row (tests/program/golden.rs) the kernel should satisfy, per the model.
-fn golden_row(seed: u64, i: u64, case: &Case, m: &model::Outcome) -> String {
+/// The golden-frame row (tests/program/golden.rs) the kernel should satisfy,
+/// per the model; its devices are the fuzz bench's, so a row goes into the
+/// golden table once its document is reduced to the golden scenario's.
+fn golden_row(bench: &Bench, seed: u64, i: u64, case: &Case, m: &model::Outcome) -> String {
     let expect = match &m.verdict {
         Verdict::Drop(r) => format!("Expect::Drop(DropReason::{r:?})"),
-        Verdict::Send { action, targets, .. } => format!("send(Action::{action:?}, &{targets:?})"),
+        Verdict::Send { action, targets, .. } => {
+            let t: Vec<String> =
+                targets.iter().map(|t| format!("({:?}, {})", bench.name_of(t.ifindex), t.vlan)).collect();
+            format!("send(Action::{action:?}, &[{}])", t.join(", "))
+        }
+    };
+    let (row, dev) = match case.prog {
+        model::Prog::Uplink => ("wire(", String::new()),
+        _ => ("vm(", format!("{:?}, ", case.device)),
     };
     format!(
-        "vm(\"fuzz seed {seed} frame {i}\", \"{}\", unhex(\"{}\"), {expect}),",
-        case.device,
+        "{row}\"fuzz seed {seed} frame {i}\", {dev}parse_hex(\"{}\").unwrap(), {expect}),",
         hex(&case.frame)
     )
 }
@@ -355,7 +364,7 @@ pub fn run(opts: Options) -> Result<Summary> {
                 frame = hex(&case.frame),
                 k = describe_kernel(&answer),
                 m = describe_model(&outcome),
-                row = golden_row(opts.seed, i, &case, &outcome),
+                row = golden_row(&bench, opts.seed, i, &case, &outcome),
                 doc = world.doc,
             ));
         }

@@ -24,7 +24,7 @@ const ICMPV6_NA: u8 = 136;
 pub(super) fn check(run: &mut Run, skb: &Skb, port: &PortInfo) -> Result<(), DropReason> {
     let src: [u8; 6] = skb.take(6)?;
     if !run.model.mac_allowed(run.ingress.ifindex, src) {
-        return Err(DropReason::SrcMacSpoof.into());
+        return Err(DropReason::SrcMacSpoof);
     }
     match skb.ethertype()? {
         0x0800 => ipv4(run, skb, port, src),

@@ -34,7 +34,7 @@ pub(super) fn forward(run: &mut Run, skb: &Skb, net: &NetInfo, from: From, dst: 
     if let Some(entry) = run.model.fdb(run.net_index, dst) {
         if entry.flags & FDB_F_LOCAL != 0 {
             if entry.ifindex == run.ingress.ifindex {
-                return Err(DropReason::Hairpin.into());
+                return Err(DropReason::Hairpin);
             }
             return Ok((Action::ToLocalPort, vec![Target::port(entry.ifindex)]));
         }
@@ -48,17 +48,17 @@ pub(super) fn forward(run: &mut Run, skb: &Skb, net: &NetInfo, from: From, dst: 
 
 fn to_wire(skb: &Skb, net: &NetInfo, from: From, vtep: u32) -> Decision {
     if from == From::Wire {
-        return Err(DropReason::Hairpin.into());
+        return Err(DropReason::Hairpin);
     }
     if net.uplink_ifindex == 0 {
-        return Err(DropReason::RedirectFailed.into());
+        return Err(DropReason::RedirectFailed);
     }
     if net.net_type == NET_TYPE_VXLAN {
         if vtep == 0 {
-            return Err(DropReason::TunnelOpFailed.into());
+            return Err(DropReason::TunnelOpFailed);
         }
         if !fits_tunnel(skb, net) {
-            return Err(DropReason::MtuExceeded.into());
+            return Err(DropReason::MtuExceeded);
         }
     }
     Ok((Action::ToUplink, vec![wire_target(net, vtep)]))
@@ -86,7 +86,7 @@ fn flood(run: &mut Run, skb: &Skb, net: &NetInfo, from: From) -> Decision {
         }
     }
     if targets.is_empty() {
-        return Err(DropReason::FloodNoTarget.into());
+        return Err(DropReason::FloodNoTarget);
     }
     Ok((Action::Flooded, targets))
 }

@@ -6,14 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use datapath_common::{ADDR_KEY_FIXED_BITS, DropReason, FdbEntry, FdbKey, NetInfo, PortInfo, SegmentKey};
 use datapath_user::desired::MapState;
 
+/// (ifindex, MAC) -> the prefixes (address, prefix length) that port may send from with that MAC.
+type Prefixes<const N: usize> = HashMap<(u32, [u8; 6]), Vec<([u8; N], u32)>>;
+
 /// The agent's maps, as the model reads them.
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     pub state: MapState,
-    /// (ifindex, MAC) -> allowed IPv4 prefixes (address, prefix length).
-    v4: HashMap<(u32, [u8; 6]), Vec<([u8; 4], u32)>>,
-    /// (ifindex, MAC) -> allowed IPv6 prefixes.
-    v6: HashMap<(u32, [u8; 6]), Vec<([u8; 16], u32)>>,
+    v4: Prefixes<4>,
+    v6: Prefixes<16>,
 }
 
 /// Whether `addr` lies in `net`/`len`.
@@ -37,11 +38,11 @@ impl Model {
     /// Indexes `state` for the model's lookups.
     pub fn new(state: MapState) -> Self {
         let mut v4: HashMap<_, Vec<_>> = HashMap::new();
-        for ((prefix, k), _) in &state.allowed_v4 {
+        for (prefix, k) in state.allowed_v4.keys() {
             v4.entry((k.ifindex, k.mac)).or_default().push((k.addr, prefix - ADDR_KEY_FIXED_BITS));
         }
         let mut v6: HashMap<_, Vec<_>> = HashMap::new();
-        for ((prefix, k), _) in &state.allowed_v6 {
+        for (prefix, k) in state.allowed_v6.keys() {
             v6.entry((k.ifindex, k.mac)).or_default().push((k.addr, prefix - ADDR_KEY_FIXED_BITS));
         }
         Self { state, v4, v6 }

@@ -21,10 +21,10 @@ pub(super) fn decide(run: &mut Run, skb: &mut Skb) -> Decision {
     let ifindex = run.ingress.ifindex;
     let port = run.model.port(ifindex).ok_or(PortUnknown)?;
     if port.flags & PORT_F_BOUND == 0 {
-        return Err(PortUnbound.into());
+        return Err(PortUnbound);
     }
     if port.flags & PORT_F_ADMIN_UP == 0 {
-        return Err(PortAdminDown.into());
+        return Err(PortAdminDown);
     }
     run.net_index = port.net_index;
     strip_priority_tag(skb)?;
@@ -32,10 +32,10 @@ pub(super) fn decide(run: &mut Run, skb: &mut Skb) -> Decision {
     let dst: [u8; 6] = skb.take(0)?;
     let ethertype = skb.ethertype()?;
     if src[0] & 1 != 0 || src == [0; 6] {
-        return Err(SrcMacInvalid.into());
+        return Err(SrcMacInvalid);
     }
     if dst[..5] == [0x01, 0x80, 0xc2, 0, 0] && dst[5] & 0xf0 == 0 {
-        return Err(L2Control.into());
+        return Err(L2Control);
     }
     match ethertype {
         ETH_P_IPV4 => ipv4_sane(skb)?,
@@ -60,19 +60,19 @@ pub(super) fn decide(run: &mut Run, skb: &mut Skb) -> Decision {
 fn strip_priority_tag(skb: &mut Skb) -> Result<(), DropReason> {
     if let Some(hw) = skb.hw {
         if hw.proto == TPID_8021AD || hw.vid() != 0 {
-            return Err(DropReason::VmTagged.into());
+            return Err(DropReason::VmTagged);
         }
         skb.vlan_pop()?;
     }
     let ethertype = skb.ethertype()?;
     if is_vlan(ethertype) {
         if ethertype == TPID_8021AD || skb.be16(ETH_LEN)? & 0x0fff != 0 {
-            return Err(DropReason::VmTagged.into());
+            return Err(DropReason::VmTagged);
         }
         skb.vlan_pop()?;
     }
     if skb.hw.is_some() || is_vlan(skb.ethertype()?) {
-        return Err(DropReason::VmTagged.into());
+        return Err(DropReason::VmTagged);
     }
     Ok(())
 }
@@ -116,7 +116,7 @@ fn ip_len_fits(skb: &Skb, len: usize, base: usize, hdr: usize) -> Result<(), Dro
 fn arp_reply(run: &Run, skb: &mut Skb) -> Result<Option<(Action, Vec<Target>)>, DropReason> {
     let off = ETH_LEN;
     if skb.be16(off + 2)? != ETH_P_IPV4 || skb.u8(off + 4)? != 6 || skb.u8(off + 5)? != 4 {
-        return Err(DropReason::Malformed.into());
+        return Err(DropReason::Malformed);
     }
     if skb.be16(off + 6)? != 1 {
         return Ok(None);

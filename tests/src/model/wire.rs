@@ -17,10 +17,10 @@ pub(super) fn uplink(run: &mut Run, skb: &mut Skb) -> Decision {
     let ethertype = skb.ethertype()?;
     // An 802.1ad S-tag, offloaded or in-band, selects no network.
     let (segment, tagged) = match skb.hw {
-        Some(hw) if hw.proto == TPID_8021AD => return Err(DropReason::UnknownSegment.into()),
+        Some(hw) if hw.proto == TPID_8021AD => return Err(DropReason::UnknownSegment),
         Some(hw) => (hw.vid() as u32, true),
         None if ethertype == TPID_8021Q => ((skb.be16(ETH_LEN)? & 0x0fff) as u32, true),
-        None if ethertype == TPID_8021AD => return Err(DropReason::UnknownSegment.into()),
+        None if ethertype == TPID_8021AD => return Err(DropReason::UnknownSegment),
         None => (SEGMENT_UNTAGGED, false),
     };
     deliver(run, skb, segment, 0, tagged)
@@ -40,10 +40,10 @@ fn deliver(run: &mut Run, skb: &mut Skb, segment: u32, vtep: u32, tagged: bool) 
     let src: [u8; 6] = skb.take(6)?;
     let dst: [u8; 6] = skb.take(0)?;
     if src[0] & 1 != 0 || src == [0; 6] {
-        return Err(DropReason::SrcMacInvalid.into());
+        return Err(DropReason::SrcMacInvalid);
     }
     match run.model.fdb(run.net_index, src) {
-        Some(e) if e.flags & FDB_F_LOCAL != 0 => return Err(DropReason::UplinkSrcIsLocal.into()),
+        Some(e) if e.flags & FDB_F_LOCAL != 0 => return Err(DropReason::UplinkSrcIsLocal),
         Some(_) => {}
         None => {
             run.tables.learned.insert((run.net_index, src), (ifindex, vtep));
