@@ -202,3 +202,81 @@ fn spoofed(p: &Port, frame: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = r#"{
+     "networks": [
+      {"id": "n1", "provider:network_type": "vlan", "provider:physical_network": "physnet1", "provider:segmentation_id": 100},
+      {"id": "n2", "provider:network_type": "vlan", "provider:physical_network": "physnet1", "provider:segmentation_id": 200},
+      {"id": "n3", "provider:network_type": "vxlan", "provider:segmentation_id": 5000}
+     ],
+     "ports": [
+      {"id": "d0000000-0000", "network_id": "n1", "mac_address": "fa:16:3e:00:00:01", "fixed_ips": [{"ip_address": "10.0.0.1"}], "binding:host_id": "node0", "device_owner": "compute:nova"},
+      {"id": "d0000001-0100", "network_id": "n2", "mac_address": "fa:16:3e:00:00:02", "fixed_ips": [{"ip_address": "10.0.0.2"}], "binding:host_id": "node0", "device_owner": "compute:nova"},
+      {"id": "d0000002-0200", "network_id": "n3", "mac_address": "fa:16:3e:00:00:03", "fixed_ips": [{"ip_address": "10.0.0.3"}], "binding:host_id": "node0", "device_owner": "compute:nova"}
+     ]}"#;
+
+    fn invariants() -> Invariants {
+        let b = Bindings::parse_str(DOC, "test").unwrap();
+        let devices: Devices = [
+            ("eth2", 2),
+            ("vxlan-dp", 4),
+            ("tapd0000000-00", 10),
+            ("tapd0000001-01", 11),
+            ("tapd0000002-02", 12),
+        ]
+        .into_iter()
+        .map(|(n, i)| (n.to_string(), i))
+        .collect();
+        Invariants::new(&b, &devices)
+    }
+
+    /// A UDP frame from port 1's MAC and IPv4 address.
+    fn from_port1() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[
+            0xfa, 0x16, 0x3e, 0, 0, 1, 0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0,
+        ]);
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 9, 0, 1, 0, 2, 0, 8, 0, 0]);
+        f
+    }
+
+    fn check(prog: Prog, ingress: &str, input: &[u8], targets: &[Target], output: &[u8]) -> Vec<String> {
+        invariants().check(&Sent { prog, ingress, input, action: Action::Flooded, targets, output })
+    }
+
+    #[test]
+    fn a_frame_within_its_network_and_segment_passes() {
+        let f = from_port1();
+        let t = [Target { ifindex: 2, vlan: 100, vtep: 0, vni: 0 }];
+        assert_eq!(check(Prog::VmPort, "tapd0000000-00", &f, &t, &f), Vec::<String>::new());
+    }
+
+    #[test]
+    fn another_network_a_wrong_tag_a_wrong_vni_and_a_spoofed_source_are_caught() {
+        let f = from_port1();
+        let vm = Prog::VmPort;
+        assert!(
+            check(vm, "tapd0000000-00", &f, &[Target::port(11)], &f)[0].contains("reached tapd0000001-01")
+        );
+        let tagged = [Target { ifindex: 2, vlan: 200, vtep: 0, vni: 0 }];
+        assert!(check(vm, "tapd0000000-00", &f, &tagged, &f)[0].contains("with VLAN 200"));
+        let tunnel = [Target { ifindex: 4, vlan: 0, vtep: 0xc000020b, vni: 5001 }];
+        assert!(check(vm, "tapd0000002-02", &f, &tunnel, &f).iter().any(|v| v.contains("VNI 5001")));
+        let mut spoofed = f.clone();
+        spoofed[26..30].copy_from_slice(&[10, 0, 0, 2]);
+        let up = [Target { ifindex: 2, vlan: 100, vtep: 0, vni: 0 }];
+        assert!(check(vm, "tapd0000000-00", &spoofed, &up, &spoofed)[0].contains("IPv4 source"));
+        // From the wire, tag 200 belongs to n2: n1's port is another network.
+        let mut wire = f[..12].to_vec();
+        wire.extend_from_slice(&[0x81, 0x00, 0x00, 0xc8]);
+        wire.extend_from_slice(&f[12..]);
+        assert!(
+            check(Prog::Uplink, "eth2", &wire, &[Target::port(10)], &f)[0].contains("reached tapd0000000-00")
+        );
+        assert!(check(Prog::Uplink, "eth2", &wire, &[Target::port(11)], &f).is_empty());
+    }
+}
