@@ -12,6 +12,9 @@ mod tables;
 mod vm_port;
 mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use datapath_common::{Action, DropReason};
 pub use frame::{HwTag, Skb};
 pub use tables::{FragKey, Frags, Learned, Model};
