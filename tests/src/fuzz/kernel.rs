@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use aya::maps::PerCpuValues;
-use datapath_common::{Action, DropReason, TRACE_MAGIC, TraceRecord};
+use datapath_common::{Action, DropReason, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord};
 use datapath_user::testrun::{self, SkbRun};
 
 use crate::{model::Target, program::Bench};
@@ -32,19 +32,26 @@ pub fn reason_label(i: u32) -> String {
     DropReason::from_index(i).map(|r| r.label().to_string()).unwrap_or_else(|| format!("reason #{i}"))
 }
 
-/// Runs program `prog` once, traced, on `frame` arriving on `ifindex` (a GSO super-frame if `gso_size` > 0).
-/// `Ok(None)`: BPF_PROG_TEST_RUN refused the frame (the program never ran).
-pub fn run(
-    bench: &mut Bench,
-    prog: &str,
-    ifindex: u32,
-    frame: &[u8],
-    gso_size: u32,
-) -> Result<Option<Answer>> {
+/// How a frame runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub prog: &'a str,
+    pub ifindex: u32,
+    pub frame: &'a [u8],
+    /// Non-zero: a GSO super-frame of this segment size.
+    pub gso_size: u32,
+    /// A dry run (`datapath trace` against a live agent): no counters, no learning, no fragment verdicts.
+    pub dry: bool,
+}
+
+/// Runs a program once, traced. `Ok(None)`: BPF_PROG_TEST_RUN refused the
+/// frame (the program never ran).
+pub fn run(bench: &mut Bench, r: Run) -> Result<Option<Answer>> {
+    let Run { prog, ifindex, frame, gso_size, dry } = r;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
     let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
     bench.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
-    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], 0, 0, 0];
+    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], if dry { TRACE_DRY_RUN } else { 0 }, 0, 0];
     let out = {
         let fd: BorrowedFd = bench.dp.program_fd(prog)?;
         let raw = fd.as_raw_fd();

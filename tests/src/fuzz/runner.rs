@@ -274,9 +274,50 @@ pub fn run(opts: Options) -> Result<Summary> {
         }
         let case = world.generator.case(&mut rng);
         let ifindex = bench.ifindex(&case.device);
+        let ingress = Ingress {
+            prog: case.prog,
+            ifindex,
+            hw: None,
+            gso_size: case.gso_size,
+            tunnel: None,
+            dry_run: false,
+        };
+        let run = kernel::Run {
+            prog: case.prog.name(),
+            ifindex,
+            frame: &case.frame,
+            gso_size: case.gso_size,
+            dry: false,
+        };
         let t = Instant::now();
-        let answer = kernel::run(&mut bench, case.prog.name(), ifindex, &case.frame, case.gso_size)?;
+        // Now and then a dry run first: the decision without learning or
+        // remembering fragments, and no trace of it in the tables (the next
+        // frames would disagree) or the counters (the ledger).
+        let dry =
+            if rng.chance(10) { kernel::run(&mut bench, kernel::Run { dry: true, ..run })? } else { None };
+        let answer = kernel::run(&mut bench, run)?;
         sum.kernel_time += t.elapsed();
+        if let Some(dry) = dry {
+            let dry_ingress = Ingress { dry_run: true, ..ingress };
+            let outcome = model::decide(&world.model, &mut world.tables, dry_ingress, &case.frame);
+            let diffs = differences(&dry, &outcome);
+            if !diffs.is_empty() {
+                sum.disagreements += 1;
+                if sum.reports.len() < opts.max_reports {
+                    sum.reports.push(format!(
+                        "frame {i} of seed {}, dry run: differ in {}\n  ingress:   {} on {}\n  frame:     {}\n  \
+                         kernel:    {}\n  model:     {}",
+                        opts.seed,
+                        diffs.join(", "),
+                        run.prog,
+                        case.device,
+                        hex(&case.frame),
+                        describe_kernel(&dry),
+                        describe_model(&outcome)
+                    ));
+                }
+            }
+        }
         let Some(answer) = answer else {
             // Only a frame too short for the IP header its ethertype announces may be
             // refused; anything else refused would hide frames from the comparison.
@@ -301,7 +342,6 @@ pub fn run(opts: Options) -> Result<Summary> {
             continue;
         };
         sum.frames += 1;
-        let ingress = Ingress { prog: case.prog, ifindex, hw: None, gso_size: case.gso_size, tunnel: None };
         let outcome = model::decide(&world.model, &mut world.tables, ingress, &case.frame);
         world.ledger.book(&world.model, ifindex, &outcome);
         let label = match answer.action {

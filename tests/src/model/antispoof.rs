@@ -86,7 +86,7 @@ fn ipv4(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), D
         }
         Ok(src == [0; 4] && sport == 68 && dport == 67)
     })();
-    if frag & 0x2000 != 0 {
+    if frag & 0x2000 != 0 && !run.ingress.dry_run {
         run.tables.frags.insert(key, upper.err());
     }
     if upper? { Ok(()) } else { src_ok() }
@@ -192,7 +192,9 @@ fn ipv6(run: &mut Run, skb: &Skb, port: &PortInfo, mac: [u8; 6]) -> Result<(), D
         }
         Ok(())
     })();
-    if let Frag::First(id, p) = frag {
+    if let Frag::First(id, p) = frag
+        && !run.ingress.dry_run
+    {
         run.tables.frags.insert(key(id, p), upper.err());
     }
     // A DHCPv6 server is refused whatever its source; the other rules come after the source check.

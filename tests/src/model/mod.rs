@@ -49,6 +49,8 @@ pub struct Ingress {
     pub gso_size: u32,
     /// (VNI, remote VTEP) of a decapsulated frame; `None` when the skb has no tunnel key.
     pub tunnel: Option<(u32, u32)>,
+    /// A dry-run trace: the program learns nothing and remembers no fragment.
+    pub dry_run: bool,
 }
 
 /// One destination and what the frame carries towards it.

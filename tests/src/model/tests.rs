@@ -36,7 +36,7 @@ fn model() -> Model {
 }
 
 fn vm(ifindex: u32) -> Ingress {
-    Ingress { prog: Prog::VmPort, ifindex, hw: None, gso_size: 0, tunnel: None }
+    Ingress { prog: Prog::VmPort, ifindex, hw: None, gso_size: 0, tunnel: None, dry_run: false }
 }
 
 fn run(m: &Model, t: &mut Tables, ingress: Ingress, frame: &[u8]) -> Verdict {
@@ -104,7 +104,8 @@ fn s_tags_select_nothing_and_vms_send_none() {
     let (m, mut t) = (model(), Tables::default());
     let inner = ipv4_icmp_echo([10, 0, 0, 9], [10, 0, 0, 2]);
     let from_wire = eth(MAC_A, neutron_mac(0x77), 0x0800, &inner);
-    let wire = |hw| Ingress { prog: Prog::Uplink, ifindex: ETH2, hw, gso_size: 0, tunnel: None };
+    let wire =
+        |hw| Ingress { prog: Prog::Uplink, ifindex: ETH2, hw, gso_size: 0, tunnel: None, dry_run: false };
     let s_tag = Some(HwTag { proto: frame::TPID_8021AD, tci: 100 });
     assert_eq!(run(&m, &mut t, wire(s_tag), &from_wire), dropped(DropReason::UnknownSegment));
     assert_eq!(
@@ -142,4 +143,18 @@ fn ip_lengths_must_fit_the_frame_but_zero_is_fine_on_gso() {
     let mut long = eth(MAC_R, MAC_A, 0x0800, &ipv4_icmp_echo([10, 0, 0, 2], [10, 0, 0, 1]));
     long.truncate(long.len() - 1);
     assert_eq!(run(&m, &mut t, vm(A), &long), dropped(DropReason::Malformed));
+}
+
+#[test]
+fn a_dry_run_learns_nothing_even_for_its_own_lookup() {
+    let (m, mut t) = (model(), Tables::default());
+    // From the wire, to its own source: the real run learns it first, so the
+    // destination lives behind the wire (hairpin); a dry run does not learn.
+    let mac = neutron_mac(0x77);
+    let f = tagged(&eth(mac, mac, 0x0800, &ipv4_icmp_echo([10, 0, 0, 9], [10, 0, 0, 2])), 0x8100, 100);
+    let wire =
+        Ingress { prog: Prog::Uplink, ifindex: ETH2, hw: None, gso_size: 0, tunnel: None, dry_run: true };
+    assert_eq!(action(&run(&m, &mut t, wire, &f)).map(|a| a.0), Some(Action::Flooded));
+    assert!(t.learned.is_empty());
+    assert_eq!(run(&m, &mut t, Ingress { dry_run: false, ..wire }, &f), dropped(DropReason::Hairpin));
 }

@@ -45,6 +45,7 @@ fn deliver(run: &mut Run, skb: &mut Skb, segment: u32, vtep: u32, tagged: bool) 
     match run.model.fdb(run.net_index, src) {
         Some(e) if e.flags & FDB_F_LOCAL != 0 => return Err(DropReason::UplinkSrcIsLocal),
         Some(_) => {}
+        None if run.ingress.dry_run => {}
         None => {
             run.tables.learned.insert((run.net_index, src), (ifindex, vtep));
         }
