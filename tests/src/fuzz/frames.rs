@@ -6,7 +6,10 @@
 
 use std::net::IpAddr;
 
-use datapath_user::{bindings::Bindings, desired::link_local_of};
+use datapath_user::{
+    bindings::{Bindings, NetworkType},
+    desired::link_local_of,
+};
 
 use super::{
     bindings::{AGENTS, STRAY, TAP_SLOTS, UPLINKS, VXLAN_DEV, tap_name},
@@ -24,6 +27,8 @@ pub struct Case {
     pub frame: Vec<u8>,
     /// Non-zero: the frame poses as a GSO super-frame of this segment size.
     pub gso_size: u32,
+    /// (VNI, remote VTEP) for the tunnel program; `None`: the skb has no tunnel key.
+    pub tunnel: Option<(u32, u32)>,
 }
 
 /// What a port may legitimately send from, to build frames that pass.
@@ -41,6 +46,8 @@ pub struct Generator {
     v4: Vec<[u8; 4]>,
     v6: Vec<[u8; 16]>,
     segments: Vec<u16>,
+    /// VNIs of the document's VXLAN networks.
+    vnis: Vec<u32>,
     /// (uplink device, VLAN id or `None` for flat) of every network on a physical network.
     wires: Vec<(String, Option<u16>)>,
     /// Device -> what the port bound there owns.
@@ -58,6 +65,9 @@ impl Generator {
         for net in &b.networks {
             if let Some(s) = net.segmentation_id {
                 g.segments.push((s & 0x0fff) as u16);
+            }
+            if net.network_type == NetworkType::Vxlan {
+                g.vnis.extend(net.segmentation_id);
             }
             let uplink = UPLINKS.iter().find(|(p, _)| Some(*p) == net.physical_network.as_deref());
             if let Some((_, dev)) = uplink {
@@ -99,6 +109,22 @@ impl Generator {
         rng.chance(4)
     }
 
+    /// A decapsulated frame's key: mostly a VNI of the document from a node that hosts ports.
+    fn tunnel_key(&self, rng: &mut Rng) -> (u32, u32) {
+        let vni = match rng.below(10) {
+            0..=7 if !self.vnis.is_empty() => *rng.pick(&self.vnis),
+            _ => rng.range(0, 1 << 24),
+        };
+        // Never this node's own VTEP: the IP layer drops such a packet as a
+        // martian before the VXLAN device sees it.
+        let vtep = match rng.below(10) {
+            0..=7 => u32::from_be_bytes(rng.pick(&AGENTS[1..]).1),
+            8 => 0,
+            _ => rng.next_u64() as u32,
+        };
+        (vni, vtep)
+    }
+
     /// The next case.
     pub fn case(&mut self, rng: &mut Rng) -> Case {
         let (device, prog) = ingress(rng, &self.own);
@@ -106,7 +132,8 @@ impl Generator {
         let mut f = Builder { rng, g: self, me: &me, device: &device };
         let frame = f.frame();
         let gso_size = if self.gso_next(rng) { *rng.pick(&[1448, 1398, 8948]) } else { 0 };
-        Case { device, prog, frame, gso_size }
+        let tunnel = (prog == Prog::Tunnel && rng.chance(85)).then(|| self.tunnel_key(rng));
+        Case { device, prog, frame, gso_size, tunnel }
     }
 }
 

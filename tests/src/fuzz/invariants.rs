@@ -32,6 +32,8 @@ pub struct Sent<'a> {
     pub ingress: &'a str,
     /// The frame as it arrived (for the tag that selects the network on the uplink).
     pub input: &'a [u8],
+    /// The tunnel key it arrived with (for the VNI that selects the network).
+    pub tunnel: Option<(u32, u32)>,
     pub action: Action,
     pub targets: &'a [Target],
     pub output: &'a [u8],
@@ -97,8 +99,13 @@ impl Invariants {
                     })
                     .map(|(id, _)| id.clone())
             }
-            // Test runs carry no tunnel key: nothing may leave the tunnel program.
-            Prog::Tunnel => None,
+            Prog::Tunnel => {
+                let (vni, _) = s.tunnel.filter(|_| s.ingress == VXLAN_DEV)?;
+                self.nets
+                    .iter()
+                    .find(|(_, (t, _, seg))| *t == NetworkType::Vxlan && *seg == vni)
+                    .map(|(id, _)| id.clone())
+            }
         }
     }
 
@@ -133,7 +140,8 @@ impl Invariants {
                 }
             } else if name == VXLAN_DEV {
                 let local = u32::from_be_bytes(AGENTS[0].1);
-                if *net_type != NetworkType::Vxlan || t.vni != segment || t.vtep == 0 || t.vtep == local {
+                let bad_vtep = t.vtep == 0 || t.vtep == local;
+                if s.prog != Prog::VmPort || *net_type != NetworkType::Vxlan || t.vni != segment || bad_vtep {
                     bad.push(format!(
                         "a frame of network {net_id} ({net_type:?} {segment}) left into the tunnel with VNI {} to VTEP {:#x}",
                         t.vni, t.vtep
@@ -245,7 +253,15 @@ mod tests {
     }
 
     fn check(prog: Prog, ingress: &str, input: &[u8], targets: &[Target], output: &[u8]) -> Vec<String> {
-        invariants().check(&Sent { prog, ingress, input, action: Action::Flooded, targets, output })
+        invariants().check(&Sent {
+            prog,
+            ingress,
+            input,
+            tunnel: None,
+            action: Action::Flooded,
+            targets,
+            output,
+        })
     }
 
     #[test]

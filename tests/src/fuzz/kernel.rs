@@ -8,6 +8,7 @@ use aya::maps::PerCpuValues;
 use datapath_common::{Action, DropReason, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord};
 use datapath_user::testrun::{self, SkbRun};
 
+use super::tunnel_key::TunnelShim;
 use crate::{model::Target, program::Bench};
 
 /// TC_ACT_SHOT.
@@ -42,18 +43,21 @@ pub struct Run<'a> {
     pub gso_size: u32,
     /// A dry run (`datapath trace` against a live agent): no counters, no learning, no fragment verdicts.
     pub dry: bool,
+    /// (VNI, remote VTEP) of a decapsulated frame: run through `shim`, which sets it.
+    pub tunnel: Option<(u32, u32)>,
 }
 
 /// Runs a program once, traced. `Ok(None)`: BPF_PROG_TEST_RUN refused the
 /// frame (the program never ran).
-pub fn run(bench: &mut Bench, r: Run) -> Result<Option<Answer>> {
-    let Run { prog, ifindex, frame, gso_size, dry } = r;
+pub fn run(bench: &mut Bench, shim: &TunnelShim, r: Run) -> Result<Option<Answer>> {
+    let Run { prog, ifindex, frame, gso_size, dry, tunnel } = r;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
     let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
     bench.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
-    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], if dry { TRACE_DRY_RUN } else { 0 }, 0, 0];
+    let (vni, vtep) = tunnel.unwrap_or((0, 0));
+    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], if dry { TRACE_DRY_RUN } else { 0 }, vni, vtep];
     let out = {
-        let fd: BorrowedFd = bench.dp.program_fd(prog)?;
+        let fd: BorrowedFd = if tunnel.is_some() { shim.fd() } else { bench.dp.program_fd(prog)? };
         let raw = fd.as_raw_fd();
         match testrun::run_skb_gso(fd, &SkbRun { frame, ifindex, cb, mark: 0 }, gso_size) {
             Ok(out) => out,
