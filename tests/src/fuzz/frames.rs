@@ -15,7 +15,7 @@ use super::{
     bindings::{AGENTS, STRAY, TAP_SLOTS, UPLINKS, VXLAN_DEV, tap_name},
     rng::Rng,
 };
-use crate::model::Prog;
+use crate::model::{HwTag, Prog};
 
 type Mac = [u8; 6];
 
@@ -29,6 +29,8 @@ pub struct Case {
     pub gso_size: u32,
     /// (VNI, remote VTEP) for the tunnel program; `None`: the skb has no tunnel key.
     pub tunnel: Option<(u32, u32)>,
+    /// The offloaded VLAN tag (taken out of the frame, as a real device's receive path does).
+    pub hw: Option<HwTag>,
 }
 
 /// What a port may legitimately send from, to build frames that pass.
@@ -130,11 +132,24 @@ impl Generator {
         let (device, prog) = ingress(rng, &self.own);
         let me = self.own.iter().find(|(d, _)| *d == device).map(|(_, id)| id.clone()).unwrap_or_default();
         let mut f = Builder { rng, g: self, me: &me, device: &device };
-        let frame = f.frame();
+        let mut frame = f.frame();
+        let hw = if prog != Prog::Tunnel && rng.chance(40) { offload(&mut frame) } else { None };
         let gso_size = if self.gso_next(rng) { *rng.pick(&[1448, 1398, 8948]) } else { 0 };
         let tunnel = (prog == Prog::Tunnel && rng.chance(85)).then(|| self.tunnel_key(rng));
-        Case { device, prog, frame, gso_size, tunnel }
+        Case { device, prog, frame, gso_size, tunnel, hw }
     }
+}
+
+/// Takes the outer in-band tag, if any, out of the frame into the offloaded
+/// slot, as the receive path of a real device does before TC runs.
+fn offload(frame: &mut Vec<u8>) -> Option<HwTag> {
+    let proto = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if !matches!(proto, 0x8100 | 0x88a8) || frame.len() < 18 {
+        return None;
+    }
+    let tci = u16::from_be_bytes([frame[14], frame[15]]);
+    frame.drain(12..16);
+    Some(HwTag { proto, tci })
 }
 
 /// A device of the pool and the program it normally runs (sometimes another):

@@ -14,7 +14,7 @@ use datapath_user::{
 };
 
 use super::bindings::{AGENTS, UPLINKS, VXLAN_DEV};
-use crate::model::{Prog, Target};
+use crate::model::{HwTag, Prog, Target};
 
 /// The bindings, indexed by what the invariants ask.
 pub struct Invariants {
@@ -32,6 +32,8 @@ pub struct Sent<'a> {
     pub ingress: &'a str,
     /// The frame as it arrived (for the tag that selects the network on the uplink).
     pub input: &'a [u8],
+    /// The offloaded tag it arrived with, which comes before any in the frame.
+    pub hw: Option<HwTag>,
     /// The tunnel key it arrived with (for the VNI that selects the network).
     pub tunnel: Option<(u32, u32)>,
     pub action: Action,
@@ -81,9 +83,15 @@ impl Invariants {
             Prog::VmPort => self.ports.get(s.ingress).map(|p| p.network_id.clone()),
             Prog::Uplink => {
                 let physnet = UPLINKS.iter().find(|(_, d)| *d == s.ingress)?.0;
-                let tpid = u16::from_be_bytes([*s.input.get(12)?, *s.input.get(13)?]);
+                let (tpid, tci) = match s.hw {
+                    Some(tag) => (tag.proto, tag.tci),
+                    None => (
+                        u16::from_be_bytes([*s.input.get(12)?, *s.input.get(13)?]),
+                        u16::from_be_bytes([*s.input.get(14).unwrap_or(&0), *s.input.get(15).unwrap_or(&0)]),
+                    ),
+                };
                 let segment = match tpid {
-                    0x8100 => u16::from_be_bytes([*s.input.get(14)?, *s.input.get(15)?]) as u32 & 0x0fff,
+                    0x8100 => tci as u32 & 0x0fff,
                     0x88a8 => return None,
                     _ => 0,
                 };
@@ -257,6 +265,7 @@ mod tests {
             prog,
             ingress,
             input,
+            hw: None,
             tunnel: None,
             action: Action::Flooded,
             targets,

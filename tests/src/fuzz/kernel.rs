@@ -8,8 +8,30 @@ use aya::maps::PerCpuValues;
 use datapath_common::{Action, DropReason, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord};
 use datapath_user::testrun::{self, SkbRun};
 
-use super::tunnel_key::TunnelShim;
-use crate::{model::Target, program::Bench};
+use super::shim::Shim;
+use crate::{
+    model::{HwTag, Target},
+    program::Bench,
+};
+
+/// The shims, one per program that may need one.
+pub struct Shims {
+    pub tunnel: Shim,
+    pub vm_port_vlan: Shim,
+    pub uplink_vlan: Shim,
+}
+
+impl Shims {
+    /// Loads the shims in front of the bench's programs.
+    pub fn new(bench: &mut Bench) -> Result<Self> {
+        use datapath_common::names::{PROG_TUNNEL, PROG_UPLINK, PROG_VM_PORT};
+        Ok(Shims {
+            tunnel: Shim::tunnel(bench.dp.program_fd(PROG_TUNNEL)?).context("loading the tunnel-key shim")?,
+            vm_port_vlan: Shim::vlan(bench.dp.program_fd(PROG_VM_PORT)?).context("loading the VLAN shim")?,
+            uplink_vlan: Shim::vlan(bench.dp.program_fd(PROG_UPLINK)?).context("loading the VLAN shim")?,
+        })
+    }
+}
 
 /// TC_ACT_SHOT.
 pub const TC_ACT_SHOT: u32 = 2;
@@ -43,21 +65,32 @@ pub struct Run<'a> {
     pub gso_size: u32,
     /// A dry run (`datapath trace` against a live agent): no counters, no learning, no fragment verdicts.
     pub dry: bool,
-    /// (VNI, remote VTEP) of a decapsulated frame: run through `shim`, which sets it.
+    /// (VNI, remote VTEP) of a decapsulated frame: run through a shim, which sets it.
     pub tunnel: Option<(u32, u32)>,
+    /// An offloaded VLAN tag: run through a shim, which pushes it (vm_port and uplink_in).
+    pub hw: Option<HwTag>,
 }
 
 /// Runs a program once, traced. `Ok(None)`: BPF_PROG_TEST_RUN refused the
 /// frame (the program never ran).
-pub fn run(bench: &mut Bench, shim: &TunnelShim, r: Run) -> Result<Option<Answer>> {
-    let Run { prog, ifindex, frame, gso_size, dry, tunnel } = r;
+pub fn run(bench: &mut Bench, shims: &Shims, r: Run) -> Result<Option<Answer>> {
+    let Run { prog, ifindex, frame, gso_size, dry, tunnel, hw } = r;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
     let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
     bench.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
-    let (vni, vtep) = tunnel.unwrap_or((0, 0));
-    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], if dry { TRACE_DRY_RUN } else { 0 }, vni, vtep];
+    let (a, b) = match (tunnel, hw) {
+        (Some(key), _) => key,
+        (None, Some(tag)) => ((tag.proto as u32) << 16 | tag.tci as u32, 0),
+        (None, None) => (0, 0),
+    };
+    let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], if dry { TRACE_DRY_RUN } else { 0 }, a, b];
     let out = {
-        let fd: BorrowedFd = if tunnel.is_some() { shim.fd() } else { bench.dp.program_fd(prog)? };
+        let fd: BorrowedFd = match (tunnel, hw) {
+            (Some(_), _) => shims.tunnel.fd(),
+            (None, Some(_)) if prog == datapath_common::names::PROG_UPLINK => shims.uplink_vlan.fd(),
+            (None, Some(_)) => shims.vm_port_vlan.fd(),
+            (None, None) => bench.dp.program_fd(prog)?,
+        };
         let raw = fd.as_raw_fd();
         match testrun::run_skb_gso(fd, &SkbRun { frame, ifindex, cb, mark: 0 }, gso_size) {
             Ok(out) => out,

@@ -11,4 +11,4 @@ pub mod invariants;
 pub mod kernel;
 pub mod rng;
 pub mod runner;
-pub mod tunnel_key;
+pub mod shim;

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use datapath_common::names;
 use datapath_user::bindings::Bindings;
 
 use super::{
@@ -18,9 +17,8 @@ use super::{
     counters::Ledger,
     frames::{Case, Generator},
     invariants::{Invariants, Sent},
-    kernel::{self, Answer, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    kernel::{self, Answer, Shims, TC_ACT_REDIRECT, TC_ACT_SHOT},
     rng::Rng,
-    tunnel_key::TunnelShim,
 };
 use crate::{
     model::{self, Ingress, Model, Tables, Verdict},
@@ -264,8 +262,7 @@ pub fn run(opts: Options) -> Result<Summary> {
     let doc = bindings::generate(&mut rng);
     let mut bench = Bench::new(CONFIG, &doc, &names).context("building the fuzz bench")?;
     let mut world = World::new(&bench, doc)?;
-    let shim =
-        TunnelShim::new(bench.dp.program_fd(names::PROG_TUNNEL)?).context("loading the tunnel-key shim")?;
+    let shims = Shims::new(&mut bench)?;
     let mut sum = Summary { documents: 1, ..Default::default() };
     for i in 0..opts.frames {
         if i > 0 && i % opts.reseed_every == 0 {
@@ -281,7 +278,7 @@ pub fn run(opts: Options) -> Result<Summary> {
         let ingress = Ingress {
             prog: case.prog,
             ifindex,
-            hw: None,
+            hw: case.hw,
             gso_size: case.gso_size,
             tunnel: case.tunnel,
             dry_run: false,
@@ -293,17 +290,18 @@ pub fn run(opts: Options) -> Result<Summary> {
             gso_size: case.gso_size,
             dry: false,
             tunnel: case.tunnel,
+            hw: case.hw,
         };
         let t = Instant::now();
         // Now and then a dry run first: the decision without learning or
         // remembering fragments, and no trace of it in the tables (the next
         // frames would disagree) or the counters (the ledger).
         let dry = if rng.chance(10) {
-            kernel::run(&mut bench, &shim, kernel::Run { dry: true, ..run })?
+            kernel::run(&mut bench, &shims, kernel::Run { dry: true, ..run })?
         } else {
             None
         };
-        let answer = kernel::run(&mut bench, &shim, run)?;
+        let answer = kernel::run(&mut bench, &shims, run)?;
         sum.kernel_time += t.elapsed();
         if let Some(dry) = dry {
             let dry_ingress = Ingress { dry_run: true, ..ingress };
@@ -365,6 +363,7 @@ pub fn run(opts: Options) -> Result<Summary> {
                 prog: case.prog,
                 ingress: &case.device,
                 input: &case.frame,
+                hw: case.hw,
                 tunnel: case.tunnel,
                 action,
                 targets: &answer.targets,
@@ -379,6 +378,7 @@ pub fn run(opts: Options) -> Result<Summary> {
                         prog: case.prog,
                         ingress: &case.device,
                         input: &case.frame,
+                        hw: case.hw,
                         tunnel: case.tunnel,
                         action: *action,
                         targets,
@@ -403,7 +403,7 @@ pub fn run(opts: Options) -> Result<Summary> {
         if (!diffs.is_empty() || !violations.is_empty()) && list.len() < opts.max_reports {
             list.push(format!(
                 "frame {i} of seed {seed}: {what}\n  reproduce: cargo xtask fuzz frames --seed {seed} --frames {n}\n  \
-                 ingress:   {prog} on {dev} (ifindex {ifindex}), gso_size {gso}, tunnel key {key:?}\n  frame:     {frame}\n  kernel:    {k}\n  \
+                 ingress:   {prog} on {dev} (ifindex {ifindex}), gso_size {gso}, tunnel key {key:?}, offloaded tag {hw:?}\n  frame:     {frame}\n  kernel:    {k}\n  \
                  model:     {m}\n  golden:    {row}\n  bindings:  {doc}",
                 seed = opts.seed,
                 what = if diffs.is_empty() { violations.join("; ") } else { format!("differ in {}", diffs.join(", ")) },
@@ -412,6 +412,7 @@ pub fn run(opts: Options) -> Result<Summary> {
                 dev = case.device,
                 gso = case.gso_size,
                 key = case.tunnel,
+                hw = case.hw,
                 frame = hex(&case.frame),
                 k = describe_kernel(&answer),
                 m = describe_model(&outcome),
