@@ -10,7 +10,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 use datapath_common::Action;
 use datapath_user::{
     bindings::{Bindings, NetworkType, Port},
-    desired::{Devices, link_local_of},
+    desired::link_local_of,
+    netlink::Devices,
 };
 
 use super::bindings::{AGENTS, UPLINKS, VXLAN_DEV};

@@ -6,8 +6,9 @@ use datapath_common::{Action, DropReason};
 use datapath_user::{
     bindings::Bindings,
     config::Config,
-    desired::{self, Allocations, Devices},
+    desired::{self, Allocations},
     frames::*,
+    netlink::Devices,
 };
 
 use super::*;
