@@ -49,11 +49,18 @@ pub struct RunOutput {
 /// The run happens in the calling thread's network namespace: `input.ifindex`
 /// is looked up there, and redirect/clone helpers act on devices there.
 pub fn run_skb(prog_fd: BorrowedFd<'_>, input: &SkbRun) -> Result<RunOutput> {
+    run_skb_gso(prog_fd, input, 0)
+}
+
+/// Like [`run_skb`], with `skb_shinfo()->gso_size` set: the frame poses as a
+/// GSO super-frame of `gso_size`-byte segments (0: not GSO).
+pub fn run_skb_gso(prog_fd: BorrowedFd<'_>, input: &SkbRun, gso_size: u32) -> Result<RunOutput> {
     let ctx_in = uapi::SkBuff {
         mark: input.mark,
         ingress_ifindex: input.ifindex,
         ifindex: input.ifindex,
         cb: input.cb,
+        gso_size,
         ..Default::default()
     };
     let mut ctx_out = uapi::SkBuff::default();

@@ -10,8 +10,10 @@
 pub mod bpffs;
 pub mod capture;
 pub mod cluster;
+pub mod fuzz;
 pub mod guest;
 pub mod link;
+pub mod model;
 pub mod netns;
 pub mod pinned;
 pub mod program;

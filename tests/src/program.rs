@@ -21,6 +21,22 @@ use crate::{
     raw,
 };
 
+/// Derives the desired maps from `config` + `bindings` and syncs the kernel maps to them.
+fn seed(dp: &mut Datapath, devices: &Devices, config: &str, bindings: &str) -> Result<Derived> {
+    let cfg = Config::parse_str(config, "test config")?;
+    let b = Bindings::parse_str(bindings, "test bindings")?;
+    if !b.refused.is_empty() {
+        bail!("test bindings refused entries: {:?}", b.refused);
+    }
+    let derived = desired::derive(&cfg, &b, devices, &mut Allocations::default());
+    let diff = sync::diff(&derived.state, &sync::read_state(&dp.maps)?);
+    let errors = sync::apply(&mut dp.maps, &diff);
+    if !errors.is_empty() {
+        bail!("seeding maps: {errors:?}");
+    }
+    Ok(derived)
+}
+
 /// What one run of a program did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -63,18 +79,15 @@ impl Bench {
         let enter = ThreadNetns::enter(&ns)?;
         let mut dp = Datapath::load_private()?;
         let devices = datapath_user::netlink::list_devices()?;
-        let cfg = Config::parse_str(config, "test config")?;
-        let b = Bindings::parse_str(bindings, "test bindings")?;
-        if !b.refused.is_empty() {
-            bail!("test bindings refused entries: {:?}", b.refused);
-        }
-        let derived = desired::derive(&cfg, &b, &devices, &mut Allocations::default());
-        let diff = sync::diff(&derived.state, &sync::read_state(&dp.maps)?);
-        let errors = sync::apply(&mut dp.maps, &diff);
-        if !errors.is_empty() {
-            bail!("seeding maps: {errors:?}");
-        }
+        let derived = seed(&mut dp, &devices, config, bindings)?;
         Ok(Self { _enter: enter, dp, devices, derived, ns })
+    }
+
+    /// Re-seeds the maps from another bindings document, as an agent's
+    /// reconcile would (learned MACs and counters stay).
+    pub fn reseed(&mut self, config: &str, bindings: &str) -> Result<()> {
+        self.derived = seed(&mut self.dp, &self.devices, config, bindings)?;
+        Ok(())
     }
 
     /// The ifindex of a device of the bench.
@@ -95,7 +108,8 @@ impl Bench {
         self.derived.state.ports.get(&ifindex).map(|p| p.stats_slot).unwrap_or(0)
     }
 
-    fn counters(&self, slot: u32) -> Result<PortCounters> {
+    /// The counters of stats slot `slot`, summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<PortCounters> {
         let per_cpu = self.dp.maps.port_stats.get(&slot, 0).context("reading PORT_STATS")?;
         let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
         for c in per_cpu.iter() {

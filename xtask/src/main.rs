@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod fuzz_frames;
 mod lint;
 mod setup;
 mod test;
@@ -46,6 +47,11 @@ enum Command {
     },
     /// fmt and clippy for the user workspace and for the eBPF crate.
     Lint,
+    /// Fuzzing: `frames` runs generated frames through the programs and their reference model.
+    Fuzz {
+        #[command(subcommand)]
+        what: fuzz_frames::Fuzz,
+    },
     /// The seed scenario live: two nodes, DHCP, ping, tags on the wire, the agent's view.
     Demo {
         /// Keep the cluster up until Enter is pressed.
@@ -73,6 +79,7 @@ impl Command {
             Command::Build { .. } => "build",
             Command::Test { .. } => "test",
             Command::Lint => "lint",
+            Command::Fuzz { .. } => "fuzz",
             Command::Demo { .. } => "demo",
             Command::Bench { .. } => "bench",
             Command::Run { .. } => "run",
@@ -103,6 +110,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Lint => lint::lint()?,
+        Command::Fuzz { what } => fuzz_frames::fuzz(what)?,
         Command::Demo { pause } => demo::demo(pause)?,
         Command::Bench { quick } => {
             let obj = ebpf::build()?;

@@ -25,6 +25,8 @@ pub enum Layer {
     Unit,
     /// The programs on golden frames through BPF_PROG_TEST_RUN.
     Program,
+    /// 10^6 generated frames through the programs and their reference model (seed printed).
+    Fuzz,
     /// The agent and the programs on namespaces with real traffic.
     Topology,
     /// Real QEMU guests (Debian's kernel) on taps, through the datapath (`--vm`).
@@ -36,7 +38,7 @@ pub enum Layer {
 
 /// The layers `cargo xtask test` runs without `--layer`: the VM layers only with `--vm`.
 pub fn default_layers(vm: bool) -> Vec<Layer> {
-    let mut l = vec![Layer::Unit, Layer::Program, Layer::Topology];
+    let mut l = vec![Layer::Unit, Layer::Program, Layer::Fuzz, Layer::Topology];
     if vm {
         l.extend([Layer::Guest, Layer::LtsKernel]);
     }
@@ -48,6 +50,7 @@ impl Layer {
         match self {
             Layer::Unit => "unit",
             Layer::Program => "program",
+            Layer::Fuzz => "fuzz",
             Layer::Topology => "topology",
             Layer::Guest => "guest",
             Layer::LtsKernel => "lts-kernel",
@@ -63,6 +66,10 @@ impl Layer {
         match self {
             Layer::Unit => &["test", "--no-fail-fast", "--workspace", "--exclude", "datapath-tests"],
             Layer::Program => &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "program"],
+            // --nocapture: the seed and the frame count must reach the log even when it passes.
+            Layer::Fuzz => {
+                &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "fuzz", "--", "--nocapture"]
+            }
             // --lib: the harness's self-tests (tests/src) create namespaces and links, so they
             // belong with the topology tests rather than with the unit layer.
             Layer::Topology => {
@@ -179,7 +186,10 @@ fn run_layer(
 ) -> Result<Row> {
     let mut cargo = user::cargo(obj, layer.cargo_args());
     if !extra.is_empty() {
-        cargo.arg("--").args(extra);
+        if !layer.cargo_args().contains(&"--") {
+            cargo.arg("--");
+        }
+        cargo.args(extra);
     }
     if let Some(bin) = bin {
         cargo.env("DATAPATH_BIN", bin);
