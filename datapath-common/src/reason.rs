@@ -75,7 +75,7 @@ counted_enum! {
         FloodNoTarget = 15 => "flood_no_target",
         /// The destination lives on the side the frame came from (same port, or the uplink).
         Hairpin = 16 => "hairpin",
-        /// The redirect/clone helper failed (target device gone).
+        /// The redirect helper failed.
         RedirectFailed = 17 => "redirect_failed",
         /// The frame exceeds the network MTU towards a tunnel.
         MtuExceeded = 18 => "mtu_exceeded",
@@ -85,12 +85,16 @@ counted_enum! {
         UplinkSrcIsLocal = 20 => "uplink_src_is_local",
         /// The VLAN push/pop helper failed.
         VlanOpFailed = 21 => "vlan_op_failed",
-        /// Setting or reading the tunnel key failed, or a remote MAC has no VTEP.
+        /// Setting or reading the tunnel key failed (a frame on the VXLAN device without tunnel metadata).
         TunnelOpFailed = 22 => "tunnel_op_failed",
         /// An IPv6 router advertisement (ICMPv6 134) from a port with port security.
         RaFromVm = 23 => "ra_from_vm",
         /// A non-first fragment whose first fragment this port did not send (or not recently).
         FragUnknown = 24 => "frag_unknown",
+        /// The destination is on the wire, but the network has no uplink (or tunnel device) on this node.
+        NoUplink = 25 => "no_uplink",
+        /// A remote MAC of a tunnel network is known without the VTEP it lives behind.
+        NoVtep = 26 => "no_vtep",
     }
 }
 
@@ -111,13 +115,17 @@ counted_enum! {
         Learned = 5 => "learned",
         /// An ARP request answered on the node (tunnel networks), never flooded.
         ArpReplied = 6 => "arp_replied",
+        /// Flood copies the clone helper refused (the flooded frame itself went on).
+        FloodCopyFailed = 7 => "flood_copy_failed",
+        /// Floods too large for the tunnel MTU: the local ports got them, the remote VTEPs did not.
+        FloodTunnelMtu = 8 => "flood_tunnel_mtu",
     }
 }
 
 /// Number of drop counters per port (index 0 is unused).
 pub const DROP_REASON_SLOTS: usize = 32;
 /// Number of action counters per port.
-pub const ACTION_SLOTS: usize = 8;
+pub const ACTION_SLOTS: usize = 16;
 
 const _: () = {
     let mut i = 0;

@@ -224,7 +224,7 @@ shared! {
     }
 
     /// Value of `PORT_STATS` (per CPU, index: stats slot).
-    pub struct PortCounters [320] {
+    pub struct PortCounters [384] {
         /// Packets dropped, by `DropReason`.
         pub drops: [u64; DROP_REASON_SLOTS],
         /// Packets handled, by `Action`.

@@ -137,11 +137,11 @@ fn to_wire(
         return Err(DropReason::Hairpin);
     }
     if net.uplink_ifindex == 0 {
-        return Err(DropReason::RedirectFailed);
+        return Err(DropReason::NoUplink);
     }
     if net.net_type == NET_TYPE_VXLAN {
         if vtep == 0 {
-            return Err(DropReason::TunnelOpFailed);
+            return Err(DropReason::NoVtep);
         }
         check_tunnel_mtu(ctx, net)?;
     }
@@ -181,17 +181,17 @@ fn send(ctx: &TcContext, meta: &Meta, t: Target, action: Action) -> Result<Verdi
     Ok(Verdict { action, ret: skb::redirect(t.ifindex)? })
 }
 
-/// One extra copy of a flooded frame. A failed copy is counted, the flood goes on.
+/// One extra copy of a flooded frame. A failed copy is counted (not as a
+/// drop: the flooded frame itself goes on), and the flood goes on.
 #[inline(always)]
 fn copy(ctx: &TcContext, meta: &Meta, t: &Target) {
     if meta.trace {
         trace::target(t.ifindex, t.vlan, t.vtep, t.vni);
         return;
     }
-    if prepare(ctx, t).is_err() || ctx.clone_redirect(t.ifindex, 0).is_err() {
-        stats::count_drop(meta.slot, DropReason::RedirectFailed);
-    } else if !meta.dry_run {
-        stats::count_action(meta.slot, Action::FloodCopies, 1);
+    let done = prepare(ctx, t).is_ok() && ctx.clone_redirect(t.ifindex, 0).is_ok();
+    if !meta.dry_run {
+        stats::count_action(meta.slot, if done { Action::FloodCopies } else { Action::FloodCopyFailed }, 1);
     }
 }
 
@@ -303,7 +303,7 @@ fn flood(
         } else if check_tunnel_mtu(ctx, net).is_err() {
             // Local ports still get it; the tunnel cannot carry it.
             if !meta.dry_run {
-                stats::count_drop(meta.slot, DropReason::MtuExceeded);
+                stats::count_action(meta.slot, Action::FloodTunnelMtu, 1);
             }
         // SAFETY: as above.
         } else if let Some(set) = unsafe { FLOOD_VTEPS.get(meta.net_index) } {

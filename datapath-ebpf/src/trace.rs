@@ -23,6 +23,16 @@ pub fn dry_run(ctx: &TcContext) -> bool {
     cb.len() >= 3 && cb[2] == TRACE_DRY_RUN
 }
 
+/// The (VNI, remote VTEP) a traced run of `tunnel_in` asks for in `cb[3]`
+/// and `cb[4]`: `BPF_PROG_TEST_RUN` cannot attach tunnel metadata to a frame,
+/// so `datapath trace` and the program tests inject it this way. Only a
+/// traced run (`TRACE_MAGIC`) may, and only with a VNI.
+#[inline(always)]
+pub fn injected_tunnel(ctx: &TcContext) -> Option<(u32, u32)> {
+    let cb = ctx.cb();
+    (requested(ctx) && cb.len() >= 5 && cb[3] != 0).then(|| (cb[3], cb[4]))
+}
+
 /// Records one destination of the frame, with the VLAN pushed or the tunnel key set for it.
 #[inline(always)]
 pub fn target(ifindex: u32, vlan: u32, vtep_ipv4: u32, vni: u32) {

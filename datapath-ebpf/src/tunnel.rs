@@ -9,7 +9,7 @@ use crate::{
     forward::{self, From},
     maps::{NET_BY_SEGMENT, NETWORKS, PORTS},
     parse::{Eth, Pkt, is_multicast, is_zero},
-    skb,
+    skb, trace,
     verdict::{Meta, Verdict},
 };
 
@@ -19,7 +19,10 @@ pub fn try_tunnel(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReaso
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
     meta.slot = port.stats_slot;
-    let (vni, remote) = skb::tunnel(ctx)?;
+    let (vni, remote) = match trace::injected_tunnel(ctx) {
+        Some(key) => key,
+        None => skb::tunnel(ctx)?,
+    };
     let seg_key = SegmentKey { ifindex, segment: vni };
     // SAFETY: as above.
     let net_index = *unsafe { NET_BY_SEGMENT.get(seg_key) }.ok_or(DropReason::UnknownSegment)?;

@@ -39,7 +39,15 @@ pub enum Request {
         port: Option<String>,
     },
     /// Runs the real program on a frame (hex) against the live maps, changing nothing.
-    Trace { port: String, frame: String },
+    /// On the VXLAN device, `vni` and `vtep` say where the frame came from.
+    Trace {
+        port: String,
+        frame: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vni: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vtep: Option<String>,
+    },
 }
 
 /// Why a request failed.
@@ -285,7 +293,7 @@ mod tests {
             (Request::Fdb { network: None }, r#"{"cmd":"fdb"}"#),
             (Request::Stats { port: Some("tap1".into()) }, r#"{"cmd":"stats","port":"tap1"}"#),
             (
-                Request::Trace { port: "p".into(), frame: "ff".into() },
+                Request::Trace { port: "p".into(), frame: "ff".into(), vni: None, vtep: None },
                 r#"{"cmd":"trace","port":"p","frame":"ff"}"#,
             ),
         ] {

@@ -18,8 +18,8 @@ use crate::{
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{
-    ABI_VERSION, Action, DropReason, FDB_F_LOCAL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
-    names,
+    ABI_VERSION, Action, DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
+    TRACE_DRY_RUN, TRACE_MAGIC, names,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -37,7 +37,9 @@ impl Agent {
             Request::Networks {} => Ok(Answer::Networks(self.networks_reply())),
             Request::Fdb { network } => self.fdb_reply(network.as_deref()).map(Answer::Fdb),
             Request::Stats { port } => self.stats_reply(port.as_deref()).map(Answer::Stats),
-            Request::Trace { port, frame } => self.trace_reply(&port, &frame).map(Answer::Trace),
+            Request::Trace { port, frame, vni, vtep } => {
+                self.trace_reply(&port, &frame, vni, vtep.as_deref()).map(Answer::Trace)
+            }
         };
         answer.map_err(|e| match e.downcast_ref::<ApiError>() {
             Some(api) => api.clone(),
@@ -207,7 +209,13 @@ impl Agent {
         Ok(StatsReply { ports: out })
     }
 
-    fn trace_reply(&mut self, port: &str, frame_hex: &str) -> Result<TraceReply> {
+    fn trace_reply(
+        &mut self,
+        port: &str,
+        frame_hex: &str,
+        vni: Option<u32>,
+        vtep: Option<&str>,
+    ) -> Result<TraceReply> {
         let frame = parse_hex(frame_hex).map_err(|e| bad_request(format!("{e:#}")))?;
         if !(15..=MAX_TRACE_FRAME).contains(&frame.len()) {
             return Err(bad_request(format!(
@@ -217,13 +225,35 @@ impl Agent {
         }
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
-        let uplink = self.dp.maps.synced.ports.get(&ifindex, 0).is_ok_and(|p| p.kind == PORT_KIND_UPLINK);
-        let program = if uplink { names::PROG_UPLINK } else { names::PROG_VM_PORT };
+        let kind = self.dp.maps.synced.ports.get(&ifindex, 0).map(|p| p.kind).unwrap_or(0);
+        let program = match kind {
+            PORT_KIND_UPLINK => names::PROG_UPLINK,
+            PORT_KIND_TUNNEL => names::PROG_TUNNEL,
+            _ => names::PROG_VM_PORT,
+        };
+        // tunnel_in takes the tunnel key through its trace hook: a test run carries no metadata.
+        let tunnel = match (program == names::PROG_TUNNEL, vni, vtep) {
+            (true, Some(vni), Some(vtep)) if vni != 0 => {
+                let vtep: std::net::Ipv4Addr = vtep
+                    .parse()
+                    .map_err(|_| bad_request(format!("--vtep {vtep:?} is not an IPv4 address")))?;
+                [vni, u32::from(vtep)]
+            }
+            (true, _, _) => {
+                return Err(bad_request(format!(
+                    "{port} is the VXLAN device: say where the frame came from with --vni N --vtep IP"
+                )));
+            }
+            (false, None, None) => [0, 0],
+            (false, _, _) => {
+                return Err(bad_request("--vni and --vtep are for the VXLAN device only".into()));
+            }
+        };
 
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
         self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
-        let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, 0, 0];
+        let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, tunnel[0], tunnel[1]];
         let out = {
             let fd = self.dp.program_fd(program)?;
             testrun::run_skb(fd, &SkbRun { frame: &frame, ifindex, cb, mark: 0 })?

@@ -90,6 +90,12 @@ enum Command {
         /// Hex bytes, a pcap file, or a spec like 'arp who-has 10.10.10.3 from fa:16:3e:00:00:01 10.10.10.2'.
         #[arg(long)]
         frame: String,
+        /// On the VXLAN device: the VNI the frame arrived with.
+        #[arg(long, requires = "vtep")]
+        vni: Option<u32>,
+        /// On the VXLAN device: the remote VTEP it came from.
+        #[arg(long, requires = "vni")]
+        vtep: Option<String>,
     },
 }
 
@@ -126,10 +132,10 @@ fn main() -> Result<()> {
         Command::Networks(t) => ask(&t, Request::Networks {}, cli::print_networks),
         Command::Fdb { target, network } => ask(&target, Request::Fdb { network }, cli::print_fdb),
         Command::Stats { target, port } => ask(&target, Request::Stats { port }, cli::print_stats),
-        Command::Trace { target, port, frame } => {
+        Command::Trace { target, port, frame, vni, vtep } => {
             let bytes = cli::frame_arg(&frame)?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            ask(&target, Request::Trace { port, frame: hex }, cli::print_trace)
+            ask(&target, Request::Trace { port, frame: hex, vni, vtep }, cli::print_trace)
         }
     }
 }

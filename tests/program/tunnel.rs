@@ -94,9 +94,50 @@ fn vxlan_unicast_flood_arp_responder_and_mtu() {
     let big_bcast = eth(BROADCAST, a, 0x0800, &ipv4_udp(a_ip, [10, 20, 0, 255], 5000, 5001, &[0u8; 1472]));
     let out = bench.run(names::PROG_VM_PORT, A, &big_bcast, true).unwrap();
     assert_eq!(bench.tunnel_targets(&out), vec![(B.into(), 0, Ipv4Addr::UNSPECIFIED, 0)]);
-    assert_eq!(out.drops[DropReason::MtuExceeded as usize], 1);
+    assert_eq!(out.actions[Action::FloodTunnelMtu as usize], 1, "counted, and not as a drop of the frame");
+    assert_eq!(out.drops.iter().sum::<u64>(), 0);
     // A frame that fits passes.
     let fits = eth(c, a, 0x0800, &ipv4_udp(a_ip, c_ip, 5000, 5001, &[0u8; 1422]));
     let out = bench.run(names::PROG_VM_PORT, A, &fits, true).unwrap();
     assert_eq!(out.actions[Action::ToUplink as usize], 1);
+}
+
+/// `tunnel_in` on frames the VXLAN device decapsulated, with the VNI and the
+/// remote VTEP injected through the program's trace hook.
+#[test]
+fn tunnel_in_delivers_learns_and_refuses_by_vni_and_source() {
+    let mut bench = bench();
+    let (a, b) = (neutron_mac(0x0a), neutron_mac(0x0b));
+    let stranger = [0x02, 0, 0, 0, 0, 0x77];
+    let from_stranger = eth(a, stranger, 0x0800, &ipv4_icmp_echo([10, 20, 0, 77], [10, 20, 0, 2]));
+
+    // A known VNI to a local MAC: delivered to that port only, never back into a tunnel.
+    let out = bench.run_tunnel(VX, &from_stranger, 5000, NODE1).unwrap();
+    assert_eq!((out.retval, out.actions[Action::ToLocalPort as usize]), (7, 1));
+    assert_eq!(bench.tunnel_targets(&out), vec![(A.into(), 0, Ipv4Addr::UNSPECIFIED, 0)]);
+    assert_eq!(out.frame, from_stranger, "the inner frame is delivered as it came");
+    // ...and its source is learned behind the VTEP it came from.
+    assert_eq!(out.actions[Action::Learned as usize], 1);
+    let to_stranger = eth(stranger, a, 0x0800, &ipv4_icmp_echo([10, 20, 0, 2], [10, 20, 0, 77]));
+    let back = bench.run(names::PROG_VM_PORT, A, &to_stranger, true).unwrap();
+    assert_eq!(bench.tunnel_targets(&back), vec![(VX.into(), 0, NODE1, 5000)], "the reply goes to that VTEP");
+
+    // A broadcast from a tunnel reaches the local ports, no VTEP.
+    let bcast = arp_request(stranger, [10, 20, 0, 77], [10, 20, 0, 3]);
+    let out = bench.run_tunnel(VX, &bcast, 5000, NODE2).unwrap();
+    assert_eq!(out.actions[Action::Flooded as usize], 1);
+    assert_eq!(
+        bench.tunnel_targets(&out),
+        vec![(A.into(), 0, Ipv4Addr::UNSPECIFIED, 0), (B.into(), 0, Ipv4Addr::UNSPECIFIED, 0)]
+    );
+
+    // A VNI this node does not serve, a source claiming a local port's MAC,
+    // and a frame with no tunnel metadata at all are dropped, each for its reason.
+    let out = bench.run_tunnel(VX, &from_stranger, 5001, NODE1).unwrap();
+    assert_eq!((out.retval, out.drops[DropReason::UnknownSegment as usize]), (2, 1));
+    let spoof = eth(a, b, 0x0800, &ipv4_icmp_echo([10, 20, 0, 3], [10, 20, 0, 2]));
+    let out = bench.run_tunnel(VX, &spoof, 5000, NODE1).unwrap();
+    assert_eq!((out.retval, out.drops[DropReason::UplinkSrcIsLocal as usize]), (2, 1));
+    let out = bench.run(names::PROG_TUNNEL, VX, &from_stranger, true).unwrap();
+    assert_eq!((out.retval, out.drops[DropReason::TunnelOpFailed as usize]), (2, 1));
 }

@@ -121,6 +121,30 @@ impl Bench {
     /// Runs program `prog` on `frame` as if it arrived on device `ingress`.
     /// A traced run records its decision and sends no copies.
     pub fn run(&mut self, prog: &str, ingress: &str, frame: &[u8], traced: bool) -> Result<Outcome> {
+        self.run_with(prog, ingress, frame, traced, None)
+    }
+
+    /// Runs `tunnel_in` (traced) on `frame` as if the VXLAN device `ingress`
+    /// had decapsulated it from `vtep` with `vni`, through the program's trace
+    /// hook (`BPF_PROG_TEST_RUN` cannot attach tunnel metadata).
+    pub fn run_tunnel(
+        &mut self,
+        ingress: &str,
+        frame: &[u8],
+        vni: u32,
+        vtep: std::net::Ipv4Addr,
+    ) -> Result<Outcome> {
+        self.run_with(datapath_common::names::PROG_TUNNEL, ingress, frame, true, Some((vni, u32::from(vtep))))
+    }
+
+    fn run_with(
+        &mut self,
+        prog: &str,
+        ingress: &str,
+        frame: &[u8],
+        traced: bool,
+        tunnel: Option<(u32, u32)>,
+    ) -> Result<Outcome> {
         let ifindex = self.ifindex(ingress);
         let slot = self.slot(ifindex);
         let before = self.counters(slot)?;
@@ -131,6 +155,10 @@ impl Bench {
         if traced {
             cb[0] = TRACE_MAGIC[0];
             cb[1] = TRACE_MAGIC[1];
+        }
+        if let Some((vni, vtep)) = tunnel {
+            cb[3] = vni;
+            cb[4] = vtep;
         }
         let out = {
             let fd = self.dp.program_fd(prog)?;

@@ -122,6 +122,23 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     let t = c.cli_json("node0", &["trace", "--port", &a.device(), "--frame", &spec]).unwrap();
     assert_eq!(t["targets"][0]["vtep"], "192.0.2.11", "{t}");
     assert_eq!(t["targets"][0]["vni"], VNI, "{t}");
+    // ...and, on the VXLAN device, what tunnel_in does with a frame from a VTEP.
+    let back = format!("icmp from {} {} to {} {}", b.mac, b.ip, a.mac, a.ip);
+    let vni = VNI.to_string();
+    let t = c
+        .cli_json(
+            "node0",
+            &["trace", "--port", "vxlan-dp", "--vni", &vni, "--vtep", "192.0.2.11", "--frame", &back],
+        )
+        .unwrap();
+    assert_eq!(
+        (t["program"].as_str(), t["action"].as_str()),
+        (Some("tunnel_in"), Some("to_local_port")),
+        "{t}"
+    );
+    assert_eq!(t["targets"][0]["device"], a.device().as_str(), "{t}");
+    let (ok, _, err) = c.cli("node0", &["trace", "--port", "vxlan-dp", "--frame", &back]).unwrap();
+    assert!(!ok && err.contains("--vni"), "the VXLAN device needs to know where the frame came from: {err}");
 
     // Interop with the plain Linux VXLAN endpoint, both ways.
     assert!(c.vms[ia].reaches(&foreign.ip), "ours -> plain Linux vxlan");

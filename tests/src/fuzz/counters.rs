@@ -53,8 +53,8 @@ impl Ledger {
             Verdict::Drop(r) => c.drops[*r as usize] += 1,
             Verdict::Send { action, .. } => c.actions[*action as usize] += 1,
         }
-        for r in &o.side_drops {
-            c.drops[*r as usize] += 1;
+        for a in &o.side_actions {
+            c.actions[*a as usize] += 1;
         }
     }
 

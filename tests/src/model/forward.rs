@@ -51,11 +51,11 @@ fn to_wire(skb: &Skb, net: &NetInfo, from: From, vtep: u32) -> Decision {
         return Err(DropReason::Hairpin);
     }
     if net.uplink_ifindex == 0 {
-        return Err(DropReason::RedirectFailed);
+        return Err(DropReason::NoUplink);
     }
     if net.net_type == NET_TYPE_VXLAN {
         if vtep == 0 {
-            return Err(DropReason::TunnelOpFailed);
+            return Err(DropReason::NoVtep);
         }
         if !fits_tunnel(skb, net) {
             return Err(DropReason::MtuExceeded);
@@ -79,7 +79,7 @@ fn flood(run: &mut Run, skb: &Skb, net: &NetInfo, from: From) -> Decision {
             targets.push(wire_target(net, 0));
         } else if !fits_tunnel(skb, net) {
             // Local ports still get it; the tunnel cannot carry it.
-            run.side_drops.push(DropReason::MtuExceeded);
+            run.side_actions.push(Action::FloodTunnelMtu);
         } else if let Some(set) = run.model.state.flood_vteps.get(&run.net_index) {
             let vteps = &set.vtep_ipv4[..(set.count as usize).min(set.vtep_ipv4.len())];
             targets.extend(vteps.iter().filter(|&&v| v != 0).map(|&v| wire_target(net, v)));

@@ -84,12 +84,13 @@ pub enum Verdict {
     },
 }
 
-/// The verdict plus drops counted on the side (a flood whose tunnel copies
-/// exceed the MTU still reaches the local ports and counts `mtu_exceeded`).
+/// The verdict plus actions counted on the side (a flood whose tunnel
+/// copies exceed the MTU still reaches the local ports and counts
+/// `flood_tunnel_mtu`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub verdict: Verdict,
-    pub side_drops: Vec<DropReason>,
+    pub side_actions: Vec<Action>,
     /// The network the frame was classified into (0: none yet).
     pub net_index: u32,
 }
@@ -107,7 +108,7 @@ pub(crate) struct Run<'a> {
     pub tables: &'a mut Tables,
     pub ingress: Ingress,
     pub net_index: u32,
-    pub side_drops: Vec<DropReason>,
+    pub side_actions: Vec<Action>,
 }
 
 /// A short result type for the families: a drop, or what to send.
@@ -117,7 +118,7 @@ pub(crate) type Decision = Result<(Action, Vec<Target>), DropReason>;
 /// kernel would (learning, fragment verdicts).
 pub fn decide(model: &Model, tables: &mut Tables, ingress: Ingress, frame: &[u8]) -> Outcome {
     let mut skb = Skb { bytes: frame.to_vec(), hw: ingress.hw, gso_size: ingress.gso_size };
-    let mut run = Run { model, tables, ingress, net_index: 0, side_drops: Vec::new() };
+    let mut run = Run { model, tables, ingress, net_index: 0, side_actions: Vec::new() };
     let decision = match ingress.prog {
         Prog::VmPort => vm_port::decide(&mut run, &mut skb),
         Prog::Uplink => wire::uplink(&mut run, &mut skb),
@@ -130,7 +131,7 @@ pub fn decide(model: &Model, tables: &mut Tables, ingress: Ingress, frame: &[u8]
         }
         Err(reason) => Verdict::Drop(reason),
     };
-    Outcome { verdict, side_drops: run.side_drops, net_index: run.net_index }
+    Outcome { verdict, side_actions: run.side_actions, net_index: run.net_index }
 }
 
 /// A read past the end is `malformed`; an incomplete tag the helper cannot pop is `vlan_op_failed`.
