@@ -255,8 +255,8 @@ impl Agent {
         self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
         let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, tunnel[0], tunnel[1]];
         let out = {
-            let fd = self.dp.program_fd(program)?;
-            testrun::run_skb(fd, &SkbRun { frame: &frame, ifindex, cb, mark: 0 })?
+            let prog = self.dp.program(program)?;
+            testrun::run_prog(prog, &SkbRun { frame: &frame, ifindex, cb, mark: 0 })?
         };
         let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
         let rec =

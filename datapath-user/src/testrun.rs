@@ -1,14 +1,21 @@
-//! `BPF_PROG_TEST_RUN` for TC (sched_cls) programs: runs a loaded program once
-//! on a given frame and context and returns the verdict, the frame as the
-//! program left it and the writable context fields. aya has no wrapper, so
-//! this talks to bpf(2) directly. Used by the program tests and `datapath trace`.
+//! `BPF_PROG_TEST_RUN` for TC (sched_cls) programs: runs a program once on a
+//! given frame and context and returns the verdict, the frame as the program
+//! left it and the writable context fields.
+//!
+//! Programs aya loaded (`datapath trace`, the program tests) run through
+//! aya's `TestRun` (`run_prog`). The raw bpf(2) path (`run_skb`) stays for
+//! programs aya did not load: the differential fuzzer's shims and the bench's
+//! XDP generator are hand-assembled and loaded with `load_raw`, since aya has
+//! no way to load raw instructions, and its `TestRun` runs only its own
+//! `Program` objects.
 
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 
 /// `BPF_PROG_TEST_RUN` in `enum bpf_cmd` (also known as `BPF_PROG_RUN`).
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -44,7 +51,74 @@ pub struct RunOutput {
     pub duration_ns: u32,
 }
 
-/// Runs the sched_cls program `prog_fd` once on `input`.
+/// Runs `prog` (loaded by aya) once on `input`, through aya's `TestRun`.
+pub fn run_prog(prog: &SchedClassifier, input: &SkbRun) -> Result<RunOutput> {
+    let ctx_in = input.ctx(0);
+    let mut ctx_out = uapi::SkBuff::default();
+    let mut out = vec![0u8; input.frame.len() + OUT_HEADROOM];
+    let opts = TestRunOptions {
+        data_in: Some(input.frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(bytemuck::bytes_of(&ctx_in)),
+        ctx_out: Some(bytemuck::bytes_of_mut(&mut ctx_out)),
+        // Side effects (counters, clone_redirect copies) must happen exactly once.
+        repeat: 1,
+        ..TestRunOptions::new()
+    };
+    let r = match prog.test_run(opts) {
+        Ok(r) => r,
+        Err(ProgramError::SyscallError(e)) => {
+            let errno = e.io_error.raw_os_error().unwrap_or(0);
+            bail!(
+                "BPF_PROG_TEST_RUN ({}-byte frame, ifindex {}) failed: {}{} ({})",
+                input.frame.len(),
+                input.ifindex,
+                errno_name(errno),
+                hint(errno, input),
+                e.io_error
+            );
+        }
+        Err(e) => return Err(e).context("BPF_PROG_TEST_RUN"),
+    };
+    out.truncate(r.data_size_out as usize);
+    Ok(RunOutput {
+        retval: r.return_value,
+        frame: out,
+        cb: ctx_out.cb,
+        mark: ctx_out.mark,
+        duration_ns: u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX),
+    })
+}
+
+impl SkbRun<'_> {
+    /// The `__sk_buff` the run starts with.
+    fn ctx(&self, gso_size: u32) -> uapi::SkBuff {
+        uapi::SkBuff {
+            mark: self.mark,
+            ingress_ifindex: self.ifindex,
+            ifindex: self.ifindex,
+            cb: self.cb,
+            gso_size,
+            ..Default::default()
+        }
+    }
+}
+
+/// What an errno of BPF_PROG_TEST_RUN usually means for a TC program.
+fn hint(errno: i32, input: &SkbRun) -> String {
+    match errno {
+        libc::EINVAL => ": the kernel rejected the run (a __sk_buff field it does not accept, \
+             a frame shorter than 14 bytes or longer than a page, or not a sched_cls program)"
+            .to_string(),
+        libc::ENODEV => format!(": ifindex {} does not exist in this thread's netns", input.ifindex),
+        libc::ENOSPC => format!(": the output needs more than {} bytes", input.frame.len() + OUT_HEADROOM),
+        libc::EPERM | libc::EACCES => ": needs CAP_BPF/CAP_SYS_ADMIN (root)".to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Runs the sched_cls program `prog_fd` once on `input`, through bpf(2) (for
+/// programs aya did not load).
 ///
 /// The run happens in the calling thread's network namespace: `input.ifindex`
 /// is looked up there, and redirect/clone helpers act on devices there.
@@ -55,14 +129,7 @@ pub fn run_skb(prog_fd: BorrowedFd<'_>, input: &SkbRun) -> Result<RunOutput> {
 /// Like [`run_skb`], with `skb_shinfo()->gso_size` set: the frame poses as a
 /// GSO super-frame of `gso_size`-byte segments (0: not GSO).
 pub fn run_skb_gso(prog_fd: BorrowedFd<'_>, input: &SkbRun, gso_size: u32) -> Result<RunOutput> {
-    let ctx_in = uapi::SkBuff {
-        mark: input.mark,
-        ingress_ifindex: input.ifindex,
-        ifindex: input.ifindex,
-        cb: input.cb,
-        gso_size,
-        ..Default::default()
-    };
+    let ctx_in = input.ctx(gso_size);
     let mut ctx_out = uapi::SkBuff::default();
     let mut out = vec![0u8; input.frame.len() + OUT_HEADROOM];
 
@@ -97,21 +164,7 @@ pub fn run_skb_gso(prog_fd: BorrowedFd<'_>, input: &SkbRun, gso_size: u32) -> Re
         let err = io::Error::last_os_error();
         let errno = err.raw_os_error().unwrap_or(0);
         let name = errno_name(errno);
-        let hint = match errno {
-            libc::EINVAL => ": the kernel rejected the run (a __sk_buff field it does not accept, \
-                 a frame shorter than 14 bytes or longer than a page, or not a sched_cls program)"
-                .to_string(),
-            libc::ENODEV => format!(": ifindex {} does not exist in this thread's netns", input.ifindex),
-            libc::ENOSPC => {
-                format!(
-                    ": output needs {} bytes, buffer had {}",
-                    attr.data_size_out,
-                    input.frame.len() + OUT_HEADROOM
-                )
-            }
-            libc::EPERM | libc::EACCES => ": needs CAP_BPF/CAP_SYS_ADMIN (root)".to_string(),
-            _ => String::new(),
-        };
+        let hint = hint(errno, input);
         bail!(
             "BPF_PROG_TEST_RUN on prog fd {} ({}-byte frame, ifindex {}) failed: {name}{hint} ({err})",
             prog_fd.as_raw_fd(),
@@ -251,7 +304,7 @@ pub mod uapi {
     /// ifindex, cb, tstamp, wire_len, gso_segs, gso_size and hwtstamp, so
     /// everything else stays zero.
     #[repr(C)]
-    #[derive(Debug, Default, Clone, Copy)]
+    #[derive(Debug, Default, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
     pub(super) struct SkBuff {
         pub len: u32,
         pub pkt_type: u32,

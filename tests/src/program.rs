@@ -161,8 +161,8 @@ impl Bench {
             cb[4] = vtep;
         }
         let out = {
-            let fd = self.dp.program_fd(prog)?;
-            testrun::run_skb(fd, &SkbRun { frame, ifindex, cb, mark: 0 })?
+            let prog = self.dp.program(prog)?;
+            testrun::run_prog(prog, &SkbRun { frame, ifindex, cb, mark: 0 })?
         };
         let trace = if traced {
             let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
