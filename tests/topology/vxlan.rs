@@ -182,6 +182,16 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
         on2.iter().all(|l| !l.contains(&format!("vni {VNI}"))),
         "node2 has no port of tun1 and got its traffic: {on2:#?}"
     );
+
+    // --cleanup removes the VXLAN device the agent created (through rtnetlink).
+    let node2 = &c.node("node2").ns;
+    assert!(node2.exec(&["ip", "link", "show", "vxlan-dp"]).is_ok(), "the agent created vxlan-dp");
+    c.nodes[2].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    c.nodes[2].cleanup().unwrap();
+    assert!(
+        c.node("node2").ns.exec(&["ip", "link", "show", "vxlan-dp"]).is_err(),
+        "--cleanup removed vxlan-dp"
+    );
 }
 
 fn view(c: &Cluster, p: &PortSpec) -> datapath_tests::pinned::PortView {
