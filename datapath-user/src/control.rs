@@ -6,6 +6,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -14,13 +15,21 @@ use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
     net::UnixListener,
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 use crate::api::{Answer, ApiError, ErrorKind, Reply, Request};
 
 /// Longest request line accepted; anything longer is refused without being read whole.
 pub const MAX_REQUEST: usize = 1 << 20;
+
+/// Clients served at once. More get a `busy` reply and are closed, so that no
+/// number of clients can take the agent's file descriptors (1024 by default).
+pub const MAX_CLIENTS: usize = 64;
+
+/// A client that sends no request for this long is closed, so that idle
+/// connections cannot hold the slots of `MAX_CLIENTS` forever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request waiting for the agent's answer.
 pub struct Pending {
@@ -40,10 +49,25 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     log::info!("control socket at {}", path.display());
+    let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
-        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // EMFILE, ENFILE, ENOBUFS: the listener is fine, the process or
+            // the machine is short of something. Wait, and serve again.
+            Err(e) => {
+                log::warn!("accepting on the control socket: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = clients.clone().try_acquire_owned() else {
+            tokio::spawn(busy(stream));
+            continue;
+        };
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection(stream, tx).await {
                 log::debug!("control connection: {e:#}");
             }
@@ -51,10 +75,24 @@ pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> Result<()> {
     }
 }
 
+/// Tells a client over `MAX_CLIENTS` to come back later, and closes.
+async fn busy(mut stream: tokio::net::UnixStream) {
+    let error =
+        ApiError::new(ErrorKind::Busy, format!("the agent serves {MAX_CLIENTS} clients already; try again"));
+    let Ok(mut text) = serde_json::to_string(&Reply::<Answer>::from_result(Err(error))) else { return };
+    text.push('\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(text.as_bytes())).await;
+}
+
 async fn connection(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = AsyncBufReader::new(read.take(MAX_REQUEST as u64 + 1)).lines();
-    while let Some(line) = lines.next_line().await.context("reading a request")? {
+    loop {
+        let Ok(next) = tokio::time::timeout(IDLE_TIMEOUT, lines.next_line()).await else {
+            log::debug!("control connection idle for {IDLE_TIMEOUT:?}: closed");
+            return Ok(());
+        };
+        let Some(line) = next.context("reading a request")? else { return Ok(()) };
         let reply = match parse_request(&line) {
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
@@ -67,7 +105,6 @@ async fn connection(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -
         text.push('\n');
         write.write_all(text.as_bytes()).await.context("writing a reply")?;
     }
-    Ok(())
 }
 
 /// Parses one request line; the error says what is wrong with it.

@@ -3,6 +3,7 @@
 //! own cluster with unique names and removes it on exit, also on panic.
 
 mod aging;
+mod chaos;
 mod events;
 mod hardening;
 mod introspection;

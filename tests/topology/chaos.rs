@@ -1,0 +1,137 @@
+//! What the agent does when its surroundings misbehave: crowds of control
+//! clients, clients that never speak, a bindings file that disappears,
+//! becomes unreadable or turns into a directory. In every case the datapath
+//! keeps forwarding with the last good state, and the agent says why.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use datapath_tests::{cluster::Cluster, wait_for};
+use serde_json::Value;
+
+use crate::scenario::*;
+
+/// Two VMs of net1 on one node, pinging each other through a running agent.
+fn two_vms(tag: &str) -> Cluster {
+    let mut c = Cluster::new(tag, 1).unwrap();
+    let (a, mut b) = (vm1(), vm2());
+    b.host = "node0".into();
+    c.write_bindings(&bindings(&[&a, &b])).unwrap();
+    for p in [a, b] {
+        let i = c.add_vm("node0", p).unwrap();
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    assert!(c.vms[0].ping_until(&c.vms[1].port.ip.clone(), Duration::from_secs(10)), "vm-1 reaches vm-2");
+    c
+}
+
+/// File descriptors the agent holds.
+fn agent_fds(c: &mut Cluster) -> usize {
+    let pid = c.nodes[0].agent.as_mut().unwrap().pid();
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn status_ok(c: &Cluster) -> bool {
+    c.cli_json("node0", &["status"]).is_ok()
+}
+
+#[test]
+fn a_thousand_idle_clients_neither_kill_the_control_socket_nor_take_the_agents_fds() {
+    let mut c = two_vms("idle");
+    let sock = c.dir.join("node0.sock");
+    let idle: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    // More clients than the agent serves at once: the extra ones are told so and closed.
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = String::new();
+    BufReader::new(&extra).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["error"]["kind"], "busy", "{line}");
+    assert!(agent_fds(&mut c) < 200, "the agent holds {} fds with 1000 clients connected", agent_fds(&mut c));
+    assert!(c.vms[0].reaches(&c.vms[1].port.ip), "forwarding goes on");
+    // Clients that never send are closed after the idle timeout, and the socket serves again.
+    wait_for("the control socket to serve again", Duration::from_secs(30), || status_ok(&c));
+    assert!(c.nodes[0].agent.as_mut().unwrap().running(), "the agent survived");
+    drop(idle);
+    let _ = extra.write_all(b"{}\n");
+}
+
+#[test]
+fn a_thousand_clients_at_once_each_get_an_answer_or_busy() {
+    let mut c = two_vms("crowd");
+    let sock = c.dir.join("node0.sock");
+    let mut clients: Vec<UnixStream> = (0..1000).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    for s in &mut clients {
+        // A client the agent already closed (busy) cannot be written to; that is its answer.
+        let _ = s.write_all(b"{\"cmd\":\"status\"}\n");
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for s in &clients {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("no reply ({e}): {line:?}"));
+        match (v["ok"].as_bool(), v["error"]["kind"].as_str()) {
+            (Some(true), _) => ok += 1,
+            (_, Some("busy")) => busy += 1,
+            other => panic!("unexpected reply {other:?}: {line}"),
+        }
+    }
+    assert_eq!(ok + busy, 1000);
+    assert!(ok >= 64, "the agent served as many as it may at once: {ok} ok, {busy} busy");
+    drop(clients);
+    assert!(c.nodes[0].agent.as_mut().unwrap().running(), "the agent survived");
+    assert!(status_ok(&c), "and answers as before");
+    assert!(c.vms[0].reaches(&c.vms[1].port.ip), "forwarding goes on");
+}
+
+/// The bindings file goes away in three ways; each time the last good
+/// bindings stay in force, `status` says why, and a good file is taken again.
+#[test]
+fn a_missing_unreadable_or_directory_bindings_file_keeps_the_last_good_state() {
+    let mut c = two_vms("bindings");
+    let path = c.bindings.clone();
+    let good = std::fs::read_to_string(&path).unwrap();
+    type Break = fn(&Path);
+    let breaks: [(&str, Break, &str); 3] = [
+        ("deleted", |p| std::fs::remove_file(p).unwrap(), "No such file"),
+        // The agent runs as root, which reads past any mode bits: "unreadable"
+        // is a file that cannot be read as a document, bytes that are not UTF-8.
+        ("unreadable", |p| std::fs::write(p, [0xff, 0xfe, 0x00, 0x80]).unwrap(), "UTF-8"),
+        (
+            "a directory",
+            |p| {
+                std::fs::remove_file(p).unwrap();
+                std::fs::create_dir(p).unwrap();
+            },
+            "directory",
+        ),
+    ];
+    for (what, break_it, says) in breaks {
+        break_it(&path);
+        wait_for(&format!("status to report the bindings file {what}"), Duration::from_secs(10), || {
+            let st = c.cli_json("node0", &["status"]).unwrap();
+            st["bindings_error"].as_str().is_some_and(|e| e.contains(says))
+        });
+        assert!(c.vms[0].reaches(&c.vms[1].port.ip), "forwarding goes on with the bindings file {what}");
+        let ports = c.cli_json("node0", &["ports"]).unwrap();
+        let up = ports["ports"].as_array().unwrap().iter().filter(|p| p["state"] == "up").count();
+        assert_eq!(up, 3, "the two VMs and the uplink stay up with the bindings file {what}: {ports}");
+        // Repair.
+        if path.is_dir() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+        c.write_bindings_text(&good).unwrap();
+        wait_for(&format!("the agent to take the repaired file ({what})"), Duration::from_secs(10), || {
+            c.cli_json("node0", &["status"]).unwrap()["bindings_error"].is_null()
+        });
+    }
+    assert!(c.nodes[0].agent.as_mut().unwrap().running());
+}
