@@ -55,9 +55,24 @@ pub(super) fn plan<'a>(
 ) -> Plans<'a> {
     let mut plans = Plans { used: local.iter().map(|p| p.network_id.as_str()).collect(), ..Plans::default() };
     let mut taken: BTreeMap<(String, u32), &str> = BTreeMap::new();
+    // The node-local index is keyed by the wire identity. Two physical
+    // networks whose interfaces this node lacks both have uplink 0, so the
+    // same VLAN (or flat) on both would share one index, and their ports
+    // one network: the second is refused until its interface exists.
+    let mut by_wire: BTreeMap<WireId, &str> = BTreeMap::new();
     for net in bindings.networks.iter().filter(|n| plans.used.contains(n.id.as_str())) {
-        match plan_network(cfg, net, devices, &mut taken, alloc) {
+        let planned = plan_network(cfg, net, devices, &mut taken, alloc).and_then(|(index, info)| {
+            match by_wire.get(&wire_id_of(&info)) {
+                Some(other) => Err(format!(
+                    "network {other} has the same segment on a physical network whose interface is missing \
+                     here too; the two would share one local network, so this one waits for its interface"
+                )),
+                None => Ok((index, info)),
+            }
+        });
+        match planned {
             Ok((index, info)) => {
+                by_wire.insert(wire_id_of(&info), &net.id);
                 plans
                     .planned
                     .insert(&net.id, NetPlan { net, index, info, members: Vec::new(), local_ports: 0 });

@@ -216,4 +216,30 @@ mod tests {
         let set = out.state.flood_sets.values().next().unwrap();
         assert_eq!(set.count as usize, MAX_FLOOD_PORTS);
     }
+
+    /// Two physical networks whose interfaces are missing here must not
+    /// merge: the same VLAN on both would otherwise get one local index.
+    #[test]
+    fn networks_without_their_interface_never_share_a_local_network() {
+        let cfg = "host = \"node0\"\nphysical_interface_mappings = [\"a:eth5\", \"b:eth6\"]\nbindings = \"/b\"\npin_path = \"/sys/fs/bpf/t\"\n";
+        let net = |id: &str, physnet: &str| json!({"id": id, "provider:network_type": "vlan", "provider:physical_network": physnet, "provider:segmentation_id": 10});
+        let port = |i: u8, net: &str| {
+            json!({"id": format!("{i:08x}-0000-4000-8000-000000000000"), "network_id": net,
+                   "mac_address": format!("fa:16:3e:00:02:{i:02x}"), "binding:host_id": "node0"})
+        };
+        let doc =
+            json!({"networks": [net("na", "a"), net("nb", "b")], "ports": [port(1, "na"), port(2, "nb")]});
+        let b = Bindings::parse_str(&doc.to_string(), "test").unwrap();
+        let devices: Devices =
+            [("tap00000001-00".to_string(), 11), ("tap00000002-00".to_string(), 12)].into();
+        let out = derive(&Config::parse_str(cfg, "test").unwrap(), &b, &devices, &mut Allocations::default());
+        let (p1, p2) = (out.state.ports.get(&11), out.state.ports.get(&12));
+        assert!(p1.is_some(), "the first network's port is programmed");
+        assert!(
+            p2.is_none_or(|p| Some(p.net_index) != p1.map(|p| p.net_index)),
+            "the two ports share a network"
+        );
+        let nb = out.networks.iter().find(|n| n.id == "nb").unwrap();
+        assert!(nb.error.contains("interface is missing"), "{}", nb.error);
+    }
 }
