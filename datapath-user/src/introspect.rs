@@ -331,18 +331,23 @@ fn state_name(s: &PortState) -> &'static str {
 
 /// Hex bytes, with optional spaces, colons or a 0x prefix.
 pub fn parse_hex(text: &str) -> Result<Vec<u8>> {
-    let clean: String =
+    let clean: Vec<char> =
         text.trim().trim_start_matches("0x").chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+    // Checked per character: slicing the text by byte offsets would split a
+    // multi-byte character and panic (a request the fuzzer found).
+    if let Some(at) = clean.iter().position(|c| !c.is_ascii_hexdigit()) {
+        bail!("bad hex {:?} at digit {at}", clean[at]);
+    }
     if !clean.len().is_multiple_of(2) {
         bail!("hex frame has an odd number of digits ({})", clean.len());
     }
-    (0..clean.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&clean[i..i + 2], 16)
-                .with_context(|| format!("bad hex {:?} at offset {i}", &clean[i..i + 2]))
+    Ok(clean
+        .chunks(2)
+        .map(|pair| {
+            let digit = |c: char| c.to_digit(16).unwrap_or(0) as u8;
+            digit(pair[0]) << 4 | digit(pair[1])
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -354,6 +359,9 @@ mod tests {
         assert_eq!(parse_hex("ff:ff 0a").unwrap(), vec![0xff, 0xff, 0x0a]);
         assert_eq!(parse_hex("0x0102").unwrap(), vec![1, 2]);
         assert!(parse_hex("abc").unwrap_err().to_string().contains("odd"));
-        assert!(parse_hex("zz").unwrap_err().to_string().contains("offset 0"));
+        assert!(parse_hex("zz").unwrap_err().to_string().contains("digit 0"));
+        // Found by the input fuzzer: a multi-byte character where a digit should be.
+        assert!(parse_hex("`\u{1060}").unwrap_err().to_string().contains("bad hex"));
+        assert!(parse_hex("0é").unwrap_err().to_string().contains("digit 1"));
     }
 }
