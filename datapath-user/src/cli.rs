@@ -170,6 +170,11 @@ pub fn frame_arg(arg: &str) -> Result<Vec<u8>> {
     if path.is_file() {
         return first_pcap_packet(path);
     }
+    parse_frame_text(arg)
+}
+
+/// Frame bytes from a spec or hex (what `frame_arg` takes, files aside).
+pub fn parse_frame_text(arg: &str) -> Result<Vec<u8>> {
     let words: Vec<&str> = arg.split_whitespace().collect();
     let is_spec = words.first().is_some_and(|w| ["arp", "icmp", "dhcp", "vlan"].contains(w));
     if is_spec {

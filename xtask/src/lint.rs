@@ -33,6 +33,13 @@ pub fn lint() -> Result<()> {
         .context("formatting differs in datapath-ebpf; fix with: (cd datapath-ebpf && cargo +nightly fmt)");
     check("fmt (eBPF crate)", r, start);
 
+    // The fuzz crate is a workspace of its own (built by cargo-fuzz with
+    // libFuzzer); its clippy would need that build, its formatting does not.
+    let start = Instant::now();
+    let r = run(cmd("cargo", ["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]).current_dir(root()))
+        .context("formatting differs in fuzz/; fix with: cargo fmt --manifest-path fuzz/Cargo.toml");
+    check("fmt (fuzz crate)", r, start);
+
     // The user side's build script embeds the object, so clippy needs it first;
     // --all-features takes in the bench engine (xtask's `bench` feature).
     let start = Instant::now();

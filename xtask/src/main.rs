@@ -3,7 +3,7 @@
 mod bench;
 mod demo;
 mod ebpf;
-mod fuzz_frames;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -47,10 +47,11 @@ enum Command {
     },
     /// fmt and clippy for the user workspace and for the eBPF crate.
     Lint,
-    /// Fuzzing: `frames` runs generated frames through the programs and their reference model.
+    /// Fuzzing: `frames` runs generated frames through the programs and their reference model;
+    /// `inputs` runs the agent's parsers under libFuzzer.
     Fuzz {
         #[command(subcommand)]
-        what: fuzz_frames::Fuzz,
+        what: fuzz::Fuzz,
     },
     /// The seed scenario live: two nodes, DHCP, ping, tags on the wire, the agent's view.
     Demo {
@@ -110,7 +111,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Lint => lint::lint()?,
-        Command::Fuzz { what } => fuzz_frames::fuzz(what)?,
+        Command::Fuzz { what } => fuzz::fuzz(what)?,
         Command::Demo { pause } => demo::demo(pause)?,
         Command::Bench { quick } => {
             let obj = ebpf::build()?;

@@ -29,11 +29,16 @@ const PACKAGES: &[&str] = &[
 /// kernel and busybox are downloaded as .debs and unpacked, not installed.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86"];
 
+/// Debian packages of `cargo xtask fuzz inputs`: libfuzzer-sys compiles libFuzzer (C++).
+const FUZZ_PACKAGES: &[&str] = &["g++"];
+
 /// Components of the nightly toolchain: `-Z build-std` needs the sources, and
 /// `lint` runs nightly fmt and clippy on the eBPF crate (a minimal profile lacks both).
 const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, for `cargo xtask fuzz inputs` (libFuzzer on the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Runs every step; `command` is the xtask command, for the hint when not root.
 pub fn setup(command: &str) -> Result<()> {
@@ -104,6 +109,27 @@ fn apt_packages() -> Result<()> {
 /// Installs QEMU for the VM test layers, if it is missing.
 pub fn vm_packages() -> Result<()> {
     install_packages("apt packages (VM layers)", VM_PACKAGES)
+}
+
+/// What `cargo xtask fuzz inputs` needs: a C++ compiler for libFuzzer, and
+/// cargo-fuzz in `.tools`. Returns cargo-fuzz's path.
+pub fn fuzz_tools() -> Result<std::path::PathBuf> {
+    install_packages("apt packages (fuzzing)", FUZZ_PACKAGES)?;
+    let bin = tools_dir().join("bin/cargo-fuzz");
+    if output(&mut cmd(&bin, ["--version"])).is_ok_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        step("cargo-fuzz", &format!("present ({})", bin.display()));
+        return Ok(bin);
+    }
+    let start = Instant::now();
+    step("cargo-fuzz", &format!("installing {CARGO_FUZZ_VERSION} (about 1 min)"));
+    let mut install = cmd(
+        "cargo",
+        ["install", "cargo-fuzz", "--locked", "--force", "--version", CARGO_FUZZ_VERSION, "--root"],
+    );
+    install.arg(tools_dir());
+    run(&mut install).context("installing cargo-fuzz")?;
+    step("cargo-fuzz", &format!("installed in {} ({})", secs(start), bin.display()));
+    Ok(bin)
 }
 
 fn install_packages(what: &str, packages: &[&str]) -> Result<()> {

@@ -9,6 +9,7 @@
 
 mod addresses;
 mod alloc;
+mod invariants;
 mod networks;
 mod ports;
 
@@ -16,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use addresses::link_local_of;
 pub use alloc::{Allocations, WireId, wire_id_of};
+pub use invariants::check as check_invariants;
 
 pub use crate::synced::MapState;
 use crate::{bindings::Bindings, config::Config, netlink::Devices};
@@ -267,6 +269,13 @@ pin_path = "/sys/fs/bpf/t"
         let idx = out.state.ports[&16].net_index;
         assert_eq!(out.state.segments[&SegmentKey { ifindex: 2, segment: SEGMENT_UNTAGGED }], idx);
         assert_eq!(out.state.networks[&idx].segmentation_id, 0);
+    }
+
+    #[test]
+    fn derived_states_keep_their_invariants() {
+        let d =
+            devices(&[("eth2", 2), ("tapaaaaaaaa-00", 10), ("tapdddddddd-00", 11), ("tapbbbbbbbb-00", 12)]);
+        assert_eq!(check_invariants(&derive_default(&bindings(""), &d)), Ok(()));
     }
 
     #[test]
