@@ -113,6 +113,7 @@ impl Agent {
     /// every map. Without good bindings nothing is touched: the kernel keeps
     /// what it has.
     pub fn reconcile(&mut self, verify: bool) -> Result<()> {
+        let started = Instant::now();
         self.source.poll();
         let bindings_error = self.source.error().map(str::to_owned);
         let Some(bindings) = self.source.good() else {
@@ -134,9 +135,10 @@ impl Agent {
         let done = sync::converge(&mut self.dp.maps, &derived.state, known)?;
         if done.changes > 0 {
             log::info!(
-                "sync: {} map changes{}",
+                "sync: {} map changes{} in {:.1} ms",
                 done.changes,
-                if known.is_none() { " (maps read back)" } else { "" }
+                if known.is_none() { " (maps read back)" } else { "" },
+                started.elapsed().as_secs_f64() * 1000.0
             );
         }
         self.maps_known = done.errors.is_empty();

@@ -53,6 +53,19 @@ enum Command {
         #[command(subcommand)]
         what: fuzz::Fuzz,
     },
+    /// Churn for a while: ports bound and unbound, devices created and deleted, agents
+    /// restarted and killed, with steady traffic that must lose nothing (the soak layer, longer).
+    Soak {
+        /// How long to churn.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        /// Bound ports per node.
+        #[arg(long, default_value_t = 1000)]
+        ports: usize,
+        /// Seed of the churn (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// The seed scenario live: two nodes, DHCP, ping, tags on the wire, the agent's view.
     Demo {
         /// Keep the cluster up until Enter is pressed.
@@ -81,6 +94,7 @@ impl Command {
             Command::Test { .. } => "test",
             Command::Lint => "lint",
             Command::Fuzz { .. } => "fuzz",
+            Command::Soak { .. } => "soak",
             Command::Demo { .. } => "demo",
             Command::Bench { .. } => "bench",
             Command::Run { .. } => "run",
@@ -112,6 +126,18 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Lint => lint::lint()?,
         Command::Fuzz { what } => fuzz::fuzz(what)?,
+        Command::Soak { minutes, ports, seed } => {
+            let mut vars =
+                vec![("DP_SOAK_MINUTES", minutes.to_string()), ("DP_SOAK_PORTS", ports.to_string())];
+            vars.extend(seed.map(|s| ("DP_SOAK_SEED", s.to_string())));
+            for (k, v) in vars {
+                // SAFETY: no other thread runs yet; the soak test reads these.
+                unsafe { std::env::set_var(k, v) };
+            }
+            if !test::test(&[test::Layer::Soak], false, &[])? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Demo { pause } => demo::demo(pause)?,
         Command::Bench { quick } => {
             let obj = ebpf::build()?;

@@ -29,6 +29,8 @@ pub enum Layer {
     Fuzz,
     /// The agent and the programs on namespaces with real traffic.
     Topology,
+    /// A short churn run (soak smoke): ports, devices and agents change while traffic flows.
+    Soak,
     /// Real QEMU guests (Debian's kernel) on taps, through the datapath (`--vm`).
     Guest,
     /// The program and topology layers again, inside a QEMU VM running
@@ -38,7 +40,7 @@ pub enum Layer {
 
 /// The layers `cargo xtask test` runs without `--layer`: the VM layers only with `--vm`.
 pub fn default_layers(vm: bool) -> Vec<Layer> {
-    let mut l = vec![Layer::Unit, Layer::Program, Layer::Fuzz, Layer::Topology];
+    let mut l = vec![Layer::Unit, Layer::Program, Layer::Fuzz, Layer::Topology, Layer::Soak];
     if vm {
         l.extend([Layer::Guest, Layer::LtsKernel]);
     }
@@ -52,6 +54,7 @@ impl Layer {
             Layer::Program => "program",
             Layer::Fuzz => "fuzz",
             Layer::Topology => "topology",
+            Layer::Soak => "soak",
             Layer::Guest => "guest",
             Layer::LtsKernel => "lts-kernel",
         }
@@ -74,6 +77,10 @@ impl Layer {
             // belong with the topology tests rather than with the unit layer.
             Layer::Topology => {
                 &["test", "--no-fail-fast", "-p", "datapath-tests", "--lib", "--test", "topology"]
+            }
+            // --nocapture: the seed and the figures must reach the log even when it passes.
+            Layer::Soak => {
+                &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "soak", "--", "--nocapture"]
             }
             Layer::Guest => &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "vm"],
             // Not a cargo run: `run_in_guest` builds the program and topology binaries.
