@@ -260,3 +260,74 @@ fn an_agent_killed_in_the_middle_of_reconciles_converges_without_leftovers() {
         "the untouched ports lost packets across the kills: {summary}"
     );
 }
+
+/// A pin under `pin_path` removed while the agent runs: forwarding goes on
+/// (the programs hold the map), and a restarted agent builds the map anew
+/// from the bindings, before its programs swap in: no packet is lost.
+#[test]
+fn a_removed_pin_is_rebuilt_by_the_next_agent_without_loss() {
+    let mut c = across_the_wire("pin");
+    let pin = c.pins.path().join("node0");
+    let maps = datapath_user::loader::versioned_pin_dir(&pin).join("maps");
+    let before = entry_counts(&pin).unwrap();
+    let ip_b = c.vms[1].port.ip.clone();
+    let mut ping = c.vms[0].ns.spawn(&["ping", "-i", "0.01", "-w", "6", "-W", "1", &ip_b]).unwrap();
+    wait_for("the ping stream to flow", Duration::from_secs(5), || ping.output().contains("bytes from"));
+    for name in [datapath_common::names::FDB, datapath_common::names::NETWORKS] {
+        std::fs::remove_file(maps.join(name)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    c.start_agent("node0").unwrap();
+    wait_for("the maps to be whole again", Duration::from_secs(10), || {
+        entry_counts(&pin).is_ok_and(|n| n == before)
+    });
+    let status = ping.wait_timeout(Duration::from_secs(15)).unwrap();
+    assert!(status.is_some(), "ping did not finish");
+    let out = ping.output();
+    let summary = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{out}"));
+    assert!(summary.contains(" 0% packet loss"), "packets lost around the removed pins: {summary}");
+}
+
+/// A tap deleted while broadcasts flood its network: the flood goes on to
+/// the other ports, frame after frame, and the agent forgets the port.
+#[test]
+fn a_tap_deleted_in_the_middle_of_a_flood_costs_the_others_nothing() {
+    let mut c = Cluster::new("flood", 1).unwrap();
+    let (a, mut b) = (vm1(), vm2());
+    b.host = "node0".into();
+    let gone = PortSpec::vm(
+        "9a9a9a9a-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:9a:00:09",
+        "10.10.10.9",
+        "node0",
+    );
+    c.write_bindings(&bindings(&[&a, &b, &gone])).unwrap();
+    for p in [&a, &b, &gone] {
+        let i = c.add_vm("node0", p.clone()).unwrap();
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    assert!(c.vms[0].ping_until(&b.ip, Duration::from_secs(10)));
+    let at_b =
+        datapath_tests::capture::Capture::start(&c.vms[1].ns, "eth0", "icmp[icmptype] == icmp-echo").unwrap();
+    let sent = 300;
+    let mut flood =
+        c.vms[0].ns.spawn(&["ping", "-b", "-c", &sent.to_string(), "-i", "0.01", "10.10.10.255"]).unwrap();
+    // A third of the way through the 3 s of broadcasts (ping prints nothing per broadcast).
+    std::thread::sleep(Duration::from_secs(1));
+    c.node("node0").ns.exec(&["ip", "link", "del", &gone.device()]).unwrap();
+    assert!(flood.wait_timeout(Duration::from_secs(20)).unwrap().is_some(), "the flood did not finish");
+    let got = at_b.stop().unwrap().iter().filter(|l| l.contains("ICMP echo request")).count();
+    assert_eq!(got, sent, "vm-2 missed broadcasts while vm-9's tap went away");
+    wait_for("the agent to forget the deleted tap", Duration::from_secs(10), || {
+        let ports = c.cli_json("node0", &["ports"]).unwrap();
+        ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["device"] == gone.device().as_str() && p["state"] == "no_device")
+    });
+    assert!(c.nodes[0].agent.as_mut().unwrap().running());
+}
