@@ -331,3 +331,36 @@ fn a_tap_deleted_in_the_middle_of_a_flood_costs_the_others_nothing() {
     });
     assert!(c.nodes[0].agent.as_mut().unwrap().running());
 }
+
+/// An upgrade across map layouts killed at random points (SIGKILL a few
+/// milliseconds to a second after the new agent starts), then started
+/// again: the upgrade completes, the old layout's pins go, and the ping
+/// across the wire loses nothing.
+#[test]
+fn an_upgrade_killed_midway_completes_when_started_again() {
+    let mut c = across_the_wire("killupg");
+    let pins = c.pins.path().join("node0");
+    let version = |n: u32| pins.join(format!("v{n}"));
+    let (ours, next) = (datapath_common::ABI_VERSION, datapath_common::ABI_VERSION + 1);
+    let (bin_ours, bin_next) =
+        (datapath_tests::cluster::datapath_bin(), datapath_tests::cluster::datapath_bin_abi_next());
+    let ip_b = c.vms[1].port.ip.clone();
+    let mut ping = c.vms[0].ns.spawn(&["ping", "-i", "0.01", "-w", "16", "-W", "1", &ip_b]).unwrap();
+    wait_for("the ping stream to flow", Duration::from_secs(5), || ping.output().contains("bytes from"));
+    for (bin, delay_ms, to) in [(&bin_next, 5, next), (&bin_next, 60, next), (&bin_ours, 250, ours)] {
+        c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+        c.start_agent_with("node0", bin).unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
+        c.start_agent_with("node0", bin).unwrap();
+        let other = if to == ours { next } else { ours };
+        wait_for(&format!("the move to v{to} to complete"), Duration::from_secs(15), || {
+            version(to).exists() && !version(other).exists()
+        });
+    }
+    let status = ping.wait_timeout(Duration::from_secs(25)).unwrap();
+    assert!(status.is_some(), "ping did not finish");
+    let out = ping.output();
+    let summary = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{out}"));
+    assert!(summary.contains(" 0% packet loss"), "packets lost across killed upgrades: {summary}");
+}
