@@ -30,7 +30,7 @@ fn two_vms(tag: &str) -> Cluster {
         c.vms[i].set_static_ip().unwrap();
     }
     c.start_agent("node0").unwrap();
-    assert!(c.vms[0].ping_until(&c.vms[1].port.ip.clone(), Duration::from_secs(10)), "vm-1 reaches vm-2");
+    assert!(c.vms[0].ping_until(&c.vms[1].port.ip.clone(), Duration::from_secs(30)), "vm-1 reaches vm-2");
     c
 }
 
@@ -141,6 +141,8 @@ fn a_missing_unreadable_or_directory_bindings_file_keeps_the_last_good_state() {
 }
 
 /// Two VMs of net1 on two nodes, so that their traffic crosses node0's uplink.
+/// (The first ping waits up to 30 s: two agents start at once, which takes a
+/// while in the 6.1 guest under TCG.)
 fn across_the_wire(tag: &str) -> Cluster {
     let mut c = Cluster::new(tag, 2).unwrap();
     let (a, b) = (vm1(), vm2());
@@ -151,7 +153,7 @@ fn across_the_wire(tag: &str) -> Cluster {
     }
     c.start_agent("node0").unwrap();
     c.start_agent("node1").unwrap();
-    assert!(c.vms[0].ping_until(&c.vms[1].port.ip.clone(), Duration::from_secs(10)), "vm-1 reaches vm-2");
+    assert!(c.vms[0].ping_until(&c.vms[1].port.ip.clone(), Duration::from_secs(30)), "vm-1 reaches vm-2");
     c
 }
 
