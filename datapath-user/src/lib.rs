@@ -14,6 +14,7 @@ pub mod introspect;
 pub mod learned;
 pub mod loader;
 pub mod netlink;
+pub mod neutron;
 pub mod source;
 pub mod sync;
 pub mod testrun;

@@ -1,0 +1,4 @@
+//! Neutron's agent RPC over AMQP 0-9-1 (oslo.messaging rabbit driver wire format).
+
+pub mod envelope;
+pub mod transport;
