@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use datapath_user::neutron::envelope::{decode_request, encode_reply, new_id};
+use datapath_user::neutron::notify::{self, Notification};
 use datapath_user::neutron::rpc::{Incoming, LinkEvent, Rpc, Subscription};
 use datapath_user::neutron::transport::TransportUrl;
 use serde_json::{Value, json};
@@ -162,11 +163,7 @@ async fn cast_reaches_the_server_topic() {
 #[tokio::test]
 async fn fanout_and_host_topic_notifications_arrive() {
     let v = Vhost::new();
-    let subs = vec![
-        Subscription::Fanout { topic: "q-agent-notifier-port-delete".into() },
-        Subscription::Topic { routing_key: "q-agent-notifier-l2population-update.node0".into() },
-    ];
-    let (_agent, mut rx) = client(&v, subs).await;
+    let (_agent, mut rx) = client(&v, notify::subscriptions("node0")).await;
     let (server, _) = client(&v, vec![]).await;
     server
         .fanout_cast("q-agent-notifier-port-delete", "port_delete", json!({"port_id": "p1"}), "1.0")
@@ -174,7 +171,7 @@ async fn fanout_and_host_topic_notifications_arrive() {
         .unwrap();
     let m = next(&mut rx).await;
     assert_eq!(m.exchange, "q-agent-notifier-port-delete_fanout");
-    assert_eq!(decode_request(&m.body).unwrap().args["port_id"], "p1");
+    assert_eq!(notify::decode(&m).unwrap(), Notification::PortDelete { port_id: "p1".into() });
     server
         .cast(
             "q-agent-notifier-l2population-update.node0",

@@ -1,5 +1,6 @@
 //! Neutron's agent RPC over AMQP 0-9-1 (oslo.messaging rabbit driver wire format).
 
 pub mod envelope;
+pub mod notify;
 pub mod rpc;
 pub mod transport;
