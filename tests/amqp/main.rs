@@ -3,6 +3,7 @@
 use anyhow::{Context, Result, bail};
 use datapath_user::neutron::envelope::{decode_request, encode_reply, new_id};
 use datapath_user::neutron::notify::{self, Notification};
+use datapath_user::neutron::plugin;
 use datapath_user::neutron::rpc::{Incoming, LinkEvent, Rpc, Subscription};
 use datapath_user::neutron::transport::TransportUrl;
 use serde_json::{Value, json};
@@ -68,6 +69,17 @@ async fn responder(v: &Vhost, topic: &str) -> Rpc {
             let reply = match req.method.as_str() {
                 "echo" => encode_reply(&msg_id, Ok(req.args.clone())),
                 "boom" => encode_reply(&msg_id, Err(("NetworkNotFound", "Network n1 could not be found."))),
+                "get_devices_details_list_and_failed_devices" => {
+                    encode_reply(&msg_id, Ok(fake_details(&req.args)))
+                }
+                "update_device_list" => encode_reply(
+                    &msg_id,
+                    Ok(json!({"devices_up": req.args["devices_up"], "failed_devices_up": [],
+                              "devices_down": [], "failed_devices_down": []})),
+                ),
+                "report_state" if req.args["agent_state"]["agent_state"]["start_flag"] == true => {
+                    encode_reply(&msg_id, Ok(json!("new")))
+                }
                 _ => continue,
             };
             let delay = req.args["delay_ms"].as_u64().unwrap_or(0);
@@ -79,6 +91,50 @@ async fn responder(v: &Vhost, topic: &str) -> Rpc {
         }
     });
     srv
+}
+
+/// Like neutron 29: a tap name is not found (it matches port id prefixes), a prefix is.
+fn fake_details(args: &Value) -> Value {
+    let devices: Vec<Value> = args["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| match d.as_str().unwrap() {
+            name if name.starts_with("tap") => json!({"device": name}),
+            name => json!({"device": name, "network_id": "n1", "port_id": format!("{name}-0000"),
+                           "mac_address": "fa:16:3e:10:d1:75", "admin_state_up": true, "network_type": "vxlan",
+                           "segmentation_id": 458, "physical_network": null, "mtu": 1450, "fixed_ips": [],
+                           "device_owner": "compute:nova", "allowed_address_pairs": [], "port_security_enabled": true}),
+        })
+        .collect();
+    json!({"devices": devices, "failed_devices": []})
+}
+
+#[tokio::test]
+async fn plugin_calls_round_trip() {
+    let v = Vhost::new();
+    let _srv = responder(&v, plugin::PLUGIN_TOPIC).await;
+    let _rep = responder(&v, plugin::REPORTS_TOPIC).await;
+    let (rpc, _) = client(&v, vec![]).await;
+    let p = plugin::Plugin::new(rpc, "node0");
+    let state = plugin::AgentState {
+        host: "node0".into(),
+        binary: "neutron-ebpfdp-agent".into(),
+        interface_mappings: Default::default(),
+        tunneling_ip: None,
+        tunnel_types: vec![],
+        devices: 0,
+        uuid: new_id(),
+    };
+    assert_eq!(p.report_state_call(&state).await.unwrap(), "new");
+    let d = p.devices_details(&["tapda64417a-c3".into()]).await.unwrap();
+    assert_eq!(d.refused, vec![]);
+    assert_eq!(
+        (d.devices[0].port_id.as_str(), d.devices[0].segmentation_id),
+        ("da64417a-c3-0000", Some(458))
+    );
+    let r = p.update_device_list(&["tapda64417a-c3".into()], &[]).await.unwrap();
+    assert_eq!(r.devices_up, vec!["tapda64417a-c3"]);
 }
 
 #[tokio::test]

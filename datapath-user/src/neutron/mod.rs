@@ -2,5 +2,6 @@
 
 pub mod envelope;
 pub mod notify;
+pub mod plugin;
 pub mod rpc;
 pub mod transport;
