@@ -261,7 +261,10 @@ async fn reconnects_and_redeclares_after_the_broker_drops_us() {
                 saw_down = true;
                 let e = format!(
                     "{:#}",
-                    agent.call("q-plugin", "echo", json!({}), "1.0", WAIT).await.unwrap_err()
+                    agent
+                        .call("q-plugin", "echo", json!({}), "1.0", Duration::from_secs(2))
+                        .await
+                        .unwrap_err()
                 );
                 assert!(e.contains("not connected") || e.contains("lost"), "{e}: {why}");
             }

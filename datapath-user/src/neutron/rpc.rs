@@ -197,6 +197,8 @@ impl Rpc {
         let msg_id = new_id();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(msg_id.clone(), tx);
+        // Removes the entry however this future ends, including when the caller drops it.
+        let _pending = PendingGuard { inner: &self.inner, msg_id: &msg_id };
         let body = encode_call(method, args, version, &msg_id, &self.inner.reply_q, Some(timeout.as_secs()));
         let published = ch
             .basic_publish(
@@ -209,12 +211,8 @@ impl Rpc {
             .await;
         let outcome = match published {
             Ok(_) => tokio::time::timeout(timeout, rx).await,
-            Err(e) => {
-                lock(&self.inner.pending).remove(&msg_id);
-                return Err(anyhow!(e)).with_context(|| format!("{what}: publishing"));
-            }
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("{what}: publishing")),
         };
-        lock(&self.inner.pending).remove(&msg_id);
         match outcome {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(f))) => bail!("{what}: the server raised {}: {}", f.class, f.message),
@@ -253,6 +251,17 @@ impl Rpc {
         .await
         .with_context(|| format!("publishing to exchange {exchange:?} key {routing_key}"))?;
         Ok(())
+    }
+}
+
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    msg_id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pending).remove(self.msg_id);
     }
 }
 
@@ -424,6 +433,9 @@ async fn supervise(weak: Weak<Inner>, tx: mpsc::UnboundedSender<Incoming>) {
                 // Dropping the senders wakes every waiting call with "connection lost".
                 lock(&inner.pending).clear();
                 let _ = inner.events.send(LinkEvent::Disconnected(why));
+                drop(inner);
+                // A broker that just dropped us is often restarting; give it a moment.
+                tokio::time::sleep(BACKOFF_MIN).await;
             }
             Err(e) => {
                 let why = format!("{e:#}");
