@@ -16,6 +16,7 @@ pub mod learned;
 pub mod loader;
 pub mod migrate;
 pub mod netlink;
+pub mod neutron;
 pub mod source;
 pub mod sync;
 pub mod synced;

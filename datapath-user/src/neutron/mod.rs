@@ -1,0 +1,8 @@
+//! Neutron's agent RPC over AMQP 0-9-1 (oslo.messaging rabbit driver wire format).
+
+pub mod envelope;
+pub mod model;
+pub mod notify;
+pub mod plugin;
+pub mod rpc;
+pub mod transport;
