@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod guest;
 pub mod link;
 pub mod netns;
+pub mod neutron;
 pub mod pinned;
 pub mod program;
 pub mod raw;
