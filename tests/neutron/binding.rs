@@ -92,7 +92,7 @@ fn server_loads_the_driver_and_binds_only_once_the_agent_is_alive() {
     assert_eq!(agent["agent_type"], AGENT_TYPE, "{agent:#}");
     assert_eq!(agent["binary"], "datapath", "{agent:#}");
     assert_eq!(agent["configurations"]["interface_mappings"], json!({"default": "eth2"}), "{agent:#}");
-    // A failed binding stays failed until the port is touched: Nova retries with an update.
+    // A failed binding stays failed until the port is updated; any update retries it.
     assert_eq!(n.api().port(id(&port)).unwrap()["binding:vif_type"], "binding_failed");
     let port = n.api().update_port(id(&port), json!({"name": "retry"})).unwrap();
     assert_bound_by_us(&n, &port, host, "after the agent came up and the port was updated");

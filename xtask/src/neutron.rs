@@ -61,7 +61,7 @@ fn venv() -> Result<()> {
     if venv.exists() {
         fs::remove_dir_all(&venv).with_context(|| format!("removing the stale venv {}", venv.display()))?;
     }
-    step(what, &format!("creating {} with {} (about 40 s)", venv.display(), PINS.join(" ")));
+    step(what, &format!("creating {} with {} (about a minute)", venv.display(), PINS.join(" ")));
     // The system Python, not whatever `python3` is first on PATH: python3-venv is for it.
     run(cmd("/usr/bin/python3", ["-m", "venv"]).arg(&venv))
         .with_context(|| format!("creating the venv {}", venv.display()))?;
