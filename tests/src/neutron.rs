@@ -49,6 +49,7 @@ pub fn venv() -> PathBuf {
 pub struct Neutron {
     name: String,
     dir: TempDir,
+    port: u16,
     api: Api,
     rpc_server: Option<Child>,
     api_server: Option<Child>,
@@ -77,6 +78,7 @@ impl Neutron {
         let mut me = Self {
             name,
             dir,
+            port,
             api: Api::new(format!("http://127.0.0.1:{port}/v2.0")),
             rpc_server: None,
             api_server: None,
@@ -89,6 +91,7 @@ impl Neutron {
         let name = me.name.clone();
         // The vhost's three rabbitmqctl runs (an Erlang VM each) overlap the copy.
         let vhost = std::thread::spawn(move || create_vhost(&name));
+        // Marked before they exist: a creation that fails half-way is still removed on drop.
         me.db_created = true;
         let db = create_database(&me.name, &template);
         me.vhost_created = true;
@@ -227,16 +230,17 @@ impl Neutron {
             "rpc-server.log",
         ]);
         self.rpc_server = Some(self.spawn(rpc, "rpc-server.out")?);
-        let port =
-            self.api.base().split(':').nth(2).and_then(|p| p.split('/').next()).expect("base has a port");
+        let port = self.port;
         let mut api = Command::new(venv.join("bin/gunicorn"));
         api.arg("neutron_wsgi:application")
             .env("OS_NEUTRON_CONFIG_DIR", &dir)
             .env("OS_NEUTRON_CONFIG_FILES", "neutron.conf;ml2_conf.ini")
+            // --graceful-timeout: no request is in flight when a test drops the server,
+            // and gunicorn's default of 30 s would only delay the stop.
             .env(
                 "GUNICORN_CMD_ARGS",
                 format!(
-                    "--workers 1 --threads 4 --timeout 120 --bind 127.0.0.1:{port} --chdir {}",
+                    "--workers 1 --threads 4 --timeout 120 --graceful-timeout 3 --bind 127.0.0.1:{port} --chdir {}",
                     dir.display()
                 ),
             );
@@ -296,7 +300,8 @@ impl Neutron {
         for c in &children {
             signal_group(c, libc::SIGTERM);
         }
-        let deadline = Instant::now() + STOP_GRACE;
+        let start = Instant::now();
+        let deadline = start + STOP_GRACE;
         while Instant::now() < deadline && children.iter_mut().any(|c| matches!(c.try_wait(), Ok(None))) {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -305,6 +310,7 @@ impl Neutron {
             signal_group(c, libc::SIGKILL);
             let _ = c.wait();
         }
+        eprintln!("neutron {} stopped in {:.1}s", self.name, start.elapsed().as_secs_f64());
     }
 }
 
