@@ -26,6 +26,7 @@ struct Vhost(String);
 
 impl Vhost {
     fn new() -> Self {
+        datapath_tests::neutron::ensure_services().expect("starting RabbitMQ");
         let name = format!("dp-test-{}", new_id());
         rabbitmqctl(&["add_vhost", &name]).expect("creating a vhost (is rabbitmq-server running?)");
         let v = Self(name);

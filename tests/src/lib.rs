@@ -15,6 +15,7 @@ pub mod guest;
 pub mod link;
 pub mod model;
 pub mod netns;
+pub mod neutron;
 pub mod pinned;
 pub mod program;
 pub mod raw;

@@ -5,6 +5,7 @@ mod demo;
 mod ebpf;
 mod fuzz;
 mod lint;
+mod neutron;
 mod setup;
 mod test;
 mod user;
@@ -25,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the project needs (apt packages, nightly, rust-src, bpf-linker, bpffs); idempotent.
+    /// Install what the project needs (apt packages, nightly, rust-src, bpf-linker, bpffs, the
+    /// Neutron layer's RabbitMQ, MariaDB and neutron venv); idempotent.
     Setup,
     /// Build the eBPF object, then target/release/datapath with it embedded.
     Build {
@@ -116,7 +118,9 @@ fn run(command: Command) -> Result<ExitCode> {
     // A newcomer types only the README's commands, so every command prepares the machine.
     setup::setup(command.name())?;
     match command {
-        Command::Setup => {}
+        // Only the explicit command installs the Neutron layer's 400 MB; other commands
+        // leave it to `test`, when that layer runs.
+        Command::Setup => drop(neutron::setup()?),
         Command::Build { debug_user } => drop(user::build(&ebpf::build()?, !debug_user)?),
         Command::Test { layers, vm, args } => {
             if !test::test(&layers, vm, &args)? {

@@ -132,7 +132,8 @@ pub fn fuzz_tools() -> Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
+/// Installs the `packages` that are missing, in one apt run; `what` names them in the progress line.
+pub fn install_packages(what: &str, packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         step(what, "present");

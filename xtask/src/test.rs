@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::{
-    ebpf, setup, user,
+    ebpf, neutron, setup, user,
     util::{describe, step},
     vm,
 };
@@ -31,6 +31,9 @@ pub enum Layer {
     Topology,
     /// A short churn run (soak smoke): ports, devices and agents change while traffic flows.
     Soak,
+    /// A real neutron-server (RabbitMQ, MariaDB, RPC server, API) with our ML2
+    /// mechanism driver, driven through its REST API.
+    Neutron,
     /// Real QEMU guests (Debian's kernel) on taps, through the datapath (`--vm`).
     Guest,
     /// The program and topology layers again, inside a QEMU VM running
@@ -40,7 +43,7 @@ pub enum Layer {
 
 /// The layers `cargo xtask test` runs without `--layer`: the VM layers only with `--vm`.
 pub fn default_layers(vm: bool) -> Vec<Layer> {
-    let mut l = vec![Layer::Unit, Layer::Program, Layer::Fuzz, Layer::Topology, Layer::Soak];
+    let mut l = vec![Layer::Unit, Layer::Program, Layer::Fuzz, Layer::Topology, Layer::Soak, Layer::Neutron];
     if vm {
         l.extend([Layer::Guest, Layer::LtsKernel]);
     }
@@ -55,9 +58,14 @@ impl Layer {
             Layer::Fuzz => "fuzz",
             Layer::Topology => "topology",
             Layer::Soak => "soak",
+            Layer::Neutron => "neutron",
             Layer::Guest => "guest",
             Layer::LtsKernel => "lts-kernel",
         }
+    }
+
+    fn needs_bin(self) -> bool {
+        matches!(self, Layer::Topology | Layer::Soak | Layer::Guest | Layer::LtsKernel)
     }
 
     fn needs_guest(self) -> bool {
@@ -81,6 +89,10 @@ impl Layer {
             // --nocapture: the seed and the figures must reach the log even when it passes.
             Layer::Soak => {
                 &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "soak", "--", "--nocapture"]
+            }
+            // The agent's RPC client against the same RabbitMQ (tests/amqp), then neutron-server.
+            Layer::Neutron => {
+                &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "amqp", "--test", "neutron"]
             }
             Layer::Guest => &["test", "--no-fail-fast", "-p", "datapath-tests", "--test", "vm"],
             // Not a cargo run: `run_in_guest` builds the program and topology binaries.
@@ -146,10 +158,10 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
 
     let obj = ebpf::build()?;
     // Topology and guest tests start the real binary (tests/src/cluster.rs reads DATAPATH_BIN).
-    let bin =
-        if layers.iter().any(|l| *l >= Layer::Topology) { Some(user::build(&obj, true)?) } else { None };
+    let bin = if layers.iter().any(|l| l.needs_bin()) { Some(user::build(&obj, true)?) } else { None };
     // The upgrade tests cross a real map-layout change: a second build, one version ahead.
     let next = if bin.is_some() { Some(user::build_abi_next(&ebpf::build_abi_next()?)?) } else { None };
+    let venv = if layers.contains(&Layer::Neutron) { Some(neutron::setup()?) } else { None };
     let guest = if layers.iter().any(|l| l.needs_guest()) {
         setup::vm_packages()?;
         Some(vm::guest()?)
@@ -161,7 +173,11 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
     for layer in layers {
         let row = match (layer, &guest, &bin) {
             (Layer::LtsKernel, Some(g), Some(bin)) => run_in_guest(g, &obj, bin, next.as_deref(), extra)?,
-            _ => run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), extra)?,
+            (Layer::Neutron, _, _) => {
+                let venv = venv.as_deref().expect("set up when the layer is selected");
+                run_layer(layer, &obj, None, None, None, &[("DATAPATH_NEUTRON_VENV", venv)], extra)?
+            }
+            _ => run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), &[], extra)?,
         };
         rows.push(row);
     }
@@ -189,6 +205,7 @@ fn run_layer(
     bin: Option<&Path>,
     next: Option<&Path>,
     guest: Option<&vm::Guest>,
+    env: &[(&str, &Path)],
     extra: &[String],
 ) -> Result<Row> {
     let mut cargo = user::cargo(obj, layer.cargo_args());
@@ -207,6 +224,7 @@ fn run_layer(
     if let Some(g) = guest {
         cargo.env("DATAPATH_GUEST_KERNEL", &g.kernel).env("DATAPATH_GUEST_INITRD", &g.initrd);
     }
+    cargo.envs(env.iter().copied());
     // Only stdout is piped: it carries the harness output and the result lines; cargo's
     // own progress and errors stay on the inherited stderr.
     cargo.stdout(Stdio::piped());
