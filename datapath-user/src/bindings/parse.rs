@@ -96,6 +96,8 @@ impl Bindings {
         let mut seen: HashMap<String, usize> = HashMap::new();
         // (network id, MAC) -> the port that claimed it first.
         let mut macs: HashMap<(String, [u8; 6]), String> = HashMap::new();
+        // Tap device name -> the port that claimed it first.
+        let mut devices: HashMap<String, String> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let (what, id) = label(entry, "ports", "port", "id", i);
             if let Some(id) = id {
@@ -122,6 +124,15 @@ impl Bindings {
                 self.refuse(what, format!("network_id {:?}: unknown network (it {why})", port.network_id));
                 continue;
             }
+            // Two ports with one tap name (the first 11 characters of their ids)
+            // would be programmed on one device; the first in file order keeps it.
+            if let Some(other) = devices.get(&port.device_name()) {
+                self.refuse(
+                    what,
+                    format!("its device {} is already the device of port {other}", port.device_name()),
+                );
+                continue;
+            }
             // Two ports with one MAC on one network would steal each other's
             // traffic in the FDB; the first in file order keeps it.
             match macs.get(&(port.network_id.clone(), port.mac)) {
@@ -135,6 +146,7 @@ impl Bindings {
                 ),
                 None => {
                     macs.insert((port.network_id.clone(), port.mac), port.id.clone());
+                    devices.insert(port.device_name(), port.id.clone());
                     self.ports.push(port);
                 }
             }
@@ -986,6 +998,14 @@ mod tests {
         let got: Vec<(bool, bool)> =
             b.ports.iter().map(|p| (p.anti_spoof_exempt(), p.is_network_owned())).collect();
         assert_eq!(got, [(false, false), (true, false), (true, true), (true, true)]);
+    }
+
+    /// Found by the input fuzzer: two ids alike in their first 11 characters
+    /// named one tap, and both ports were programmed on it.
+    #[test]
+    fn two_ports_with_one_device_name_refuse_the_second() {
+        let r = refuse_port(port("00000001-0000-4000-8000-999999999999", "net-a", &mac(9)));
+        assert_refusal(&r, "port 00000001-0000-4000-8000-999999999999", "already the device of port");
     }
 
     #[test]
