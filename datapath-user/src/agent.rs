@@ -18,13 +18,15 @@ use tokio::{
 use crate::{
     attach::{self, Attacher},
     config::Config,
+    config::Source as SourceConfig,
     control::{self, Pending},
     desired::{self, Allocations, Derived},
     features, learned,
     loader::{self, Datapath},
     migrate,
     netlink::{self, LinkEvents},
-    source::BindingSource,
+    neutron::l2agent::NeutronSource,
+    source::{BindingSource, Source},
     sync, tunnel,
 };
 
@@ -53,7 +55,7 @@ pub struct Agent {
     pub(crate) dp: Datapath,
     alloc: Allocations,
     attacher: Attacher,
-    pub(crate) source: BindingSource,
+    pub(crate) source: Source,
     /// What the last reconciliation found.
     pub(crate) status: Status,
     /// What the kernel offers, as probed at start.
@@ -93,7 +95,13 @@ impl Agent {
         let features = features::probe(cfg.tc_hook)?;
         log::info!("kernel {}: programs attach with {}", features.kernel, features.describe_hook());
         let attacher = Attacher::new(features.hook, dp.pin_dir())?;
-        let source = BindingSource::new(cfg.bindings.clone());
+        let source = match &cfg.source {
+            SourceConfig::File(path) => Source::File(BindingSource::new(path.clone())),
+            SourceConfig::Neutron(opts) => {
+                log::info!("ports come from neutron-server at {}", opts.display_url());
+                Source::Neutron(NeutronSource::start(&cfg, opts, !current.ports.is_empty())?)
+            }
+        };
         Ok(Self {
             cfg,
             dp,
@@ -115,12 +123,13 @@ impl Agent {
     pub fn reconcile(&mut self, verify: bool) -> Result<()> {
         let started = Instant::now();
         self.source.poll();
-        let bindings_error = self.source.error().map(str::to_owned);
+        let bindings_error = self.source.error();
+        let mut devices = netlink::list_devices()?;
         let Some(bindings) = self.source.good() else {
+            self.source.observe_devices(&devices);
             self.status.bindings_error = bindings_error;
             return Ok(());
         };
-        let mut devices = netlink::list_devices()?;
         if let Some(ip) = self.cfg.tunnel_ip() {
             match tunnel::ensure(&devices, ip) {
                 Ok(true) => devices = netlink::list_devices()?,
@@ -169,6 +178,7 @@ impl Agent {
             log::error!("{e}");
         }
         log_port_changes(&self.status.derived, &derived);
+        self.source.observe(&derived.ports);
         self.status = Status { derived, errors, bindings_error, syncs: self.status.syncs + 1 };
         Ok(())
     }
@@ -210,6 +220,7 @@ impl Agent {
                     (true, due)
                 }
                 _ = poll.tick() => (self.source_changed() || due, due),
+                _ = self.source.changed() => (true, false),
                 _ = aging.tick() => {
                     self.age_learned();
                     (false, false)
@@ -238,8 +249,8 @@ impl Agent {
     }
 
     fn source_changed(&mut self) -> bool {
-        let before = self.source.error().map(str::to_owned);
-        self.source.poll() || self.source.error() != before.as_deref()
+        let before = self.source.error();
+        self.source.poll() || self.source.error() != before
     }
 }
 

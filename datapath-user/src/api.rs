@@ -137,10 +137,14 @@ pub struct StatusReply {
     pub kernel: String,
     /// How programs are hooked (tcx, or netlink cls_bpf filters, and why).
     pub tc_hook: String,
-    /// The binding source.
+    /// The binding source: `file` or `neutron`.
+    pub source: String,
+    /// Where the bindings come from: the file's path, or the transport URL (passwords masked).
     pub bindings: String,
-    /// Why the bindings file is not in force, if it is not.
+    /// Why the source is not in force or not healthy, if so.
     pub bindings_error: Option<String>,
+    /// The Neutron source's link, reports and devices, in one line.
+    pub source_health: Option<String>,
     /// Reconciliations since start.
     pub syncs: u64,
     /// Ports by state name (`up`, `admin_down`, `no_device`, `unbound`, `error`).

@@ -45,8 +45,10 @@ pub fn print_status(v: &StatusReply) {
         ("abi_version", v.abi_version.to_string()),
         ("kernel", v.kernel.clone()),
         ("tc_hook", v.tc_hook.clone()),
+        ("source", v.source.clone()),
         ("bindings", v.bindings.clone()),
         ("bindings_error", cell(v.bindings_error.as_deref())),
+        ("source_health", cell(v.source_health.as_deref())),
         ("syncs", v.syncs.to_string()),
         ("networks", v.networks.to_string()),
     ];

@@ -11,6 +11,10 @@
 //! tunnel_types = ["vxlan"]
 //! tc_hook = "auto"        # or "tcx", or "netlink"
 //! ```
+//!
+//! The ports come from exactly one source: the `bindings` file, or
+//! neutron-server over its agent RPC when `transport_url` is set (with the
+//! `[agent]` options of Neutron's L2 agents, e.g. `report_interval = 30`).
 
 use std::{
     net::Ipv4Addr,
@@ -35,8 +39,8 @@ pub struct Config {
     pub host: String,
     /// Which interface carries each physical network, in file order.
     pub physical_interface_mappings: Vec<PhysnetMapping>,
-    /// The binding source file (made relative to the config's directory by `load`).
-    pub bindings: PathBuf,
+    /// Where the ports come from.
+    pub source: Source,
     /// The bpffs directory for this agent's pins (always absolute).
     pub pin_path: PathBuf,
     /// The control socket path.
@@ -50,6 +54,54 @@ pub struct Config {
     /// How programs are hooked into TC ingress.
     pub tc_hook: TcHook,
 }
+
+/// Where the agent learns its ports: a bindings file, or neutron-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The bindings file (made relative to the config's directory by `load`).
+    File(PathBuf),
+    /// neutron-server over the agent RPC.
+    Neutron(NeutronOptions),
+}
+
+/// The options of the Neutron source, named as Neutron's agents name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeutronOptions {
+    /// `rabbit://user:pass@host:port/vhost`, as in neutron.conf.
+    pub transport_url: String,
+    /// Seconds between state reports (`[agent] report_interval`).
+    pub report_interval: u64,
+}
+
+impl NeutronOptions {
+    /// The transport URL with its passwords masked, for logs and status.
+    pub fn display_url(&self) -> String {
+        mask_passwords(&self.transport_url)
+    }
+}
+
+/// `rabbit://u:secret@h/` -> `rabbit://u:***@h/`, for every host of the URL.
+fn mask_passwords(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (netloc, path) = rest.split_once('/').map_or((rest, None), |(n, p)| (n, Some(p)));
+    let hosts: Vec<String> = netloc
+        .split(',')
+        .map(|h| match h.rsplit_once('@') {
+            Some((cred, host)) => match cred.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => h.to_string(),
+            },
+            None => h.to_string(),
+        })
+        .collect();
+    match path {
+        Some(p) => format!("{scheme}://{}/{p}", hosts.join(",")),
+        None => format!("{scheme}://{}", hosts.join(",")),
+    }
+}
+
+// Neutron's [agent] report_interval default.
+const DEFAULT_REPORT_INTERVAL: u64 = 30;
 
 /// The `tc_hook` option: tcx links where the kernel has them (6.6+), else
 /// netlink cls_bpf filters; or one of the two, forced.
@@ -80,7 +132,10 @@ struct RawConfig {
     host: String,
     #[serde(default)]
     physical_interface_mappings: Vec<String>,
-    bindings: PathBuf,
+    bindings: Option<PathBuf>,
+    transport_url: Option<String>,
+    // Signed so that a negative value gets the range message, not a type error.
+    report_interval: Option<i64>,
     pin_path: PathBuf,
     control_socket: Option<PathBuf>,
     // Signed so that a negative value gets the range message, not a type error.
@@ -100,9 +155,11 @@ impl Config {
         let mut cfg = Config::parse_str(&text, &path.display().to_string())?;
         // Relative to the config file rather than the working directory, so the
         // agent behaves the same whatever directory it was started from.
-        if cfg.bindings.is_relative() {
+        if let Source::File(bindings) = &mut cfg.source
+            && bindings.is_relative()
+        {
             let dir = path.parent().unwrap_or(Path::new(""));
-            cfg.bindings = dir.join(&cfg.bindings);
+            *bindings = dir.join(&*bindings);
         }
         Ok(cfg)
     }
@@ -138,10 +195,37 @@ impl Config {
 
         let physical_interface_mappings = parse_mappings(&raw.physical_interface_mappings)?;
 
-        ensure!(
-            !raw.bindings.as_os_str().is_empty(),
-            "bindings is empty; it must be the path of the binding source"
-        );
+        let source = match (raw.bindings, raw.transport_url) {
+            (Some(_), Some(_)) => {
+                bail!("both bindings and transport_url are set; the ports come from one source: remove one")
+            }
+            (None, None) => bail!(
+                "no port source: set bindings (a bindings file) or transport_url (neutron-server's message bus)"
+            ),
+            (Some(b), None) => {
+                ensure!(
+                    !b.as_os_str().is_empty(),
+                    "bindings is empty; it must be the path of the binding source"
+                );
+                ensure!(
+                    raw.report_interval.is_none(),
+                    "report_interval is set but the source is a bindings file; it applies to transport_url only"
+                );
+                Source::File(b)
+            }
+            (None, Some(url)) => {
+                crate::neutron::transport::TransportUrl::parse(&url)
+                    .map_err(|e| anyhow!("{}", mask_passwords(&format!("{e:#}"))))?;
+                let report_interval = match raw.report_interval {
+                    None => DEFAULT_REPORT_INTERVAL,
+                    Some(s) => u64::try_from(s)
+                        .ok()
+                        .filter(|s| (1..=3600).contains(s))
+                        .ok_or_else(|| anyhow!("report_interval = {s} is outside 1..=3600"))?,
+                };
+                Source::Neutron(NeutronOptions { transport_url: url, report_interval })
+            }
+        };
         // Pins outlive the agent and are found again by path, so it must not depend on the cwd.
         ensure!(
             raw.pin_path.is_absolute(),
@@ -187,7 +271,7 @@ impl Config {
         Ok(Config {
             host: raw.host,
             physical_interface_mappings,
-            bindings: raw.bindings,
+            source,
             pin_path: raw.pin_path,
             control_socket,
             mac_age_seconds,
@@ -310,7 +394,7 @@ tc_hook = "netlink"
                     PhysnetMapping { physical_network: "default".into(), interface: "eth2".into() },
                     PhysnetMapping { physical_network: "ext".into(), interface: "eth3".into() },
                 ],
-                bindings: "/path/to/bindings.json".into(),
+                source: Source::File("/path/to/bindings.json".into()),
                 pin_path: "/sys/fs/bpf/datapath/node0".into(),
                 control_socket: "/run/datapath/other.sock".into(),
                 mac_age_seconds: 60,
@@ -335,7 +419,7 @@ tc_hook = "netlink"
         assert!(cfg.tunnel_types.is_empty());
         // parse_str has no directory to resolve against, so the path stays as written.
         let cfg = parse(&MINIMAL.replace("/etc/datapath/bindings.json", "b.json")).unwrap();
-        assert_eq!(cfg.bindings, PathBuf::from("b.json"));
+        assert_eq!(cfg.source, Source::File("b.json".into()));
     }
 
     #[test]
@@ -366,12 +450,39 @@ tc_hook = "netlink"
 
     #[test]
     fn required_keys() {
-        for key in ["host", "bindings", "pin_path"] {
+        for key in ["host", "pin_path"] {
             let text: String =
                 MINIMAL.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect();
             let e = err(&text);
             assert!(e.contains(&format!("missing field `{key}`")), "{e}");
         }
+        let e = err(&MINIMAL.replace("bindings = \"/etc/datapath/bindings.json\"", ""));
+        assert!(e.contains("no port source: set bindings"), "{e}");
+    }
+
+    #[test]
+    fn neutron_source() {
+        let text = MINIMAL.replace(
+            "bindings = \"/etc/datapath/bindings.json\"",
+            "transport_url = \"rabbit://neutron:s3cret@10.0.0.1:5672,neutron:s3cret@10.0.0.2/\"",
+        );
+        let cfg = parse(&text).unwrap();
+        let Source::Neutron(n) = &cfg.source else { panic!("{:?}", cfg.source) };
+        assert_eq!(n.report_interval, 30);
+        assert_eq!(n.display_url(), "rabbit://neutron:***@10.0.0.1:5672,neutron:***@10.0.0.2/");
+        let cfg = parse(&format!("{text}report_interval = 5\n")).unwrap();
+        assert!(matches!(cfg.source, Source::Neutron(NeutronOptions { report_interval: 5, .. })));
+        let e = err(&format!("{text}report_interval = 0\n"));
+        assert!(e.contains("report_interval = 0 is outside"), "{e}");
+        let e = err(&with("transport_url = \"rabbit://h/\""));
+        assert!(e.contains("both bindings and transport_url"), "{e}");
+        let e = err(&with("report_interval = 10"));
+        assert!(e.contains("applies to transport_url only"), "{e}");
+        let e = err(&text.replace("rabbit://neutron:s3cret@", "amqp://neutron:s3cret@"));
+        assert!(
+            e.contains("rabbit://") && !e.contains("s3cret"),
+            "the error names the scheme, not the password: {e}"
+        );
     }
 
     #[test]
@@ -495,11 +606,11 @@ tc_hook = "netlink"
         let path = dir.join("agent.toml");
         std::fs::write(&path, MINIMAL.replace("/etc/datapath/bindings.json", "state/bindings.json")).unwrap();
         let cfg = Config::load(&path).unwrap();
-        assert_eq!(cfg.bindings, dir.join("state/bindings.json"));
+        assert_eq!(cfg.source, Source::File(dir.join("state/bindings.json")));
 
         std::fs::write(&path, MINIMAL).unwrap();
         let cfg = Config::load(&path).unwrap();
-        assert_eq!(cfg.bindings, PathBuf::from("/etc/datapath/bindings.json"));
+        assert_eq!(cfg.source, Source::File("/etc/datapath/bindings.json".into()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

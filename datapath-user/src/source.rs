@@ -1,5 +1,6 @@
-//! The binding source: the bindings file, re-read when it changes. A file that
-//! does not parse is reported and the last good bindings stay in force.
+//! The binding sources: the bindings file, re-read when it changes, or
+//! neutron-server (`neutron::l2agent`). A file that does not parse is reported
+//! and the last good bindings stay in force.
 
 use std::{
     os::unix::fs::MetadataExt,
@@ -7,6 +8,89 @@ use std::{
 };
 
 use crate::bindings::Bindings;
+use crate::desired::PortReport;
+use crate::netlink::Devices;
+use crate::neutron::l2agent::NeutronSource;
+
+/// The one active source of bindings.
+pub enum Source {
+    /// A bindings file.
+    File(BindingSource),
+    /// neutron-server over the agent RPC.
+    Neutron(NeutronSource),
+}
+
+impl Source {
+    /// Takes in what changed. Returns true when the good bindings changed.
+    pub fn poll(&mut self) -> bool {
+        match self {
+            Source::File(f) => f.poll(),
+            Source::Neutron(n) => n.poll(),
+        }
+    }
+
+    /// Waits until the source has news (the file is polled instead).
+    pub async fn changed(&mut self) {
+        match self {
+            Source::File(_) => std::future::pending().await,
+            Source::Neutron(n) => n.changed().await,
+        }
+    }
+
+    /// The bindings in force, if any ever were.
+    pub fn good(&self) -> Option<&Bindings> {
+        match self {
+            Source::File(f) => f.good(),
+            Source::Neutron(n) => n.good(),
+        }
+    }
+
+    /// Why the source is not in force or not healthy, if so.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Source::File(f) => f.error().map(str::to_owned),
+            Source::Neutron(n) => n.error(),
+        }
+    }
+
+    /// `file` or `neutron`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Neutron(_) => "neutron",
+        }
+    }
+
+    /// Where the bindings come from: the file's path, or the transport URL.
+    pub fn location(&self) -> String {
+        match self {
+            Source::File(f) => f.path().display().to_string(),
+            Source::Neutron(n) => n.url().to_string(),
+        }
+    }
+
+    /// How the source is doing, in one line (the file has nothing to add to `error`).
+    pub fn health(&self) -> Option<String> {
+        match self {
+            Source::File(_) => None,
+            Source::Neutron(n) => Some(n.health().describe()),
+        }
+    }
+
+    /// After a reconciliation: the state of every port, for the Neutron source to report.
+    pub fn observe(&self, ports: &[PortReport]) {
+        if let Source::Neutron(n) = self {
+            n.observe(ports);
+        }
+    }
+
+    /// Without bindings yet: the devices present, so that the Neutron source asks about their taps.
+    pub fn observe_devices(&self, devices: &Devices) {
+        if let Source::Neutron(n) = self {
+            n.observe_devices(devices);
+        }
+    }
+}
 
 /// Identifies one version of the file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -127,14 +127,14 @@ async fn plugin_calls_round_trip() {
         devices: 0,
         uuid: new_id(),
     };
-    assert_eq!(p.report_state_call(&state).await.unwrap(), "new");
+    assert_eq!(p.report_state(&state, true).await.unwrap(), "new");
     let d = p.devices_details(&["tapda64417a-c3".into()]).await.unwrap();
     assert_eq!(d.refused, vec![]);
     assert_eq!(
         (d.devices[0].port_id.as_str(), d.devices[0].segmentation_id),
         ("da64417a-c3-0000", Some(458))
     );
-    let r = p.update_device_list(&["tapda64417a-c3".into()], &[]).await.unwrap();
+    let r = p.update_device_list(&["tapda64417a-c3".into()], &[], false).await.unwrap();
     assert_eq!(r.devices_up, vec!["tapda64417a-c3"]);
 }
 

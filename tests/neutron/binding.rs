@@ -137,3 +137,52 @@ fn ports_bind_where_a_live_agent_maps_the_segment() {
             .unwrap();
     assert_bound_by_us(&n, &port, vlan_only, "vlan1002 on the VLAN-only host");
 }
+
+#[test]
+fn the_agent_rpc_client_gets_details_and_sets_ports_up_on_a_real_server() {
+    use datapath_user::neutron::{plugin::Plugin, rpc::Rpc, transport::TransportUrl};
+    let n = Neutron::start().expect("starting neutron");
+    agent_alive(&n, "node-rpc", &[]).unwrap();
+    let port =
+        vm_port(&n, "vlan1003", Provider::Vlan { physnet: "default", id: 1003 }, "10.9.0.0/24", "node-rpc")
+            .unwrap();
+    // Through a node's namespace and its proxy to the bus, as the agents under test connect;
+    // on a thread of its own, so that the API calls here stay in this namespace.
+    let ns = datapath_tests::netns::Netns::new("rpcnode").unwrap();
+    let _proxy = datapath_tests::neutron::BusProxy::start(&ns).unwrap();
+    let url = TransportUrl::parse(&n.transport_url()).unwrap();
+    let port_id = id(&port).to_string();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _inside = datapath_tests::netns::ThreadNetns::enter(&ns).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (rpc, _incoming) =
+                    Rpc::start(url, datapath_user::neutron::notify::subscriptions("node-rpc"));
+                rpc.wait_connected(Duration::from_secs(10)).await.unwrap();
+                let p = Plugin::new(rpc, "node-rpc");
+                let tap = format!("tap{}", &port_id[..11]);
+                let d = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    p.devices_details(std::slice::from_ref(&tap)),
+                )
+                .await
+                .expect("details within 30 s")
+                .unwrap();
+                assert_eq!(d.devices.len(), 1, "{d:?}");
+                assert_eq!(d.devices[0].port_id, port_id);
+                let up = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    p.update_device_list(std::slice::from_ref(&port_id), &[], true),
+                )
+                .await
+                .expect("update_device_list within 30 s")
+                .unwrap();
+                assert_eq!(up.devices_up, vec![port_id.clone()], "{up:?}");
+            });
+        })
+        .join()
+        .expect("the RPC thread panicked");
+    });
+    assert_eq!(n.api().port(id(&port)).unwrap()["status"], "ACTIVE");
+}

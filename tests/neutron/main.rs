@@ -3,3 +3,4 @@
 //! operator drive it. Each test starts its own server, database and vhost.
 
 mod binding;
+mod l2agent;

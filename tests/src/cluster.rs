@@ -116,6 +116,12 @@ impl Vm {
         self.ns.exec(&["ping", "-c", &c, "-i", "0.2", "-W", "1", ip]).is_ok()
     }
 
+    /// Whether `count` pings from source address `src` to `ip` get answers.
+    pub fn ping_from(&self, src: &str, ip: &str, count: u32) -> bool {
+        let c = count.to_string();
+        self.ns.exec(&["ping", "-c", &c, "-i", "0.2", "-W", "1", "-I", src, ip]).is_ok()
+    }
+
     /// Pings until one answer comes back or `timeout` passes.
     pub fn ping_until(&self, ip: &str, timeout: Duration) -> bool {
         let start = Instant::now();
@@ -230,6 +236,8 @@ pub struct Node {
     pub ns: Netns,
     pub config: PathBuf,
     pub agent: Option<AgentProc>,
+    /// The node's way to the message bus, when its agent takes its ports from neutron-server.
+    pub bus: Option<crate::neutron::BusProxy>,
 }
 
 impl Node {
@@ -377,7 +385,24 @@ impl Cluster {
                     self.dir.join(format!("{name}.sock")).display()
                 ),
         )?;
-        self.nodes.push(Node { name: name.into(), ns, config, agent: None });
+        self.nodes.push(Node { name: name.into(), ns, config, agent: None, bus: None });
+        Ok(())
+    }
+
+    /// Makes every node's agent take its ports from neutron-server at
+    /// `transport_url` (on the host's loopback, reached through a `BusProxy`)
+    /// instead of the bindings file, reporting every `report_interval` seconds.
+    pub fn use_neutron(&mut self, transport_url: &str, report_interval: u32) -> Result<()> {
+        let line = format!("bindings = \"{}\"", self.bindings.display());
+        for n in &mut self.nodes {
+            let text = fs::read_to_string(&n.config)?;
+            let text = text.replace(
+                &line,
+                &format!("transport_url = \"{transport_url}\"\nreport_interval = {report_interval}"),
+            );
+            fs::write(&n.config, text)?;
+            n.bus = Some(crate::neutron::BusProxy::start(&n.ns)?);
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! after a grace period) and the database, the vhost and their users dropped.
 
 mod agent;
+mod bus;
 mod rest;
 mod services;
 
@@ -26,6 +27,7 @@ use std::{
 
 pub use agent::{AGENT_TYPE, report_state};
 use anyhow::{Context, Result, bail};
+pub use bus::BusProxy;
 pub use rest::{Api, PROJECT, Provider};
 use serde_json::Value;
 

@@ -65,7 +65,7 @@ impl Layer {
     }
 
     fn needs_bin(self) -> bool {
-        matches!(self, Layer::Topology | Layer::Soak | Layer::Guest | Layer::LtsKernel)
+        matches!(self, Layer::Topology | Layer::Soak | Layer::Neutron | Layer::Guest | Layer::LtsKernel)
     }
 
     fn needs_guest(self) -> bool {
@@ -175,7 +175,7 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
             (Layer::LtsKernel, Some(g), Some(bin)) => run_in_guest(g, &obj, bin, next.as_deref(), extra)?,
             (Layer::Neutron, _, _) => {
                 let venv = venv.as_deref().expect("set up when the layer is selected");
-                run_layer(layer, &obj, None, None, None, &[("DATAPATH_NEUTRON_VENV", venv)], extra)?
+                run_layer(layer, &obj, bin.as_deref(), None, None, &[("DATAPATH_NEUTRON_VENV", venv)], extra)?
             }
             _ => run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), &[], extra)?,
         };

@@ -36,7 +36,8 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
-pub(super) fn device_name(id: &str) -> String {
+/// The device name Nova and Neutron give a port: "tap" + the first 11 characters of its id.
+pub fn device_name(id: &str) -> String {
     let head: String = id.chars().take(DEVICE_ID_CHARS).collect();
     format!("tap{head}")
 }

@@ -13,5 +13,5 @@ mod addr;
 mod model;
 mod parse;
 
-pub use addr::{format_mac, parse_mac};
+pub use addr::{device_name, format_mac, parse_mac};
 pub use model::{AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal};

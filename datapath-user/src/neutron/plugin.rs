@@ -216,21 +216,23 @@ impl Plugin {
         Self { rpc, host: host.to_string(), agent_id: format!("ebpfdp-{host}") }
     }
 
-    /// The first state report, as a call: returns neutron's `"new"` or `"alive"`.
-    pub async fn report_state_call(&self, state: &AgentState) -> Result<String> {
+    /// A state report, as a call (as the OVS agent makes it): neutron answers
+    /// `"new"`, `"alive"` or `"revived"`. `start_flag` marks the first of a run.
+    pub async fn report_state(&self, state: &AgentState, start_flag: bool) -> Result<String> {
         let r = self
             .rpc
-            .call(REPORTS_TOPIC, "report_state", state.args(true, SystemTime::now()), "1.4", REPORT_TIMEOUT)
+            .call(
+                REPORTS_TOPIC,
+                "report_state",
+                state.args(start_flag, SystemTime::now()),
+                "1.4",
+                REPORT_TIMEOUT,
+            )
             .await?;
         match r {
             Value::String(s) => Ok(s),
             other => bail!("report_state answered {}, expected a string", excerpt(&other.to_string())),
         }
-    }
-
-    /// A periodic state report, as a cast.
-    pub async fn report_state_cast(&self, state: &AgentState) -> Result<()> {
-        self.rpc.cast(REPORTS_TOPIC, "report_state", state.args(false, SystemTime::now()), "1.4").await
     }
 
     /// Details of `devices` (tap names); see [`port_prefix`] for the names sent.
@@ -244,11 +246,19 @@ impl Plugin {
         parse_details(&r)
     }
 
-    /// Tells neutron which devices are up (the port goes ACTIVE) and down.
-    pub async fn update_device_list(&self, up: &[String], down: &[String]) -> Result<DeviceListResult> {
-        let args =
-            json!({"devices_up": up, "devices_down": down, "agent_id": self.agent_id, "host": self.host});
-        let r = self.rpc.call(PLUGIN_TOPIC, "update_device_list", args, "1.5", CALL_TIMEOUT).await?;
+    /// Tells neutron which devices are up (the port goes ACTIVE) and down. With
+    /// `refresh_tunnels`, l2population sends this host the full FDB of the
+    /// networks of the ports set up (what the OVS agent asks after a restart).
+    pub async fn update_device_list(
+        &self,
+        up: &[String],
+        down: &[String],
+        refresh_tunnels: bool,
+    ) -> Result<DeviceListResult> {
+        let args = json!({"devices_up": up, "devices_down": down, "agent_id": self.agent_id, "host": self.host,
+                          "refresh_tunnels": refresh_tunnels});
+        // 1.9 added refresh_tunnels (neutron/agent/rpc.py, PluginApi.update_device_list).
+        let r = self.rpc.call(PLUGIN_TOPIC, "update_device_list", args, "1.9", CALL_TIMEOUT).await?;
         DeviceListResult::deserialize(&r)
             .with_context(|| format!("update_device_list answered {}", excerpt(&r.to_string())))
     }

@@ -209,6 +209,7 @@ impl Rpc {
                 properties(Some(timeout.as_millis())),
             )
             .await;
+        log::debug!("{what}: published as {msg_id}");
         let outcome = match published {
             Ok(_) => tokio::time::timeout(timeout, rx).await,
             Err(e) => return Err(anyhow!(e)).with_context(|| format!("{what}: publishing")),
@@ -386,6 +387,7 @@ fn on_reply(inner: &Inner, body: &[u8]) {
             return;
         }
     };
+    log::debug!("reply to call {} (ending: {})", reply.msg_id, reply.ending);
     // oslo may send the result and a separate empty `ending` message; the first one answers the call.
     match lock(&inner.pending).remove(&reply.msg_id) {
         Some(tx) => {
