@@ -307,3 +307,149 @@ fn without_the_bus_the_datapath_keeps_forwarding_and_catches_up_after() {
     let status = c.cli_json("node0", &["status"]).unwrap();
     assert_eq!(status["bindings_error"], Value::Null, "{status:#}");
 }
+
+/// The ports of `node` as `datapath ports` lists them: (port id, device, state).
+fn ports_of(c: &Cluster, node: &str) -> Vec<(String, String, String)> {
+    let v = c.cli_json(node, &["ports"]).unwrap_or_default();
+    v["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                    (s("port_id"), s("device"), s("state"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_agent_resyncs_with_neutron_and_keeps_nothing_stale() {
+    let n = Neutron::start().expect("starting neutron");
+    let mut c = cluster("nkill", &n, 2, false).unwrap();
+    agents_alive(&n, &c, &["node0", "node1"]);
+    let net =
+        network(&n, "vlan1002", Provider::Vlan { physnet: "default", id: 1002 }, "10.40.0.0/24").unwrap();
+    let api = n.api();
+    let a = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
+    let b = spec(&api.create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
+    let gone = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
+    for (node, p) in [("node0", &a), ("node1", &b), ("node0", &gone)] {
+        c.add_vm(node, p.clone()).unwrap();
+    }
+    for p in [&a, &b, &gone] {
+        wait_status(&n, &c, &p.id, "ACTIVE");
+    }
+    for vm in &c.vms {
+        vm.set_static_ip().unwrap();
+    }
+    let (ia, ig) = (0, 2);
+    assert!(c.vms[ia].reaches(&b.ip));
+    assert!(c.vms[ig].reaches(&b.ip));
+
+    // SIGKILL node0's agent while a ping runs; meanwhile a port goes (with its tap)
+    // and another comes.
+    let mut ping = c.vms[ia].ns.spawn(&["ping", "-c", "60", "-i", "0.1", "-W", "1", &b.ip]).unwrap();
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
+    api.delete_port(&gone.id).unwrap();
+    c.node("node0").ns.exec(&["ip", "link", "del", &gone.device()]).unwrap();
+    let late = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
+    let il = c.add_vm("node0", late.clone()).unwrap();
+    c.start_agent("node0").unwrap();
+    wait_status(&n, &c, &late.id, "ACTIVE");
+    c.vms[il].set_static_ip().unwrap();
+    assert!(c.vms[il].reaches(&b.ip), "the port created while the agent was dead: {}", logs(&c, &n));
+    let out = ping.wait_timeout(Duration::from_secs(30)).unwrap();
+    let text = ping.output();
+    assert!(
+        out.is_some_and(|s| s.success()) && text.contains(" 0% packet loss"),
+        "replies lost across the kill and restart: {text}"
+    );
+    let ports = ports_of(&c, "node0");
+    assert!(
+        !ports.iter().any(|(id, dev, _)| *id == gone.id || *dev == gone.device()),
+        "the port deleted while the agent was dead is still there: {ports:?}"
+    );
+    let fdb = c.cli_json("node0", &["fdb"]).unwrap();
+    assert!(!fdb.to_string().contains(&gone.mac), "its MAC is still in node0's FDB: {fdb:#}");
+    let mut bound: Vec<_> = ports
+        .iter()
+        .filter(|(id, _, state)| !id.is_empty() && state == "up")
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    bound.sort();
+    let mut want = vec![a.id.clone(), late.id.clone()];
+    want.sort();
+    assert_eq!(bound, want, "a and the late port, nothing else: {ports:?}");
+}
+
+#[test]
+fn bad_messages_from_the_bus_are_logged_and_change_nothing() {
+    let n = Neutron::start().expect("starting neutron");
+    let mut c = cluster("nbad", &n, 2, false).unwrap();
+    agents_alive(&n, &c, &["node0", "node1"]);
+    let net =
+        network(&n, "vlan1004", Provider::Vlan { physnet: "default", id: 1004 }, "10.50.0.0/24").unwrap();
+    let api = n.api();
+    let a = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
+    let b = spec(&api.create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    for p in [&a, &b] {
+        wait_status(&n, &c, &p.id, "ACTIVE");
+    }
+    for vm in [ia, ib] {
+        c.vms[vm].set_static_ip().unwrap();
+    }
+    assert!(c.vms[ia].reaches(&b.ip));
+
+    let envelope = |inner: serde_json::Value| {
+        json!({"oslo.version": "2.0", "oslo.message": inner.to_string()}).to_string().into_bytes()
+    };
+    let bad: [(&str, Vec<u8>, &str); 4] = [
+        ("q-agent-notifier-port-update_fanout", b"{not json".to_vec(), "not an oslo 2.0 envelope"),
+        (
+            "q-agent-notifier-port-delete_fanout",
+            envelope(json!({"method": "port_delete", "args": {}, "version": "1.0"})),
+            "port_id",
+        ),
+        (
+            "q-agent-notifier-l2population-update_fanout",
+            envelope(
+                json!({"method": "add_fdb_entries", "args": {"fdb_entries": {"n": {"network_type": "vxlan",
+                "ports": {"not-an-ip": [["fa:16:3e:00:00:01", "10.0.0.1"]]}}}}}),
+            ),
+            "not-an-ip",
+        ),
+        (
+            "q-agent-notifier-port-update_fanout",
+            envelope(json!({"method": "frobnicate", "args": {}, "version": "1.0"})),
+            "frobnicate",
+        ),
+    ];
+    for (exchange, body, _) in &bad {
+        datapath_tests::neutron::publish(&n.amqp_url(), exchange, "", body).unwrap();
+    }
+    for node in ["node0", "node1"] {
+        let agent = c.nodes.iter_mut().find(|x| x.name == node).unwrap().agent.as_mut().unwrap();
+        for (_, _, says) in &bad {
+            let ok = wait_until(Duration::from_secs(10), || agent.log_text().contains(says));
+            assert!(ok, "{node}'s log does not name {says:?}:\n{}", agent.log_text());
+        }
+        assert!(agent.running(), "{node}'s agent died of bad input");
+    }
+    // A port_delete for a port this node does not have, twice, changes nothing either.
+    let stray = envelope(
+        json!({"method": "port_delete", "args": {"port_id": "00000000-dead-beef-0000-000000000000"}}),
+    );
+    for _ in 0..2 {
+        datapath_tests::neutron::publish(&n.amqp_url(), "q-agent-notifier-port-delete_fanout", "", &stray)
+            .unwrap();
+    }
+    assert!(c.vms[ia].ping(&b.ip, 3), "forwarding after bad input: {}", logs(&c, &n));
+    for p in [&a, &b] {
+        assert_eq!(api.port(&p.id).unwrap()["status"], "ACTIVE");
+    }
+}

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use agent::{AGENT_TYPE, report_state};
+pub use agent::{AGENT_TYPE, publish, report_state};
 use anyhow::{Context, Result, bail};
 pub use bus::BusProxy;
 pub use rest::{Api, PROJECT, Provider};

@@ -33,6 +33,12 @@ pub fn report_state(amqp_url: &str, host: &str, configurations: Value) -> Result
     });
     // oslo.messaging's envelope: the message is a JSON string inside the JSON body.
     let body = json!({"oslo.version": "2.0", "oslo.message": message.to_string()}).to_string();
+    // Exchange `neutron` and the reports topic, which neutron-rpc-server consumes.
+    publish(amqp_url, "neutron", "q-reports-plugin", body.as_bytes())
+}
+
+/// Publishes `body` as it is to `exchange` with `routing_key` (to send agents bad input).
+pub fn publish(amqp_url: &str, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,19 +52,12 @@ pub fn report_state(amqp_url: &str, host: &str, configurations: Value) -> Result
             .with_content_type("application/json".into())
             .with_content_encoding("utf-8".into())
             .with_delivery_mode(2);
-        // Exchange `neutron` and the reports topic, which neutron-rpc-server consumes.
         channel
-            .basic_publish(
-                "neutron".into(),
-                "q-reports-plugin".into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                props,
-            )
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, props)
             .await
-            .context("publishing report_state")?
+            .with_context(|| format!("publishing to {exchange}/{routing_key}"))?
             .await
-            .context("publishing report_state")?;
+            .with_context(|| format!("publishing to {exchange}/{routing_key}"))?;
         conn.close(200, "done".into()).await.context("closing the AMQP connection")?;
         Ok(())
     })
