@@ -255,25 +255,32 @@ fn alive(n: &Neutron, host: &str) -> Result<bool> {
     Ok(agents[0]["alive"] == json!(true))
 }
 
-#[test]
-fn without_the_bus_the_datapath_keeps_forwarding_and_catches_up_after() {
+/// Neutron, two nodes, a VLAN network and a VM port on each node, ACTIVE and reaching each other.
+fn two_nodes_one_vm_each(tag: &str, vlan: u32, cidr: &str) -> (Neutron, Cluster, Value, PortSpec, PortSpec) {
     let n = Neutron::start().expect("starting neutron");
-    let mut c = cluster("nbus", &n, 2, false).unwrap();
+    let mut c = cluster(tag, &n, 2, false).unwrap();
     agents_alive(&n, &c, &["node0", "node1"]);
-    let net =
-        network(&n, "vlan1001", Provider::Vlan { physnet: "default", id: 1001 }, "10.30.0.0/24").unwrap();
-    let api = n.api();
-    let a = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
-    let b = spec(&api.create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
-    let ia = c.add_vm("node0", a.clone()).unwrap();
-    let ib = c.add_vm("node1", b.clone()).unwrap();
+    let name = format!("vlan{vlan}");
+    let net = network(&n, &name, Provider::Vlan { physnet: "default", id: vlan }, cidr).unwrap();
+    let a = spec(&n.api().create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
+    let b = spec(&n.api().create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
+    c.add_vm("node0", a.clone()).unwrap();
+    c.add_vm("node1", b.clone()).unwrap();
     for p in [&a, &b] {
         wait_status(&n, &c, &p.id, "ACTIVE");
     }
-    for vm in [ia, ib] {
-        c.vms[vm].set_static_ip().unwrap();
+    for vm in &c.vms {
+        vm.set_static_ip().unwrap();
     }
-    assert!(c.vms[ia].reaches(&b.ip));
+    assert!(c.vms[0].reaches(&b.ip));
+    (n, c, net, a, b)
+}
+
+#[test]
+fn without_the_bus_the_datapath_keeps_forwarding_and_catches_up_after() {
+    let (n, mut c, net, a, b) = two_nodes_one_vm_each("nbus", 1001, "10.30.0.0/24");
+    let api = n.api();
+    let ia = 0;
 
     // Both nodes lose the bus while a ping runs: not one reply is lost.
     let ping = c.vms[ia].ns.spawn(&["ping", "-c", "40", "-i", "0.1", "-W", "1", &b.ip]).unwrap();
@@ -387,23 +394,9 @@ fn a_killed_agent_resyncs_with_neutron_and_keeps_nothing_stale() {
 
 #[test]
 fn bad_messages_from_the_bus_are_logged_and_change_nothing() {
-    let n = Neutron::start().expect("starting neutron");
-    let mut c = cluster("nbad", &n, 2, false).unwrap();
-    agents_alive(&n, &c, &["node0", "node1"]);
-    let net =
-        network(&n, "vlan1004", Provider::Vlan { physnet: "default", id: 1004 }, "10.50.0.0/24").unwrap();
+    let (n, mut c, _, a, b) = two_nodes_one_vm_each("nbad", 1004, "10.50.0.0/24");
     let api = n.api();
-    let a = spec(&api.create_port(id(&net), "node0", "compute:nova").unwrap(), "node0");
-    let b = spec(&api.create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
-    let ia = c.add_vm("node0", a.clone()).unwrap();
-    let ib = c.add_vm("node1", b.clone()).unwrap();
-    for p in [&a, &b] {
-        wait_status(&n, &c, &p.id, "ACTIVE");
-    }
-    for vm in [ia, ib] {
-        c.vms[vm].set_static_ip().unwrap();
-    }
-    assert!(c.vms[ia].reaches(&b.ip));
+    let ia = 0;
 
     let envelope = |inner: serde_json::Value| {
         json!({"oslo.version": "2.0", "oslo.message": inner.to_string()}).to_string().into_bytes()
