@@ -166,6 +166,10 @@ fn the_seed_scenario_through_neutron_on_a_vlan_network() {
     // admin_state_up false: the port stops forwarding and goes DOWN; true brings it back.
     api.update_port(&b.id, json!({"admin_state_up": false})).unwrap();
     wait_status(&n, &c, &b.id, "DOWN");
+    let ok = wait_until(Duration::from_secs(20), || {
+        ports_of(&c, "node1").iter().any(|(id, _, state)| *id == b.id && state == "admin_down")
+    });
+    assert!(ok, "node1 did not take the port down: {:?}\n{}", ports_of(&c, "node1"), logs(&c, &n));
     assert!(
         !c.vms[ib].ping(&a.ip, 2),
         "an admin-down port forwarded: {:#}\n{}",
