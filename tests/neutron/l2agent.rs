@@ -101,6 +101,13 @@ fn wait_status(n: &Neutron, c: &Cluster, port: &str, status: &str) -> Duration {
     start.elapsed()
 }
 
+/// Waits for a running `ping` and fails unless every request got its reply.
+fn assert_no_loss(ping: &mut datapath_tests::netns::NsChild, timeout: Duration, what: &str) {
+    let out = ping.wait_timeout(timeout).unwrap();
+    let text = ping.output();
+    assert!(out.is_some_and(|s| s.success()) && text.contains(" 0% packet loss"), "{what}: {text}");
+}
+
 /// A network with a subnet; returns the network.
 fn network(n: &Neutron, name: &str, provider: Provider, cidr: &str) -> Result<Value> {
     let net = n.api().create_network(name, provider).with_context(|| format!("creating {name}"))?;
@@ -300,12 +307,7 @@ fn without_the_bus_the_datapath_keeps_forwarding_and_catches_up_after() {
     let late = spec(&api.create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
     let il = c.add_vm("node1", late.clone()).unwrap();
     let mut ping = ping;
-    let out = ping.wait_timeout(Duration::from_secs(20)).unwrap();
-    let text = ping.output();
-    assert!(
-        out.is_some_and(|s| s.success()) && text.contains(" 0% packet loss"),
-        "lost replies without the bus: {text}"
-    );
+    assert_no_loss(&mut ping, Duration::from_secs(20), "lost replies without the bus");
     assert_eq!(api.port(&late.id).unwrap()["status"], "DOWN", "wired without a bus?");
 
     for node in &c.nodes {
@@ -372,12 +374,7 @@ fn a_killed_agent_resyncs_with_neutron_and_keeps_nothing_stale() {
     wait_status(&n, &c, &late.id, "ACTIVE");
     c.vms[il].set_static_ip().unwrap();
     assert!(c.vms[il].reaches(&b.ip), "the port created while the agent was dead: {}", logs(&c, &n));
-    let out = ping.wait_timeout(Duration::from_secs(30)).unwrap();
-    let text = ping.output();
-    assert!(
-        out.is_some_and(|s| s.success()) && text.contains(" 0% packet loss"),
-        "replies lost across the kill and restart: {text}"
-    );
+    assert_no_loss(&mut ping, Duration::from_secs(30), "replies lost across the kill and restart");
     let ports = ports_of(&c, "node0");
     assert!(
         !ports.iter().any(|(id, dev, _)| *id == gone.id || *dev == gone.device()),
@@ -449,4 +446,23 @@ fn bad_messages_from_the_bus_are_logged_and_change_nothing() {
     for p in [&a, &b] {
         assert_eq!(api.port(&p.id).unwrap()["status"], "ACTIVE");
     }
+}
+
+#[test]
+fn without_neutron_server_the_datapath_keeps_forwarding_and_wires_ports_after() {
+    let (mut n, mut c, net, a, b) = two_nodes_one_vm_each("nsrv", 1005, "10.60.0.0/24");
+    let mut ping = c.vms[0].ns.spawn(&["ping", "-c", "100", "-i", "0.1", "-W", "1", &b.ip]).unwrap();
+    n.stop_rpc_server();
+    // The API still takes a port; its tap is plugged while nobody serves the agents.
+    let late = spec(&n.api().create_port(id(&net), "node1", "compute:nova").unwrap(), "node1");
+    let il = c.add_vm("node1", late.clone()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(n.api().port(&late.id).unwrap()["status"], "DOWN", "wired without neutron-server?");
+    n.start_rpc_server().unwrap();
+    wait_status(&n, &c, &late.id, "ACTIVE");
+    c.vms[il].set_static_ip().unwrap();
+    assert!(c.vms[il].reaches(&a.ip), "the port plugged while neutron-server was down: {}", logs(&c, &n));
+    assert_no_loss(&mut ping, Duration::from_secs(30), "replies lost while neutron-server was down");
+    let ok = wait_until(Duration::from_secs(30), || alive(&n, "node0").unwrap_or(false));
+    assert!(ok, "node0's agent is not alive again: {}", logs(&c, &n));
 }

@@ -227,16 +227,7 @@ impl Neutron {
 
     fn spawn_servers(&mut self, venv: &Path) -> Result<()> {
         let dir = self.dir.path().to_path_buf();
-        let mut rpc = Command::new(venv.join("bin/neutron-rpc-server"));
-        rpc.args([
-            "--config-file",
-            "neutron.conf",
-            "--config-file",
-            "ml2_conf.ini",
-            "--log-file",
-            "rpc-server.log",
-        ]);
-        self.rpc_server = Some(self.spawn(rpc, "rpc-server.out")?);
+        self.rpc_server = Some(self.spawn(rpc_server(venv), "rpc-server.out")?);
         let port = self.port;
         let mut api = Command::new(venv.join("bin/gunicorn"));
         api.arg("neutron_wsgi:application")
@@ -301,6 +292,37 @@ impl Neutron {
         Ok(())
     }
 
+    /// Stops the RPC server (the agents' side of neutron-server); the API stays up.
+    pub fn stop_rpc_server(&mut self) {
+        if let Some(mut c) = self.rpc_server.take() {
+            signal_group(&c, libc::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            signal_group(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the RPC server again and waits until its worker consumes.
+    pub fn start_rpc_server(&mut self) -> Result<()> {
+        let log = self.logs_dir().join("rpc-server.log");
+        let count =
+            || fs::read_to_string(&log).map(|l| l.matches("RpcWorker start finished").count()).unwrap_or(0);
+        let before = count();
+        self.rpc_server =
+            Some(self.spawn(rpc_server(&venv()), &format!("rpc-server-{}.out", crate::next_id()))?);
+        let start = Instant::now();
+        while count() == before {
+            if start.elapsed() > START_TIMEOUT {
+                bail!("the RPC server did not start again within {START_TIMEOUT:?}:\n{}", self.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
     fn stop_servers(&mut self) {
         let mut children: Vec<Child> =
             [self.rpc_server.take(), self.api_server.take()].into_iter().flatten().collect();
@@ -343,6 +365,20 @@ impl Drop for Neutron {
             }
         }
     }
+}
+
+/// neutron-rpc-server as the instance runs it (from its directory, logging to rpc-server.log).
+fn rpc_server(venv: &Path) -> Command {
+    let mut rpc = Command::new(venv.join("bin/neutron-rpc-server"));
+    rpc.args([
+        "--config-file",
+        "neutron.conf",
+        "--config-file",
+        "ml2_conf.ini",
+        "--log-file",
+        "rpc-server.log",
+    ]);
+    rpc
 }
 
 /// Sends `sig` to the process group `child` leads.
