@@ -73,6 +73,9 @@ enum Command {
         /// Keep the cluster up until Enter is pressed.
         #[arg(long)]
         pause: bool,
+        /// Through a real neutron-server: ports bound by the ML2 driver, agents on the agent RPC.
+        #[arg(long)]
+        neutron: bool,
     },
     /// Benchmark the datapath against a legacy-like hybrid chain; results in target/bench/.
     Bench {
@@ -142,7 +145,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Demo { pause } => demo::demo(pause)?,
+        Command::Demo { pause, neutron } => demo::demo(pause, neutron)?,
         Command::Bench { quick } => {
             let obj = ebpf::build()?;
             bench::run(&obj, &user::build(&obj, true)?, quick)?;

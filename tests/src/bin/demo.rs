@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use datapath_tests::{
     capture::Capture,
     cluster::{Cluster, PortSpec, datapath_bin, network_json},
+    neutron::{Neutron, Provider},
+    wait_until,
 };
 use serde_json::json;
 
@@ -60,7 +62,8 @@ fn main() {
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let pause = std::env::args().any(|a| a == "--pause");
-    match run(pause) {
+    let result = if std::env::args().any(|a| a == "--neutron") { run_neutron(pause) } else { run(pause) };
+    match result {
         Ok(()) => println!("\nTorn down: namespaces, agents, pins. Bye."),
         Err(e) => {
             eprintln!("\ndemo stopped: {e:#} (everything it built has been removed)");
@@ -155,6 +158,10 @@ fn run(pause: bool) -> Result<()> {
     let spec = format!("arp who-has {} from {} 10.10.10.66", vm2.ip, vm1.mac);
     datapath(&c, "node0", &["trace", "--port", &vm1.device(), "--frame", &spec])?;
 
+    finish(pause)
+}
+
+fn finish(pause: bool) -> Result<()> {
     if pause {
         println!("\nThe cluster stays up; press Enter (or Ctrl-C) to tear it down.");
         let mut line = String::new();
@@ -162,4 +169,105 @@ fn run(pause: bool) -> Result<()> {
     }
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+/// The port as the cluster plugs it (tap name, MAC, fixed IP) from neutron's answer.
+fn plugged(port: &serde_json::Value, host: &str) -> PortSpec {
+    let s = |k: &str| port[k].as_str().unwrap_or_default().to_string();
+    let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap_or_default();
+    let mut p = PortSpec::vm(&s("id"), &s("network_id"), &s("mac_address"), ip, host);
+    p.owner = s("device_owner");
+    p
+}
+
+/// The same story, with neutron-server binding the ports and the agents taking
+/// them over Neutron's agent RPC, as in a cloud.
+fn run_neutron(pause: bool) -> Result<()> {
+    step(1, "A real neutron-server (API + RPC server, RabbitMQ, MariaDB) with the datapath ML2 driver")?;
+    let n = Neutron::start()?;
+    println!("API at {}; mechanism_drivers = datapath,l2population", n.api().base());
+
+    step(2, "Two nodes, one datapath agent each, taking their ports from neutron over the bus")?;
+    let mut c = Cluster::new("demo", 2)?;
+    c.use_neutron(&n.transport_url(), 5)?;
+    println!("{}", std::fs::read_to_string(&c.node("node0").config)?);
+    c.start_agent("node0")?;
+    c.start_agent("node1")?;
+    let alive = wait_until(Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(300));
+        n.api().agents(None).is_ok_and(|a| a.iter().filter(|a| a["alive"] == json!(true)).count() == 2)
+    });
+    if !alive {
+        bail!("the agents did not come alive in neutron");
+    }
+    println!("GET /v2.0/agents:");
+    for a in n.api().agents(None)? {
+        println!(
+            "  {:<6} {:<22} binary {:<9} alive {}",
+            a["host"].as_str().unwrap_or("?"),
+            a["agent_type"].as_str().unwrap_or("?"),
+            a["binary"].as_str().unwrap_or("?"),
+            a["alive"]
+        );
+    }
+
+    step(
+        3,
+        "As an operator and Nova would: network net1 (VLAN 1000), a subnet, a DHCP port and a VM port per node",
+    )?;
+    let api = n.api();
+    let net = api.create_network("net1", Provider::Vlan { physnet: "default", id: 1000 })?;
+    let net_id = net["id"].as_str().context("network without id")?.to_string();
+    api.create_subnet(&net_id, "10.10.10.0/24")?;
+    let dhcp = plugged(&api.create_port(&net_id, "node0", "network:dhcp")?, "node0");
+    let vm1 = plugged(&api.create_port(&net_id, "node0", "compute:nova")?, "node0");
+    let vm2 = plugged(&api.create_port(&net_id, "node1", "compute:nova")?, "node1");
+    for (name, p) in [("dhcp", &dhcp), ("vm-1", &vm1), ("vm-2", &vm2)] {
+        let v = api.port(&p.id)?;
+        println!(
+            "{name:<5} {} {} on {}: vif_type {}, status {}",
+            p.id,
+            p.ip,
+            p.host,
+            v["binding:vif_type"].as_str().unwrap_or("?"),
+            v["status"].as_str().unwrap_or("?")
+        );
+    }
+
+    step(4, "Nova plugs the taps; the agents ask neutron for the details, program them, and report them up")?;
+    let started = std::time::Instant::now();
+    c.add_dhcp("node0", dhcp.clone(), &[(&vm1.mac, &vm1.ip), (&vm2.mac, &vm2.ip)], None)?;
+    let a = c.add_vm("node0", vm1.clone())?;
+    let b = c.add_vm("node1", vm2.clone())?;
+    for (name, p) in [("dhcp", &dhcp), ("vm-1", &vm1), ("vm-2", &vm2)] {
+        let active = wait_until(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_millis(20));
+            api.port(&p.id).is_ok_and(|v| v["status"] == "ACTIVE")
+        });
+        if !active {
+            bail!("{name} did not go ACTIVE");
+        }
+        println!(
+            "{name:<5} {} ACTIVE ({:.0} ms after the taps were plugged)",
+            p.device(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    let wire = Capture::start(&c.phys, "up-node0", "")?;
+
+    step(5, "DHCP from dnsmasq, then ping vm-1 (node0) -> vm-2 (node1)")?;
+    let script = c.udhcpc_script()?;
+    for (i, name) in [(a, "vm-1"), (b, "vm-2")] {
+        println!("{name} leased {}", c.vms[i].dhcp(&script)?);
+    }
+    print!("{}", c.vms[a].exec(&["ping", "-c", "3", "-i", "0.3", &vm2.ip])?);
+    let lines = wire.stop()?;
+    let tagged = lines.iter().filter(|l| l.contains("vlan 1000,")).count();
+    println!("on the wire: {} frames captured, {tagged} with tag 1000", lines.len());
+
+    step(6, "What the agent on node0 says")?;
+    datapath(&c, "node0", &["status"])?;
+    println!();
+    datapath(&c, "node0", &["ports"])?;
+    finish(pause)
 }

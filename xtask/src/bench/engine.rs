@@ -17,6 +17,7 @@ use super::{
     report::{self, Metric, Record},
     stats::median,
     traffic::{self, Flow, Sender},
+    wiring,
 };
 use crate::util::{secs, step};
 
@@ -175,6 +176,14 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     let cp = control::measure(scratch.path(), plan.changes).context("measuring the control plane")?;
     step("bench: control plane", &format!("done in {}", secs(start)));
 
+    let start = Instant::now();
+    step(
+        "bench: wiring",
+        &format!("{} taps one by one, bindings file then neutron-server", plan.wiring_ports),
+    );
+    let wiring = wiring::measure(plan.wiring_ports).context("measuring tap-to-ready times")?;
+    step("bench: wiring", &format!("done in {}", secs(start)));
+
     let mut records = Vec::new();
     for sc in Scenario::ALL {
         for m in [
@@ -217,6 +226,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     records.push(control(report::CHANGE, cp.change_ms));
     records.push(control(report::CHANGE_1K, cp.change_1k_ms));
     records.push(control(report::MAP_MEMORY, cp.map_memory_mb));
+    let wired = |metric: Metric, samples: &[f64], q: f64| Record {
+        scenario: "wiring".into(),
+        metric,
+        datapath: wiring::quantile(samples, q),
+        legacy: None,
+    };
+    records.push(wired(report::TAP_TO_ACTIVE_P50, &wiring.neutron_ms, 0.5));
+    records.push(wired(report::TAP_TO_ACTIVE_P99, &wiring.neutron_ms, 0.99));
+    records.push(wired(report::TAP_TO_UP_P50, &wiring.file_ms, 0.5));
+    records.push(wired(report::TAP_TO_UP_P99, &wiring.file_ms, 0.99));
     let p50: Vec<f64> = floor_rtt.iter().map(|r| r.0).collect();
     let p99: Vec<f64> = floor_rtt.iter().map(|r| r.1).collect();
     let mut profile = vec![format!(
@@ -227,6 +246,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         median(&p99).unwrap_or(0.0),
     )];
     profile.extend(cp.profile);
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    profile.push(format!(
+        "wiring, {} taps one by one: to ACTIVE in neutron p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; to up with the file p50 {:.0} ms, p99 {:.0} ms",
+        wiring.ports,
+        wiring::quantile(&wiring.neutron_ms, 0.5).unwrap_or(0.0),
+        wiring::quantile(&wiring.neutron_ms, 0.99).unwrap_or(0.0),
+        max(&wiring.neutron_ms),
+        wiring::quantile(&wiring.file_ms, 0.5).unwrap_or(0.0),
+        wiring::quantile(&wiring.file_ms, 0.99).unwrap_or(0.0),
+    ));
     Ok(Outcome { records, profile, no_traffic })
 }
 

@@ -33,6 +33,8 @@ mod plan;
 #[cfg(feature = "bench")]
 mod traffic;
 #[cfg(feature = "bench")]
+mod wiring;
+#[cfg(feature = "bench")]
 mod xdpgen;
 
 use std::path::Path;
@@ -60,8 +62,9 @@ pub fn run(obj: &Path, bin: &Path, quick: bool) -> Result<()> {
     if quick {
         engine.arg("--quick");
     }
-    // The topology harness starts agents from DATAPATH_BIN.
+    // The topology harness starts agents from DATAPATH_BIN; the wiring figures need neutron.
     engine.env("DATAPATH_BIN", bin);
+    engine.env("DATAPATH_NEUTRON_VENV", crate::neutron::setup()?);
     let exit = status(&mut engine)?;
     if interrupt::interrupted() {
         bail!("the benchmark was interrupted");

@@ -109,15 +109,31 @@ pub struct Plan {
     pub rtt_secs: u32,
     /// One-port changes timed (half adds, half removes).
     pub changes: usize,
+    /// Taps plugged one by one to time their wiring, per binding source.
+    pub wiring_ports: usize,
 }
 
 impl Plan {
     /// The quick (CI smoke) or the full plan.
     pub fn new(quick: bool) -> Self {
         if quick {
-            Self { rounds: 1, pps_window: Duration::from_millis(1500), tcp_secs: 2, rtt_secs: 1, changes: 4 }
+            Self {
+                rounds: 1,
+                pps_window: Duration::from_millis(1500),
+                tcp_secs: 2,
+                rtt_secs: 1,
+                changes: 4,
+                wiring_ports: 10,
+            }
         } else {
-            Self { rounds: 3, pps_window: Duration::from_secs(5), tcp_secs: 5, rtt_secs: 5, changes: 20 }
+            Self {
+                rounds: 3,
+                pps_window: Duration::from_secs(5),
+                tcp_secs: 5,
+                rtt_secs: 5,
+                changes: 20,
+                wiring_ports: 200,
+            }
         }
     }
 }

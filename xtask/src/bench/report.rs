@@ -50,6 +50,17 @@ pub const CHANGE_1K: Metric = Metric { name: "one_port_change_at_1k_ms", unit: "
 /// Kernel memory of every map of the datapath holding the 10,000 ports.
 pub const MAP_MEMORY: Metric = Metric { name: "map_memory_mb", unit: "MB", better: Better::Lower };
 
+/// Neutron source: from a tap appearing to its port ACTIVE in neutron (what Nova waits for), median.
+pub const TAP_TO_ACTIVE_P50: Metric =
+    Metric { name: "tap_to_active_p50_ms", unit: "ms", better: Better::Lower };
+/// The same, 99th percentile.
+pub const TAP_TO_ACTIVE_P99: Metric =
+    Metric { name: "tap_to_active_p99_ms", unit: "ms", better: Better::Lower };
+/// Bindings file: from a tap appearing to `datapath ports` saying up, median.
+pub const TAP_TO_UP_P50: Metric = Metric { name: "tap_to_up_file_p50_ms", unit: "ms", better: Better::Lower };
+/// The same, 99th percentile.
+pub const TAP_TO_UP_P99: Metric = Metric { name: "tap_to_up_file_p99_ms", unit: "ms", better: Better::Lower };
+
 /// The scenario whose "legacy" column is a plain Linux bridge between two VMs on
 /// one node, not the hybrid chain: the datapath must not be slower than that either.
 pub const VS_PLAIN_BRIDGE: &str = "same-node-vs-plain-bridge";
