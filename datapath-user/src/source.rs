@@ -126,7 +126,9 @@ impl BindingSource {
     /// Re-reads the file if it changed. Returns true when the good bindings changed.
     pub fn poll(&mut self) -> bool {
         let now = stamp(&self.path);
-        if now.is_some() && now == self.seen {
+        // After a failed read the file is read again on every poll: a fix that
+        // keeps the stamp (chmod back, a directory replaced in place) still counts.
+        if now.is_some() && now == self.seen && self.error.is_none() {
             return false;
         }
         self.seen = now;
@@ -164,5 +166,51 @@ impl BindingSource {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("datapath-source-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = scratch("fifo");
+        let path = dir.join("bindings.json");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut src = BindingSource::new(path.clone());
+        assert!(!src.poll());
+        let e = src.error().unwrap();
+        assert!(e.contains("not a regular file") && e.contains("bindings.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_place_of_the_file_is_an_error_until_the_file_is_back() {
+        let dir = scratch("retry");
+        let path = dir.join("bindings.json");
+        std::fs::write(&path, r#"{"networks": [], "ports": []}"#).unwrap();
+        let mut src = BindingSource::new(path.clone());
+        assert!(src.poll());
+        assert!(src.good().is_some() && src.error().is_none());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        src.poll();
+        assert!(src.error().unwrap().contains("not a regular file"), "{:?}", src.error());
+        assert!(src.good().is_some(), "the last good bindings stay");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, r#"{"networks": [], "ports": []}"#).unwrap();
+        src.poll();
+        assert!(src.error().is_none(), "{:?}", src.error());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -30,6 +30,11 @@ type Object = Map<String, Value>;
 impl Bindings {
     /// Reads and parses the binding source at `path`; errors name the path.
     pub fn load(path: &Path) -> Result<Bindings> {
+        // A FIFO or a device would block the read, and with it the agent's loop, forever.
+        let meta = std::fs::metadata(path).with_context(|| format!("reading bindings {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("reading bindings {}: not a regular file", path.display());
+        }
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading bindings {}", path.display()))?;
         Bindings::parse_str(&text, &path.display().to_string())
