@@ -34,16 +34,23 @@ pub(super) fn wires(out: &mut Derived, cfg: &Config, devices: &Devices, alloc: &
         wires.push((TUNNEL_DEVICE, PORT_KIND_TUNNEL, names::PROG_TUNNEL, "tunnel"));
     }
     for (device, kind, program, label) in wires {
-        let Some(&ifindex) = devices.get(device) else { continue };
         let mut report = PortReport {
             id: String::new(),
             device: device.to_string(),
-            ifindex: Some(ifindex),
+            ifindex: None,
             network_id: String::new(),
             net_index: None,
             kind: label,
             state: PortState::Up,
         };
+        // A mapped interface that is missing (deleted, renamed, not yet created) is
+        // listed, so that `datapath ports` shows why its networks do not reach the wire.
+        let Some(&ifindex) = devices.get(device) else {
+            report.state = PortState::NoDevice;
+            out.ports.push(report);
+            continue;
+        };
+        report.ifindex = Some(ifindex);
         match alloc.slot(ifindex) {
             Some(slot) => {
                 out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, kind));
@@ -241,5 +248,10 @@ mod tests {
         );
         let nb = out.networks.iter().find(|n| n.id == "nb").unwrap();
         assert!(nb.error.contains("interface is missing"), "{}", nb.error);
+        // Both uplinks are listed, without a device, so that `datapath ports` says why.
+        for dev in ["eth5", "eth6"] {
+            let r = out.ports.iter().find(|p| p.device == dev).unwrap_or_else(|| panic!("{dev} not listed"));
+            assert_eq!((r.kind, &r.state, r.ifindex), ("uplink", &PortState::NoDevice, None), "{dev}");
+        }
     }
 }
