@@ -23,6 +23,9 @@ pub struct Allocations {
     slots: BTreeMap<u32, u32>,
     free_nets: Pool,
     free_slots: Pool,
+    /// Devices that were in a flood list after the last derivation: they keep
+    /// their place when a network is full, so a new port cannot push one out.
+    flooding: BTreeSet<u32>,
 }
 
 impl Default for Allocations {
@@ -33,6 +36,7 @@ impl Default for Allocations {
             // Index 0 means "no network"; slot 0 counts frames on devices the agent does not know.
             free_nets: Pool::new(1..MAX_NETWORKS),
             free_slots: Pool::new(1..MAX_PORTS),
+            flooding: BTreeSet::new(),
         }
     }
 }
@@ -72,7 +76,21 @@ impl Allocations {
             a.slots.insert(*ifindex, p.stats_slot);
             a.free_slots.0.remove(&p.stats_slot);
         }
+        for set in current.flood_sets.values() {
+            let n = (set.count as usize).min(set.ifindex.len());
+            a.flooding.extend(&set.ifindex[..n]);
+        }
         a
+    }
+
+    /// Whether the device was in a flood list after the last derivation.
+    pub(super) fn was_flooding(&self, ifindex: u32) -> bool {
+        self.flooding.contains(&ifindex)
+    }
+
+    /// Records the devices in flood lists after this derivation.
+    pub(super) fn set_flooding(&mut self, flooding: BTreeSet<u32>) {
+        self.flooding = flooding;
     }
 
     pub(super) fn net_index(&mut self, id: WireId) -> Option<u32> {

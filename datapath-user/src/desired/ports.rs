@@ -72,7 +72,11 @@ pub(super) fn bound(
     alloc: &mut Allocations,
 ) -> BTreeSet<String> {
     let mut bound_devices = BTreeSet::new();
-    for port in local {
+    // Ports already flooding go first (stable otherwise): when a network is
+    // full, a port new to it is the one refused, never one that works.
+    let mut order: Vec<&Port> = local.to_vec();
+    order.sort_by_key(|p| !devices.get(&p.device_name()).is_some_and(|i| alloc.was_flooding(*i)));
+    for port in order {
         let device = port.device_name();
         bound_devices.insert(device.clone());
         let ifindex = devices.get(&device).copied();
@@ -141,6 +145,7 @@ pub(super) fn bound(
         }
         out.ports.push(report);
     }
+    alloc.set_flooding(plans.planned.values().flat_map(|p| p.members.iter().copied()).collect());
     bound_devices
 }
 
@@ -222,6 +227,43 @@ mod tests {
         assert_eq!(out.state.ports[&(100 + n as u32 - 1)].flags & PORT_F_ADMIN_UP, 0);
         let set = out.state.flood_sets.values().next().unwrap();
         assert_eq!(set.count as usize, MAX_FLOOD_PORTS);
+    }
+
+    /// Found by the chaos work: a 65th port listed before the others took a
+    /// place in the full flood list, and a working port was refused instead.
+    #[test]
+    fn a_port_new_to_a_full_network_never_pushes_out_a_working_one() {
+        let port = |i: usize| {
+            json!({"id": format!("{i:08x}-0000-4000-8000-000000000000"), "network_id": "n",
+                   "mac_address": format!("fa:16:3e:00:03:{i:02x}"), "binding:host_id": "node0"})
+        };
+        let net = json!({"id": "n", "provider:network_type": "vlan",
+            "provider:physical_network": "default", "provider:segmentation_id": 10});
+        let mut devices: Devices = [("eth2".to_string(), 2)].into();
+        for i in 0..=MAX_FLOOD_PORTS {
+            devices.insert(format!("tap{i:08x}-00"), 100 + i as u32);
+        }
+        let cfg = Config::parse_str(CONFIG, "test").unwrap();
+        let mut alloc = Allocations::default();
+        // 64 ports working; then the 65th appears first in the document.
+        let first: Vec<_> = (0..MAX_FLOOD_PORTS).map(port).collect();
+        let b = Bindings::parse_str(&json!({"networks": [net.clone()], "ports": first}).to_string(), "t")
+            .unwrap();
+        derive(&cfg, &b, &devices, &mut alloc);
+        let mut all = vec![port(MAX_FLOOD_PORTS)];
+        all.extend((0..MAX_FLOOD_PORTS).map(port));
+        let b = Bindings::parse_str(&json!({"networks": [net], "ports": all}).to_string(), "t").unwrap();
+        let out = derive(&cfg, &b, &devices, &mut alloc);
+        let state_of =
+            |i: usize| &out.ports.iter().find(|p| p.ifindex == Some(100 + i as u32)).unwrap().state;
+        for i in 0..MAX_FLOOD_PORTS {
+            assert_eq!(state_of(i), &PortState::Up, "working port {i}");
+        }
+        assert!(matches!(state_of(MAX_FLOOD_PORTS), PortState::Error(_)), "{:?}", state_of(MAX_FLOOD_PORTS));
+        // After a restart, the numbering recovered from the maps keeps the same choice.
+        let mut recovered = Allocations::recover(&out.state);
+        let again = derive(&cfg, &b, &devices, &mut recovered);
+        assert_eq!(again.state, out.state);
     }
 
     /// Two physical networks whose interfaces are missing here must not
