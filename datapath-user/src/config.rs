@@ -100,6 +100,22 @@ fn mask_passwords(url: &str) -> String {
     }
 }
 
+/// `text` with every password of `url` replaced by `***` (errors quote the URL and its parts).
+fn redact(url: &str, text: &str) -> String {
+    let netloc = url.split_once("://").map_or(url, |(_, r)| r);
+    let netloc = netloc.split_once('/').map_or(netloc, |(n, _)| n);
+    let mut out = text.to_string();
+    for host in netloc.split(',') {
+        if let Some((cred, _)) = host.rsplit_once('@')
+            && let Some((_, password)) = cred.split_once(':')
+            && !password.is_empty()
+        {
+            out = out.replace(password, "***");
+        }
+    }
+    out
+}
+
 // Neutron's [agent] report_interval default.
 const DEFAULT_REPORT_INTERVAL: u64 = 30;
 
@@ -215,7 +231,7 @@ impl Config {
             }
             (None, Some(url)) => {
                 crate::neutron::transport::TransportUrl::parse(&url)
-                    .map_err(|e| anyhow!("{}", mask_passwords(&format!("{e:#}"))))?;
+                    .map_err(|e| anyhow!("{}", redact(&url, &format!("{e:#}"))))?;
                 let report_interval = match raw.report_interval {
                     None => DEFAULT_REPORT_INTERVAL,
                     Some(s) => u64::try_from(s)
