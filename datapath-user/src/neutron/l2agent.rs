@@ -23,6 +23,8 @@ use crate::netlink::Devices;
 
 /// The name neutron lists the agent under (`binary` in `openstack network agent list`).
 pub const BINARY: &str = "datapath";
+/// Devices per details or device-list call.
+const BATCH: usize = 100;
 /// How often failed calls are retried and refused devices asked again.
 const RETRY: Duration = Duration::from_secs(2);
 /// After a restart over adopted maps, how long l2population gets to send the
@@ -296,21 +298,28 @@ impl Task {
                 continue;
             }
             let fetch = st.to_fetch(Instant::now());
-            if !fetch.is_empty() {
-                log::debug!("asking neutron for the details of {fetch:?}");
-                match plugin.devices_details(&fetch).await {
+            let mut failed = false;
+            // In batches, so that a resync of a full node is many bounded calls, not one
+            // that outlives its timeout (the OVS agent batches the same way).
+            for batch in fetch.chunks(BATCH) {
+                log::debug!("asking neutron for the details of {batch:?}");
+                match plugin.devices_details(batch).await {
                     Ok(d) => {
                         for (dev, why) in &d.refused {
                             log::debug!("details refused for {dev}: {why}");
                         }
-                        dirty |= st.fetched(&fetch, d, Instant::now());
+                        dirty |= st.fetched(batch, d, Instant::now());
                     }
                     Err(e) => {
-                        log::warn!("asking neutron for the details of {} devices: {e:#}", fetch.len());
+                        log::warn!("asking neutron for the details of {} devices: {e:#}", batch.len());
                         lock(&self.health).last_error = Some(format!("{e:#}"));
-                        continue;
+                        failed = true;
+                        break;
                     }
                 }
+            }
+            if failed {
+                continue;
             }
             let ready = st.to_fetch(Instant::now()).is_empty();
             if !primed && ready {
@@ -349,6 +358,16 @@ impl Task {
 
     /// Sends one `update_device_list`; returns whether neutron took it.
     async fn report(&self, plugin: &Plugin, st: &mut NeutronState, r: &Report) -> bool {
+        for (up, down) in batches(&r.up, &r.down) {
+            // The rest waits for the next try: a failed call means neutron is not answering.
+            if !self.report_batch(plugin, st, &Report { up: up.to_vec(), down: down.to_vec() }).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn report_batch(&self, plugin: &Plugin, st: &mut NeutronState, r: &Report) -> bool {
         let up: Vec<String> = r.up.iter().map(|(_, id)| id.clone()).collect();
         let down: Vec<String> = r.down.iter().map(|(_, id)| id.clone()).collect();
         match plugin.update_device_list(&up, &down, st.refresh_tunnels()).await {
@@ -378,6 +397,13 @@ impl Task {
             }
         }
     }
+}
+
+/// Splits ups and downs into calls of at most `BATCH` devices each way.
+fn batches<'a, T>(up: &'a [T], down: &'a [T]) -> Vec<(&'a [T], &'a [T])> {
+    let n = up.len().max(down.len()).div_ceil(BATCH);
+    let part = |v: &'a [T], i: usize| &v[(i * BATCH).min(v.len())..((i + 1) * BATCH).min(v.len())];
+    (0..n).map(|i| (part(up, i), part(down, i))).collect()
 }
 
 fn log_notification(n: &Notification) {
@@ -420,5 +446,23 @@ async fn report_loop(
             }
             Err(e) => log::warn!("report_state: {e:#}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_go_in_batches_of_at_most_100_each_way() {
+        let up: Vec<u32> = (0..250).collect();
+        let down: Vec<u32> = (0..30).collect();
+        let b = batches(&up, &down);
+        assert_eq!(
+            b.iter().map(|(u, d)| (u.len(), d.len())).collect::<Vec<_>>(),
+            [(100, 30), (100, 0), (50, 0)]
+        );
+        assert_eq!(b.iter().flat_map(|(u, _)| u.iter()).count(), 250);
+        assert!(batches::<u32>(&[], &[]).is_empty());
     }
 }
