@@ -121,8 +121,26 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
 }
 
 /// Sends one request to the agent listening on `path` and returns its result,
-/// read as the reply type of that request.
+/// read as the reply type of that request. An agent that answers `busy` (it
+/// serves its maximum of clients) is asked again for a few seconds.
 pub fn query<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
+    let mut wait = Duration::from_millis(50);
+    for _ in 0..BUSY_RETRIES {
+        match query_once(path, request) {
+            Err(e) if e.downcast_ref::<ApiError>().is_some_and(|a| a.kind == ErrorKind::Busy) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+    query_once(path, request)
+}
+
+/// How many times a `busy` answer is retried (about 4 s in all).
+const BUSY_RETRIES: usize = 10;
+
+fn query_once<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
     let mut stream = UnixStream::connect(path).with_context(|| {
         format!("connecting to the agent's control socket {} (is the agent running?)", path.display())
     })?;
@@ -147,6 +165,38 @@ pub fn query<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_answers_are_retried_until_the_agent_has_room() {
+        use crate::api::PortsReply;
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("datapath-control-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            // Busy twice, then an answer: as an agent at its client limit that frees up.
+            for i in 0..3 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                let reply = if i < 2 {
+                    serde_json::to_string(&Reply::<PortsReply>::from_result(Err(ApiError::new(
+                        ErrorKind::Busy,
+                        "busy",
+                    ))))
+                } else {
+                    serde_json::to_string(&Reply::from_result(Ok(PortsReply { ports: vec![] })))
+                };
+                s.write_all(format!("{}\n", reply.unwrap()).as_bytes()).unwrap();
+            }
+        });
+        let r: PortsReply = query(&path, &Request::Ports {}).unwrap();
+        assert!(r.ports.is_empty());
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn requests_parse() {
