@@ -94,7 +94,7 @@ fn a_thousand_clients_at_once_each_get_an_answer_or_busy() {
     assert!(c.vms[0].reaches(&c.vms[1].port.ip), "forwarding goes on");
 }
 
-/// The bindings file goes away in three ways; each time the last good
+/// The bindings file goes away in four ways; each time the last good
 /// bindings stay in force, `status` says why, and a good file is taken again.
 #[test]
 fn a_missing_unreadable_or_directory_bindings_file_keeps_the_last_good_state() {
@@ -102,7 +102,7 @@ fn a_missing_unreadable_or_directory_bindings_file_keeps_the_last_good_state() {
     let path = c.bindings.clone();
     let good = std::fs::read_to_string(&path).unwrap();
     type Break = fn(&Path);
-    let breaks: [(&str, Break, &str); 3] = [
+    let breaks: [(&str, Break, &str); 4] = [
         ("deleted", |p| std::fs::remove_file(p).unwrap(), "No such file"),
         // The agent runs as root, which reads past any mode bits: "unreadable"
         // is a file that cannot be read as a document, bytes that are not UTF-8.
@@ -113,7 +113,18 @@ fn a_missing_unreadable_or_directory_bindings_file_keeps_the_last_good_state() {
                 std::fs::remove_file(p).unwrap();
                 std::fs::create_dir(p).unwrap();
             },
-            "directory",
+            "not a regular file",
+        ),
+        // Opening a FIFO for reading blocks until a writer comes: the agent must not.
+        (
+            "a FIFO",
+            |p| {
+                std::fs::remove_file(p).unwrap();
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: c is a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            },
+            "not a regular file",
         ),
     ];
     for (what, break_it, says) in breaks {
