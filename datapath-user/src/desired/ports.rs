@@ -74,9 +74,13 @@ pub(super) fn bound(
     let mut bound_devices = BTreeSet::new();
     // Ports already flooding go first (stable otherwise): when a network is
     // full, a port new to it is the one refused, never one that works.
-    let mut order: Vec<&Port> = local.to_vec();
-    order.sort_by_key(|p| !devices.get(&p.device_name()).is_some_and(|i| alloc.was_flooding(*i)));
-    for port in order {
+    let mut order: Vec<(usize, &Port)> = local.iter().copied().enumerate().collect();
+    order.sort_by_key(|(_, p)| !devices.get(&p.device_name()).is_some_and(|i| alloc.was_flooding(*i)));
+    // One report per port; put back in the bindings' order afterwards, so that
+    // the reports do not depend on what was flooding before.
+    let first_report = out.ports.len();
+    let positions: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
+    for (_, port) in order {
         let device = port.device_name();
         bound_devices.insert(device.clone());
         let ifindex = devices.get(&device).copied();
@@ -146,6 +150,10 @@ pub(super) fn bound(
         out.ports.push(report);
     }
     alloc.set_flooding(plans.planned.values().flat_map(|p| p.members.iter().copied()).collect());
+    let mut reports: Vec<(usize, PortReport)> =
+        positions.into_iter().zip(out.ports.drain(first_report..)).collect();
+    reports.sort_by_key(|(i, _)| *i);
+    out.ports.extend(reports.into_iter().map(|(_, r)| r));
     bound_devices
 }
 
@@ -260,6 +268,8 @@ mod tests {
             assert_eq!(state_of(i), &PortState::Up, "working port {i}");
         }
         assert!(matches!(state_of(MAX_FLOOD_PORTS), PortState::Error(_)), "{:?}", state_of(MAX_FLOOD_PORTS));
+        // Deriving again changes nothing, reports included (they keep the bindings' order).
+        assert_eq!(derive(&cfg, &b, &devices, &mut alloc), out);
         // After a restart, the numbering recovered from the maps keeps the same choice.
         let mut recovered = Allocations::recover(&out.state);
         let again = derive(&cfg, &b, &devices, &mut recovered);
