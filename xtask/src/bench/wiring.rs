@@ -25,6 +25,8 @@ use serde_json::json;
 const PORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness is polled; the figures' resolution.
 const POLL: Duration = Duration::from_millis(5);
+/// Ports per network: a node floods to at most 64 local ports of one network.
+const PER_NETWORK: usize = 50;
 
 /// Tap-to-ready times, in ms, per source.
 pub struct Wiring {
@@ -56,20 +58,26 @@ fn ms(d: Duration) -> f64 {
 
 fn file(ports: usize) -> Result<Vec<f64>> {
     let mut c = Cluster::new("bwire", 1)?;
-    let net = "a1a1a1a1-0000-4000-8000-000000000001";
+    let nets: Vec<String> =
+        (0..ports.div_ceil(PER_NETWORK)).map(|n| format!("a1a1a1a1-0000-4000-8000-{n:012x}")).collect();
     let specs: Vec<PortSpec> = (0..ports)
         .map(|i| {
             PortSpec::vm(
                 &format!("{:08x}-0000-4000-8000-{i:012x}", 0xb000_0000u32 + i as u32),
-                net,
+                &nets[i / PER_NETWORK],
                 &format!("fa:16:3e:b0:{:02x}:{:02x}", i / 256, i % 256),
                 &format!("10.70.{}.{}", i / 250, i % 250 + 2),
                 "node0",
             )
         })
         .collect();
+    let networks: Vec<_> = nets
+        .iter()
+        .enumerate()
+        .map(|(n, id)| network_json(id, &format!("wire{n}"), "vlan", Some(1100 + n as u32)))
+        .collect();
     c.write_bindings(&json!({
-        "networks": [network_json(net, "wire", "vlan", Some(1100))],
+        "networks": networks,
         "ports": specs.iter().map(PortSpec::to_json).collect::<Vec<_>>(),
     }))?;
     c.start_agent("node0")?;
@@ -115,16 +123,25 @@ fn neutron(ports: usize) -> Result<Vec<f64>> {
         bail!("the agent did not come alive in neutron:\n{}", n.log_tail(20));
     }
     let api = n.api();
-    let net = api.create_network("wire", Provider::Vlan { physnet: "default", id: 1100 })?;
-    let net_id = net["id"].as_str().context("network without id")?.to_string();
-    api.create_subnet(&net_id, "10.70.0.0/16")?;
     let mut specs = Vec::new();
-    for _ in 0..ports {
-        let p = api.create_port(&net_id, "node0", "compute:nova")?;
+    for i in 0..ports {
+        if i % PER_NETWORK == 0 {
+            let k = i / PER_NETWORK;
+            let net = api.create_network(
+                &format!("wire{k}"),
+                Provider::Vlan { physnet: "default", id: 1100 + k as u32 },
+            )?;
+            let id = net["id"].as_str().context("network without id")?.to_string();
+            api.create_subnet(&id, &format!("10.{}.0.0/16", 70 + k))?;
+            specs.push((id, Vec::new()));
+        }
+        let (net_id, list) = specs.last_mut().expect("a network was created first");
+        let p = api.create_port(net_id, "node0", "compute:nova")?;
         let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
         let ip = p["fixed_ips"][0]["ip_address"].as_str().unwrap_or_default();
-        specs.push(PortSpec::vm(&s("id"), &net_id, &s("mac_address"), ip, "node0"));
+        list.push(PortSpec::vm(&s("id"), net_id, &s("mac_address"), ip, "node0"));
     }
+    let specs: Vec<PortSpec> = specs.into_iter().flat_map(|(_, l)| l).collect();
     let mut out = Vec::new();
     for p in &specs {
         let start = Instant::now();
