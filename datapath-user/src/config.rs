@@ -76,27 +76,7 @@ pub struct NeutronOptions {
 impl NeutronOptions {
     /// The transport URL with its passwords masked, for logs and status.
     pub fn display_url(&self) -> String {
-        mask_passwords(&self.transport_url)
-    }
-}
-
-/// `rabbit://u:secret@h/` -> `rabbit://u:***@h/`, for every host of the URL.
-fn mask_passwords(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (netloc, path) = rest.split_once('/').map_or((rest, None), |(n, p)| (n, Some(p)));
-    let hosts: Vec<String> = netloc
-        .split(',')
-        .map(|h| match h.rsplit_once('@') {
-            Some((cred, host)) => match cred.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{host}"),
-                None => h.to_string(),
-            },
-            None => h.to_string(),
-        })
-        .collect();
-    match path {
-        Some(p) => format!("{scheme}://{}/{p}", hosts.join(",")),
-        None => format!("{scheme}://{}", hosts.join(",")),
+        redact(&self.transport_url, &self.transport_url)
     }
 }
 
