@@ -20,11 +20,11 @@ use crate::{
     config::Config,
     config::Source as SourceConfig,
     control::{self, Pending},
-    desired::{self, Allocations, Derived},
+    desired::{Allocations, Derived, Engine},
     features, learned,
     loader::{self, Datapath},
     migrate,
-    netlink::{self, LinkEvents},
+    netlink::{self, Devices, LinkEvents},
     neutron::l2agent::NeutronSource,
     source::{BindingSource, Source},
     sync, tunnel,
@@ -40,7 +40,10 @@ const EVENT_SETTLE: Duration = Duration::from_millis(20);
 /// What the last reconciliation found, for status reports.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// The engine's state as one derivation, built when a request needs it.
     pub derived: Derived,
+    /// Whether `derived` lags behind the engine.
+    pub stale: bool,
     /// Map entries or attachments that failed, with the reason.
     pub errors: Vec<String>,
     /// Why the bindings file is not in force, if it is not.
@@ -53,18 +56,20 @@ pub struct Status {
 pub struct Agent {
     pub(crate) cfg: Config,
     pub(crate) dp: Datapath,
-    alloc: Allocations,
+    pub(crate) engine: Engine,
     attacher: Attacher,
     pub(crate) source: Source,
     /// What the last reconciliation found.
     pub(crate) status: Status,
     /// What the kernel offers, as probed at start.
     pub(crate) features: features::Features,
-    /// Whether the agent-owned maps hold exactly `status.derived.state`: true
+    /// Whether the agent-owned maps hold exactly the engine's state: true
     /// after a sync without map errors, false at start and after any failure.
     maps_known: bool,
     /// Another layout version's pins this agent is taking over, until every device runs its programs.
     migration: Option<Migration>,
+    /// The namespace's devices: listed at start and on verify, kept by link events in between.
+    devices: Option<Devices>,
 }
 
 /// An upgrade or downgrade across map layouts in progress (see `migrate`).
@@ -105,13 +110,14 @@ impl Agent {
         Ok(Self {
             cfg,
             dp,
-            alloc,
+            engine: Engine::new(alloc),
             attacher,
             source,
             status: Status::default(),
             features,
             maps_known: false,
             migration,
+            devices: None,
         })
     }
 
@@ -124,10 +130,14 @@ impl Agent {
         let started = Instant::now();
         self.source.poll();
         let bindings_error = self.source.error();
-        let mut devices = netlink::list_devices()?;
-        let Some(bindings) = self.source.good() else {
+        let mut devices = match self.devices.take() {
+            Some(d) if !verify => d,
+            _ => netlink::list_devices()?,
+        };
+        let Some(catalog) = self.source.good() else {
             self.source.observe_devices(&devices);
             self.status.bindings_error = bindings_error;
+            self.devices = Some(devices);
             return Ok(());
         };
         if let Some(ip) = self.cfg.tunnel_ip() {
@@ -137,16 +147,24 @@ impl Agent {
                 Err(e) => log::error!("creating the VXLAN device: {e:#}"),
             }
         }
-        let derived = desired::derive(&self.cfg, bindings, &devices, &mut self.alloc);
-        let known = (self.maps_known && !verify).then_some(&self.status.derived.state);
+        let catalog = catalog.clone();
+        let full = verify || self.status.syncs == 0;
+        let change = self.engine.update(&self.cfg, &catalog, &devices, full);
+        self.devices = Some(devices);
+        let trusted = self.maps_known && !verify;
         // Until it has converged, the kernel's contents are unknown.
         self.maps_known = false;
-        let done = sync::converge(&mut self.dp.maps, &derived.state, known)?;
+        let done = if trusted {
+            sync::apply_known(&mut self.dp.maps, &change.diff)
+        } else {
+            sync::converge(&mut self.dp.maps, self.engine.state(), None)?
+        };
         if done.changes > 0 {
             log::info!(
-                "sync: {} map changes{} in {:.1} ms",
+                "sync: {} map changes for {} networks{} in {:.1} ms",
                 done.changes,
-                if known.is_none() { " (maps read back)" } else { "" },
+                change.networks,
+                if trusted { "" } else { " (maps read back)" },
                 started.elapsed().as_secs_f64() * 1000.0
             );
         }
@@ -154,13 +172,13 @@ impl Agent {
         let mut errors = done.errors;
         if let Some(m) = &mut self.migration {
             // Before the programs swap, so that they find what the old ones learned.
-            let n = migrate::restore_learned(&mut self.dp.maps, &derived.state, &m.learned);
+            let n = migrate::restore_learned(&mut self.dp.maps, self.engine.state(), &m.learned);
             if !m.learned.is_empty() {
                 log::info!("carried over {n} of {} learned MACs", m.learned.len());
             }
             m.learned.clear();
         }
-        let attach_errors = self.attacher.reconcile(&mut self.dp, &derived.attach, verify);
+        let attach_errors = self.attacher.reconcile(&mut self.dp, self.engine.attach(), verify);
         if attach_errors.is_empty()
             && let Some(m) = self.migration.take()
         {
@@ -177,14 +195,26 @@ impl Agent {
         for e in &errors {
             log::error!("{e}");
         }
-        log_port_changes(&self.status.derived, &derived);
-        self.source.observe(&derived.ports);
-        self.status = Status { derived, errors, bindings_error, syncs: self.status.syncs + 1 };
+        for (dev, report) in &change.reports {
+            match report {
+                Some(p) => log::info!("port {dev} {} ({}): {:?}", p.id, p.kind, p.state),
+                None => log::info!("port {dev}: gone"),
+            }
+        }
+        if full {
+            self.source.observe(self.engine.port_reports());
+        } else {
+            self.source.observe_changes(&change.reports);
+        }
+        self.status.errors = errors;
+        self.status.bindings_error = bindings_error;
+        self.status.syncs += 1;
+        self.status.stale = true;
         Ok(())
     }
 
     fn age_learned(&mut self) {
-        let live: BTreeSet<u32> = self.status.derived.state.networks.keys().copied().collect();
+        let live: BTreeSet<u32> = self.engine.state().networks.keys().copied().collect();
         match learned::age(&mut self.dp.maps, Duration::from_secs(self.cfg.mac_age_seconds), &live) {
             Ok(0) => {}
             Ok(n) => log::debug!("aged out {n} learned MACs"),
@@ -215,9 +245,22 @@ impl Agent {
             let due = last_verify.elapsed() >= RESYNC_EVERY;
             let (sync, verify) = tokio::select! {
                 r = events.changed() => {
-                    r?;
+                    let mut links = r?;
                     sleep(EVENT_SETTLE).await;
-                    (true, due)
+                    // The rest of the burst, without waiting.
+                    while let Some(more) = events.pending() {
+                        let more = more?;
+                        links.overrun |= more.overrun;
+                        links.changes.extend(more.changes);
+                    }
+                    let changed = match (&mut self.devices, links.overrun) {
+                        (Some(d), false) => links.apply(d),
+                        _ => {
+                            self.devices = None;
+                            true
+                        }
+                    };
+                    (changed || due, due)
                 }
                 _ = poll.tick() => (self.source_changed() || due, due),
                 _ = self.source.changed() => (true, false),
@@ -251,14 +294,6 @@ impl Agent {
     fn source_changed(&mut self) -> bool {
         let before = self.source.error();
         self.source.poll() || self.source.error() != before
-    }
-}
-
-fn log_port_changes(old: &Derived, new: &Derived) {
-    for p in &new.ports {
-        if !old.ports.contains(p) {
-            log::info!("port {} {} ({}): {:?}", p.device, p.id, p.kind, p.state);
-        }
     }
 }
 

@@ -82,8 +82,13 @@ impl Attacher {
             }
         }
         let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
+        let before = self.current.len();
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
         let Some(pin_dir) = &self.pin_dir else { return errors };
+        // The pin directories are listed when a device left, and on verify for what others left.
+        if self.current.len() == before && !verify {
+            return errors;
+        }
         if let Err(e) = detach_pinned(pin_dir, self.hook, &wanted) {
             errors.push(format!("removing stale attachments: {e:#}"));
         }
@@ -99,13 +104,16 @@ impl Attacher {
         errors
     }
 
-    /// Whether an attachment this process made is still in place. tcx is
-    /// queried every time (a device re-created under the same name lost its
-    /// link); netlink filters cannot be queried through aya, so when verifying
-    /// they count as gone and are re-asserted, which replaces them atomically.
+    /// Whether an attachment this process made is still in place. Between
+    /// verifies it is trusted: a device that goes away leaves `desired`, and
+    /// one created again gets a new ifindex (the kernel hands them out
+    /// cyclically), so it is attached as new. On verify, tcx is queried (a
+    /// syscall per device) and netlink filters, which aya cannot list, count
+    /// as gone and are re-asserted, which replaces them atomically.
     fn still_attached(&self, att: &Attachment, verify: bool) -> bool {
         match self.hook {
-            Hook::Tcx => is_attached_tcx(att).unwrap_or(false),
+            // Asking costs a syscall per device: only the periodic verify does.
+            Hook::Tcx => !verify || is_attached_tcx(att).unwrap_or(false),
             Hook::Netlink => !verify,
         }
     }

@@ -29,6 +29,10 @@ impl Agent {
     /// Answers one control request. A port or network this node does not
     /// have is `not_found`; anything else that fails is `failed`.
     pub fn answer(&mut self, request: Request) -> Result<Answer, ApiError> {
+        if self.status.stale {
+            self.status.derived = self.engine.derived(&self.cfg);
+            self.status.stale = false;
+        }
         let answer = match request {
             Request::Status {} => Ok(Answer::Status(self.status_reply())),
             Request::Ports {} => Ok(Answer::Ports(PortsReply {

@@ -1,6 +1,8 @@
-//! The devices of the agent's network namespace, and a wake-up on every link
-//! change (RTMGRP_LINK). The agent re-reads the whole device list on each
-//! wake-up, so no message needs parsing and a missed one (ENOBUFS) costs nothing.
+//! The devices of the agent's network namespace, and the link changes
+//! (RTMGRP_LINK) that keep the agent's copy of the list current. Listing
+//! costs about 17 ms with 4,000 taps, so the agent lists only at start, on
+//! its periodic resync, and when events were lost (ENOBUFS); in between it
+//! applies each event's name and ifindex.
 
 use std::{
     ffi::CStr,
@@ -33,6 +35,91 @@ pub fn list_devices() -> Result<Devices> {
         libc::if_freenameindex(head);
     }
     Ok(devices)
+}
+
+/// What link events said since the last call.
+#[derive(Debug, Default, PartialEq)]
+pub struct LinkChanges {
+    /// ifindex -> its name now, or None when the device went; in arrival order.
+    pub changes: Vec<(u32, Option<String>)>,
+    /// Events were lost: only a full listing is right.
+    pub overrun: bool,
+}
+
+impl LinkChanges {
+    /// Applies the changes to `devices`. Returns whether the list changed.
+    pub fn apply(&self, devices: &mut Devices) -> bool {
+        let mut changed = false;
+        for (ifindex, name) in &self.changes {
+            if let Some(name) = name
+                && devices.get(name) == Some(ifindex)
+            {
+                continue;
+            }
+            // Gone, or renamed: the old name of this ifindex goes.
+            let before = devices.len();
+            devices.retain(|_, i| i != ifindex);
+            changed |= devices.len() != before;
+            if let Some(name) = name {
+                changed |= devices.insert(name.clone(), *ifindex) != Some(*ifindex);
+            }
+        }
+        changed
+    }
+}
+
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+
+/// Parses one buffer of RTM_NEWLINK/RTM_DELLINK messages into `out`; any
+/// other message is skipped, and a truncated one ends the buffer and asks
+/// for a listing (what it said is lost).
+fn parse_link_messages(buf: &[u8], out: &mut LinkChanges) {
+    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at =
+        |b: &[u8], at: usize| b.get(at..at + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
+    let mut off = 0;
+    while off < buf.len() {
+        let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) else {
+            out.overrun = true;
+            return;
+        };
+        let len = len as usize;
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            out.overrun = true;
+            return;
+        }
+        let msg = &buf[off..off + len];
+        off += (len + 3) & !3;
+        if kind != libc::RTM_NEWLINK && kind != libc::RTM_DELLINK {
+            continue;
+        }
+        let Some(ifindex) = u32_at(msg, NLMSG_HDRLEN + 4).filter(|i| *i != 0) else { continue };
+        if kind == libc::RTM_DELLINK {
+            out.changes.push((ifindex, None));
+            continue;
+        }
+        let mut at = NLMSG_HDRLEN + IFINFOMSG_LEN;
+        let mut name = None;
+        while let (Some(alen), Some(atype)) = (u16_at(msg, at), u16_at(msg, at + 2)) {
+            let alen = alen as usize;
+            if alen < 4 || at + alen > msg.len() {
+                break;
+            }
+            if atype & 0x3fff == IFLA_IFNAME {
+                let raw = &msg[at + 4..at + alen];
+                let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+                name = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
+            }
+            at += (alen + 3) & !3;
+        }
+        match name {
+            Some(n) => out.changes.push((ifindex, Some(n))),
+            // A NEWLINK without a name cannot be applied: list again.
+            None => out.overrun = true,
+        }
+    }
 }
 
 /// A netlink socket subscribed to link events.
@@ -79,36 +166,122 @@ impl LinkEvents {
     }
 
     /// Waits for at least one link event and drains the rest.
-    pub async fn changed(&mut self) -> Result<()> {
+    pub async fn changed(&mut self) -> Result<LinkChanges> {
+        let mut out = LinkChanges::default();
         loop {
             let mut guard = self.fd.readable().await.context("waiting for link events")?;
-            let mut buf = [0u8; 16384];
-            let mut got = false;
-            loop {
-                // SAFETY: buf is valid for writes of its length.
-                let n = unsafe {
-                    libc::recv(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                };
-                if n >= 0 {
-                    got = true;
-                    continue;
-                }
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EAGAIN) => break,
-                    // Overrun: events were lost, which a full re-read covers.
-                    Some(libc::ENOBUFS) => {
-                        got = true;
-                        continue;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => return Err(err).context("reading link events"),
-                }
-            }
+            let got = self.drain(&mut out)?;
             guard.clear_ready();
             if got {
-                return Ok(());
+                return Ok(out);
             }
         }
+    }
+
+    /// The events that arrived since, without waiting; None when there are none.
+    pub fn pending(&mut self) -> Option<Result<LinkChanges>> {
+        let mut out = LinkChanges::default();
+        match self.drain(&mut out) {
+            Ok(true) => Some(Ok(out)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Reads every queued message into `out`. Returns whether there was any.
+    fn drain(&self, out: &mut LinkChanges) -> Result<bool> {
+        let mut buf = vec![0u8; 65536];
+        let mut got = false;
+        loop {
+            // SAFETY: buf is valid for writes of its length.
+            let n =
+                unsafe { libc::recv(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n >= 0 {
+                got = true;
+                parse_link_messages(&buf[..n as usize], out);
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(got),
+                // Overrun: events were lost, which a full listing covers.
+                Some(libc::ENOBUFS) => {
+                    got = true;
+                    out.overrun = true;
+                }
+                Some(libc::EINTR) => {}
+                _ => return Err(err).context("reading link events"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One rtnetlink link message as the kernel sends it.
+    fn link_msg(kind: u16, ifindex: u32, name: Option<&str>) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        // An attribute before the name (IFLA_MTU), as the kernel sends several.
+        attrs.extend_from_slice(&8u16.to_ne_bytes());
+        attrs.extend_from_slice(&4u16.to_ne_bytes());
+        attrs.extend_from_slice(&1500u32.to_ne_bytes());
+        if let Some(n) = name {
+            let len = 4 + n.len() + 1;
+            attrs.extend_from_slice(&(len as u16).to_ne_bytes());
+            attrs.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+            attrs.extend_from_slice(n.as_bytes());
+            attrs.push(0);
+            attrs.resize((attrs.len() + 3) & !3, 0);
+        }
+        let len = NLMSG_HDRLEN + IFINFOMSG_LEN + attrs.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(&[0u8; 4]);
+        m.extend_from_slice(&ifindex.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 8]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    #[test]
+    fn new_renamed_and_deleted_links_update_the_list() {
+        let mut buf = link_msg(libc::RTM_NEWLINK, 7, Some("tapaaaaaaaa-00"));
+        buf.extend(link_msg(libc::RTM_NEWLINK, 8, Some("eth2")));
+        buf.extend(link_msg(libc::RTM_DELLINK, 5, None));
+        let mut c = LinkChanges::default();
+        parse_link_messages(&buf, &mut c);
+        assert_eq!(c.changes, vec![(7, Some("tapaaaaaaaa-00".into())), (8, Some("eth2".into())), (5, None)]);
+        assert!(!c.overrun);
+        let mut devices: Devices = [("old".to_string(), 5), ("eth2-old".to_string(), 8)].into();
+        assert!(c.apply(&mut devices));
+        assert_eq!(devices, [("tapaaaaaaaa-00".to_string(), 7), ("eth2".to_string(), 8)].into());
+        assert!(!c.apply(&mut devices), "the same events again change nothing");
+    }
+
+    #[test]
+    fn hostile_buffers_end_the_parse_without_a_panic() {
+        let good = link_msg(libc::RTM_NEWLINK, 7, Some("tap1"));
+        for cut in 0..good.len() {
+            let mut c = LinkChanges::default();
+            parse_link_messages(&good[..cut], &mut c);
+            assert!(c.changes.is_empty(), "a truncated message is not applied (cut at {cut})");
+            assert_eq!(c.overrun, cut > 0, "and the list is read again (cut at {cut})");
+        }
+        // A length that points past the buffer, and one below the header.
+        let mut bad = good.clone();
+        bad[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
+        let mut c = LinkChanges::default();
+        parse_link_messages(&bad, &mut c);
+        assert!(c.changes.is_empty());
+        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        parse_link_messages(&bad, &mut c);
+        assert!(c.changes.is_empty());
+        // A NEWLINK without a name asks for a listing.
+        parse_link_messages(&link_msg(libc::RTM_NEWLINK, 9, None), &mut c);
+        assert!(c.overrun);
     }
 }

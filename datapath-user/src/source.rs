@@ -3,11 +3,13 @@
 //! and the last good bindings stay in force.
 
 use std::{
+    collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use crate::bindings::Bindings;
+use crate::bindings::{Bindings, Catalog};
 use crate::desired::PortReport;
 use crate::netlink::Devices;
 use crate::neutron::l2agent::NeutronSource;
@@ -37,8 +39,8 @@ impl Source {
         }
     }
 
-    /// The bindings in force, if any ever were.
-    pub fn good(&self) -> Option<&Bindings> {
+    /// The bindings in force, by network, if any ever were.
+    pub fn good(&self) -> Option<&Arc<Catalog>> {
         match self {
             Source::File(f) => f.good(),
             Source::Neutron(n) => n.good(),
@@ -77,10 +79,17 @@ impl Source {
         }
     }
 
-    /// After a reconciliation: the state of every port, for the Neutron source to report.
-    pub fn observe(&self, ports: &[PortReport]) {
+    /// After a full reconciliation: the state of every port, for the Neutron source to report.
+    pub fn observe<'a>(&self, ports: impl Iterator<Item = &'a PortReport>) {
         if let Source::Neutron(n) = self {
             n.observe(ports);
+        }
+    }
+
+    /// After an incremental one: the ports whose state changed (None: gone).
+    pub fn observe_changes(&self, changes: &BTreeMap<String, Option<PortReport>>) {
+        if let Source::Neutron(n) = self {
+            n.observe_changes(changes);
         }
     }
 
@@ -113,7 +122,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct BindingSource {
     path: PathBuf,
     seen: Option<Stamp>,
-    good: Option<Bindings>,
+    good: Option<Arc<Catalog>>,
     error: Option<String>,
 }
 
@@ -138,9 +147,12 @@ impl BindingSource {
                     log::warn!("bindings {}: refused {}: {}", self.path.display(), r.what, r.reason);
                 }
                 self.error = None;
-                let changed = self.good.as_ref() != Some(&b);
-                self.good = Some(b);
-                changed
+                let new = Catalog::split(b);
+                if self.good.as_deref() == Some(&new) {
+                    return false;
+                }
+                self.good = Some(Arc::new(new));
+                true
             }
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -153,8 +165,8 @@ impl BindingSource {
         }
     }
 
-    /// The last bindings that parsed, if any ever did.
-    pub fn good(&self) -> Option<&Bindings> {
+    /// The last bindings that parsed, by network, if any ever did.
+    pub fn good(&self) -> Option<&Arc<Catalog>> {
         self.good.as_ref()
     }
 

@@ -60,6 +60,14 @@ pub fn converge(maps: &mut Maps, desired: &MapState, known: Option<&MapState>) -
     Ok(out)
 }
 
+/// Applies a diff already known to be what the kernel needs (an incremental
+/// update against the state the kernel is known to hold).
+pub fn apply_known(maps: &mut Maps, diff: &Diff) -> Converged {
+    let t = Instant::now();
+    let errors = if diff.is_empty() { Vec::new() } else { apply(maps, diff) };
+    Converged { changes: diff.len(), errors, apply: t.elapsed(), ..Converged::default() }
+}
+
 /// Reads every agent-owned map.
 pub fn read_state(maps: &Maps) -> Result<MapState> {
     maps.synced.read()

@@ -112,6 +112,31 @@ impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
     }
 }
 
+fn patch_map<K: Ord + Clone, V: PartialEq + Clone>(
+    union: &mut BTreeMap<K, V>,
+    remove: &BTreeMap<K, V>,
+    add: &BTreeMap<K, V>,
+) -> MapDiff<K, V> {
+    let mut before: BTreeMap<K, Option<V>> = BTreeMap::new();
+    for k in remove.keys() {
+        let old = union.remove(k);
+        before.entry(k.clone()).or_insert(old);
+    }
+    for (k, v) in add {
+        let old = union.insert(k.clone(), v.clone());
+        before.entry(k.clone()).or_insert(old);
+    }
+    let mut d = MapDiff::default();
+    for (k, was) in before {
+        match union.get(&k) {
+            Some(now) if was.as_ref() != Some(now) => d.upserts.push((k, now.clone())),
+            None if was.is_some() => d.deletes.push(k),
+            _ => {}
+        }
+    }
+    d
+}
+
 fn put_all<M: KernelMap>(name: &str, map: &mut M, upserts: &[(M::Key, M::Value)], errors: &mut Vec<String>) {
     for (k, v) in upserts {
         if let Err(e) = map.put(k, v) {
@@ -184,6 +209,18 @@ macro_rules! declare_maps {
             /// What must change in the kernel to get from `current` to `self`.
             pub fn diff(&self, current: &MapState) -> Diff {
                 Diff { $( $sfield: MapDiff::between(&self.$sfield, &current.$sfield), )+ }
+            }
+
+            /// Replaces the entries of `remove` by those of `add` (fragments of
+            /// this state whose keys no other fragment holds), and returns what
+            /// changed, in time that grows with the fragments, not with the state.
+            pub fn patch(&mut self, remove: &MapState, add: &MapState) -> Diff {
+                Diff { $( $sfield: patch_map(&mut self.$sfield, &remove.$sfield, &add.$sfield), )+ }
+            }
+
+            /// Adds `other`'s entries (a fragment with keys of its own).
+            pub fn merge(&mut self, other: &MapState) {
+                $( self.$sfield.extend(other.$sfield.iter().map(|(k, v)| (k.clone(), v.clone()))); )+
             }
 
             /// Entries per map, by name.
@@ -304,6 +341,19 @@ mod tests {
         let d = MapState::default().diff(&s);
         assert_eq!(d.networks.deletes, vec![1]);
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn patch_reports_what_the_fragments_change() {
+        let mut union: BTreeMap<u32, u32> = [(1, 10), (2, 20), (3, 30)].into();
+        let remove: BTreeMap<u32, u32> = [(1, 10), (2, 20)].into();
+        let add: BTreeMap<u32, u32> = [(2, 20), (4, 40), (1, 11)].into();
+        let d = patch_map(&mut union, &remove, &add);
+        assert_eq!(union, [(1, 11), (2, 20), (3, 30), (4, 40)].into());
+        assert_eq!(d.upserts, vec![(1, 11), (4, 40)], "2 came back unchanged: no write");
+        assert!(d.deletes.is_empty());
+        let d = patch_map(&mut union, &[(4, 40)].into(), &BTreeMap::new());
+        assert_eq!((d.upserts, d.deletes), (vec![], vec![4]));
     }
 
     /// Every map of the object is declared here exactly once, synced or kernel-owned,

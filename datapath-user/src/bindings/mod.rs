@@ -10,8 +10,10 @@
 //! reported in [`Bindings::refused`], so one bad port can't take the node down.
 
 mod addr;
+mod catalog;
 mod model;
 mod parse;
 
 pub use addr::{device_name, format_mac, parse_mac};
+pub use catalog::{Catalog, NetBindings};
 pub use model::{AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal};

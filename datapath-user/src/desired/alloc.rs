@@ -88,9 +88,30 @@ impl Allocations {
         self.flooding.contains(&ifindex)
     }
 
-    /// Records the devices in flood lists after this derivation.
-    pub(super) fn set_flooding(&mut self, flooding: BTreeSet<u32>) {
-        self.flooding = flooding;
+    /// Takes `gone` out of and puts `now` into the devices in flood lists.
+    pub(super) fn update_flooding(
+        &mut self,
+        gone: impl Iterator<Item = u32>,
+        now: impl Iterator<Item = u32>,
+    ) {
+        for i in gone {
+            self.flooding.remove(&i);
+        }
+        self.flooding.extend(now);
+    }
+
+    /// Frees the index of a network no longer programmed.
+    pub(super) fn release_net(&mut self, id: WireId) {
+        if let Some(idx) = self.net_index.remove(&id) {
+            self.free_nets.0.insert(idx);
+        }
+    }
+
+    /// Frees the stats slot of a device no longer programmed.
+    pub(super) fn release_slot(&mut self, ifindex: u32) {
+        if let Some(slot) = self.slots.remove(&ifindex) {
+            self.free_slots.0.insert(slot);
+        }
     }
 
     pub(super) fn net_index(&mut self, id: WireId) -> Option<u32> {

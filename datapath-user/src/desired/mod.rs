@@ -9,18 +9,24 @@
 
 mod addresses;
 mod alloc;
+mod engine;
 mod invariants;
 mod networks;
 mod ports;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeMap, sync::Arc};
 
 pub use addresses::link_local_of;
 pub use alloc::{Allocations, WireId, wire_id_of};
+pub use engine::{Change, Engine};
 pub use invariants::check as check_invariants;
 
 pub use crate::synced::MapState;
-use crate::{bindings::Bindings, config::Config, netlink::Devices};
+use crate::{
+    bindings::{Bindings, Catalog},
+    config::Config,
+    netlink::Devices,
+};
 
 /// Where a port stands, for `datapath ports` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,17 +99,13 @@ pub fn is_port_device(name: &str) -> bool {
         && b[12..14].iter().all(u8::is_ascii_hexdigit)
 }
 
-/// Derives the desired maps, the port/network reports and the attachments.
+/// Derives the desired maps, the port/network reports and the attachments
+/// from scratch: an `Engine`'s full update.
 pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut Allocations) -> Derived {
-    let mut out = Derived::default();
-    let local: Vec<_> = bindings.ports_on_host(&cfg.host).collect();
-    let mut plans = networks::plan(cfg, bindings, &local, devices, alloc);
-    ports::wires(&mut out, cfg, devices, alloc);
-    let bound = ports::bound(&mut out, &local, &mut plans, devices, alloc);
-    ports::unbound(&mut out, devices, &bound, alloc);
-    let live_nets = networks::program(&mut out, cfg, bindings, &mut plans);
-    let live_ports: BTreeSet<u32> = out.state.ports.keys().copied().collect();
-    alloc.retain(&live_nets, &live_ports);
+    let mut engine = Engine::new(std::mem::take(alloc));
+    engine.update(cfg, &Arc::new(Catalog::split(bindings.clone())), devices, true);
+    let out = engine.derived(cfg);
+    *alloc = engine.into_alloc();
     out
 }
 
@@ -250,7 +252,7 @@ pin_path = "/sys/fs/bpf/t"
     fn freed_numbers_are_reused_lowest_first_and_recovered_ones_are_not_handed_out() {
         let mut a = Allocations::default();
         assert_eq!((a.slot(10), a.slot(11), a.slot(12)), (Some(1), Some(2), Some(3)));
-        a.retain(&BTreeSet::new(), &[10, 12].into());
+        a.retain(&std::collections::BTreeSet::new(), &[10, 12].into());
         assert_eq!(a.slot(13), Some(2), "the freed slot comes back first");
         assert_eq!(a.slot(14), Some(4));
         let mut state = MapState::default();

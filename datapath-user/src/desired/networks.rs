@@ -87,17 +87,10 @@ pub(super) fn plan<'a>(
 
 /// Programs every planned network (its entry, segment, flood list, and
 /// l2population for tunnels) and reports every network of this node's ports.
-/// Returns the wire identities in use, for the allocator.
-pub(super) fn program(
-    out: &mut Derived,
-    cfg: &Config,
-    bindings: &Bindings,
-    plans: &mut Plans,
-) -> BTreeSet<WireId> {
+pub(super) fn program(out: &mut Derived, cfg: &Config, bindings: &Bindings, plans: &mut Plans) {
     // Only nodes with a tunnel network here pay for the cloud-wide index.
     let tunnels =
         plans.planned.values().any(|p| p.info.net_type == NET_TYPE_VXLAN).then(|| Tunnels::index(bindings));
-    let mut live = BTreeSet::new();
     for net in bindings.networks.iter().filter(|n| plans.used.contains(n.id.as_str())) {
         let mut report = NetworkReport {
             id: net.id.clone(),
@@ -110,7 +103,6 @@ pub(super) fn program(
             error: String::new(),
         };
         if let Some(plan) = plans.planned.get_mut(net.id.as_str()) {
-            live.insert(wire_id_of(&plan.info));
             report.net_index = Some(plan.index);
             report.local_ports = plan.local_ports;
             out.state.networks.insert(plan.index, plan.info);
@@ -134,7 +126,6 @@ pub(super) fn program(
         }
         out.networks.push(report);
     }
-    live
 }
 
 fn add_flood_set(state: &mut MapState, plan: &mut NetPlan) {

@@ -1,16 +1,13 @@
 //! The devices the programs run on: uplinks and the tunnel device, the ports
 //! bound to this host, and taps nobody bound here.
 
-use std::collections::BTreeSet;
-
 use datapath_common::{
     FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
     PORT_F_BOUND, PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, names,
 };
 
 use super::{
-    Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, is_port_device,
-    networks::Plans,
+    Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, networks::Plans,
 };
 use crate::{bindings::Port, config::Config, netlink::Devices, tunnel::TUNNEL_DEVICE};
 
@@ -23,55 +20,75 @@ fn networkless(flags: u32, slot: u32, kind: u8) -> PortInfo {
     PortInfo { net_index: 0, flags, stats_slot: slot, kind, _pad: [0; 3] }
 }
 
-/// Every mapped interface that exists (an uplink), and the tunnel device.
-pub(super) fn wires(out: &mut Derived, cfg: &Config, devices: &Devices, alloc: &mut Allocations) {
-    let mut wires: Vec<(&str, u8, &'static str, &'static str)> = cfg
+/// A device the programs run on that belongs to no network: an uplink or the tunnel device.
+pub(super) struct Wire {
+    pub device: String,
+    kind: u8,
+    program: &'static str,
+    label: &'static str,
+}
+
+/// Every mapped interface (an uplink), and the tunnel device, in config order.
+pub(super) fn wire_devices(cfg: &Config) -> Vec<Wire> {
+    let mut wires: Vec<Wire> = cfg
         .physical_interface_mappings
         .iter()
-        .map(|m| (m.interface.as_str(), PORT_KIND_UPLINK, names::PROG_UPLINK, "uplink"))
+        .map(|m| Wire {
+            device: m.interface.clone(),
+            kind: PORT_KIND_UPLINK,
+            program: names::PROG_UPLINK,
+            label: "uplink",
+        })
         .collect();
     if cfg.tunnel_ip().is_some() {
-        wires.push((TUNNEL_DEVICE, PORT_KIND_TUNNEL, names::PROG_TUNNEL, "tunnel"));
+        wires.push(Wire {
+            device: TUNNEL_DEVICE.into(),
+            kind: PORT_KIND_TUNNEL,
+            program: names::PROG_TUNNEL,
+            label: "tunnel",
+        });
     }
-    for (device, kind, program, label) in wires {
-        let mut report = PortReport {
-            id: String::new(),
-            device: device.to_string(),
-            ifindex: None,
-            network_id: String::new(),
-            net_index: None,
-            kind: label,
-            state: PortState::Up,
-        };
-        // A mapped interface that is missing (deleted, renamed, not yet created) is
-        // listed, so that `datapath ports` shows why its networks do not reach the wire.
-        let Some(&ifindex) = devices.get(device) else {
-            report.state = PortState::NoDevice;
-            out.ports.push(report);
-            continue;
-        };
-        report.ifindex = Some(ifindex);
-        match alloc.slot(ifindex) {
-            Some(slot) => {
-                out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, kind));
-                out.attach.insert(ifindex, Attachment { device: device.to_string(), program });
-            }
-            None => report.state = no_slot(),
-        }
+    wires
+}
+
+/// One wire's entry and report.
+pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut Allocations) {
+    let mut report = PortReport {
+        id: String::new(),
+        device: w.device.clone(),
+        ifindex: None,
+        network_id: String::new(),
+        net_index: None,
+        kind: w.label,
+        state: PortState::Up,
+    };
+    // A mapped interface that is missing (deleted, renamed, not yet created) is
+    // listed, so that `datapath ports` shows why its networks do not reach the wire.
+    let Some(&ifindex) = devices.get(&w.device) else {
+        report.state = PortState::NoDevice;
         out.ports.push(report);
+        return;
+    };
+    report.ifindex = Some(ifindex);
+    match alloc.slot(ifindex) {
+        Some(slot) => {
+            out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, w.kind));
+            out.attach.insert(ifindex, Attachment { device: w.device.clone(), program: w.program });
+        }
+        None => report.state = no_slot(),
     }
+    out.ports.push(report);
 }
 
 /// The ports bound to this host: their entry, FDB entry, flood membership
-/// and allowed addresses. Returns their device names.
+/// and allowed addresses.
 pub(super) fn bound(
     out: &mut Derived,
     local: &[&Port],
     plans: &mut Plans,
     devices: &Devices,
     alloc: &mut Allocations,
-) -> BTreeSet<String> {
-    let mut bound_devices = BTreeSet::new();
+) {
     // Ports already flooding go first (stable otherwise): when a network is
     // full, a port new to it is the one refused, never one that works.
     let mut order: Vec<(usize, &Port)> = local.iter().copied().enumerate().collect();
@@ -82,7 +99,6 @@ pub(super) fn bound(
     let positions: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
     for (_, port) in order {
         let device = port.device_name();
-        bound_devices.insert(device.clone());
         let ifindex = devices.get(&device).copied();
         let mut report = PortReport {
             id: port.id.clone(),
@@ -149,43 +165,31 @@ pub(super) fn bound(
         }
         out.ports.push(report);
     }
-    alloc.set_flooding(plans.planned.values().flat_map(|p| p.members.iter().copied()).collect());
     let mut reports: Vec<(usize, PortReport)> =
         positions.into_iter().zip(out.ports.drain(first_report..)).collect();
     reports.sort_by_key(|(i, _)| *i);
     out.ports.extend(reports.into_iter().map(|(_, r)| r));
-    bound_devices
 }
 
-/// Taps nobody bound to this host: attached so that their frames are dropped and counted.
-pub(super) fn unbound(
-    out: &mut Derived,
-    devices: &Devices,
-    bound: &BTreeSet<String>,
-    alloc: &mut Allocations,
-) {
-    for (name, &ifindex) in devices {
-        if !is_port_device(name) || bound.contains(name) {
-            continue;
+/// A tap nobody bound to this host: attached so that its frames are dropped and counted.
+pub(super) fn unbound(out: &mut Derived, name: &str, ifindex: u32, alloc: &mut Allocations) {
+    let mut report = PortReport {
+        id: String::new(),
+        device: name.to_string(),
+        ifindex: Some(ifindex),
+        network_id: String::new(),
+        net_index: None,
+        kind: "unbound",
+        state: PortState::Unbound,
+    };
+    match alloc.slot(ifindex) {
+        Some(slot) => {
+            out.state.ports.insert(ifindex, networkless(0, slot, PORT_KIND_VM));
+            out.attach.insert(ifindex, Attachment { device: name.to_string(), program: names::PROG_VM_PORT });
         }
-        let mut report = PortReport {
-            id: String::new(),
-            device: name.clone(),
-            ifindex: Some(ifindex),
-            network_id: String::new(),
-            net_index: None,
-            kind: "unbound",
-            state: PortState::Unbound,
-        };
-        match alloc.slot(ifindex) {
-            Some(slot) => {
-                out.state.ports.insert(ifindex, networkless(0, slot, PORT_KIND_VM));
-                out.attach.insert(ifindex, Attachment { device: name.clone(), program: names::PROG_VM_PORT });
-            }
-            None => report.state = no_slot(),
-        }
-        out.ports.push(report);
+        None => report.state = no_slot(),
     }
+    out.ports.push(report);
 }
 
 #[cfg(test)]

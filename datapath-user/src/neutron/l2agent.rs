@@ -1,7 +1,7 @@
 //! The Neutron binding source: an L2 agent on the message bus. A background
 //! task asks neutron-server for the details of every local tap, consumes the
 //! notifications of an L2 agent, reports its state, and tells neutron which
-//! ports are wired. The reconcile loop sees only `Bindings`, as with the file.
+//! ports are wired. The reconcile loop sees only the bindings by network (`Catalog`), as with the file.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +16,7 @@ use super::plugin::{AgentState, Plugin};
 use super::ports::{NeutronState, Report, Wired};
 use super::rpc::{LinkEvent, Rpc};
 use super::transport::TransportUrl;
-use crate::bindings::Bindings;
+use crate::bindings::Catalog;
 use crate::config::{Config, NeutronOptions};
 use crate::desired::{PortReport, PortState, is_port_device};
 use crate::netlink::Devices;
@@ -86,11 +86,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The reconcile loop's handle on the Neutron source.
 pub struct NeutronSource {
-    bindings: watch::Receiver<Option<Arc<Bindings>>>,
+    bindings: watch::Receiver<Option<Arc<Catalog>>>,
     ports: watch::Sender<BTreeMap<String, Wired>>,
     health: Arc<Mutex<Health>>,
     url: String,
-    current: Option<Arc<Bindings>>,
+    current: Option<Arc<Catalog>>,
 }
 
 impl NeutronSource {
@@ -151,8 +151,8 @@ impl NeutronSource {
     }
 
     /// The bindings in force, once neutron has answered for the local devices.
-    pub fn good(&self) -> Option<&Bindings> {
-        self.current.as_deref()
+    pub fn good(&self) -> Option<&Arc<Catalog>> {
+        self.current.as_ref()
     }
 
     /// Why the source is not healthy, if it is not.
@@ -177,23 +177,26 @@ impl NeutronSource {
         lock(&self.health).clone()
     }
 
-    /// After a reconciliation: how each local device was left.
-    pub fn observe(&self, ports: &[PortReport]) {
-        let present = ports
-            .iter()
-            .filter(|p| p.ifindex.is_some() && is_port_device(&p.device))
-            .filter_map(|p| {
-                let w = match p.state {
-                    PortState::Up => Wired::Up,
-                    PortState::AdminDown => Wired::AdminDown,
-                    PortState::Unbound => Wired::Unbound,
-                    PortState::Error(_) => Wired::Failed,
-                    PortState::NoDevice => return None,
-                };
-                Some((p.device.clone(), w))
-            })
-            .collect();
+    /// After a full reconciliation: how each local device was left.
+    pub fn observe<'a>(&self, ports: impl Iterator<Item = &'a PortReport>) {
+        let present = ports.filter_map(|p| Some((p.device.clone(), wired(p)?))).collect();
         self.ports.send_if_modified(|old| replace(old, present));
+    }
+
+    /// After an incremental one: the devices whose report changed (None: gone).
+    pub fn observe_changes(&self, changes: &BTreeMap<String, Option<PortReport>>) {
+        self.ports.send_if_modified(|present| {
+            let mut modified = false;
+            for (dev, report) in changes {
+                let now = report.as_ref().and_then(wired);
+                let was = match now {
+                    Some(w) => present.insert(dev.clone(), w),
+                    None => present.remove(dev),
+                };
+                modified |= was != now;
+            }
+            modified
+        });
     }
 
     /// Before the first bindings: the taps that exist, so their details are asked for.
@@ -202,6 +205,20 @@ impl NeutronSource {
             devices.keys().filter(|d| is_port_device(d)).map(|d| (d.clone(), Wired::Unbound)).collect();
         self.ports.send_if_modified(|old| replace(old, present));
     }
+}
+
+/// How a device's report reads for neutron: None for what is not a local tap that exists.
+fn wired(p: &PortReport) -> Option<Wired> {
+    if p.ifindex.is_none() || !is_port_device(&p.device) {
+        return None;
+    }
+    Some(match p.state {
+        PortState::Up => Wired::Up,
+        PortState::AdminDown => Wired::AdminDown,
+        PortState::Unbound => Wired::Unbound,
+        PortState::Error(_) => Wired::Failed,
+        PortState::NoDevice => return None,
+    })
 }
 
 fn replace(old: &mut BTreeMap<String, Wired>, new: BTreeMap<String, Wired>) -> bool {
@@ -217,7 +234,7 @@ struct Task {
     report_interval: Duration,
     agent_state: AgentState,
     adopted: bool,
-    bindings: watch::Sender<Option<Arc<Bindings>>>,
+    bindings: watch::Sender<Option<Arc<Catalog>>>,
     ports: watch::Receiver<BTreeMap<String, Wired>>,
     health: Arc<Mutex<Health>>,
 }
@@ -333,9 +350,9 @@ impl Task {
                 primed = true;
             }
             if ready && hold.is_none() && (dirty || !published) {
-                match st.bindings() {
-                    Ok(b) => {
-                        self.bindings.send_replace(Some(Arc::new(b)));
+                match st.catalog() {
+                    Ok(c) => {
+                        self.bindings.send_replace(Some(c));
                         published = true;
                         dirty = false;
                     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -12,7 +13,7 @@ use anyhow::Result;
 use super::model;
 use super::notify::{FdbPort, NetworkFdb, Notification};
 use super::plugin::{Details, DeviceDetails};
-use crate::bindings::{Bindings, device_name};
+use crate::bindings::{Bindings, Catalog, Refusal, device_name};
 
 /// A device whose details neutron refused or failed is asked again after this long.
 pub const RETRY_REFUSED: Duration = Duration::from_secs(10);
@@ -55,8 +56,16 @@ pub struct NeutronState {
     stale: BTreeSet<String>,
     /// Set after a (re)start or resync: the next `update_device_list` asks l2pop for the full FDB.
     refresh_tunnels: bool,
-    /// Port ids whose details the bindings refused (unknown network type, bad MAC, ...).
-    rejected: BTreeSet<String>,
+    /// Port ids whose details the bindings refused (unknown network type, bad MAC, ...), with their network.
+    rejected: BTreeMap<String, String>,
+    /// The devices with details, by network.
+    net_devices: BTreeMap<String, BTreeSet<String>>,
+    /// Networks whose entry in `catalog` is out of date.
+    dirty: BTreeSet<String>,
+    /// The bindings by network, rebuilt network by network.
+    catalog: Arc<Catalog>,
+    /// What the bindings refused, by network.
+    refusals: BTreeMap<String, Vec<Refusal>>,
 }
 
 /// Devices to report to neutron: port ids up and down.
@@ -87,32 +96,103 @@ impl NeutronState {
             refused: BTreeMap::new(),
             stale: BTreeSet::new(),
             refresh_tunnels: true,
-            rejected: BTreeSet::new(),
+            rejected: BTreeMap::new(),
+            net_devices: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            catalog: Arc::default(),
+            refusals: BTreeMap::new(),
         }
     }
 
-    /// The bindings that the details and the FDB imply. Details they refuse
-    /// are logged with why, and their ports are reported down.
-    pub fn bindings(&mut self) -> Result<Bindings> {
-        let details: Vec<DeviceDetails> = self.details.values().cloned().collect();
-        let b = model::bindings(&self.host, &details, &self.fdb)?;
-        let accepted: BTreeSet<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
-        let rejected: BTreeSet<String> = details
-            .iter()
-            .filter(|d| !accepted.contains(d.port_id.as_str()))
-            .map(|d| d.port_id.clone())
-            .collect();
-        for id in rejected.difference(&self.rejected) {
-            let why: Vec<&str> = b
-                .refused
-                .iter()
-                .filter(|r| r.what.contains(id.as_str()))
-                .map(|r| r.reason.as_str())
-                .collect();
-            log::error!("port {id}: neutron's details cannot be programmed: {}", why.join("; "));
+    /// The bindings that the details and the FDB imply, by network: only the
+    /// networks that changed are rebuilt, the others keep their `Arc`. Details
+    /// they refuse are logged with why, and their ports are reported down.
+    pub fn catalog(&mut self) -> Result<Arc<Catalog>> {
+        if self.dirty.is_empty() {
+            return Ok(self.catalog.clone());
         }
-        self.rejected = rejected;
-        Ok(b)
+        let mut catalog = (*self.catalog).clone();
+        for net in std::mem::take(&mut self.dirty) {
+            let details: Vec<DeviceDetails> = self
+                .net_devices
+                .get(&net)
+                .into_iter()
+                .flatten()
+                .filter_map(|dev| self.details.get(dev).cloned())
+                .collect();
+            let fdb: BTreeMap<String, NetworkFdb> =
+                self.fdb.get(&net).map(|f| (net.clone(), f.clone())).into_iter().collect();
+            let b = if details.is_empty() {
+                Bindings::default()
+            } else {
+                model::bindings(&self.host, &details, &fdb)?
+            };
+            self.note_rejected(&net, &details, &b);
+            if b.refused.is_empty() {
+                self.refusals.remove(&net);
+            } else {
+                self.refusals.insert(net.clone(), b.refused.clone());
+            }
+            let accepted = Catalog::split(b);
+            match accepted.networks.into_values().next() {
+                Some(entry) => catalog.networks.insert(net, entry),
+                None => catalog.networks.remove(&net),
+            };
+        }
+        catalog.refused = self.refusals.values().flatten().cloned().collect();
+        self.catalog = Arc::new(catalog);
+        Ok(self.catalog.clone())
+    }
+
+    /// Logs details of `net` that the bindings refused, once, and remembers their ports.
+    fn note_rejected(&mut self, net: &str, details: &[DeviceDetails], b: &Bindings) {
+        let before: BTreeSet<String> =
+            self.rejected.iter().filter(|(_, n)| *n == net).map(|(p, _)| p.clone()).collect();
+        self.rejected.retain(|_, n| n != net);
+        let accepted: BTreeSet<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
+        for d in details.iter().filter(|d| !accepted.contains(d.port_id.as_str())) {
+            if !before.contains(&d.port_id) {
+                let why: Vec<&str> = b
+                    .refused
+                    .iter()
+                    .filter(|r| r.what.contains(d.port_id.as_str()) || r.what.contains(net))
+                    .map(|r| r.reason.as_str())
+                    .collect();
+                log::error!("port {}: neutron's details cannot be programmed: {}", d.port_id, why.join("; "));
+            }
+            self.rejected.insert(d.port_id.clone(), net.to_string());
+        }
+    }
+
+    /// Every network's bindings in one (tests and tools).
+    pub fn bindings(&mut self) -> Result<Bindings> {
+        let c = self.catalog()?;
+        Ok(c.subset(&c.networks.keys().cloned().collect()))
+    }
+
+    /// Records `dev`'s details. Returns whether they changed.
+    fn put_detail(&mut self, dev: &str, d: DeviceDetails) -> bool {
+        if self.details.get(dev) == Some(&d) {
+            return false;
+        }
+        self.drop_detail(dev);
+        self.dirty.insert(d.network_id.clone());
+        self.net_devices.entry(d.network_id.clone()).or_default().insert(dev.to_string());
+        self.details.insert(dev.to_string(), d);
+        true
+    }
+
+    /// Forgets `dev`'s details. Returns whether it had any.
+    fn drop_detail(&mut self, dev: &str) -> bool {
+        let Some(old) = self.details.remove(dev) else { return false };
+        self.dirty.insert(old.network_id.clone());
+        if let Some(set) = self.net_devices.get_mut(&old.network_id) {
+            set.remove(dev);
+            if set.is_empty() {
+                self.net_devices.remove(&old.network_id);
+            }
+        }
+        true
     }
 
     /// Devices with details.
@@ -128,12 +208,15 @@ impl NeutronState {
     /// Takes in the local devices after a reconciliation. Returns whether the
     /// bindings changed (details of vanished devices are dropped).
     pub fn observe(&mut self, present: BTreeMap<String, Wired>) -> bool {
-        let before = self.details.len();
-        self.details.retain(|dev, _| present.contains_key(dev));
+        let gone: Vec<String> = self.details.keys().filter(|d| !present.contains_key(*d)).cloned().collect();
+        let mut changed = false;
+        for dev in &gone {
+            changed |= self.drop_detail(dev);
+        }
         self.refused.retain(|dev, _| present.contains_key(dev));
         self.stale.retain(|dev| present.contains_key(dev));
         self.present = present;
-        self.details.len() != before
+        changed
     }
 
     /// Forgets every detail's freshness: the next fetch asks for all present devices again.
@@ -173,10 +256,7 @@ impl NeutronState {
             };
             self.stale.remove(dev);
             self.refused.remove(dev);
-            if self.details.get(dev) != Some(&d) {
-                self.details.insert(dev.clone(), d);
-                changed = true;
-            }
+            changed |= self.put_detail(dev, d);
         }
         let failed =
             answer.failed_devices.iter().map(|d| (d.clone(), "neutron failed to get its details".into()));
@@ -187,7 +267,7 @@ impl NeutronState {
             }
             log::warn!("neutron gave no usable details for {dev}: {why}; asking again in {RETRY_REFUSED:?}");
             self.stale.remove(&dev);
-            changed |= self.details.remove(&dev).is_some();
+            changed |= self.drop_detail(&dev);
             self.refused.insert(dev, (why, now + RETRY_REFUSED));
         }
         changed
@@ -199,7 +279,7 @@ impl NeutronState {
         let mut r = Report::default();
         for (dev, d) in &self.details {
             let up = match self.present.get(dev) {
-                _ if self.rejected.contains(&d.port_id) => false,
+                _ if self.rejected.contains_key(&d.port_id) => false,
                 Some(Wired::Up) => true,
                 Some(Wired::AdminDown | Wired::Failed) => false,
                 // Not programmed yet: the next reconciliation decides.
@@ -267,23 +347,24 @@ impl NeutronState {
             Notification::PortDelete { port_id } => {
                 let dev = device_name(port_id);
                 self.told.remove(&dev);
-                self.details.remove(&dev).is_some()
+                self.drop_detail(&dev)
             }
             Notification::NetworkUpdate { network_id, .. } => {
-                let devs: Vec<String> = self
-                    .details
-                    .iter()
-                    .filter(|(_, d)| &d.network_id == network_id)
-                    .map(|(dev, _)| dev.clone())
-                    .collect();
-                self.stale.extend(devs);
+                self.stale.extend(self.net_devices.get(network_id).into_iter().flatten().cloned());
                 false
             }
             Notification::NetworkDelete { network_id } => {
-                let before = self.details.len();
-                self.details.retain(|_, d| &d.network_id != network_id);
-                let fdb = self.fdb.remove(network_id).is_some();
-                self.details.len() != before || fdb
+                let devs: Vec<String> =
+                    self.net_devices.get(network_id).into_iter().flatten().cloned().collect();
+                let mut changed = false;
+                for dev in &devs {
+                    changed |= self.drop_detail(dev);
+                }
+                if self.fdb.remove(network_id).is_some() {
+                    self.dirty.insert(network_id.clone());
+                    changed = true;
+                }
+                changed
             }
             Notification::AddFdbEntries(nets) => {
                 let mut changed = false;
@@ -294,7 +375,10 @@ impl NeutronState {
                         ports: BTreeMap::new(),
                     });
                     for (vtep, ports) in &entries.ports {
-                        changed |= add_ports(have.ports.entry(*vtep).or_default(), ports);
+                        if add_ports(have.ports.entry(*vtep).or_default(), ports) {
+                            self.dirty.insert(net.clone());
+                            changed = true;
+                        }
                     }
                 }
                 changed
@@ -304,7 +388,10 @@ impl NeutronState {
                 for (net, entries) in nets {
                     let Some(have) = self.fdb.get_mut(net) else { continue };
                     for (vtep, ports) in &entries.ports {
-                        changed |= remove_ports(&mut have.ports, vtep, ports);
+                        if remove_ports(&mut have.ports, vtep, ports) {
+                            self.dirty.insert(net.clone());
+                            changed = true;
+                        }
                     }
                     if have.ports.is_empty() {
                         self.fdb.remove(net);
@@ -317,8 +404,12 @@ impl NeutronState {
                 for (net, vteps) in nets {
                     let Some(have) = self.fdb.get_mut(net) else { continue };
                     for (vtep, chg) in vteps {
-                        changed |= remove_ports(&mut have.ports, vtep, &chg.before);
-                        changed |= add_ports(have.ports.entry(*vtep).or_default(), &chg.after);
+                        let c = remove_ports(&mut have.ports, vtep, &chg.before)
+                            | add_ports(have.ports.entry(*vtep).or_default(), &chg.after);
+                        if c {
+                            self.dirty.insert(net.clone());
+                            changed = true;
+                        }
                     }
                 }
                 changed
@@ -384,6 +475,30 @@ mod tests {
 
     fn present(devs: &[(&str, Wired)]) -> BTreeMap<String, Wired> {
         devs.iter().map(|(d, w)| (d.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn a_port_change_rebuilds_its_network_only() {
+        let mut s = NeutronState::new("node0");
+        let ports = ["aaaaaaaa-0001-4b7e", "bbbbbbbb-0002-4b7e", "cccccccc-0003-4b7e"];
+        let devs: Vec<String> = ports.iter().map(|p| device_name(p)).collect();
+        s.observe(devs.iter().map(|d| (d.clone(), Wired::Unbound)).collect());
+        let details = vec![detail(ports[0], "n1", true), detail(ports[1], "n2", true)];
+        s.fetched(&devs[..2], answer(details), Instant::now());
+        let first = s.catalog().unwrap();
+        assert_eq!(first.networks.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+        assert!(Arc::ptr_eq(&first, &s.catalog().unwrap()), "nothing changed: the same catalog");
+        // A third port joins n2: n1's entry is kept as it was.
+        let mut third = detail(ports[2], "n2", true);
+        third.mac_address = "fa:16:3e:00:00:03".into();
+        s.fetched(&devs[2..], answer(vec![third]), Instant::now());
+        let second = s.catalog().unwrap();
+        assert!(Arc::ptr_eq(&first.networks["n1"], &second.networks["n1"]));
+        assert_eq!(second.networks["n2"].bindings.ports.len(), 2);
+        assert_eq!(second.changed_since(&first), ["n2".to_string()].into());
+        // Its network deleted: the entry goes.
+        s.apply(&Notification::NetworkDelete { network_id: "n2".into() });
+        assert_eq!(s.catalog().unwrap().networks.keys().collect::<Vec<_>>(), ["n1"]);
     }
 
     #[test]

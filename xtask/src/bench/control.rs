@@ -1,8 +1,10 @@
-//! Control plane: what the agent's reconcile costs (read the bindings file,
-//! derive, diff, apply; the maps are read back only when programming from
-//! scratch, as the agent reads them only at start and on its periodic resync)
-//! with 10,000 ports on 4,000 networks, into the real maps of a privately
-//! loaded datapath.
+//! Control plane: what the agent's reconcile costs with 10,000 ports on 4,000
+//! networks, into the real maps of a privately loaded datapath: programming
+//! from scratch (read the bindings file, derive everything, read the maps
+//! back, diff, apply, as the agent does at start and on its periodic resync),
+//! and one port's change from either source. From the file, a change costs a
+//! read of the whole file and a comparison of every network; from neutron it
+//! costs the port's own details and its network's re-derivation.
 //!
 //! The node's device list is synthetic (map keys take any ifindex), so no
 //! 10,000 devices need to exist; attaching tcx links is not part of the figure.
@@ -12,18 +14,26 @@
 //! and an ARP responder entry here. That is 10,000 ports in this node's maps.
 
 use std::{
+    collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use datapath_tests::cluster::{PortSpec, agents_json, network_json};
+use datapath_tests::cluster::{PortSpec, agents_json, network_json, vtep_ip};
 use datapath_user::{
-    bindings::Bindings,
+    bindings::{Bindings, Catalog},
     config::Config,
-    desired::{self, Allocations, MapState, PortState},
+    desired::{Allocations, Engine, PortState},
     loader::Datapath,
     netlink::Devices,
+    neutron::{
+        notify::{FdbPort, NetworkFdb, Notification},
+        plugin::{Details, DeviceDetails},
+        ports::{NeutronState, Wired},
+    },
     sync,
     tunnel::TUNNEL_DEVICE,
 };
@@ -38,8 +48,12 @@ const FIRST_IFINDEX: u32 = 1000;
 /// The control-plane figures and where the time goes.
 pub struct ControlPlane {
     pub program_10k_s: f64,
+    /// One port's change from the bindings file.
     pub change_ms: f64,
     pub change_1k_ms: f64,
+    /// One port's change from neutron.
+    pub change_neutron_ms: f64,
+    pub change_neutron_1k_ms: f64,
     pub map_memory_mb: f64,
     /// One line per reconcile kind, phase by phase, for the terminal and the docs.
     pub profile: Vec<String>,
@@ -48,43 +62,60 @@ pub struct ControlPlane {
 /// Measures it all; `changes` one-port changes are timed at each size.
 pub fn measure(scratch: &Path, changes: usize) -> Result<ControlPlane> {
     let mut profile = Vec::new();
-    let (program_10k, change_10k, memory, empty) = {
+    let (program_10k, change_10k, neutron_10k, memory, empty) = {
         let mut node = Node::new(scratch, "cp10k", 4_000, 10_000)?;
         let empty = maps_memlock()?;
-        let program = node.reconcile()?;
+        let program = node.program()?;
         node.check_programmed()?;
         let memory = maps_memlock()?;
-        let change = node.changes(changes)?;
-        (program, change, memory, empty)
+        let change = node.changes(changes, Source::File)?;
+        let neutron = node.changes(changes, Source::Neutron)?;
+        (program, change, neutron, memory, empty)
     };
     profile.push(format!("program 10,000 ports on 4,000 networks: {}", program_10k.describe()));
-    profile.push(format!("one port change with 10,000 present (median): {}", change_10k.describe()));
-    let change_1k = {
+    profile
+        .push(format!("one port change from the file, 10,000 present (median): {}", change_10k.describe()));
+    profile
+        .push(format!("one port change from neutron, 10,000 present (median): {}", neutron_10k.describe()));
+    let (change_1k, neutron_1k) = {
         let mut node = Node::new(scratch, "cp1k", 400, 1_000)?;
-        let program = node.reconcile()?;
+        let program = node.program()?;
         node.check_programmed()?;
         profile.push(format!("program 1,000 ports on 400 networks: {}", program.describe()));
-        node.changes(changes)?
+        (node.changes(changes, Source::File)?, node.changes(changes, Source::Neutron)?)
     };
-    profile.push(format!("one port change with 1,000 present (median): {}", change_1k.describe()));
+    profile.push(format!("one port change from the file, 1,000 present (median): {}", change_1k.describe()));
+    profile.push(format!("one port change from neutron, 1,000 present (median): {}", neutron_1k.describe()));
     profile.push(format!(
         "map memory (memlock of every map): {:.1} MB loaded empty, {:.1} MB with the 10,000 ports",
         empty as f64 / 1e6,
         memory as f64 / 1e6
     ));
+    let ms = |p: &Phases| p.total().as_secs_f64() * 1e3;
     Ok(ControlPlane {
         program_10k_s: program_10k.total().as_secs_f64(),
-        change_ms: change_10k.total().as_secs_f64() * 1e3,
-        change_1k_ms: change_1k.total().as_secs_f64() * 1e3,
+        change_ms: ms(&change_10k),
+        change_1k_ms: ms(&change_1k),
+        change_neutron_ms: ms(&neutron_10k),
+        change_neutron_1k_ms: ms(&neutron_1k),
         map_memory_mb: memory as f64 / 1e6,
         profile,
     })
 }
 
+/// Where a port's change comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    File,
+    Neutron,
+}
+
 /// Where one reconcile spent its time.
 #[derive(Debug, Clone, Copy, Default)]
 struct Phases {
+    /// Reading the source: the file parsed and split by network, or neutron's details made bindings.
     parse: Duration,
+    /// The engine's update: derivation of what changed, and the patch of the desired state.
     derive: Duration,
     read: Duration,
     diff: Duration,
@@ -100,7 +131,7 @@ impl Phases {
     fn describe(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         format!(
-            "{:.1} ms = parse {:.1} + derive {:.1} + read maps {:.1} + diff {:.1} + apply {:.1} ({} map changes)",
+            "{:.1} ms = source {:.1} + derive {:.1} + read maps {:.1} + diff {:.1} + apply {:.1} ({} map changes)",
             ms(self.total()),
             ms(self.parse),
             ms(self.derive),
@@ -116,7 +147,7 @@ impl Phases {
 struct Node {
     cfg: Config,
     devices: Devices,
-    alloc: Allocations,
+    engine: Engine,
     dp: Datapath,
     bindings: PathBuf,
     networks: usize,
@@ -125,8 +156,12 @@ struct Node {
     texts: [String; 2],
     /// The added port's device.
     extra: (String, u32),
-    /// What the last reconcile applied without error: the agent diffs against it, not a map read.
-    known: Option<MapState>,
+    /// The same cloud as neutron would tell it.
+    neutron: NeutronState,
+    /// The added port's details.
+    extra_details: DeviceDetails,
+    /// The local devices as the agent tells the neutron side after a reconcile.
+    present: BTreeMap<String, Wired>,
 }
 
 impl Node {
@@ -151,52 +186,111 @@ impl Node {
             document(networks, &[specs.as_slice(), std::slice::from_ref(&extra)].concat())?,
         ];
         std::fs::write(&bindings, &texts[0]).with_context(|| format!("writing {}", bindings.display()))?;
+        let (neutron, present) = neutron_feed(&specs, networks)?;
         let dp =
             Datapath::load_private().context("loading a private datapath for the control-plane figures")?;
         Ok(Self {
             cfg,
             devices,
-            alloc: Allocations::default(),
+            engine: Engine::new(Allocations::default()),
             dp,
             bindings,
             networks,
             ports,
             texts,
             extra: (extra.device(), FIRST_IFINDEX + ports as u32),
-            known: None,
+            neutron,
+            extra_details: details_of(&extra, networks)?,
+            present,
         })
     }
 
-    /// One reconcile as the agent does it, minus the tcx attachments.
-    fn reconcile(&mut self) -> Result<Phases> {
+    /// Programs the node from scratch, from the file, as the agent does at start.
+    fn program(&mut self) -> Result<Phases> {
         interrupt::check()?;
         let mut p = Phases::default();
         let t = Instant::now();
-        let bindings = Bindings::load(&self.bindings)?;
+        let catalog = self.read_file()?;
         p.parse = t.elapsed();
-        ensure!(
-            bindings.refused.is_empty(),
-            "the synthetic bindings were refused: {:?}",
-            &bindings.refused[..1]
-        );
         let t = Instant::now();
-        let derived = desired::derive(&self.cfg, &bindings, &self.devices, &mut self.alloc);
+        self.engine.update(&self.cfg, &catalog, &self.devices, true);
         p.derive = t.elapsed();
-        let done = sync::converge(&mut self.dp.maps, &derived.state, self.known.as_ref())?;
+        let done = sync::converge(&mut self.dp.maps, self.engine.state(), None)?;
         (p.read, p.diff, p.apply, p.changes) = (done.read, done.diff, done.apply, done.changes);
         if let Some(e) = done.errors.first() {
             bail!("applying the synthetic cloud: {} map updates failed, first: {e}", done.errors.len());
         }
-        self.known = Some(derived.state);
+        let derived = self.engine.derived(&self.cfg);
         if let Some(r) = derived.ports.iter().find(|r| matches!(r.state, PortState::Error(_))) {
             bail!("the agent refused port {} ({}): {:?}", r.id, r.device, r.state);
         }
         Ok(p)
     }
 
+    fn read_file(&self) -> Result<Arc<Catalog>> {
+        let bindings = Bindings::load(&self.bindings)?;
+        ensure!(
+            bindings.refused.is_empty(),
+            "the synthetic bindings were refused: {:?}",
+            &bindings.refused[..1]
+        );
+        Ok(Arc::new(Catalog::split(bindings)))
+    }
+
+    /// One incremental reconcile, as the agent does it for a change, minus the tcx attachment.
+    fn change(&mut self, source: Source, add: bool) -> Result<Phases> {
+        interrupt::check()?;
+        let mut p = Phases::default();
+        // The device's arrival is not the agent's work; nor, for the file, the sync tool's write.
+        if add {
+            self.devices.insert(self.extra.0.clone(), self.extra.1);
+        } else {
+            self.devices.remove(&self.extra.0);
+        }
+        if source == Source::File {
+            std::fs::write(&self.bindings, &self.texts[usize::from(add)])
+                .with_context(|| format!("writing {}", self.bindings.display()))?;
+        }
+        let t = Instant::now();
+        let catalog = match source {
+            Source::File => self.read_file()?,
+            Source::Neutron => {
+                // What the agent's neutron task does: the tap is seen, its details come, the
+                // bindings of its network are rebuilt; when it goes, its details are dropped.
+                if add {
+                    self.present.insert(self.extra.0.clone(), Wired::Unbound);
+                } else {
+                    self.present.remove(&self.extra.0);
+                }
+                self.neutron.observe(self.present.clone());
+                if add {
+                    let answer = Details { devices: vec![self.extra_details.clone()], ..Details::default() };
+                    self.neutron.fetched(
+                        std::slice::from_ref(&self.extra.0),
+                        answer,
+                        std::time::Instant::now(),
+                    );
+                }
+                self.neutron.catalog()?
+            }
+        };
+        p.parse = t.elapsed();
+        let t = Instant::now();
+        let change = self.engine.update(&self.cfg, &catalog, &self.devices, false);
+        p.derive = t.elapsed();
+        let done = sync::apply_known(&mut self.dp.maps, &change.diff);
+        (p.apply, p.changes) = (done.apply, done.changes);
+        if let Some(e) = done.errors.first() {
+            bail!("applying one port's change: {} map updates failed, first: {e}", done.errors.len());
+        }
+        ensure!(p.changes > 0, "one port change made no map change");
+        Ok(p)
+    }
+
     /// Every port is in the maps: local ones as ports and FDB entries, remote ones behind their VTEP.
     fn check_programmed(&self) -> Result<()> {
         let state = sync::read_state(&self.dp.maps)?;
+        ensure!(&state == self.engine.state(), "the maps differ from the desired state");
         // The local ports, the uplink and the VXLAN device.
         ensure!(state.ports.len() == self.networks + 2, "PORTS holds {} entries", state.ports.len());
         ensure!(state.fdb.len() == self.ports, "FDB holds {} entries, not {}", state.fdb.len(), self.ports);
@@ -210,22 +304,26 @@ impl Node {
     }
 
     /// Times `n` reconciles that each add or remove one local port; returns the median one.
-    fn changes(&mut self, n: usize) -> Result<Phases> {
+    fn changes(&mut self, n: usize, source: Source) -> Result<Phases> {
+        if source == Source::Neutron {
+            // The same cloud told by neutron: the desired state must not move.
+            let catalog = self.neutron.catalog()?;
+            let change = self.engine.update(&self.cfg, &catalog, &self.devices, true);
+            ensure!(
+                change.diff.is_empty(),
+                "neutron's view of the cloud differs from the file's in {} map entries",
+                change.diff.len()
+            );
+        }
         let mut samples = Vec::new();
         for k in 0..n.max(2) {
-            let add = k % 2 == 0;
-            // The sync tool's write and the device's arrival are not the agent's work.
-            std::fs::write(&self.bindings, &self.texts[usize::from(add)])
-                .with_context(|| format!("writing {}", self.bindings.display()))?;
-            if add {
-                self.devices.insert(self.extra.0.clone(), self.extra.1);
-            } else {
-                self.devices.remove(&self.extra.0);
-            }
-            let p = self.reconcile()?;
-            ensure!(p.changes > 0, "one port change made no map change");
-            samples.push(p);
+            samples.push(self.change(source, k % 2 == 0)?);
         }
+        if samples.len() % 2 == 1 {
+            // Leave the node as it was: without the extra port.
+            self.change(source, false)?;
+        }
+        self.check_programmed()?;
         let totals: Vec<f64> = samples.iter().map(|p| p.total().as_secs_f64()).collect();
         let mid = stats::median(&totals).unwrap_or(0.0);
         Ok(*samples
@@ -235,6 +333,49 @@ impl Node {
             })
             .expect("at least two samples"))
     }
+}
+
+/// Neutron's side of the same cloud: the details of node0's ports, and
+/// l2population's FDB of the others. Returns it with node0's devices.
+fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<(NeutronState, BTreeMap<String, Wired>)> {
+    let mut st = NeutronState::new("node0");
+    let local: Vec<&PortSpec> = specs.iter().filter(|p| p.host == "node0").collect();
+    let present: BTreeMap<String, Wired> = local.iter().map(|p| (p.device(), Wired::Unbound)).collect();
+    st.observe(present.clone());
+    let devices: Vec<String> = local.iter().map(|p| p.device()).collect();
+    let details = local.iter().map(|p| details_of(p, networks)).collect::<Result<Vec<_>>>()?;
+    st.fetched(&devices, Details { devices: details, ..Details::default() }, std::time::Instant::now());
+    let mut fdb: BTreeMap<String, NetworkFdb> = BTreeMap::new();
+    for p in specs.iter().filter(|p| p.host != "node0") {
+        let host: usize = p.host.trim_start_matches("node").parse().context("a synthetic host name")?;
+        let vtep: IpAddr = vtep_ip(host).parse().context("a synthetic VTEP")?;
+        let net = fdb.entry(p.network_id.clone()).or_insert_with(|| NetworkFdb {
+            segment_id: Some(segment_of(&p.network_id, networks)),
+            network_type: "vxlan".into(),
+            ports: BTreeMap::new(),
+        });
+        net.ports.entry(vtep).or_default().push(FdbPort { mac: p.mac.clone(), ip: p.ip.clone() });
+    }
+    st.apply(&Notification::AddFdbEntries(fdb));
+    Ok((st, present))
+}
+
+/// What neutron's get_devices_details_list answers for a port of the cloud.
+fn details_of(p: &PortSpec, networks: usize) -> Result<DeviceDetails> {
+    serde_json::from_value(json!({
+        "device": p.device(), "network_id": p.network_id, "port_id": p.id, "mac_address": p.mac,
+        "admin_state_up": p.admin_up, "network_type": "vxlan",
+        "segmentation_id": segment_of(&p.network_id, networks), "physical_network": null, "mtu": 1450,
+        "fixed_ips": [{"subnet_id": "sub", "ip_address": p.ip}], "device_owner": p.owner,
+        "allowed_address_pairs": [], "port_security_enabled": p.port_security,
+    }))
+    .context("synthetic device details")
+}
+
+/// The VNI of network `id` (see `document`).
+fn segment_of(id: &str, networks: usize) -> u32 {
+    let n = (0..networks).find(|n| network_id(*n) == id).unwrap_or(0);
+    10_000 + n as u32
 }
 
 fn network_id(n: usize) -> String {

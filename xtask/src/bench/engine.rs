@@ -225,6 +225,8 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     records.push(control(report::PROGRAM_10K, cp.program_10k_s));
     records.push(control(report::CHANGE, cp.change_ms));
     records.push(control(report::CHANGE_1K, cp.change_1k_ms));
+    records.push(control(report::CHANGE_NEUTRON, cp.change_neutron_ms));
+    records.push(control(report::CHANGE_NEUTRON_1K, cp.change_neutron_1k_ms));
     records.push(control(report::MAP_MEMORY, cp.map_memory_mb));
     let wired = |metric: Metric, samples: &[f64], q: f64| Record {
         scenario: "wiring".into(),
