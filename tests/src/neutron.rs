@@ -292,6 +292,23 @@ impl Neutron {
         Ok(())
     }
 
+    /// Has the broker close every connection of this test's vhost, neutron-server's
+    /// included, as a RabbitMQ restart does to its clients: their auto-delete queues go,
+    /// and everyone reconnects and declares them again. Returns how many it closed.
+    pub fn close_bus_connections(&self) -> Result<usize> {
+        let out = services::rabbitmqctl(&[
+            "close_all_connections",
+            "--vhost",
+            &self.name,
+            "datapath test: the broker drops its clients",
+        ])?;
+        // "Closed N connections"
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("rabbitmqctl close_all_connections said {out:?}"))
+    }
+
     /// Stops the RPC server (the agents' side of neutron-server); the API stays up.
     pub fn stop_rpc_server(&mut self) {
         if let Some(mut c) = self.rpc_server.take() {
