@@ -101,8 +101,8 @@ impl Bindings {
         let mut seen: HashMap<String, usize> = HashMap::new();
         // (network id, MAC) -> the port that claimed it first.
         let mut macs: HashMap<(String, [u8; 6]), String> = HashMap::new();
-        // Tap device name -> the port that claimed it first.
-        let mut devices: HashMap<String, String> = HashMap::new();
+        // (host, tap device name) -> the port that claimed it first: a tap lives on one host.
+        let mut devices: HashMap<(String, String), String> = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             let (what, id) = label(entry, "ports", "port", "id", i);
             if let Some(id) = id {
@@ -129,9 +129,10 @@ impl Bindings {
                 self.refuse(what, format!("network_id {:?}: unknown network (it {why})", port.network_id));
                 continue;
             }
-            // Two ports with one tap name (the first 11 characters of their ids)
-            // would be programmed on one device; the first in file order keeps it.
-            if let Some(other) = devices.get(&port.device_name()) {
+            // Two ports of one host with one tap name (the first 11 characters of
+            // their ids) would be programmed on one device; the first in file order
+            // keeps it. On different hosts they are two devices.
+            if let Some(other) = devices.get(&(port.host.clone(), port.device_name())) {
                 self.refuse(
                     what,
                     format!("its device {} is already the device of port {other}", port.device_name()),
@@ -151,7 +152,7 @@ impl Bindings {
                 ),
                 None => {
                     macs.insert((port.network_id.clone(), port.mac), port.id.clone());
-                    devices.insert(port.device_name(), port.id.clone());
+                    devices.insert((port.host.clone(), port.device_name()), port.id.clone());
                     self.ports.push(port);
                 }
             }
@@ -1011,6 +1012,18 @@ mod tests {
     fn two_ports_with_one_device_name_refuse_the_second() {
         let r = refuse_port(port("00000001-0000-4000-8000-999999999999", "net-a", &mac(9)));
         assert_refusal(&r, "port 00000001-0000-4000-8000-999999999999", "already the device of port");
+    }
+
+    /// l2population's remote ports all start "fdb-fa163e0": a shared device
+    /// name is only a conflict between ports of one host.
+    #[test]
+    fn one_device_name_on_two_hosts_is_two_devices() {
+        let mut a = port("00000001-0000-4000-8000-aaaaaaaaaaaa", "net-a", &mac(8));
+        let mut b = port("00000001-0000-4000-8000-bbbbbbbbbbbb", "net-a", &mac(9));
+        a["binding:host_id"] = json!("node1");
+        b["binding:host_id"] = json!("node2");
+        let got = parse(&json!({"networks": [vlan("net-a", 10)], "ports": [a, b]}));
+        assert_eq!((got.ports.len(), got.refused.len()), (2, 0), "{:?}", got.refused);
     }
 
     #[test]

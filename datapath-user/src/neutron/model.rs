@@ -83,6 +83,26 @@ mod tests {
         .unwrap()
     }
 
+    /// Found by the bench: every remote port is "fdb-fa163e..", so the second
+    /// VTEP's ports of a network were refused as sharing a tap name.
+    #[test]
+    fn ports_behind_two_vteps_are_all_kept() {
+        let d = [detail("aaaaaaaa-1111-2222", "n1", "vxlan", Some(458), "fa:16:3e:00:00:01")];
+        let port = |mac: &str, ip: &str| vec![FdbPort { mac: mac.into(), ip: ip.into() }];
+        let ports = BTreeMap::from([
+            ("192.0.2.15".parse::<IpAddr>().unwrap(), port("fa:16:3e:00:00:04", "10.64.0.3")),
+            ("192.0.2.19".parse::<IpAddr>().unwrap(), port("fa:16:3e:00:00:08", "10.64.0.4")),
+        ]);
+        let fdb = BTreeMap::from([(
+            "n1".to_string(),
+            NetworkFdb { segment_id: Some(458), network_type: "vxlan".into(), ports },
+        )]);
+        let b = bindings("node0", &d, &fdb).unwrap();
+        assert_eq!(b.refused, vec![]);
+        let ids: Vec<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["aaaaaaaa-1111-2222", "fdb-fa163e000004", "fdb-fa163e000008"]);
+    }
+
     #[test]
     fn details_and_fdb_become_bindings() {
         let d = [detail("aaaaaaaa-1111-2222", "n1", "vxlan", Some(458), "fa:16:3e:00:00:01")];

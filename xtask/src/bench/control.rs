@@ -425,3 +425,32 @@ fn maps_memlock() -> Result<u64> {
     ensure!(!seen.is_empty(), "no BPF map among this process's fds");
     Ok(seen.values().sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file and neutron describe the bench's cloud alike: one desired state.
+    #[test]
+    fn both_sources_give_the_same_desired_state() {
+        let (networks, ports) = (4, 10);
+        let cfg = Config::parse_str(
+            "host = \"node0\"\nphysical_interface_mappings = [\"default:eth2\"]\nbindings = \"/b\"\n\
+             pin_path = \"/sys/fs/bpf/t\"\nlocal_ip = \"192.0.2.10\"\ntunnel_types = [\"vxlan\"]\n",
+            "test",
+        )
+        .unwrap();
+        let specs: Vec<PortSpec> = (0..ports).map(|i| port(i, networks, i < networks)).collect();
+        let mut devices: Devices = [("eth2".to_string(), 2), (TUNNEL_DEVICE.to_string(), 3)].into();
+        for (i, p) in specs.iter().enumerate().filter(|(_, p)| p.host == "node0") {
+            devices.insert(p.device(), FIRST_IFINDEX + i as u32);
+        }
+        let file = Bindings::parse_str(&document(networks, &specs).unwrap(), "test").unwrap();
+        let mut engine = Engine::new(Allocations::default());
+        engine.update(&cfg, &Arc::new(Catalog::split(file)), &devices, true);
+        let (mut st, _) = neutron_feed(&specs, networks).unwrap();
+        let mut other = Engine::new(engine.alloc().clone());
+        other.update(&cfg, &st.catalog().unwrap(), &devices, true);
+        assert_eq!(other.state(), engine.state());
+    }
+}
