@@ -17,8 +17,11 @@ pub mod loader;
 pub mod migrate;
 pub mod netlink;
 pub mod neutron;
+pub mod policy;
 pub mod source;
 pub mod sync;
 pub mod synced;
+#[cfg(test)]
+mod test_rng;
 pub mod testrun;
 pub mod tunnel;

@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::addr::device_name;
+use super::{
+    addr::device_name,
+    secgroups::{AddressGroup, SecurityGroup},
+};
 
 /// A Neutron provider network type this datapath handles.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +59,8 @@ pub struct Port {
     pub port_security_enabled: bool,
     /// Extra (address, MAC) pairs the port may send from.
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// The ids of the security groups the port is in.
+    pub security_groups: Vec<String>,
 }
 
 /// One allowed address pair of a port.
@@ -98,6 +103,10 @@ pub struct Bindings {
     pub ports: Vec<Port>,
     /// Accepted agents.
     pub agents: Vec<Agent>,
+    /// Security groups with their accepted rules.
+    pub security_groups: Vec<SecurityGroup>,
+    /// Address groups.
+    pub address_groups: Vec<AddressGroup>,
     /// Entries that were refused.
     pub refused: Vec<Refusal>,
 }

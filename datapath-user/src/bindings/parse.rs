@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::{
     AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal,
     addr::{DEVICE_ID_CHARS, device_name, format_mac, parse_cidr, parse_mac},
+    secgroups,
 };
 use crate::config::check_ifname;
 
@@ -55,6 +56,19 @@ impl Bindings {
         let mut out = Bindings::default();
         let refused_nets = out.read_networks(networks);
         out.read_ports(ports, &refused_nets);
+        // Like agents, security groups are optional, and a broken list costs only itself.
+        for key in ["security_groups", "address_groups"] {
+            match doc.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(list)) if key == "security_groups" => {
+                    out.security_groups = secgroups::read_security_groups(list, &mut out.refused)
+                }
+                Some(Value::Array(list)) => {
+                    out.address_groups = secgroups::read_address_groups(list, &mut out.refused)
+                }
+                Some(other) => out.refuse(key.into(), format!("\"{key}\" is {}, not an array", kind(other))),
+            }
+        }
         // Agents only matter for tunnels, so a broken list must not cost the node its L2 ports.
         match doc.get("agents") {
             None | Some(Value::Null) => {}
@@ -307,6 +321,12 @@ fn port_from(obj: &Object) -> Result<Port, String> {
         allowed_address_pairs.push(AddressPair { ip, prefix_len, mac: pair_mac });
     }
 
+    let mut security_groups = Vec::new();
+    for (j, g) in opt_array(obj, "security_groups")?.iter().enumerate() {
+        let g = g.as_str().ok_or_else(|| format!("security_groups[{j}] is {}, not a group id", kind(g)))?;
+        security_groups.push(g.to_string());
+    }
+
     Ok(Port {
         id: id.to_string(),
         network_id,
@@ -317,6 +337,7 @@ fn port_from(obj: &Object) -> Result<Port, String> {
         admin_state_up: opt_bool(obj, "admin_state_up")?.unwrap_or(true),
         port_security_enabled: opt_bool(obj, "port_security_enabled")?.unwrap_or(true),
         allowed_address_pairs,
+        security_groups,
     })
 }
 
@@ -518,12 +539,15 @@ mod tests {
                         prefix_len: 24,
                         mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
                     }],
+                    security_groups: vec![],
                 }],
                 agents: vec![Agent {
                     host: "node1".into(),
                     agent_type: "Open vSwitch agent".into(),
                     tunneling_ip: Some(Ipv4Addr::new(192, 0, 2, 11)),
                 }],
+                security_groups: vec![],
+                address_groups: vec![],
                 refused: vec![],
             }
         );
@@ -573,6 +597,7 @@ mod tests {
                 admin_state_up: true,
                 port_security_enabled: true,
                 allowed_address_pairs: vec![],
+                security_groups: vec![],
             }
         );
     }

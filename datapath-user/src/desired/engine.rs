@@ -372,22 +372,11 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::test_rng::Rng;
     use crate::{
         bindings::{Agent, Bindings, Port},
         desired::{check_invariants, derive, tests::CONFIG},
     };
-
-    /// A small deterministic generator (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-        }
-    }
 
     const TUNNEL_CONFIG: &str = "local_ip = \"192.0.2.10\"\ntunnel_types = [\"vxlan\"]\n";
 
@@ -421,6 +410,7 @@ mod tests {
             admin_state_up: rng.below(6) != 0,
             port_security_enabled: rng.below(5) != 0,
             allowed_address_pairs: Vec::new(),
+            security_groups: Vec::new(),
         }
     }
 
