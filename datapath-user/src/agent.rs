@@ -20,7 +20,7 @@ use crate::{
     config::Config,
     config::Source as SourceConfig,
     control::{self, Pending},
-    desired::{Allocations, Derived, Engine},
+    desired::{Allocations, Derived, Engine, Scope},
     features, learned,
     loader::{self, Datapath},
     migrate,
@@ -70,6 +70,10 @@ pub struct Agent {
     migration: Option<Migration>,
     /// The namespace's devices: listed at start and on verify, kept by link events in between.
     devices: Option<Devices>,
+    /// Devices that came, went or changed since the last reconcile.
+    moved: BTreeSet<String>,
+    /// Whether the last attachment pass left a device without its program.
+    attach_failed: bool,
 }
 
 /// An upgrade or downgrade across map layouts in progress (see `migrate`).
@@ -118,6 +122,8 @@ impl Agent {
             maps_known: false,
             migration,
             devices: None,
+            moved: BTreeSet::new(),
+            attach_failed: false,
         })
     }
 
@@ -130,11 +136,12 @@ impl Agent {
         let started = Instant::now();
         self.source.poll();
         let bindings_error = self.source.error();
-        let mut devices = match self.devices.take() {
-            Some(d) if !verify => d,
-            _ => netlink::list_devices()?,
+        // A fresh listing has no record of what moved: everything is looked at.
+        let (mut devices, mut listed) = match self.devices.take() {
+            Some(d) if !verify => (d, false),
+            _ => (netlink::list_devices()?, true),
         };
-        let Some(catalog) = self.source.good() else {
+        if self.source.good().is_none() {
             self.source.observe_devices(&devices);
             self.status.bindings_error = bindings_error;
             self.devices = Some(devices);
@@ -142,14 +149,19 @@ impl Agent {
         };
         if let Some(ip) = self.cfg.tunnel_ip() {
             match tunnel::ensure(&devices, ip) {
-                Ok(true) => devices = netlink::list_devices()?,
+                Ok(true) => (devices, listed) = (netlink::list_devices()?, true),
                 Ok(false) => {}
                 Err(e) => log::error!("creating the VXLAN device: {e:#}"),
             }
         }
-        let catalog = catalog.clone();
-        let full = verify || self.status.syncs == 0;
-        let change = self.engine.update(&self.cfg, &catalog, &devices, full);
+        // Nothing fallible from here to the update: what changed is taken once.
+        let changed = self.source.take_changed();
+        let moved = std::mem::take(&mut self.moved);
+        let full = verify || listed || changed.all || self.status.syncs == 0;
+        let scope =
+            if full { Scope::Full } else { Scope::Changed { networks: &changed.networks, devices: &moved } };
+        let catalog = self.source.good().context("the source lost its bindings")?;
+        let change = self.engine.update(&self.cfg, catalog, &devices, scope);
         self.devices = Some(devices);
         let trusted = self.maps_known && !verify;
         // Until it has converged, the kernel's contents are unknown.
@@ -178,7 +190,13 @@ impl Agent {
             }
             m.learned.clear();
         }
-        let attach_errors = self.attacher.reconcile(&mut self.dp, self.engine.attach(), verify);
+        // The attacher walks every device: only when a program changed, or to retry.
+        let attach_errors = if full || change.attach_changed || self.attach_failed {
+            self.attacher.reconcile(&mut self.dp, self.engine.attach(), verify)
+        } else {
+            Vec::new()
+        };
+        self.attach_failed = !attach_errors.is_empty();
         if attach_errors.is_empty()
             && let Some(m) = self.migration.take()
         {
@@ -254,7 +272,12 @@ impl Agent {
                         links.changes.extend(more.changes);
                     }
                     let changed = match (&mut self.devices, links.overrun) {
-                        (Some(d), false) => links.apply(d),
+                        (Some(d), false) => {
+                            let moved = links.apply(d);
+                            let any = !moved.is_empty();
+                            self.moved.extend(moved);
+                            any
+                        }
                         _ => {
                             self.devices = None;
                             true

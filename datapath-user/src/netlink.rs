@@ -5,6 +5,7 @@
 //! applies each event's name and ifindex.
 
 use std::{
+    collections::BTreeSet,
     ffi::CStr,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -47,9 +48,10 @@ pub struct LinkChanges {
 }
 
 impl LinkChanges {
-    /// Applies the changes to `devices`. Returns whether the list changed.
-    pub fn apply(&self, devices: &mut Devices) -> bool {
-        let mut changed = false;
+    /// Applies the changes to `devices`. Returns the names that came, went or
+    /// changed ifindex (a rename gives both names).
+    pub fn apply(&self, devices: &mut Devices) -> BTreeSet<String> {
+        let mut moved = BTreeSet::new();
         for (ifindex, name) in &self.changes {
             if let Some(name) = name
                 && devices.get(name) == Some(ifindex)
@@ -57,14 +59,19 @@ impl LinkChanges {
                 continue;
             }
             // Gone, or renamed: the old name of this ifindex goes.
-            let before = devices.len();
-            devices.retain(|_, i| i != ifindex);
-            changed |= devices.len() != before;
+            devices.retain(|old, i| {
+                let keep = i != ifindex;
+                if !keep {
+                    moved.insert(old.clone());
+                }
+                keep
+            });
             if let Some(name) = name {
-                changed |= devices.insert(name.clone(), *ifindex) != Some(*ifindex);
+                devices.insert(name.clone(), *ifindex);
+                moved.insert(name.clone());
             }
         }
-        changed
+        moved
     }
 }
 
@@ -257,9 +264,10 @@ mod tests {
         assert_eq!(c.changes, vec![(7, Some("tapaaaaaaaa-00".into())), (8, Some("eth2".into())), (5, None)]);
         assert!(!c.overrun);
         let mut devices: Devices = [("old".to_string(), 5), ("eth2-old".to_string(), 8)].into();
-        assert!(c.apply(&mut devices));
+        let moved: Vec<String> = c.apply(&mut devices).into_iter().collect();
+        assert_eq!(moved, ["eth2", "eth2-old", "old", "tapaaaaaaaa-00"]);
         assert_eq!(devices, [("tapaaaaaaaa-00".to_string(), 7), ("eth2".to_string(), 8)].into());
-        assert!(!c.apply(&mut devices), "the same events again change nothing");
+        assert!(c.apply(&mut devices).is_empty(), "the same events again change nothing");
     }
 
     #[test]

@@ -6,10 +6,9 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use crate::bindings::{Bindings, Catalog};
+use crate::bindings::{Bindings, Catalog, Changed};
 use crate::desired::PortReport;
 use crate::netlink::Devices;
 use crate::neutron::l2agent::NeutronSource;
@@ -40,10 +39,18 @@ impl Source {
     }
 
     /// The bindings in force, by network, if any ever were.
-    pub fn good(&self) -> Option<&Arc<Catalog>> {
+    pub fn good(&self) -> Option<&Catalog> {
         match self {
             Source::File(f) => f.good(),
             Source::Neutron(n) => n.good(),
+        }
+    }
+
+    /// The networks changed since the last call (and `all` for the first bindings).
+    pub fn take_changed(&mut self) -> Changed {
+        match self {
+            Source::File(f) => std::mem::take(&mut f.changed),
+            Source::Neutron(n) => n.take_changed(),
         }
     }
 
@@ -80,21 +87,21 @@ impl Source {
     }
 
     /// After a full reconciliation: the state of every port, for the Neutron source to report.
-    pub fn observe<'a>(&self, ports: impl Iterator<Item = &'a PortReport>) {
+    pub fn observe<'a>(&mut self, ports: impl Iterator<Item = &'a PortReport>) {
         if let Source::Neutron(n) = self {
             n.observe(ports);
         }
     }
 
     /// After an incremental one: the ports whose state changed (None: gone).
-    pub fn observe_changes(&self, changes: &BTreeMap<String, Option<PortReport>>) {
+    pub fn observe_changes(&mut self, changes: &BTreeMap<String, Option<PortReport>>) {
         if let Source::Neutron(n) = self {
             n.observe_changes(changes);
         }
     }
 
     /// Without bindings yet: the devices present, so that the Neutron source asks about their taps.
-    pub fn observe_devices(&self, devices: &Devices) {
+    pub fn observe_devices(&mut self, devices: &Devices) {
         if let Source::Neutron(n) = self {
             n.observe_devices(devices);
         }
@@ -122,14 +129,15 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub struct BindingSource {
     path: PathBuf,
     seen: Option<Stamp>,
-    good: Option<Arc<Catalog>>,
+    good: Option<Catalog>,
+    changed: Changed,
     error: Option<String>,
 }
 
 impl BindingSource {
     /// A source for `path`; nothing is read until `poll`.
     pub fn new(path: PathBuf) -> Self {
-        Self { path, seen: None, good: None, error: None }
+        Self { path, seen: None, good: None, changed: Changed::default(), error: None }
     }
 
     /// Re-reads the file if it changed. Returns true when the good bindings changed.
@@ -148,10 +156,12 @@ impl BindingSource {
                 }
                 self.error = None;
                 let new = Catalog::split(b);
-                if self.good.as_deref() == Some(&new) {
-                    return false;
+                match &self.good {
+                    Some(old) if *old == new => return false,
+                    Some(old) => self.changed.networks.extend(new.changed_since(old)),
+                    None => self.changed.all = true,
                 }
-                self.good = Some(Arc::new(new));
+                self.good = Some(new);
                 true
             }
             Err(e) => {
@@ -166,7 +176,7 @@ impl BindingSource {
     }
 
     /// The last bindings that parsed, by network, if any ever did.
-    pub fn good(&self) -> Option<&Arc<Catalog>> {
+    pub fn good(&self) -> Option<&Catalog> {
         self.good.as_ref()
     }
 

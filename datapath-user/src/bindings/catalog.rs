@@ -44,7 +44,50 @@ pub struct Catalog {
     pub refused: Vec<Refusal>,
 }
 
+/// What changed in a catalog: networks' new entries (None: gone), and every refusal now.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CatalogDelta {
+    pub networks: Vec<(String, Option<Arc<NetBindings>>)>,
+    pub refused: Vec<Refusal>,
+}
+
+/// Which networks changed since a consumer last looked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Changed {
+    /// Everything may have changed (the first catalog).
+    pub all: bool,
+    pub networks: BTreeSet<String>,
+}
+
+impl Changed {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.networks.is_empty()
+    }
+}
+
 impl Catalog {
+    /// Applies `d`; returns the networks it changed.
+    pub fn apply(&mut self, d: CatalogDelta) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        for (id, entry) in d.networks {
+            let same = match (&entry, self.networks.get(&id)) {
+                (Some(e), Some(o)) => Arc::ptr_eq(o, e) || o == e,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                changed.insert(id.clone());
+            }
+            match entry {
+                Some(e) => self.networks.insert(id, e),
+                None => self.networks.remove(&id),
+            };
+        }
+        self.refused = d.refused;
+        changed
+    }
+
     /// Splits whole bindings (a file) by network, in O(entries).
     pub fn split(b: Bindings) -> Self {
         let mut nets: BTreeMap<String, NetBindings> = b

@@ -10,10 +10,7 @@
 //! every fragment touched; the agent runs one on every periodic resync, which
 //! also bounds the life of any divergence.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use datapath_common::{NET_TYPE_FLAT, NET_TYPE_VLAN, NET_TYPE_VXLAN};
 
@@ -27,6 +24,20 @@ use crate::{
     synced::Diff,
 };
 
+/// What an update must look at.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Everything: start-up and the periodic resync.
+    Full,
+    /// What the source and the link events say changed since the last update.
+    Changed {
+        /// Networks whose catalog entry changed, came or went.
+        networks: &'a BTreeSet<String>,
+        /// Devices that came, went or were renumbered (old and new names of a rename).
+        devices: &'a BTreeSet<String>,
+    },
+}
+
 /// What one update changed.
 #[derive(Debug, Default)]
 pub struct Change {
@@ -36,14 +47,14 @@ pub struct Change {
     pub reports: BTreeMap<String, Option<PortReport>>,
     /// Networks re-derived.
     pub networks: usize,
+    /// Whether a device's program changed (the attacher has work).
+    pub attach_changed: bool,
 }
 
 /// The desired state, kept up to date fragment by fragment.
 #[derive(Debug)]
 pub struct Engine {
     alloc: Allocations,
-    catalog: Arc<Catalog>,
-    devices: Devices,
     /// Per network with ports bound here (programmed or refused).
     shards: BTreeMap<String, Derived>,
     /// Per device that belongs to no network.
@@ -55,6 +66,8 @@ pub struct Engine {
     device_net: BTreeMap<String, String>,
     /// (network type, segment) -> the shards that claim it.
     claims: BTreeMap<(u32, u32), BTreeSet<String>>,
+    /// Each shard's claim and place in the source's order.
+    shard_meta: BTreeMap<String, ((u32, u32), usize)>,
 }
 
 /// The segment a network may contend for with others of this node.
@@ -71,14 +84,13 @@ impl Engine {
     pub fn new(alloc: Allocations) -> Self {
         Self {
             alloc,
-            catalog: Arc::default(),
-            devices: Devices::new(),
             shards: BTreeMap::new(),
             node: BTreeMap::new(),
             state: MapState::default(),
             attach: BTreeMap::new(),
             device_net: BTreeMap::new(),
             claims: BTreeMap::new(),
+            shard_meta: BTreeMap::new(),
         }
     }
 
@@ -118,11 +130,8 @@ impl Engine {
                 out.ports.extend(f.ports.iter().cloned());
             }
         }
-        let mut order: Vec<(usize, &String)> = self
-            .shards
-            .keys()
-            .map(|id| (self.catalog.networks.get(id).map_or(usize::MAX, |n| n.position), id))
-            .collect();
+        let mut order: Vec<(usize, &String)> =
+            self.shards.keys().map(|id| (self.shard_meta.get(id).map_or(usize::MAX, |m| m.1), id)).collect();
         order.sort();
         for (_, id) in order {
             let f = &self.shards[id];
@@ -137,25 +146,23 @@ impl Engine {
         out
     }
 
-    /// Brings the desired state to `catalog` and `devices`. With `full`, every
-    /// fragment is derived again (start-up, periodic resync); otherwise only
-    /// those of the networks and devices that changed since the last update.
-    pub fn update(&mut self, cfg: &Config, catalog: &Arc<Catalog>, devices: &Devices, full: bool) -> Change {
-        let moved = moved_devices(&self.devices, devices);
-        let mut nets: BTreeSet<String> = if full {
-            let here = catalog.networks.iter().filter(|(_, n)| n.has_port_on(&cfg.host));
-            here.map(|(id, _)| id.clone()).chain(self.shards.keys().cloned()).collect()
-        } else if Arc::ptr_eq(catalog, &self.catalog) {
-            BTreeSet::new()
-        } else {
-            let changed = catalog.changed_since(&self.catalog);
-            changed
-                .into_iter()
-                .filter(|id| {
-                    self.shards.contains_key(id)
-                        || catalog.networks.get(id).is_some_and(|n| n.has_port_on(&cfg.host))
-                })
-                .collect()
+    /// Brings the desired state to `catalog` and `devices`: everything, or
+    /// only the fragments of what `scope` names as changed.
+    pub fn update(&mut self, cfg: &Config, catalog: &Catalog, devices: &Devices, scope: Scope) -> Change {
+        let full = matches!(scope, Scope::Full);
+        let no_devices = BTreeSet::new();
+        let (mut nets, moved): (BTreeSet<String>, &BTreeSet<String>) = match scope {
+            Scope::Full => {
+                let here = catalog.networks.iter().filter(|(_, n)| n.has_port_on(&cfg.host));
+                (here.map(|(id, _)| id.clone()).chain(self.shards.keys().cloned()).collect(), &no_devices)
+            }
+            Scope::Changed { networks, devices } => {
+                let relevant = networks.iter().filter(|id| {
+                    self.shards.contains_key(*id)
+                        || catalog.networks.get(*id).is_some_and(|n| n.has_port_on(&cfg.host))
+                });
+                (relevant.cloned().collect(), devices)
+            }
         };
         nets.extend(moved.iter().filter_map(|d| self.device_net.get(d)).cloned());
         let wires = ports::wire_devices(cfg);
@@ -177,15 +184,15 @@ impl Engine {
         let mut gone = Derived::default();
         let mut came = Derived::default();
         // Devices whose node fragment may change: the moved ones, and those of every port re-derived.
-        let mut node_devices = moved;
+        let mut node_devices = moved.clone();
         for id in &nets {
             if let Some(old) = self.shards.remove(id) {
                 for p in &old.ports {
                     self.device_net.remove(&p.device);
                     node_devices.insert(p.device.clone());
                 }
-                if let Some(net) = self.catalog.networks.get(id).and_then(|n| n.network()) {
-                    remove_claim(&mut self.claims, claim_of(net), id);
+                if let Some((claim, _)) = self.shard_meta.remove(id) {
+                    remove_claim(&mut self.claims, claim, id);
                 }
                 merge(&mut gone, &old);
             }
@@ -194,8 +201,11 @@ impl Engine {
                     self.device_net.insert(p.device.clone(), id.clone());
                     node_devices.insert(p.device.clone());
                 }
-                if let Some(net) = catalog.networks.get(id).and_then(|n| n.network()) {
+                if let Some(entry) = catalog.networks.get(id)
+                    && let Some(net) = entry.network()
+                {
                     self.claims.entry(claim_of(net)).or_default().insert(id.clone());
+                    self.shard_meta.insert(id.clone(), (claim_of(net), entry.position));
                 }
                 merge(&mut came, &new);
                 self.shards.insert(id.clone(), new);
@@ -226,6 +236,8 @@ impl Engine {
         }
 
         let diff = self.state.patch(&gone.state, &came.state);
+        let attach_changed = gone.attach.len() != came.attach.len()
+            || gone.attach.iter().any(|(k, v)| came.attach.get(k) != Some(v));
         for ifindex in gone.attach.keys() {
             self.attach.remove(ifindex);
         }
@@ -238,19 +250,16 @@ impl Engine {
             self.release(&gone.state);
         }
         self.alloc.update_flooding(members(&gone.state), members(&came.state));
-        self.catalog = catalog.clone();
-        self.devices = devices.clone();
-        Change { diff, reports: changed_reports(&gone, &came), networks: nets.len() }
+        Change { diff, reports: changed_reports(&gone, &came), networks: nets.len(), attach_changed }
     }
 
     /// Adds every shard that may contend for a segment with one of `nets`, until none is left out.
     fn add_contenders(&self, catalog: &Catalog, nets: &mut BTreeSet<String>) {
         let mut frontier: Vec<String> = nets.iter().cloned().collect();
         while let Some(id) = frontier.pop() {
-            let keys = [catalog, &*self.catalog]
-                .into_iter()
-                .filter_map(|c| c.networks.get(&id).and_then(|n| n.network()).map(claim_of));
-            for key in keys.collect::<BTreeSet<_>>() {
+            let now = catalog.networks.get(&id).and_then(|n| n.network()).map(claim_of);
+            let before = self.shard_meta.get(&id).map(|m| m.0);
+            for key in [now, before].into_iter().flatten().collect::<BTreeSet<_>>() {
                 for other in self.claims.get(&key).into_iter().flatten() {
                     if nets.insert(other.clone()) {
                         frontier.push(other.clone());
@@ -285,7 +294,7 @@ fn remove_claim(claims: &mut BTreeMap<(u32, u32), BTreeSet<String>>, key: (u32, 
 }
 
 /// Devices added, removed or renumbered between two lists.
-fn moved_devices(old: &Devices, new: &Devices) -> BTreeSet<String> {
+pub fn moved_devices(old: &Devices, new: &Devices) -> BTreeSet<String> {
     let mut out: BTreeSet<String> =
         new.iter().filter(|(d, i)| old.get(*d) != Some(*i)).map(|(d, _)| d.clone()).collect();
     out.extend(old.keys().filter(|d| !new.contains_key(*d)).cloned());
@@ -486,16 +495,32 @@ mod tests {
             let mut next = 100;
             let mut devices: Devices = [("eth2".to_string(), 2)].into();
             let mut engine = Engine::new(Allocations::default());
-            engine.update(&cfg, &Arc::new(Catalog::split(b.clone())), &devices, true);
+            let mut catalog = Catalog::split(b.clone());
+            engine.update(&cfg, &catalog, &devices, Scope::Full);
             for step in 0..60 {
+                let before = devices.clone();
                 mutate(&mut rng, &mut b, &mut devices, &mut next);
+                // What the sources and the link events would say changed.
+                let next_catalog = Catalog::split(b.clone());
+                let networks = next_catalog.changed_since(&catalog);
+                let moved = moved_devices(&before, &devices);
+                catalog = next_catalog;
+                engine.update(
+                    &cfg,
+                    &catalog,
+                    &devices,
+                    Scope::Changed { networks: &networks, devices: &moved },
+                );
                 if step % 7 == 0 {
-                    // Sources hand over the same catalog again between changes.
-                    let c = Arc::new(Catalog::split(b.clone()));
-                    engine.update(&cfg, &c, &devices, false);
-                    engine.update(&cfg, &c, &devices, false);
-                } else {
-                    engine.update(&cfg, &Arc::new(Catalog::split(b.clone())), &devices, false);
+                    // Told again that nothing changed, nothing does.
+                    let none = BTreeSet::new();
+                    let again = engine.update(
+                        &cfg,
+                        &catalog,
+                        &devices,
+                        Scope::Changed { networks: &none, devices: &none },
+                    );
+                    assert!(again.diff.is_empty() && again.reports.is_empty());
                 }
                 let mut alloc = engine.alloc().clone();
                 let full = derive(&cfg, &b, &devices, &mut alloc);
@@ -531,12 +556,17 @@ mod tests {
             b.ports.push(p);
         }
         let mut engine = Engine::new(Allocations::default());
-        engine.update(&cfg, &Arc::new(Catalog::split(b.clone())), &devices, true);
+        let before = Catalog::split(b.clone());
+        engine.update(&cfg, &before, &devices, Scope::Full);
         let mut p = port(&mut rng, 999, &b.networks);
         (p.host, p.admin_state_up, p.port_security_enabled) = ("node0".into(), true, false);
         devices.insert(p.device_name(), 5000);
         b.ports.push(p.clone());
-        let change = engine.update(&cfg, &Arc::new(Catalog::split(b)), &devices, false);
+        let after = Catalog::split(b);
+        let networks = after.changed_since(&before);
+        let moved = [p.device_name()].into();
+        let change =
+            engine.update(&cfg, &after, &devices, Scope::Changed { networks: &networks, devices: &moved });
         assert_eq!(change.networks, 1);
         assert_eq!(change.diff.ports.upserts.len(), 1);
         assert_eq!(change.diff.fdb.upserts.len(), 1);

@@ -14,11 +14,11 @@ mod invariants;
 mod networks;
 mod ports;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 pub use addresses::link_local_of;
 pub use alloc::{Allocations, WireId, wire_id_of};
-pub use engine::{Change, Engine};
+pub use engine::{Change, Engine, Scope, moved_devices};
 pub use invariants::check as check_invariants;
 
 pub use crate::synced::MapState;
@@ -103,7 +103,7 @@ pub fn is_port_device(name: &str) -> bool {
 /// from scratch: an `Engine`'s full update.
 pub fn derive(cfg: &Config, bindings: &Bindings, devices: &Devices, alloc: &mut Allocations) -> Derived {
     let mut engine = Engine::new(std::mem::take(alloc));
-    engine.update(cfg, &Arc::new(Catalog::split(bindings.clone())), devices, true);
+    engine.update(cfg, &Catalog::split(bindings.clone()), devices, Scope::Full);
     let out = engine.derived(cfg);
     *alloc = engine.into_alloc();
     out

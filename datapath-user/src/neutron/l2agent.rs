@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 
 use super::notify::{self, Notification};
@@ -16,7 +16,7 @@ use super::plugin::{AgentState, Plugin};
 use super::ports::{NeutronState, Report, Wired};
 use super::rpc::{LinkEvent, Rpc};
 use super::transport::TransportUrl;
-use crate::bindings::Catalog;
+use crate::bindings::{Catalog, CatalogDelta, Changed};
 use crate::config::{Config, NeutronOptions};
 use crate::desired::{PortReport, PortState, is_port_device};
 use crate::netlink::Devices;
@@ -84,13 +84,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The reconcile loop's handle on the Neutron source.
+/// A batch of device states for the task (None: the device went).
+type PortChanges = Vec<(String, Option<Wired>)>;
+
+/// The reconcile loop's handle on the Neutron source. Both ways carry
+/// changes only, so a port's event costs that port, not the node.
 pub struct NeutronSource {
-    bindings: watch::Receiver<Option<Arc<Catalog>>>,
-    ports: watch::Sender<BTreeMap<String, Wired>>,
+    deltas: mpsc::UnboundedReceiver<CatalogDelta>,
+    ports: mpsc::UnboundedSender<PortChanges>,
     health: Arc<Mutex<Health>>,
     url: String,
-    current: Option<Arc<Catalog>>,
+    /// The bindings as the task's deltas built them; None until the first.
+    catalog: Option<Catalog>,
+    /// What changed since the reconcile loop last asked.
+    changed: Changed,
+    /// The device states sent to the task.
+    sent: BTreeMap<String, Wired>,
 }
 
 impl NeutronSource {
@@ -99,8 +108,8 @@ impl NeutronSource {
     /// first bindings replace them.
     pub fn start(cfg: &Config, opts: &NeutronOptions, adopted: bool) -> anyhow::Result<Self> {
         let url = TransportUrl::parse(&opts.transport_url)?;
-        let (btx, brx) = watch::channel(None);
-        let (ptx, prx) = watch::channel(BTreeMap::new());
+        let (btx, brx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::unbounded_channel();
         let health = Arc::new(Mutex::new(Health::new()));
         let state = AgentState {
             host: cfg.host.clone(),
@@ -125,34 +134,55 @@ impl NeutronSource {
             health: health.clone(),
         };
         tokio::spawn(task.run(url));
-        Ok(Self { bindings: brx, ports: ptx, health, url: opts.display_url(), current: None })
+        Ok(Self {
+            deltas: brx,
+            ports: ptx,
+            health,
+            url: opts.display_url(),
+            catalog: None,
+            changed: Changed::default(),
+            sent: BTreeMap::new(),
+        })
     }
 
-    /// Takes the newest bindings, if they changed. Returns whether they did.
-    pub fn poll(&mut self) -> bool {
-        // Compared by identity: `changed()` may already have marked the value seen.
-        let new = self.bindings.borrow_and_update().clone();
-        match (&new, &self.current) {
-            (Some(n), Some(c)) if Arc::ptr_eq(n, c) => false,
-            (None, _) => false,
-            _ => {
-                self.current = new;
-                true
+    fn absorb(&mut self, d: CatalogDelta) {
+        let catalog = match &mut self.catalog {
+            Some(c) => c,
+            None => {
+                self.changed.all = true;
+                self.catalog.insert(Catalog::default())
             }
-        }
+        };
+        self.changed.networks.extend(catalog.apply(d));
     }
 
-    /// Waits until new bindings are published.
+    /// Takes in the task's deltas. Returns whether any came.
+    pub fn poll(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(d) = self.deltas.try_recv() {
+            self.absorb(d);
+            any = true;
+        }
+        any
+    }
+
+    /// Waits for the task's next delta, and takes it in.
     pub async fn changed(&mut self) {
-        if self.bindings.changed().await.is_err() {
+        match self.deltas.recv().await {
+            Some(d) => self.absorb(d),
             // The task is gone (it only ends with the runtime): never wake again.
-            std::future::pending::<()>().await;
+            None => std::future::pending::<()>().await,
         }
     }
 
     /// The bindings in force, once neutron has answered for the local devices.
-    pub fn good(&self) -> Option<&Arc<Catalog>> {
-        self.current.as_ref()
+    pub fn good(&self) -> Option<&Catalog> {
+        self.catalog.as_ref()
+    }
+
+    /// The networks changed since the last call.
+    pub fn take_changed(&mut self) -> Changed {
+        std::mem::take(&mut self.changed)
     }
 
     /// Why the source is not healthy, if it is not.
@@ -178,32 +208,48 @@ impl NeutronSource {
     }
 
     /// After a full reconciliation: how each local device was left.
-    pub fn observe<'a>(&self, ports: impl Iterator<Item = &'a PortReport>) {
-        let present = ports.filter_map(|p| Some((p.device.clone(), wired(p)?))).collect();
-        self.ports.send_if_modified(|old| replace(old, present));
+    pub fn observe<'a>(&mut self, ports: impl Iterator<Item = &'a PortReport>) {
+        let present: BTreeMap<String, Wired> =
+            ports.filter_map(|p| Some((p.device.clone(), wired(p)?))).collect();
+        self.replace(present);
     }
 
     /// After an incremental one: the devices whose report changed (None: gone).
-    pub fn observe_changes(&self, changes: &BTreeMap<String, Option<PortReport>>) {
-        self.ports.send_if_modified(|present| {
-            let mut modified = false;
-            for (dev, report) in changes {
-                let now = report.as_ref().and_then(wired);
-                let was = match now {
-                    Some(w) => present.insert(dev.clone(), w),
-                    None => present.remove(dev),
-                };
-                modified |= was != now;
-            }
-            modified
-        });
+    pub fn observe_changes(&mut self, changes: &BTreeMap<String, Option<PortReport>>) {
+        let batch = changes.iter().map(|(dev, r)| (dev.clone(), r.as_ref().and_then(wired))).collect();
+        self.send(batch);
     }
 
     /// Before the first bindings: the taps that exist, so their details are asked for.
-    pub fn observe_devices(&self, devices: &Devices) {
+    pub fn observe_devices(&mut self, devices: &Devices) {
         let present =
             devices.keys().filter(|d| is_port_device(d)).map(|d| (d.clone(), Wired::Unbound)).collect();
-        self.ports.send_if_modified(|old| replace(old, present));
+        self.replace(present);
+    }
+
+    /// Sends what differs between `present` and what the task has.
+    fn replace(&mut self, present: BTreeMap<String, Wired>) {
+        let mut batch: PortChanges =
+            self.sent.keys().filter(|d| !present.contains_key(*d)).map(|d| (d.clone(), None)).collect();
+        batch.extend(
+            present.iter().filter(|(d, w)| self.sent.get(*d) != Some(w)).map(|(d, w)| (d.clone(), Some(*w))),
+        );
+        self.send(batch);
+    }
+
+    /// Sends the entries of `batch` that change what the task has.
+    fn send(&mut self, batch: PortChanges) {
+        let batch: PortChanges = batch
+            .into_iter()
+            .filter(|(dev, w)| match w {
+                Some(w) => self.sent.insert(dev.clone(), *w) != Some(*w),
+                None => self.sent.remove(dev).is_some(),
+            })
+            .collect();
+        if !batch.is_empty() {
+            // The task lives as long as the runtime; a send error means it is shutting down.
+            let _ = self.ports.send(batch);
+        }
     }
 }
 
@@ -221,21 +267,13 @@ fn wired(p: &PortReport) -> Option<Wired> {
     })
 }
 
-fn replace(old: &mut BTreeMap<String, Wired>, new: BTreeMap<String, Wired>) -> bool {
-    if *old == new {
-        return false;
-    }
-    *old = new;
-    true
-}
-
 struct Task {
     host: String,
     report_interval: Duration,
     agent_state: AgentState,
     adopted: bool,
-    bindings: watch::Sender<Option<Arc<Catalog>>>,
-    ports: watch::Receiver<BTreeMap<String, Wired>>,
+    bindings: mpsc::UnboundedSender<CatalogDelta>,
+    ports: mpsc::UnboundedReceiver<PortChanges>,
     health: Arc<Mutex<Health>>,
 }
 
@@ -265,13 +303,10 @@ impl Task {
         let mut primed = !self.adopted;
         loop {
             tokio::select! {
-                r = self.ports.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    let present = self.ports.borrow_and_update().clone();
-                    log::debug!("local devices: {present:?}");
-                    dirty |= st.observe(present);
+                r = self.ports.recv() => {
+                    let Some(changes) = r else { return };
+                    log::debug!("local devices changed: {changes:?}");
+                    dirty |= st.observe_changes(changes);
                 }
                 Some(m) = incoming.recv() => match notify::decode(&m) {
                     Ok(n) => {
@@ -350,12 +385,14 @@ impl Task {
                 primed = true;
             }
             if ready && hold.is_none() && (dirty || !published) {
-                match st.catalog() {
-                    Ok(c) => {
-                        self.bindings.send_replace(Some(c));
+                match st.take_delta() {
+                    // The first one goes out even when empty: it says the bindings are ready.
+                    Ok(d) if d.is_some() || !published => {
+                        let _ = self.bindings.send(d.unwrap_or_default());
                         published = true;
                         dirty = false;
                     }
+                    Ok(_) => dirty = false,
                     Err(e) => log::error!("neutron's details do not form bindings: {e:#}"),
                 }
             }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -13,7 +12,7 @@ use anyhow::Result;
 use super::model;
 use super::notify::{FdbPort, NetworkFdb, Notification};
 use super::plugin::{Details, DeviceDetails};
-use crate::bindings::{Bindings, Catalog, Refusal, device_name};
+use crate::bindings::{Bindings, Catalog, CatalogDelta, Refusal, device_name};
 
 /// A device whose details neutron refused or failed is asked again after this long.
 pub const RETRY_REFUSED: Duration = Duration::from_secs(10);
@@ -63,7 +62,11 @@ pub struct NeutronState {
     /// Networks whose entry in `catalog` is out of date.
     dirty: BTreeSet<String>,
     /// The bindings by network, rebuilt network by network.
-    catalog: Arc<Catalog>,
+    catalog: Catalog,
+    /// Present devices without details: what to ask neutron for.
+    missing: BTreeSet<String>,
+    /// Devices whose state may differ from what neutron was told.
+    unreported: BTreeSet<String>,
     /// What the bindings refused, by network.
     refusals: BTreeMap<String, Vec<Refusal>>,
 }
@@ -99,27 +102,25 @@ impl NeutronState {
             rejected: BTreeMap::new(),
             net_devices: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            catalog: Arc::default(),
+            catalog: Catalog::default(),
             refusals: BTreeMap::new(),
+            missing: BTreeSet::new(),
+            unreported: BTreeSet::new(),
         }
     }
 
-    /// The bindings that the details and the FDB imply, by network: only the
-    /// networks that changed are rebuilt, the others keep their `Arc`. Details
-    /// they refuse are logged with why, and their ports are reported down.
-    pub fn catalog(&mut self) -> Result<Arc<Catalog>> {
+    /// The networks whose bindings changed since the last call, rebuilt from
+    /// the details and the FDB (the others are not touched), or None. Details
+    /// the bindings refuse are logged with why, and their ports reported down.
+    pub fn take_delta(&mut self) -> Result<Option<CatalogDelta>> {
         if self.dirty.is_empty() {
-            return Ok(self.catalog.clone());
+            return Ok(None);
         }
-        let mut catalog = (*self.catalog).clone();
+        let mut delta = CatalogDelta::default();
         for net in std::mem::take(&mut self.dirty) {
-            let details: Vec<DeviceDetails> = self
-                .net_devices
-                .get(&net)
-                .into_iter()
-                .flatten()
-                .filter_map(|dev| self.details.get(dev).cloned())
-                .collect();
+            let devices: Vec<String> = self.net_devices.get(&net).into_iter().flatten().cloned().collect();
+            let details: Vec<DeviceDetails> =
+                devices.iter().filter_map(|d| self.details.get(d).cloned()).collect();
             let fdb: BTreeMap<String, NetworkFdb> =
                 self.fdb.get(&net).map(|f| (net.clone(), f.clone())).into_iter().collect();
             let b = if details.is_empty() {
@@ -128,20 +129,23 @@ impl NeutronState {
                 model::bindings(&self.host, &details, &fdb)?
             };
             self.note_rejected(&net, &details, &b);
+            self.unreported.extend(devices);
             if b.refused.is_empty() {
                 self.refusals.remove(&net);
             } else {
                 self.refusals.insert(net.clone(), b.refused.clone());
             }
-            let accepted = Catalog::split(b);
-            match accepted.networks.into_values().next() {
-                Some(entry) => catalog.networks.insert(net, entry),
-                None => catalog.networks.remove(&net),
-            };
+            let entry = Catalog::split(b).networks.into_values().next();
+            delta.networks.push((net, entry));
         }
-        catalog.refused = self.refusals.values().flatten().cloned().collect();
-        self.catalog = Arc::new(catalog);
-        Ok(self.catalog.clone())
+        delta.refused = self.refusals.values().flatten().cloned().collect();
+        self.catalog.apply(delta.clone());
+        Ok(Some(delta))
+    }
+
+    /// The bindings by network as of the last `take_delta`.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// Logs details of `net` that the bindings refused, once, and remembers their ports.
@@ -166,8 +170,8 @@ impl NeutronState {
 
     /// Every network's bindings in one (tests and tools).
     pub fn bindings(&mut self) -> Result<Bindings> {
-        let c = self.catalog()?;
-        Ok(c.subset(&c.networks.keys().cloned().collect()))
+        self.take_delta()?;
+        Ok(self.catalog.subset(&self.catalog.networks.keys().cloned().collect()))
     }
 
     /// Records `dev`'s details. Returns whether they changed.
@@ -176,6 +180,8 @@ impl NeutronState {
             return false;
         }
         self.drop_detail(dev);
+        self.missing.remove(dev);
+        self.unreported.insert(dev.to_string());
         self.dirty.insert(d.network_id.clone());
         self.net_devices.entry(d.network_id.clone()).or_default().insert(dev.to_string());
         self.details.insert(dev.to_string(), d);
@@ -186,6 +192,10 @@ impl NeutronState {
     fn drop_detail(&mut self, dev: &str) -> bool {
         let Some(old) = self.details.remove(dev) else { return false };
         self.dirty.insert(old.network_id.clone());
+        self.unreported.insert(dev.to_string());
+        if self.present.contains_key(dev) {
+            self.missing.insert(dev.to_string());
+        }
         if let Some(set) = self.net_devices.get_mut(&old.network_id) {
             set.remove(dev);
             if set.is_empty() {
@@ -208,14 +218,40 @@ impl NeutronState {
     /// Takes in the local devices after a reconciliation. Returns whether the
     /// bindings changed (details of vanished devices are dropped).
     pub fn observe(&mut self, present: BTreeMap<String, Wired>) -> bool {
-        let gone: Vec<String> = self.details.keys().filter(|d| !present.contains_key(*d)).cloned().collect();
+        let mut changes: Vec<(String, Option<Wired>)> =
+            self.present.keys().filter(|d| !present.contains_key(*d)).map(|d| (d.clone(), None)).collect();
+        changes.extend(
+            present.into_iter().filter(|(d, w)| self.present.get(d) != Some(w)).map(|(d, w)| (d, Some(w))),
+        );
+        self.observe_changes(changes)
+    }
+
+    /// Takes in the devices whose state changed (None: gone), in time that
+    /// grows with the changes only. Returns whether the bindings changed.
+    pub fn observe_changes(&mut self, changes: impl IntoIterator<Item = (String, Option<Wired>)>) -> bool {
         let mut changed = false;
-        for dev in &gone {
-            changed |= self.drop_detail(dev);
+        for (dev, state) in changes {
+            match state {
+                Some(w) => {
+                    if !self.details.contains_key(&dev) {
+                        self.missing.insert(dev.clone());
+                    }
+                    if self.present.insert(dev.clone(), w) != Some(w) {
+                        self.unreported.insert(dev);
+                    }
+                }
+                None => {
+                    if self.present.remove(&dev).is_none() {
+                        continue;
+                    }
+                    self.missing.remove(&dev);
+                    self.refused.remove(&dev);
+                    self.stale.remove(&dev);
+                    changed |= self.drop_detail(&dev);
+                    self.unreported.insert(dev);
+                }
+            }
         }
-        self.refused.retain(|dev, _| present.contains_key(dev));
-        self.stale.retain(|dev| present.contains_key(dev));
-        self.present = present;
         changed
     }
 
@@ -225,20 +261,16 @@ impl NeutronState {
         self.refused.clear();
         // Told again, so that neutron's view and l2population's FDB are rebuilt.
         self.told.clear();
+        self.unreported.extend(self.details.keys().cloned());
         self.refresh_tunnels = true;
     }
 
     /// The devices whose details to ask for now.
     pub fn to_fetch(&self, now: Instant) -> Vec<String> {
-        self.present
-            .keys()
-            .filter(|d| {
-                let missing = !self.details.contains_key(*d);
-                let waiting = self.refused.get(*d).is_some_and(|(_, at)| *at > now);
-                (missing && !waiting) || self.stale.contains(*d)
-            })
-            .cloned()
-            .collect()
+        let waiting = |d: &String| self.refused.get(d).is_some_and(|(_, at)| *at > now);
+        let wanted: BTreeSet<&String> =
+            self.missing.iter().filter(|d| !waiting(d)).chain(self.stale.iter()).collect();
+        wanted.into_iter().cloned().collect()
     }
 
     /// When the next refused device is due to be asked again.
@@ -275,9 +307,18 @@ impl NeutronState {
 
     /// The devices whose state neutron has not been told yet: programmed ports
     /// go up; admin-down, refused and vanished ones go down.
-    pub fn to_report(&self) -> Report {
+    /// Only the devices whose state changed since they were last reported are looked at.
+    pub fn to_report(&mut self) -> Report {
         let mut r = Report::default();
-        for (dev, d) in &self.details {
+        let mut settled = Vec::new();
+        for dev in &self.unreported {
+            let Some(d) = self.details.get(dev) else {
+                match self.told.get(dev) {
+                    Some(told) if told.up => r.down.push((dev.clone(), told.port_id.clone())),
+                    _ => settled.push(dev.clone()),
+                }
+                continue;
+            };
             let up = match self.present.get(dev) {
                 _ if self.rejected.contains_key(&d.port_id) => false,
                 Some(Wired::Up) => true,
@@ -285,15 +326,15 @@ impl NeutronState {
                 // Not programmed yet: the next reconciliation decides.
                 Some(Wired::Unbound) | None => continue,
             };
-            if self.told.get(dev) != Some(&Told { port_id: d.port_id.clone(), up }) {
+            if self.told.get(dev) == Some(&Told { port_id: d.port_id.clone(), up }) {
+                settled.push(dev.clone());
+            } else {
                 let entry = (dev.clone(), d.port_id.clone());
                 if up { r.up.push(entry) } else { r.down.push(entry) }
             }
         }
-        for (dev, told) in &self.told {
-            if told.up && !self.details.contains_key(dev) {
-                r.down.push((dev.clone(), told.port_id.clone()));
-            }
+        for dev in settled {
+            self.unreported.remove(&dev);
         }
         r
     }
@@ -319,8 +360,10 @@ impl NeutronState {
     pub fn reported(&mut self, r: &Report) {
         for (dev, port_id) in &r.up {
             self.told.insert(dev.clone(), Told { port_id: port_id.clone(), up: true });
+            self.unreported.remove(dev);
         }
         for (dev, port_id) in &r.down {
+            self.unreported.remove(dev);
             if self.details.contains_key(dev) {
                 self.told.insert(dev.clone(), Told { port_id: port_id.clone(), up: false });
             } else {
@@ -455,6 +498,7 @@ mod tests {
     use super::*;
     use crate::neutron::notify::FdbChange;
     use serde_json::json;
+    use std::sync::Arc;
 
     const PORT: &str = "da64417a-c3f0-4b7e-9d6e-1a2b3c4d5e6f";
     const DEV: &str = "tapda64417a-c3";
@@ -485,20 +529,25 @@ mod tests {
         s.observe(devs.iter().map(|d| (d.clone(), Wired::Unbound)).collect());
         let details = vec![detail(ports[0], "n1", true), detail(ports[1], "n2", true)];
         s.fetched(&devs[..2], answer(details), Instant::now());
-        let first = s.catalog().unwrap();
-        assert_eq!(first.networks.keys().collect::<Vec<_>>(), ["n1", "n2"]);
-        assert!(Arc::ptr_eq(&first, &s.catalog().unwrap()), "nothing changed: the same catalog");
+        let d = s.take_delta().unwrap().unwrap();
+        assert_eq!(d.networks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
+        let first = s.catalog().clone();
+        assert_eq!(s.take_delta().unwrap(), None, "nothing changed: no delta");
         // A third port joins n2: n1's entry is kept as it was.
         let mut third = detail(ports[2], "n2", true);
         third.mac_address = "fa:16:3e:00:00:03".into();
         s.fetched(&devs[2..], answer(vec![third]), Instant::now());
-        let second = s.catalog().unwrap();
+        let d = s.take_delta().unwrap().unwrap();
+        assert_eq!(d.networks.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["n2"]);
+        let second = s.catalog().clone();
         assert!(Arc::ptr_eq(&first.networks["n1"], &second.networks["n1"]));
         assert_eq!(second.networks["n2"].bindings.ports.len(), 2);
         assert_eq!(second.changed_since(&first), ["n2".to_string()].into());
         // Its network deleted: the entry goes.
         s.apply(&Notification::NetworkDelete { network_id: "n2".into() });
-        assert_eq!(s.catalog().unwrap().networks.keys().collect::<Vec<_>>(), ["n1"]);
+        let d = s.take_delta().unwrap().unwrap();
+        assert_eq!(d.networks, vec![("n2".to_string(), None)]);
+        assert_eq!(s.catalog().networks.keys().collect::<Vec<_>>(), ["n1"]);
     }
 
     #[test]

@@ -14,10 +14,9 @@
 //! and an ARP responder entry here. That is 10,000 ports in this node's maps.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,7 +25,7 @@ use datapath_tests::cluster::{PortSpec, agents_json, network_json, vtep_ip};
 use datapath_user::{
     bindings::{Bindings, Catalog},
     config::Config,
-    desired::{Allocations, Engine, PortState},
+    desired::{Allocations, Engine, PortState, Scope},
     loader::Datapath,
     netlink::Devices,
     neutron::{
@@ -160,8 +159,8 @@ struct Node {
     neutron: NeutronState,
     /// The added port's details.
     extra_details: DeviceDetails,
-    /// The local devices as the agent tells the neutron side after a reconcile.
-    present: BTreeMap<String, Wired>,
+    /// The bindings as the agent's side holds them.
+    catalog: Catalog,
 }
 
 impl Node {
@@ -186,7 +185,7 @@ impl Node {
             document(networks, &[specs.as_slice(), std::slice::from_ref(&extra)].concat())?,
         ];
         std::fs::write(&bindings, &texts[0]).with_context(|| format!("writing {}", bindings.display()))?;
-        let (neutron, present) = neutron_feed(&specs, networks)?;
+        let neutron = neutron_feed(&specs, networks)?;
         let dp =
             Datapath::load_private().context("loading a private datapath for the control-plane figures")?;
         Ok(Self {
@@ -201,7 +200,7 @@ impl Node {
             extra: (extra.device(), FIRST_IFINDEX + ports as u32),
             neutron,
             extra_details: details_of(&extra, networks)?,
-            present,
+            catalog: Catalog::default(),
         })
     }
 
@@ -210,10 +209,10 @@ impl Node {
         interrupt::check()?;
         let mut p = Phases::default();
         let t = Instant::now();
-        let catalog = self.read_file()?;
+        self.catalog = self.read_file()?;
         p.parse = t.elapsed();
         let t = Instant::now();
-        self.engine.update(&self.cfg, &catalog, &self.devices, true);
+        self.engine.update(&self.cfg, &self.catalog, &self.devices, Scope::Full);
         p.derive = t.elapsed();
         let done = sync::converge(&mut self.dp.maps, self.engine.state(), None)?;
         (p.read, p.diff, p.apply, p.changes) = (done.read, done.diff, done.apply, done.changes);
@@ -227,56 +226,61 @@ impl Node {
         Ok(p)
     }
 
-    fn read_file(&self) -> Result<Arc<Catalog>> {
+    fn read_file(&self) -> Result<Catalog> {
         let bindings = Bindings::load(&self.bindings)?;
         ensure!(
             bindings.refused.is_empty(),
             "the synthetic bindings were refused: {:?}",
             &bindings.refused[..1]
         );
-        Ok(Arc::new(Catalog::split(bindings)))
+        Ok(Catalog::split(bindings))
     }
 
-    /// One incremental reconcile, as the agent does it for a change, minus the tcx attachment.
+    /// One incremental reconcile, as the agent does it for a change, minus the
+    /// tcx attachment; from neutron, with the agent's neutron task's work for
+    /// the change (the RPC round trips aside).
     fn change(&mut self, source: Source, add: bool) -> Result<Phases> {
         interrupt::check()?;
         let mut p = Phases::default();
         // The device's arrival is not the agent's work; nor, for the file, the sync tool's write.
+        let dev = self.extra.0.clone();
         if add {
-            self.devices.insert(self.extra.0.clone(), self.extra.1);
+            self.devices.insert(dev.clone(), self.extra.1);
         } else {
-            self.devices.remove(&self.extra.0);
+            self.devices.remove(&dev);
         }
         if source == Source::File {
             std::fs::write(&self.bindings, &self.texts[usize::from(add)])
                 .with_context(|| format!("writing {}", self.bindings.display()))?;
         }
+        let moved: BTreeSet<String> = [dev.clone()].into();
         let t = Instant::now();
-        let catalog = match source {
-            Source::File => self.read_file()?,
+        let networks = match source {
+            Source::File => {
+                let new = self.read_file()?;
+                let changed = new.changed_since(&self.catalog);
+                self.catalog = new;
+                changed
+            }
             Source::Neutron => {
-                // What the agent's neutron task does: the tap is seen, its details come, the
-                // bindings of its network are rebuilt; when it goes, its details are dropped.
+                // The task: the tap seen (or gone), its details asked for and taken in,
+                // its network's bindings rebuilt; the agent takes the delta in.
+                let now = std::time::Instant::now();
+                self.neutron.observe_changes([(dev.clone(), add.then_some(Wired::Unbound))]);
                 if add {
-                    self.present.insert(self.extra.0.clone(), Wired::Unbound);
-                } else {
-                    self.present.remove(&self.extra.0);
-                }
-                self.neutron.observe(self.present.clone());
-                if add {
+                    let asked = self.neutron.to_fetch(now);
+                    ensure!(asked == [dev.clone()], "the task would ask for {asked:?}");
                     let answer = Details { devices: vec![self.extra_details.clone()], ..Details::default() };
-                    self.neutron.fetched(
-                        std::slice::from_ref(&self.extra.0),
-                        answer,
-                        std::time::Instant::now(),
-                    );
+                    self.neutron.fetched(&asked, answer, now);
                 }
-                self.neutron.catalog()?
+                let delta = self.neutron.take_delta()?.context("one port's change made no delta")?;
+                self.catalog.apply(delta)
             }
         };
         p.parse = t.elapsed();
         let t = Instant::now();
-        let change = self.engine.update(&self.cfg, &catalog, &self.devices, false);
+        let scope = Scope::Changed { networks: &networks, devices: &moved };
+        let change = self.engine.update(&self.cfg, &self.catalog, &self.devices, scope);
         p.derive = t.elapsed();
         let done = sync::apply_known(&mut self.dp.maps, &change.diff);
         (p.apply, p.changes) = (done.apply, done.changes);
@@ -284,6 +288,17 @@ impl Node {
             bail!("applying one port's change: {} map updates failed, first: {e}", done.errors.len());
         }
         ensure!(p.changes > 0, "one port change made no map change");
+        if source == Source::Neutron {
+            // The task again: the port's new state, and what to tell neutron.
+            let t = Instant::now();
+            let state = change.reports.get(&dev).cloned().flatten();
+            let wired = state.map(|r| if r.state == PortState::Up { Wired::Up } else { Wired::Failed });
+            self.neutron.observe_changes([(dev.clone(), wired)]);
+            let report = self.neutron.to_report();
+            ensure!(report.up.len() + report.down.len() == 1, "the task would report {report:?}");
+            self.neutron.reported(&report);
+            p.parse += t.elapsed();
+        }
         Ok(p)
     }
 
@@ -307,8 +322,9 @@ impl Node {
     fn changes(&mut self, n: usize, source: Source) -> Result<Phases> {
         if source == Source::Neutron {
             // The same cloud told by neutron: the desired state must not move.
-            let catalog = self.neutron.catalog()?;
-            let change = self.engine.update(&self.cfg, &catalog, &self.devices, true);
+            self.neutron.take_delta()?;
+            self.catalog = self.neutron.catalog().clone();
+            let change = self.engine.update(&self.cfg, &self.catalog, &self.devices, Scope::Full);
             ensure!(
                 change.diff.is_empty(),
                 "neutron's view of the cloud differs from the file's in {} map entries",
@@ -337,7 +353,7 @@ impl Node {
 
 /// Neutron's side of the same cloud: the details of node0's ports, and
 /// l2population's FDB of the others. Returns it with node0's devices.
-fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<(NeutronState, BTreeMap<String, Wired>)> {
+fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<NeutronState> {
     let mut st = NeutronState::new("node0");
     let local: Vec<&PortSpec> = specs.iter().filter(|p| p.host == "node0").collect();
     let present: BTreeMap<String, Wired> = local.iter().map(|p| (p.device(), Wired::Unbound)).collect();
@@ -357,7 +373,12 @@ fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<(NeutronState, BT
         net.ports.entry(vtep).or_default().push(FdbPort { mac: p.mac.clone(), ip: p.ip.clone() });
     }
     st.apply(&Notification::AddFdbEntries(fdb));
-    Ok((st, present))
+    // Neutron was told every port is up, as a running node's agent would have.
+    let up: BTreeMap<String, Wired> = present.keys().map(|d| (d.clone(), Wired::Up)).collect();
+    st.observe(up);
+    let report = st.to_report();
+    st.reported(&report);
+    Ok(st)
 }
 
 /// What neutron's get_devices_details_list answers for a port of the cloud.
@@ -447,10 +468,11 @@ mod tests {
         }
         let file = Bindings::parse_str(&document(networks, &specs).unwrap(), "test").unwrap();
         let mut engine = Engine::new(Allocations::default());
-        engine.update(&cfg, &Arc::new(Catalog::split(file)), &devices, true);
-        let (mut st, _) = neutron_feed(&specs, networks).unwrap();
+        engine.update(&cfg, &Catalog::split(file), &devices, Scope::Full);
+        let mut st = neutron_feed(&specs, networks).unwrap();
+        st.take_delta().unwrap();
         let mut other = Engine::new(engine.alloc().clone());
-        other.update(&cfg, &st.catalog().unwrap(), &devices, true);
+        other.update(&cfg, st.catalog(), &devices, Scope::Full);
         assert_eq!(other.state(), engine.state());
     }
 }
