@@ -138,8 +138,17 @@ fn ports_bind_where_a_live_agent_maps_the_segment() {
     assert_bound_by_us(&n, &port, vlan_only, "vlan1002 on the VLAN-only host");
 }
 
+/// The answer of an RPC call, which must come within 30 s.
+async fn within<T>(what: &str, call: impl std::future::Future<Output = anyhow::Result<T>>) -> T {
+    match tokio::time::timeout(Duration::from_secs(30), call).await {
+        Ok(r) => r.unwrap_or_else(|e| panic!("{what}: {e:#}")),
+        Err(_) => panic!("{what}: no answer within 30 s"),
+    }
+}
+
 #[test]
 fn the_agent_rpc_client_gets_details_and_sets_ports_up_on_a_real_server() {
+    use datapath_user::bindings::Remote;
     use datapath_user::neutron::{plugin::Plugin, rpc::Rpc, transport::TransportUrl};
     let n = Neutron::start().expect("starting neutron");
     agent_alive(&n, "node-rpc", &[]).unwrap();
@@ -162,23 +171,45 @@ fn the_agent_rpc_client_gets_details_and_sets_ports_up_on_a_real_server() {
                 rpc.wait_connected(Duration::from_secs(10)).await.unwrap();
                 let p = Plugin::new(rpc, "node-rpc");
                 let tap = format!("tap{}", &port_id[..11]);
-                let d = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    p.devices_details(std::slice::from_ref(&tap)),
-                )
-                .await
-                .expect("details within 30 s")
-                .unwrap();
+                let d = within("details", p.devices_details(std::slice::from_ref(&tap))).await;
                 assert_eq!(d.devices.len(), 1, "{d:?}");
                 assert_eq!(d.devices[0].port_id, port_id);
-                let up = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    p.update_device_list(std::slice::from_ref(&port_id), &[], true),
-                )
-                .await
-                .expect("update_device_list within 30 s")
-                .unwrap();
+                let up = within("update_device_list", p.update_device_list(std::slice::from_ref(&port_id), &[], true))
+                    .await;
                 assert_eq!(up.devices_up, vec![port_id.clone()], "{up:?}");
+                let sg = within("security_group_info_for_devices", p.security_group_info_for_devices(std::slice::from_ref(&port_id)))
+                    .await;
+                // The port is in the project's default group: egress anywhere, ingress from the group.
+                let info = datapath_user::neutron::secgroups::parse(&sg).unwrap();
+                assert_eq!(info.refused, vec![], "{sg:#}");
+                let groups = &info.ports[&port_id];
+                assert_eq!(groups.len(), 1, "{sg:#}");
+                let default = info.groups.iter().find(|g| g.id == groups[0]).expect("the default group");
+                assert!(default.stateful);
+                assert_eq!(default.rules.len(), 4, "{sg:#}");
+                let from_group = default.rules.iter().filter(|r| r.remote == Remote::Group(groups[0].clone()));
+                assert_eq!(from_group.count(), 2, "ingress IPv4 and IPv6 from the group: {sg:#}");
+                let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
+                let policy = datapath_user::policy::expand(
+                    &datapath_user::bindings::Bindings::parse_str(
+                        &serde_json::json!({"networks": [{"id": "n", "provider:network_type": "flat",
+                            "provider:physical_network": "default"}], "ports": [{"id": port_id, "network_id": "n",
+                            "mac_address": "fa:16:3e:00:00:01", "security_groups": groups}]}).to_string(),
+                        "test",
+                    )
+                    .unwrap()
+                    .ports[0],
+                    &info.groups.iter().map(|g| (g.id.clone(), g.clone())).collect(),
+                    &Default::default(),
+                    &info.members,
+                )
+                .unwrap();
+                let members: Vec<String> = policy
+                    .rules
+                    .iter()
+                    .flat_map(|r| r.remotes.iter().map(|(a, l)| format!("{a}/{l}")))
+                    .collect();
+                assert!(members.contains(&format!("{ip}/32")), "the port is a member of its group: {members:?}");
             });
         })
         .join()

@@ -43,7 +43,7 @@ pub fn device_name(id: &str) -> String {
 }
 
 /// Parses "addr" or "addr/len" into the network address (host bits cleared) and prefix length.
-pub(super) fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (addr, len) = match s.split_once('/') {
         Some((addr, len)) => (addr, Some(len)),
         None => (s, None),

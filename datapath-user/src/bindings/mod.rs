@@ -15,10 +15,10 @@ mod model;
 mod parse;
 mod secgroups;
 
-pub use addr::{device_name, format_mac, parse_mac};
+pub use addr::{device_name, format_mac, parse_cidr, parse_mac};
 pub use catalog::{Catalog, CatalogDelta, Changed, NetBindings};
 pub use model::{AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal};
 pub use secgroups::{
     AddressGroup, Direction, Family, PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PROTO_UDPLITE, Ports, Remote, SecurityGroup, SgRule, has_ports,
+    PROTO_UDPLITE, Ports, Remote, SecurityGroup, SgRule, has_ports, parse_rule,
 };

@@ -211,7 +211,7 @@ fn opt_str<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<Opt
 }
 
 /// One rule, as neutron-server would accept it when created.
-fn rule_from(v: &Value) -> Result<SgRule, String> {
+pub fn parse_rule(v: &Value) -> Result<SgRule, String> {
     let obj = v.as_object().ok_or("the rule is not an object")?;
     let id = opt_str(obj, "id")?.unwrap_or_default().to_string();
     let direction = match opt_str(obj, "direction")? {
@@ -290,7 +290,7 @@ pub fn read_security_groups(entries: &[Value], refused: &mut Vec<Refusal>) -> Ve
             }
         };
         for (j, r) in list.iter().enumerate() {
-            match rule_from(r) {
+            match parse_rule(r) {
                 Ok(rule) => rules.push(rule),
                 Err(reason) => {
                     let rid = r.get("id").and_then(Value::as_str).map(str::to_string);
@@ -351,7 +351,7 @@ mod tests {
     fn rule(extra: Value) -> Result<SgRule, String> {
         let mut r = json!({"id": "r1", "direction": "ingress", "ethertype": "IPv4"});
         r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        rule_from(&r)
+        parse_rule(&r)
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod notify;
 pub mod plugin;
 pub mod ports;
 pub mod rpc;
+pub mod secgroups;
 pub mod transport;

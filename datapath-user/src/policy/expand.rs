@@ -33,6 +33,11 @@ impl Members {
         Self(m)
     }
 
+    /// Members given as group -> addresses (neutron's `sg_member_ips`).
+    pub fn from_groups(groups: BTreeMap<String, BTreeSet<(IpAddr, u8)>>) -> Self {
+        Self(groups)
+    }
+
     fn of(&self, group: &str, family: Family) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
         self.0.get(group).into_iter().flatten().filter(move |(ip, _)| Family::of(ip) == family).copied()
     }
