@@ -169,7 +169,7 @@ impl Agent {
         let done = if trusted {
             sync::apply_known(&mut self.dp.maps, &change.diff)
         } else {
-            sync::converge(&mut self.dp.maps, self.engine.state(), None)?
+            sync::converge(&mut self.dp.maps, self.engine.state())?
         };
         if done.changes > 0 {
             log::info!(

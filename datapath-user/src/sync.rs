@@ -26,30 +26,23 @@ pub struct Converged {
     pub changes: usize,
     /// Entries that failed, with the reason; the rest were applied.
     pub errors: Vec<String>,
-    /// Time spent reading the maps (zero when the known state was trusted).
+    /// Time spent reading the maps (zero for an `apply_known`).
     pub read: Duration,
     pub diff: Duration,
     pub apply: Duration,
 }
 
-/// Brings the maps to `desired`. `known` is what the kernel is believed to
-/// hold (what the last error-free converge applied); without it the maps are
-/// read, which costs a syscall per entry and is kept for start-up and the
-/// periodic resync that repairs changes made behind the agent's back.
-pub fn converge(maps: &mut Maps, desired: &MapState, known: Option<&MapState>) -> Result<Converged> {
+/// Brings the maps to `desired`, reading them first: a syscall per entry, kept
+/// for start-up, the periodic resync that repairs changes made behind the
+/// agent's back, and after a failed write. Between those, the engine's diff
+/// goes straight to `apply_known`.
+pub fn converge(maps: &mut Maps, desired: &MapState) -> Result<Converged> {
     let mut out = Converged::default();
     let t = Instant::now();
-    let read;
-    let current = match known {
-        Some(k) => k,
-        None => {
-            read = read_state(maps)?;
-            &read
-        }
-    };
+    let current = read_state(maps)?;
     out.read = t.elapsed();
     let t = Instant::now();
-    let diff = diff(desired, current);
+    let diff = diff(desired, &current);
     out.diff = t.elapsed();
     out.changes = diff.len();
     let t = Instant::now();

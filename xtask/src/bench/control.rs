@@ -214,7 +214,7 @@ impl Node {
         let t = Instant::now();
         self.engine.update(&self.cfg, &self.catalog, &self.devices, Scope::Full);
         p.derive = t.elapsed();
-        let done = sync::converge(&mut self.dp.maps, self.engine.state(), None)?;
+        let done = sync::converge(&mut self.dp.maps, self.engine.state())?;
         (p.read, p.diff, p.apply, p.changes) = (done.read, done.diff, done.apply, done.changes);
         if let Some(e) = done.errors.first() {
             bail!("applying the synthetic cloud: {} map updates failed, first: {e}", done.errors.len());
