@@ -157,8 +157,14 @@ impl BindingSource {
                 self.error = None;
                 let new = Catalog::split(b);
                 match &self.good {
-                    Some(old) if *old == new => return false,
-                    Some(old) => self.changed.networks.extend(new.changed_since(old)),
+                    Some(old) => {
+                        // One comparison, network by network; the refusals only show in status.
+                        let networks = new.changed_since(old);
+                        if networks.is_empty() && new.refused == old.refused {
+                            return false;
+                        }
+                        self.changed.networks.extend(networks);
+                    }
                     None => self.changed.all = true,
                 }
                 self.good = Some(new);

@@ -2,9 +2,9 @@
 //!
 //! Each network's entry holds the network, every port on it (all hosts, for
 //! l2population), and the agents of the hosts those ports are on. A source
-//! that changes one port replaces one entry and keeps the others' `Arc`s, so
-//! the consumer finds what changed by pointer, in time that does not grow with
-//! the cloud's size beyond a walk of the network ids.
+//! that changes one port replaces one entry (`CatalogDelta`) and says which
+//! networks changed (`Changed`), so the consumer's work does not grow with
+//! the cloud's size.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,11 +59,9 @@ pub struct Changed {
     pub networks: BTreeSet<String>,
 }
 
-impl Changed {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.networks.is_empty()
-    }
+/// Whether two entries are alike: by pointer first, so an unchanged entry costs no comparison.
+fn same(a: &Arc<NetBindings>, b: &Arc<NetBindings>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 impl Catalog {
@@ -72,7 +70,7 @@ impl Catalog {
         let mut changed = BTreeSet::new();
         for (id, entry) in d.networks {
             let same = match (&entry, self.networks.get(&id)) {
-                (Some(e), Some(o)) => Arc::ptr_eq(o, e) || o == e,
+                (Some(e), Some(o)) => same(o, e),
                 (None, None) => true,
                 _ => false,
             };
@@ -118,10 +116,7 @@ impl Catalog {
     pub fn subset(&self, ids: &BTreeSet<String>) -> Bindings {
         let mut picked: Vec<&NetBindings> =
             ids.iter().filter_map(|id| self.networks.get(id)).map(|n| &**n).collect();
-        picked.sort_by(|a, b| {
-            let id = |n: &NetBindings| n.network().map(|n| n.id.clone()).unwrap_or_default();
-            (a.position, id(a)).cmp(&(b.position, id(b)))
-        });
+        picked.sort_by_key(|n| (n.position, n.network().map_or("", |net| net.id.as_str())));
         let mut out = Bindings::default();
         let mut agents = BTreeSet::new();
         for n in picked {
@@ -137,13 +132,12 @@ impl Catalog {
         out
     }
 
-    /// The ids of the networks whose entry differs between `old` and `self`:
-    /// compared by pointer first, so an unchanged entry costs no comparison.
+    /// The ids of the networks whose entry differs between `old` and `self`.
     pub fn changed_since(&self, old: &Catalog) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (id, n) in &self.networks {
             match old.networks.get(id) {
-                Some(o) if Arc::ptr_eq(o, n) || o == n => {}
+                Some(o) if same(o, n) => {}
                 _ => {
                     out.insert(id.clone());
                 }
