@@ -64,7 +64,12 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
         }
     };
     // Host bits are cleared so that equal networks compare and key equal.
-    let ip = match ip {
+    Ok((masked(ip, len), len))
+}
+
+/// `ip` with the bits beyond `len` cleared: the network of `ip/len`.
+pub fn masked(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
         IpAddr::V4(v4) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
@@ -73,8 +78,7 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
             let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
             IpAddr::V6((u128::from(v6) & mask).into())
         }
-    };
-    Ok((ip, len))
+    }
 }
 
 #[cfg(test)]

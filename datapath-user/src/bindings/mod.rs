@@ -15,7 +15,7 @@ mod model;
 mod parse;
 mod secgroups;
 
-pub use addr::{device_name, format_mac, parse_cidr, parse_mac};
+pub use addr::{device_name, format_mac, masked, parse_cidr, parse_mac};
 pub use catalog::{Catalog, CatalogDelta, Changed, NetBindings};
 pub use model::{AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal};
 pub use secgroups::{

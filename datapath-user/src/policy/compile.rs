@@ -204,15 +204,7 @@ mod tests {
         let max = if family == Family::V4 { 32 } else { 128 };
         let len = [0, max - 8, max - 3, max - 1, max][rng.below(5) as usize];
         // Host bits cleared, as the parser does.
-        let cleared = match addr(rng, family) {
-            IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(
-                u32::from(v) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0),
-            )),
-            IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(
-                u128::from(v) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0),
-            )),
-        };
-        (cleared, len)
+        (crate::bindings::masked(addr(rng, family), len), len)
     }
 
     fn port(rng: &mut Rng) -> u16 {

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 pub use expand::{Members, expand};
 
-use crate::bindings::{Direction, Family, Ports};
+use crate::bindings::{Direction, Family, Ports, masked};
 
 /// One rule of a port's policy, its remote expanded into prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +53,6 @@ pub struct Packet {
 
 /// Whether `addr` lies in `prefix/len` (of the same family).
 pub fn contains(prefix: &IpAddr, len: u8, addr: &IpAddr) -> bool {
-    match (prefix, addr) {
-        (IpAddr::V4(p), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(*p) & mask == u32::from(*a) & mask
-        }
-        (IpAddr::V6(p), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(*p) & mask == u128::from(*a) & mask
-        }
-        _ => false,
-    }
+    // Addresses of two families mask to two variants, which never compare equal.
+    masked(*prefix, len) == masked(*addr, len)
 }
