@@ -185,7 +185,7 @@ impl Node {
             document(networks, &[specs.as_slice(), std::slice::from_ref(&extra)].concat())?,
         ];
         std::fs::write(&bindings, &texts[0]).with_context(|| format!("writing {}", bindings.display()))?;
-        let neutron = neutron_feed(&specs, networks)?;
+        let neutron = neutron_feed(&specs)?;
         let dp =
             Datapath::load_private().context("loading a private datapath for the control-plane figures")?;
         Ok(Self {
@@ -199,7 +199,7 @@ impl Node {
             texts,
             extra: (extra.device(), FIRST_IFINDEX + ports as u32),
             neutron,
-            extra_details: details_of(&extra, networks)?,
+            extra_details: details_of(&extra)?,
             catalog: Catalog::default(),
         })
     }
@@ -352,21 +352,22 @@ impl Node {
 }
 
 /// Neutron's side of the same cloud: the details of node0's ports, and
-/// l2population's FDB of the others. Returns it with node0's devices.
-fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<NeutronState> {
+/// l2population's FDB of the others, every local port reported up.
+fn neutron_feed(specs: &[PortSpec]) -> Result<NeutronState> {
     let mut st = NeutronState::new("node0");
     let local: Vec<&PortSpec> = specs.iter().filter(|p| p.host == "node0").collect();
     let present: BTreeMap<String, Wired> = local.iter().map(|p| (p.device(), Wired::Unbound)).collect();
     st.observe(present.clone());
     let devices: Vec<String> = local.iter().map(|p| p.device()).collect();
-    let details = local.iter().map(|p| details_of(p, networks)).collect::<Result<Vec<_>>>()?;
+    let details = local.iter().map(|p| details_of(p)).collect::<Result<Vec<_>>>()?;
     st.fetched(&devices, Details { devices: details, ..Details::default() }, std::time::Instant::now());
     let mut fdb: BTreeMap<String, NetworkFdb> = BTreeMap::new();
     for p in specs.iter().filter(|p| p.host != "node0") {
         let host: usize = p.host.trim_start_matches("node").parse().context("a synthetic host name")?;
         let vtep: IpAddr = vtep_ip(host).parse().context("a synthetic VTEP")?;
+        let segment = segment_of(&p.network_id)?;
         let net = fdb.entry(p.network_id.clone()).or_insert_with(|| NetworkFdb {
-            segment_id: Some(segment_of(&p.network_id, networks)),
+            segment_id: Some(segment),
             network_type: "vxlan".into(),
             ports: BTreeMap::new(),
         });
@@ -382,21 +383,26 @@ fn neutron_feed(specs: &[PortSpec], networks: usize) -> Result<NeutronState> {
 }
 
 /// What neutron's get_devices_details_list answers for a port of the cloud.
-fn details_of(p: &PortSpec, networks: usize) -> Result<DeviceDetails> {
+fn details_of(p: &PortSpec) -> Result<DeviceDetails> {
     serde_json::from_value(json!({
         "device": p.device(), "network_id": p.network_id, "port_id": p.id, "mac_address": p.mac,
         "admin_state_up": p.admin_up, "network_type": "vxlan",
-        "segmentation_id": segment_of(&p.network_id, networks), "physical_network": null, "mtu": 1450,
+        "segmentation_id": segment_of(&p.network_id)?, "physical_network": null, "mtu": 1450,
         "fixed_ips": [{"subnet_id": "sub", "ip_address": p.ip}], "device_owner": p.owner,
         "allowed_address_pairs": [], "port_security_enabled": p.port_security,
     }))
     .context("synthetic device details")
 }
 
-/// The VNI of network `id` (see `document`).
-fn segment_of(id: &str, networks: usize) -> u32 {
-    let n = (0..networks).find(|n| network_id(*n) == id).unwrap_or(0);
+/// The VNI of network `n` (see `document`).
+fn vni(n: usize) -> u32 {
     10_000 + n as u32
+}
+
+/// The VNI of the network whose id `network_id` made: it starts with n + 1 in hex.
+fn segment_of(id: &str) -> Result<u32> {
+    let n = id.get(..8).and_then(|h| usize::from_str_radix(h, 16).ok()).filter(|n| *n > 0);
+    Ok(vni(n.with_context(|| format!("{id:?} is not a synthetic network id"))? - 1))
 }
 
 fn network_id(n: usize) -> String {
@@ -417,7 +423,7 @@ fn port(i: usize, networks: usize, local: bool) -> PortSpec {
 fn document(networks: usize, ports: &[PortSpec]) -> Result<String> {
     let nets: Vec<Value> = (0..networks)
         .map(|n| {
-            let mut v = network_json(&network_id(n), &format!("net{n}"), "vxlan", Some(10_000 + n as u32));
+            let mut v = network_json(&network_id(n), &format!("net{n}"), "vxlan", Some(vni(n)));
             v["mtu"] = json!(1450);
             v["provider:physical_network"] = Value::Null;
             v
@@ -469,7 +475,7 @@ mod tests {
         let file = Bindings::parse_str(&document(networks, &specs).unwrap(), "test").unwrap();
         let mut engine = Engine::new(Allocations::default());
         engine.update(&cfg, &Catalog::split(file), &devices, Scope::Full);
-        let mut st = neutron_feed(&specs, networks).unwrap();
+        let mut st = neutron_feed(&specs).unwrap();
         st.take_delta().unwrap();
         let mut other = Engine::new(engine.alloc().clone());
         other.update(&cfg, st.catalog(), &devices, Scope::Full);
