@@ -30,13 +30,26 @@ pub const ARP_TABLE: &str = "ARP_TABLE";
 /// The verdict of each fragmented datagram's first fragment, for its later fragments:
 /// [`crate::FragKey`] -> [`crate::FragVerdict`] (LRU).
 pub const FRAG_VERDICTS: &str = "FRAG_VERDICTS";
+/// The security-group policy of each port: `u32` -> [`crate::SgPort`].
+pub const SG_PORTS: &str = "SG_PORTS";
+/// Policies' destination-port blocks -> class (LPM trie): [`crate::SgPortKey`] -> `u32`.
+pub const SG_RULE_PORTS: &str = "SG_RULE_PORTS";
+/// Policies' IPv4 remotes per class -> rule (LPM trie): [`crate::SgRemoteKeyV4`] -> `u32`.
+pub const SG_REMOTE_V4: &str = "SG_REMOTE_V4";
+/// Policies' IPv6 remotes per class -> rule (LPM trie): [`crate::SgRemoteKeyV6`] -> `u32`.
+pub const SG_REMOTE_V6: &str = "SG_REMOTE_V6";
+/// Tracked connections of stateful ports: [`crate::CtKey`] -> [`crate::CtEntry`].
+pub const CONNTRACK: &str = "CONNTRACK";
+/// The security-group verdict of fragmented datagrams' first fragments, for
+/// the later ones (LRU): [`crate::FragKey`] -> [`crate::FragVerdict`].
+pub const SG_FRAGS: &str = "SG_FRAGS";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 20] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -49,6 +62,12 @@ pub const ALL_MAPS: [&str; 14] = [
     FLOOD_VTEPS,
     ARP_TABLE,
     FRAG_VERDICTS,
+    SG_PORTS,
+    SG_RULE_PORTS,
+    SG_REMOTE_V4,
+    SG_REMOTE_V6,
+    CONNTRACK,
+    SG_FRAGS,
     PORT_STATS,
     TRACE,
 ];
@@ -61,8 +80,12 @@ pub const PROG_UPLINK: &str = "uplink_in";
 /// TC ingress program for the VXLAN device (traffic decapsulated from tunnels).
 pub const PROG_TUNNEL: &str = "tunnel_in";
 
+/// TC egress program for VM taps and namespace ports (traffic delivered to
+/// the port): the ingress security-group rules.
+pub const PROG_VM_PORT_OUT: &str = "vm_port_out";
+
 /// All programs of the object.
-pub const ALL_PROGRAMS: [&str; 3] = [PROG_VM_PORT, PROG_UPLINK, PROG_TUNNEL];
+pub const ALL_PROGRAMS: [&str; 4] = [PROG_VM_PORT, PROG_UPLINK, PROG_TUNNEL, PROG_VM_PORT_OUT];
 
 const _: () = {
     let mut i = 0;

@@ -95,6 +95,15 @@ counted_enum! {
         NoUplink = 25 => "no_uplink",
         /// A remote MAC of a tunnel network is known without the VTEP it lives behind.
         NoVtep = 26 => "no_vtep",
+        /// No security-group rule of the port (nor a fixed allowance) admits what it receives.
+        SgIngressDenied = 27 => "sg_ingress_denied",
+        /// No security-group rule of the port (nor a fixed allowance) admits what it sends.
+        SgEgressDenied = 28 => "sg_egress_denied",
+        /// Connection tracking: TCP flags no connection has, a reply or an ICMP
+        /// error that belongs to no tracked connection.
+        CtInvalid = 29 => "ct_invalid",
+        /// The connection table is full: a new connection is refused.
+        CtFull = 30 => "ct_full",
     }
 }
 
@@ -119,6 +128,8 @@ counted_enum! {
         FloodCopyFailed = 7 => "flood_copy_failed",
         /// Floods too large for the tunnel MTU: the local ports got them, the remote VTEPs did not.
         FloodTunnelMtu = 8 => "flood_tunnel_mtu",
+        /// Delivered to a port whose security groups (if any) admitted it (the port's egress program).
+        Delivered = 9 => "delivered",
     }
 }
 

@@ -44,6 +44,9 @@ pub const PORT_F_BOUND: u32 = 1 << 0;
 pub const PORT_F_ADMIN_UP: u32 = 1 << 1;
 /// Anti-spoofing applies (port security on and not a `network:*` owner).
 pub const PORT_F_ANTI_SPOOF: u32 = 1 << 2;
+/// Security groups apply: the port's `SG_PORTS` entry must exist, else its
+/// traffic drops (fail closed).
+pub const PORT_F_SECGROUPS: u32 = 1 << 3;
 
 /// Network type: untagged on the uplink.
 pub const NET_TYPE_FLAT: u32 = 1;
@@ -78,6 +81,74 @@ pub const MAX_FRAG_DATAGRAMS: u32 = 8192;
 pub const FRAG_FAMILY_V4: u8 = 4;
 /// `FragKey::family` of IPv6 datagrams.
 pub const FRAG_FAMILY_V6: u8 = 6;
+
+/// `SgPort::flags`: the port's groups are stateful (connections are tracked).
+pub const SG_F_STATEFUL: u32 = 1 << 0;
+/// `SgPort::flags`: the port has an IPv6 fixed IP, so router advertisements may reach it.
+pub const SG_F_IPV6: u32 = 1 << 1;
+
+/// `SgPortKey::direction` of rules for what a port receives.
+pub const SG_DIR_INGRESS: u8 = 1;
+/// `SgPortKey::direction` of rules for what a port sends.
+pub const SG_DIR_EGRESS: u8 = 2;
+/// `SgPortKey::family` and `CtKey::family` of IPv4.
+pub const IP_FAMILY_V4: u8 = 4;
+/// `SgPortKey::family` and `CtKey::family` of IPv6.
+pub const IP_FAMILY_V6: u8 = 6;
+/// Bits of an `SgPortKey` before the port: the LPM prefix is this plus the port block's.
+pub const SG_PORT_KEY_FIXED_BITS: u32 = 64;
+/// Bits of an `SgRemoteKeyV4`/`V6` before the address: the LPM prefix is this plus the remote prefix's.
+pub const SG_REMOTE_KEY_FIXED_BITS: u32 = 64;
+
+/// Capacity of `SG_RULE_PORTS`, `SG_REMOTE_V4` and `SG_REMOTE_V6` (entries of every policy).
+pub const MAX_SG_ENTRIES: u32 = 262_144;
+/// Capacity of `CONNTRACK`: when it is full, new connections are refused (`ct_full`).
+pub const MAX_CONNTRACK: u32 = 262_144;
+/// Capacity of the LRU `SG_FRAGS`.
+pub const MAX_SG_FRAGS: u32 = 8192;
+
+/// `CtEntry::flags`: the connection was opened towards the port (an ingress
+/// rule admitted it); without it, the port opened it.
+pub const CT_F_INGRESS: u32 = 1 << 0;
+/// `CtEntry::flags`: a packet in the reply direction was seen.
+pub const CT_F_REPLIED: u32 = 1 << 1;
+/// `CtEntry::flags`: the opener sent a FIN.
+pub const CT_F_FIN_ORIG: u32 = 1 << 2;
+/// `CtEntry::flags`: the other side sent a FIN.
+pub const CT_F_FIN_REPLY: u32 = 1 << 3;
+/// `CtEntry::flags`: a RST was seen.
+pub const CT_F_RST: u32 = 1 << 4;
+
+const SEC: u64 = 1_000_000_000;
+
+/// How long a tracked connection lives without a packet, by protocol and
+/// state: Linux conntrack's defaults (`nf_conntrack_*_timeout*`), which
+/// the hybrid driver's users have. Both sides use it: the programs treat an
+/// older entry as gone, the agent deletes it.
+pub const fn ct_lifetime_ns(protocol: u8, flags: u32) -> u64 {
+    match protocol {
+        6 => {
+            if flags & CT_F_RST != 0 {
+                10 * SEC
+            } else if flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY) != 0 {
+                120 * SEC
+            } else if flags & CT_F_REPLIED != 0 {
+                432_000 * SEC
+            } else {
+                120 * SEC
+            }
+        }
+        17 | 136 => {
+            if flags & CT_F_REPLIED != 0 {
+                120 * SEC
+            } else {
+                30 * SEC
+            }
+        }
+        1 | 58 => 30 * SEC,
+        _ => 600 * SEC,
+    }
+}
 
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
@@ -252,6 +323,84 @@ shared! {
         /// 0: the datagram passed; otherwise the `DropReason` of its first fragment.
         pub reason: u32,
         pub _pad: u32,
+    }
+
+    /// Value of `SG_PORTS` (key: ifindex `u32`): the port's policy.
+    pub struct SgPort [8] {
+        /// The policy's id in `SG_RULE_PORTS` and `SG_REMOTE_*`. A changed
+        /// policy gets a new id, written whole before the port points at it.
+        pub policy: u32,
+        /// `SG_F_*`.
+        pub flags: u32,
+    }
+
+    /// LPM data of `SG_RULE_PORTS`: (policy, direction, family, protocol)
+    /// exactly, then a block of destination ports (ICMP: type << 8 | code).
+    /// Value: the class (the set of rules whose ports hold the block).
+    pub struct SgPortKey [12] {
+        pub policy: u32,
+        /// `SG_DIR_*`.
+        pub direction: u8,
+        /// `IP_FAMILY_*`.
+        pub family: u8,
+        /// The IP protocol; 0 in the table of rules of any protocol.
+        pub protocol: u8,
+        /// 1: the table of rules of any protocol, for protocols without rules of their own.
+        pub any_protocol: u8,
+        /// Big-endian, so that a prefix of the key is a block of ports.
+        pub port: [u8; 2],
+        pub _pad: [u8; 2],
+    }
+
+    /// LPM data of `SG_REMOTE_V4`: (policy, class) exactly, then the remote
+    /// address. Value: the index of the first rule of the policy that admits it.
+    pub struct SgRemoteKeyV4 [12] {
+        pub policy: u32,
+        pub class: u32,
+        pub addr: [u8; 4],
+    }
+
+    /// LPM data of `SG_REMOTE_V6`, as `SgRemoteKeyV4`.
+    pub struct SgRemoteKeyV6 [24] {
+        pub policy: u32,
+        pub class: u32,
+        pub addr: [u8; 16],
+    }
+
+    /// Key of `CONNTRACK`: one connection as one port sees it. The port is
+    /// the zone: overlapping addresses of two networks never meet, and the
+    /// two ends of a connection between two local ports have an entry each,
+    /// as with the hybrid driver's zone per port.
+    pub struct CtKey [44] {
+        pub ifindex: u32,
+        /// The port's end: source port when it sends; ICMP echo: the identifier.
+        pub local_port: u16,
+        /// The other end's port; ICMP echo: 0.
+        pub remote_port: u16,
+        pub protocol: u8,
+        /// `IP_FAMILY_*`.
+        pub family: u8,
+        pub _pad: [u8; 2],
+        /// IPv4 addresses fill the first 4 bytes, the rest zero.
+        pub local: [u8; 16],
+        pub remote: [u8; 16],
+    }
+
+    /// Value of `CONNTRACK`.
+    pub struct CtEntry [32] {
+        /// `bpf_ktime_get_ns()` when the connection was opened.
+        pub created_ns: u64,
+        /// `bpf_ktime_get_ns()` of a recent packet (refreshed at most once a second).
+        pub last_seen_ns: u64,
+        /// `CT_F_*`.
+        pub flags: u32,
+        /// The policy that admitted the connection (0: a fixed allowance).
+        pub policy: u32,
+        /// The index of the rule in that policy that admitted it.
+        pub rule: u32,
+        /// How long the entry lives without packets: `ct_lifetime_ns` of its
+        /// protocol and flags, in seconds, set whenever the flags change.
+        pub lifetime_s: u32,
     }
 
     /// One destination recorded by a traced run.

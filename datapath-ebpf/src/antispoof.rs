@@ -12,18 +12,13 @@ use datapath_common::{ADDR_KEY_FIXED_BITS, AddrKeyV4, AddrKeyV6, DropReason, Mac
 
 use crate::{
     frag,
-    maps::{ALLOWED_MACS, ALLOWED_V4, ALLOWED_V6},
+    maps::{ALLOWED_MACS, ALLOWED_V4, ALLOWED_V6, FRAG_VERDICTS},
     parse::{
-        ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Eth, Frag, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6, L4, Pkt,
+        DHCPV4_CLIENT_PORT, DHCPV4_SERVER_PORT, DHCPV6_SERVER_PORT, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Eth,
+        Frag, ICMPV6_NEIGHBOR_ADVERT, ICMPV6_ROUTER_ADVERT, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6, L4, Pkt,
         load_be16, load_bytes, load_u8,
     },
 };
-
-const DHCPV4_SERVER_PORT: u16 = 67;
-const DHCPV4_CLIENT_PORT: u16 = 68;
-const DHCPV6_SERVER_PORT: u16 = 547;
-const ICMPV6_ROUTER_ADVERT: u8 = 134;
-const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 
 /// The port a frame comes from, as the checks need it.
 pub struct From {
@@ -77,12 +72,12 @@ fn check_ipv4(ctx: &TcContext, pkt: &Pkt, eth: &Eth, off: usize, port: &From) ->
     let dhcp_discover = match ip.l4.frag {
         Frag::Later(fid) => {
             src_ok()?;
-            return frag::verdict_of(&frag::key_v4(port.ifindex, ip.src, ip.dst, fid));
+            return frag::verdict_of(&FRAG_VERDICTS, &frag::key_v4(port.ifindex, ip.src, ip.dst, fid));
         }
         Frag::First(fid) => {
             let upper = ipv4_upper(ctx, ip, port.kind);
             let key = frag::key_v4(port.ifindex, ip.src, ip.dst, fid);
-            frag::remember(&key, &upper.map(|_| ()), port.dry_run);
+            frag::remember(&FRAG_VERDICTS, &key, &upper.map(|_| ()), port.dry_run);
             upper?
         }
         Frag::Whole => ipv4_upper(ctx, ip, port.kind)?,
@@ -140,11 +135,16 @@ fn check_ipv6(ctx: &TcContext, pkt: &Pkt, eth: &Eth, off: usize, port: &From) ->
     let upper = match l4.frag {
         Frag::Later(fid) => {
             src_ok()?;
-            return frag::verdict_of(&frag::key_v6(port.ifindex, ip.src, ip.dst, fid));
+            return frag::verdict_of(&FRAG_VERDICTS, &frag::key_v6(port.ifindex, ip.src, ip.dst, fid));
         }
         Frag::First(fid) => {
             let upper = ipv6_upper(ctx, eth, &l4, port);
-            frag::remember(&frag::key_v6(port.ifindex, ip.src, ip.dst, fid), &upper, port.dry_run);
+            frag::remember(
+                &FRAG_VERDICTS,
+                &frag::key_v6(port.ifindex, ip.src, ip.dst, fid),
+                &upper,
+                port.dry_run,
+            );
             upper
         }
         Frag::Whole => ipv6_upper(ctx, eth, &l4, port),

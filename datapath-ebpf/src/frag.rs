@@ -2,9 +2,13 @@
 //! header, so the upper-layer checks run on it, and its verdict is remembered
 //! for the later fragments of the same datagram from the same port.
 
+use aya_ebpf::maps::LruHashMap;
 use datapath_common::{DropReason, FRAG_FAMILY_V4, FRAG_FAMILY_V6, FragKey, FragVerdict};
 
-use crate::{maps::FRAG_VERDICTS, parse::FragId};
+use crate::parse::FragId;
+
+/// A map of first-fragment verdicts: `FRAG_VERDICTS` (anti-spoofing) or `SG_FRAGS` (security groups).
+pub type Verdicts = LruHashMap<FragKey, FragVerdict>;
 
 /// The key of an IPv4 datagram sent by `ifindex`.
 #[inline(always)]
@@ -32,7 +36,7 @@ fn key(ifindex: u32, fid: FragId, family: u8) -> FragKey {
 /// Remembers what the first fragment's upper-layer checks decided. A dry run
 /// (a trace against live maps) leaves no trace.
 #[inline(always)]
-pub fn remember(key: &FragKey, verdict: &Result<(), DropReason>, dry_run: bool) {
+pub fn remember(map: &Verdicts, key: &FragKey, verdict: &Result<(), DropReason>, dry_run: bool) {
     if dry_run {
         return;
     }
@@ -42,15 +46,15 @@ pub fn remember(key: &FragKey, verdict: &Result<(), DropReason>, dry_run: bool) 
     };
     // A full LRU evicts the oldest datagram; a failed insert leaves this one
     // unknown, so its later fragments are dropped: closed, not open.
-    let _ = FRAG_VERDICTS.insert(key, FragVerdict { reason, _pad: 0 }, 0);
+    let _ = map.insert(key, FragVerdict { reason, _pad: 0 }, 0);
 }
 
 /// The verdict of a later fragment: its first fragment's. A datagram whose
 /// first fragment this port did not send (or that was evicted) is dropped.
 #[inline(always)]
-pub fn verdict_of(key: &FragKey) -> Result<(), DropReason> {
+pub fn verdict_of(map: &Verdicts, key: &FragKey) -> Result<(), DropReason> {
     // SAFETY: LRU value read and copied at once; a racing update replaces it whole.
-    match unsafe { FRAG_VERDICTS.get(key) }.map(|v| v.reason) {
+    match unsafe { map.get(key) }.map(|v| v.reason) {
         None => Err(DropReason::FragUnknown),
         Some(0) => Ok(()),
         Some(r) => Err(DropReason::from_index(r).unwrap_or(DropReason::FragUnknown)),

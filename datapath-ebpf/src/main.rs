@@ -7,10 +7,14 @@
 
 mod antispoof;
 mod arp;
+mod conntrack;
+mod flow;
 mod forward;
 mod frag;
 mod maps;
 mod parse;
+mod port_out;
+mod secgroup;
 mod skb;
 mod stats;
 mod trace;
@@ -28,6 +32,15 @@ use crate::verdict::Meta;
 pub fn vm_port(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = vm_port::try_vm_port(&ctx, &mut meta);
+    verdict::finish(&meta, res)
+}
+
+/// TC egress of VM taps and namespace ports: what the port receives.
+#[classifier]
+pub fn vm_port_out(ctx: TcContext) -> i32 {
+    let mut meta = Meta::new(&ctx);
+    meta.egress = true;
+    let res = port_out::try_vm_port_out(&ctx, &mut meta);
     verdict::finish(&meta, res)
 }
 

@@ -10,9 +10,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict, LearnedEntry,
-    MAX_ALLOWED, MAX_ARP, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS, MAX_NETWORKS, MAX_PORTS,
-    MAX_SEGMENTS, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet,
+    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
+    LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MacKey, NetInfo, PortCounters,
+    PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet,
 };
 
 #[map]
@@ -52,6 +53,27 @@ pub static ARP_TABLE: HashMap<ArpKey, ArpEntry> = HashMap::with_max_entries(MAX_
 #[map]
 pub static FRAG_VERDICTS: LruHashMap<FragKey, FragVerdict> =
     LruHashMap::with_max_entries(MAX_FRAG_DATAGRAMS, 0);
+
+#[map]
+pub static SG_PORTS: HashMap<u32, SgPort> = HashMap::with_max_entries(MAX_PORTS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SG_RULE_PORTS: LpmTrie<SgPortKey, u32> = LpmTrie::with_max_entries(MAX_SG_ENTRIES, 0);
+
+#[map]
+pub static SG_REMOTE_V4: LpmTrie<SgRemoteKeyV4, u32> = LpmTrie::with_max_entries(MAX_SG_ENTRIES, 0);
+
+#[map]
+pub static SG_REMOTE_V6: LpmTrie<SgRemoteKeyV6, u32> = LpmTrie::with_max_entries(MAX_SG_ENTRIES, 0);
+
+/// A plain hash, not an LRU: a full table refuses new connections instead of
+/// evicting established ones. Not preallocated, so memory follows the
+/// connections; the agent deletes expired entries.
+#[map]
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(MAX_CONNTRACK, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(MAX_SG_FRAGS, 0);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

@@ -16,6 +16,9 @@ pub struct Meta {
     pub trace: bool,
     /// Change no live state: no counters, no learning (a dry-run trace).
     pub dry_run: bool,
+    /// A port's egress (what it receives): `rx` counts what a port sends, so
+    /// only the outcome is counted.
+    pub egress: bool,
 }
 
 impl Meta {
@@ -23,7 +26,7 @@ impl Meta {
     #[inline(always)]
     pub fn new(ctx: &aya_ebpf::programs::TcContext) -> Self {
         let trace = trace::requested(ctx);
-        Self { slot: 0, net_index: 0, trace, dry_run: trace && trace::dry_run(ctx) }
+        Self { slot: 0, net_index: 0, trace, dry_run: trace && trace::dry_run(ctx), egress: false }
     }
 }
 
@@ -36,7 +39,7 @@ pub struct Verdict {
 /// Counts the outcome under the ingress port and returns the TC verdict.
 #[inline(always)]
 pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
-    if !meta.dry_run {
+    if !meta.dry_run && !meta.egress {
         stats::count_action(meta.slot, Action::Received, 1);
     }
     match res {

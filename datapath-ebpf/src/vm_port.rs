@@ -3,7 +3,9 @@
 //! Everything malformed fails closed.
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND};
+use datapath_common::{
+    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, SG_DIR_EGRESS,
+};
 
 use crate::{
     antispoof, arp,
@@ -12,7 +14,7 @@ use crate::{
     parse::{
         self, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero,
     },
-    skb,
+    secgroup, skb,
     verdict::{Meta, Verdict},
 };
 
@@ -66,6 +68,8 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     } else {
         parse::check_ip(ctx, &pkt, eth.ethertype, ETH_LEN)?;
     }
+    let at = secgroup::At { ifindex, port_flags: port.flags, dir: SG_DIR_EGRESS, dry_run: meta.dry_run };
+    secgroup::check(ctx, eth.ethertype, ETH_LEN, &at)?;
     bridge(ctx, meta, port.net_index, ifindex, &eth)
 }
 

@@ -19,8 +19,9 @@ use crate::{
     attach::{self, Attacher},
     config::Config,
     config::Source as SourceConfig,
+    conntrack::{self, Recheck, Swept},
     control::{self, Pending},
-    desired::{Allocations, Derived, Engine, Scope},
+    desired::{Derived, Engine, Scope},
     features, learned,
     loader::{self, Datapath},
     migrate,
@@ -82,6 +83,8 @@ struct Migration {
     dirs: Vec<PathBuf>,
     /// What they learned from the wire, restored once our networks exist.
     learned: Vec<migrate::Learned>,
+    /// The connections they track, restored before our programs take over.
+    connections: Vec<(datapath_common::CtKey, datapath_common::CtEntry)>,
 }
 
 impl Agent {
@@ -93,7 +96,6 @@ impl Agent {
             .with_context(|| format!("loading the datapath pinned at {}", cfg.pin_path.display()))?;
         let migration = take_over(&foreign, dp.pin_dir().context("the datapath is pinned")?)?;
         let current = sync::read_state(&dp.maps)?;
-        let alloc = Allocations::recover(&current);
         if !current.ports.is_empty() {
             log::info!(
                 "adopting pinned state: {} ports, {} networks",
@@ -114,7 +116,7 @@ impl Agent {
         Ok(Self {
             cfg,
             dp,
-            engine: Engine::new(alloc),
+            engine: Engine::recover(&current),
             attacher,
             source,
             status: Status::default(),
@@ -189,6 +191,29 @@ impl Agent {
                 log::info!("carried over {n} of {} learned MACs", m.learned.len());
             }
             m.learned.clear();
+            let n = migrate::restore_connections(&mut self.dp.maps, &m.connections);
+            if !m.connections.is_empty() {
+                log::info!("carried over {n} of {} tracked connections", m.connections.len());
+            }
+            m.connections.clear();
+        }
+        // After the maps (and what a migration carried over): a connection is
+        // cut once its port's new policy is in place.
+        let recheck = if verify {
+            Recheck::All
+        } else if !change.policy_changed.is_empty() {
+            Recheck::Ports(&change.policy_changed)
+        } else {
+            Recheck::None
+        };
+        if verify || !change.policy_changed.is_empty() {
+            match conntrack::sweep(&mut self.dp.maps, self.engine.security(), recheck) {
+                Ok(s) if s != Swept::default() => {
+                    log::info!("connections: {} expired, {} cut by a policy change", s.expired, s.cut)
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(format!("sweeping the connection table: {e:#}")),
+            }
         }
         // The attacher walks every device: only when a program changed, or to retry.
         let attach_errors = if full || change.attach_changed || self.attach_failed {
@@ -326,7 +351,7 @@ fn take_over(foreign: &[(u32, PathBuf)], own_dir: &Path) -> Result<Option<Migrat
     if foreign.is_empty() {
         return Ok(None);
     }
-    let mut m = Migration { dirs: Vec::new(), learned: Vec::new() };
+    let mut m = Migration { dirs: Vec::new(), learned: Vec::new(), connections: Vec::new() };
     for (version, dir) in foreign {
         log::info!(
             "{} holds map layout v{version}: taking it over as v{} without stopping traffic",
@@ -338,6 +363,10 @@ fn take_over(foreign: &[(u32, PathBuf)], own_dir: &Path) -> Result<Option<Migrat
             Err(e) => {
                 log::warn!("not carrying over learned MACs of v{version} (they will be learned again): {e:#}")
             }
+        }
+        match migrate::connections_of(dir) {
+            Ok(c) => m.connections.extend(c),
+            Err(e) => log::warn!("not carrying over the connections of v{version}: {e:#}"),
         }
         let moved = migrate::adopt_attachments(dir, own_dir)?;
         log::info!("took over {moved} attachments of v{version}");

@@ -1,13 +1,16 @@
-//! Attaches the programs to devices' TC ingress so that they keep forwarding
-//! when the agent stops, and are adopted (updated in place) when an agent
-//! starts again. Two hooks, chosen by `features::probe` at start-up:
+//! Attaches the programs to devices' TC ingress (and, on ports, TC egress)
+//! so that they keep forwarding when the agent stops, and are adopted
+//! (updated in place) when an agent starts again. Two hooks, chosen by
+//! `features::probe` at start-up:
 //!
-//! - tcx (Linux 6.6+): a bpf_link per device, pinned at `links/<device>`;
-//!   an upgrade swaps the program with `bpf_link_update`.
+//! - tcx (Linux 6.6+): a bpf_link per device and direction, pinned at
+//!   `links/<device>` (ingress) and `links-egress/<device>`; an upgrade
+//!   swaps the program with `bpf_link_update`.
 //! - netlink cls_bpf (older kernels): a direct-action filter on the device's
 //!   clsact qdisc at a fixed priority and handle; the program is pinned at
-//!   `filters/<device>` to record that the filter is ours. An upgrade
-//!   replaces the filter in place, which cls_bpf does atomically.
+//!   `filters/<device>` (or `filters-egress/<device>`) to record that the
+//!   filter is ours. An upgrade replaces the filter in place, which cls_bpf
+//!   does atomically.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -35,28 +38,40 @@ pub struct Attacher {
     hook: Hook,
     /// The versioned pin directory; `None` when nothing is pinned (tests).
     pin_dir: Option<PathBuf>,
-    /// `<pin dir>/links` or `<pin dir>/filters` (by hook), one pin per device.
-    links_dir: Option<PathBuf>,
     /// Devices whose hook already runs this process's programs.
     current: BTreeMap<u32, Attachment>,
 }
 
-/// Where an agent pins the attachments of `hook`.
-fn hook_dir(pin_dir: &Path, hook: Hook) -> PathBuf {
-    pin_dir.join(match hook {
-        Hook::Tcx => "links",
-        Hook::Netlink => "filters",
+/// The two TC directions a program may run in.
+const DIRECTIONS: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
+
+/// Where an agent pins the attachments of `hook` in direction `ty`.
+fn hook_dir(pin_dir: &Path, hook: Hook, ty: TcAttachType) -> PathBuf {
+    pin_dir.join(match (hook, ty) {
+        (Hook::Tcx, TcAttachType::Egress) => "links-egress",
+        (Hook::Tcx, _) => "links",
+        (Hook::Netlink, TcAttachType::Egress) => "filters-egress",
+        (Hook::Netlink, _) => "filters",
     })
+}
+
+/// The program `att` wants in direction `ty`.
+fn program_for(att: &Attachment, ty: TcAttachType) -> Option<&'static str> {
+    match ty {
+        TcAttachType::Egress => att.egress,
+        _ => Some(att.program),
+    }
 }
 
 impl Attacher {
     /// An attacher using `hook`, pinning under `pin_dir` when given.
     pub fn new(hook: Hook, pin_dir: Option<&Path>) -> Result<Self> {
-        let links_dir = pin_dir.map(|d| hook_dir(d, hook));
-        if let Some(dir) = &links_dir {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for ty in DIRECTIONS {
+            if let Some(dir) = pin_dir.map(|d| hook_dir(d, hook, ty)) {
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
         }
-        Ok(Self { hook, pin_dir: pin_dir.map(Path::to_path_buf), links_dir, current: BTreeMap::new() })
+        Ok(Self { hook, pin_dir: pin_dir.map(Path::to_path_buf), current: BTreeMap::new() })
     }
 
     /// Attaches what `desired` names and detaches what it no longer names.
@@ -74,23 +89,40 @@ impl Attacher {
             if self.current.get(ifindex) == Some(att) && self.still_attached(att, verify) {
                 continue;
             }
-            match self.attach(dp, att) {
-                Ok(()) => {
-                    self.current.insert(*ifindex, att.clone());
+            let mut ok = true;
+            for ty in DIRECTIONS {
+                let Some(program) = program_for(att, ty) else { continue };
+                if let Err(e) = self.attach(dp, program, &att.device, ty) {
+                    errors.push(format!("attaching {program} to {} ({ty:?}): {e:#}", att.device));
+                    ok = false;
                 }
-                Err(e) => errors.push(format!("attaching {} to {}: {e:#}", att.program, att.device)),
+            }
+            if ok {
+                let had_egress = self.current.get(ifindex).is_some_and(|a| a.egress.is_some());
+                self.current.insert(*ifindex, att.clone());
+                if had_egress
+                    && att.egress.is_none()
+                    && let Some(pin_dir) = &self.pin_dir
+                    && let Err(e) = detach_one(pin_dir, self.hook, TcAttachType::Egress, &att.device)
+                {
+                    errors.push(format!("detaching the egress program of {}: {e:#}", att.device));
+                }
             }
         }
-        let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
         let before = self.current.len();
+        let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
         let Some(pin_dir) = &self.pin_dir else { return errors };
         // The pin directories are listed when a device left, and on verify for what others left.
         if self.current.len() == before && !verify {
             return errors;
         }
-        if let Err(e) = detach_pinned(pin_dir, self.hook, &wanted) {
-            errors.push(format!("removing stale attachments: {e:#}"));
+        let egress: BTreeSet<&str> =
+            desired.values().filter(|a| a.egress.is_some()).map(|a| a.device.as_str()).collect();
+        for (ty, keep) in [(TcAttachType::Ingress, &wanted), (TcAttachType::Egress, &egress)] {
+            if let Err(e) = detach_pinned(pin_dir, self.hook, ty, keep) {
+                errors.push(format!("removing stale attachments: {e:#}"));
+            }
         }
         // The hook changed (tc_hook, or a kernel upgrade): ours are in place now,
         // so the other hook's attachments can go.
@@ -98,8 +130,10 @@ impl Attacher {
             Hook::Tcx => Hook::Netlink,
             Hook::Netlink => Hook::Tcx,
         };
-        if let Err(e) = detach_pinned(pin_dir, other, &BTreeSet::new()) {
-            errors.push(format!("removing attachments of the previous hook: {e:#}"));
+        for ty in DIRECTIONS {
+            if let Err(e) = detach_pinned(pin_dir, other, ty, &BTreeSet::new()) {
+                errors.push(format!("removing attachments of the previous hook: {e:#}"));
+            }
         }
         errors
     }
@@ -113,28 +147,41 @@ impl Attacher {
     fn still_attached(&self, att: &Attachment, verify: bool) -> bool {
         match self.hook {
             // Asking costs a syscall per device: only the periodic verify does.
-            Hook::Tcx => !verify || is_attached_tcx(att).unwrap_or(false),
+            Hook::Tcx => {
+                !verify
+                    || DIRECTIONS.iter().all(|ty| match program_for(att, *ty) {
+                        Some(p) => is_attached_tcx(&att.device, *ty, p).unwrap_or(false),
+                        None => true,
+                    })
+            }
             Hook::Netlink => !verify,
         }
     }
 
-    fn attach(&mut self, dp: &mut Datapath, att: &Attachment) -> Result<()> {
-        let prog = dp.program(att.program)?;
+    fn attach(
+        &mut self,
+        dp: &mut Datapath,
+        program: &'static str,
+        device: &str,
+        ty: TcAttachType,
+    ) -> Result<()> {
+        let prog = dp.program(program)?;
+        let at = At { program, device, ty };
         match self.hook {
-            Hook::Tcx => self.attach_tcx(prog, att),
-            Hook::Netlink => self.attach_netlink(prog, att),
+            Hook::Tcx => self.attach_tcx(prog, &at),
+            Hook::Netlink => self.attach_netlink(prog, &at),
         }
     }
 
-    fn attach_tcx(&self, prog: &mut SchedClassifier, att: &Attachment) -> Result<()> {
-        let Some(dir) = &self.links_dir else {
-            prog.attach_with_options(&att.device, TcAttachType::Ingress, tcx_append())
+    fn attach_tcx(&self, prog: &mut SchedClassifier, att: &At) -> Result<()> {
+        let Some(dir) = self.pin_dir.as_ref().map(|d| hook_dir(d, self.hook, att.ty)) else {
+            prog.attach_with_options(att.device, att.ty, tcx_append())
                 .with_context(|| format!("tcx attach on {}", att.device))?;
             return Ok(());
         };
-        let pin = dir.join(&att.device);
+        let pin = dir.join(att.device);
         if pin.exists() {
-            if is_attached_tcx(att)? {
+            if is_attached_tcx(att.device, att.ty, att.program)? {
                 // Our link is still there (agent restart or upgrade): swap in this
                 // build's program atomically, without a moment of detachment.
                 let old =
@@ -156,16 +203,16 @@ impl Attacher {
             fs::remove_file(&pin).with_context(|| format!("removing defunct pin {}", pin.display()))?;
         }
         let id = prog
-            .attach_with_options(&att.device, TcAttachType::Ingress, tcx_append())
+            .attach_with_options(att.device, att.ty, tcx_append())
             .with_context(|| format!("tcx attach on {}", att.device))?;
         let link: FdLink = prog.take_link(id)?.try_into().context("tcx link is not an fd link")?;
         link.pin(&pin).with_context(|| format!("pinning link at {}", pin.display()))?;
         Ok(())
     }
 
-    fn attach_netlink(&self, prog: &mut SchedClassifier, att: &Attachment) -> Result<()> {
+    fn attach_netlink(&self, prog: &mut SchedClassifier, att: &At) -> Result<()> {
         // EEXIST: the qdisc is there already (ours from before, or the operator's).
-        if let Err(e) = tc::qdisc_add_clsact(&att.device)
+        if let Err(e) = tc::qdisc_add_clsact(att.device)
             && netlink_errno(&e) != Some(libc::EEXIST)
         {
             return Err(e)
@@ -173,14 +220,9 @@ impl Attacher {
         }
         // Replace first: atomic when our filter is there (restart, upgrade), and
         // ENOENT when it is not, which is when we create it.
-        let existing = SchedClassifierLink::attached(
-            &att.device,
-            TcAttachType::Ingress,
-            NETLINK_PRIORITY,
-            NETLINK_HANDLE,
-            None,
-        )
-        .with_context(|| format!("looking up device {}", att.device))?;
+        let existing =
+            SchedClassifierLink::attached(att.device, att.ty, NETLINK_PRIORITY, NETLINK_HANDLE, None)
+                .with_context(|| format!("looking up device {}", att.device))?;
         let id = match prog.attach_to_link(existing) {
             Ok(id) => {
                 log::debug!("{}: cls_bpf filter now runs this build's {}", att.device, att.program);
@@ -188,8 +230,8 @@ impl Attacher {
             }
             Err(ProgramError::TcError(e)) if netlink_errno(&e) == Some(libc::ENOENT) => prog
                 .attach_with_options(
-                    &att.device,
-                    TcAttachType::Ingress,
+                    att.device,
+                    att.ty,
                     TcAttachOptions::Netlink(NlOptions {
                         priority: NETLINK_PRIORITY,
                         handle: NETLINK_HANDLE,
@@ -203,8 +245,8 @@ impl Attacher {
         };
         // Dropping the link would detach the filter; the filter must outlive us.
         std::mem::forget(prog.take_link(id)?);
-        if let Some(dir) = &self.links_dir {
-            let pin = dir.join(&att.device);
+        if let Some(dir) = self.pin_dir.as_ref().map(|d| hook_dir(d, self.hook, att.ty)) {
+            let pin = dir.join(att.device);
             let _ = fs::remove_file(&pin);
             prog.pin(&pin).with_context(|| format!("pinning the program at {}", pin.display()))?;
         }
@@ -212,9 +254,29 @@ impl Attacher {
     }
 }
 
-/// Removes every attachment of `hook` pinned under `pin_dir` whose device is not in `keep`.
-fn detach_pinned(pin_dir: &Path, hook: Hook, keep: &BTreeSet<&str>) -> Result<()> {
-    let dir = hook_dir(pin_dir, hook);
+/// One program on one device in one direction.
+struct At<'a> {
+    program: &'static str,
+    device: &'a str,
+    ty: TcAttachType,
+}
+
+/// Removes the attachment of `hook` in direction `ty` pinned for `device`, if any.
+fn detach_one(pin_dir: &Path, hook: Hook, ty: TcAttachType, device: &str) -> Result<()> {
+    let path = hook_dir(pin_dir, hook, ty).join(device);
+    if !path.exists() {
+        return Ok(());
+    }
+    match hook {
+        Hook::Tcx => unpin_link(&path),
+        Hook::Netlink => remove_filter(&path, device, ty),
+    }
+}
+
+/// Removes every attachment of `hook` in direction `ty` pinned under
+/// `pin_dir` whose device is not in `keep`.
+fn detach_pinned(pin_dir: &Path, hook: Hook, ty: TcAttachType, keep: &BTreeSet<&str>) -> Result<()> {
+    let dir = hook_dir(pin_dir, hook, ty);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -228,7 +290,7 @@ fn detach_pinned(pin_dir: &Path, hook: Hook, keep: &BTreeSet<&str>) -> Result<()
         }
         match hook {
             Hook::Tcx => unpin_link(&entry.path())?,
-            Hook::Netlink => remove_filter(&entry.path(), &name)?,
+            Hook::Netlink => remove_filter(&entry.path(), &name, ty)?,
         }
     }
     Ok(())
@@ -237,7 +299,9 @@ fn detach_pinned(pin_dir: &Path, hook: Hook, keep: &BTreeSet<&str>) -> Result<()
 /// Removes everything an agent attached under `pin_dir`, with either hook.
 pub fn detach_all(pin_dir: &Path) -> Result<()> {
     for hook in [Hook::Tcx, Hook::Netlink] {
-        detach_pinned(pin_dir, hook, &BTreeSet::new())?;
+        for ty in DIRECTIONS {
+            detach_pinned(pin_dir, hook, ty, &BTreeSet::new())?;
+        }
     }
     Ok(())
 }
@@ -253,15 +317,15 @@ fn netlink_errno(e: &tc::TcError) -> Option<i32> {
     }
 }
 
-/// Whether `att.program` is attached on `att.device`'s tcx ingress.
-fn is_attached_tcx(att: &Attachment) -> Result<bool> {
-    let (_, progs) = match SchedClassifier::query_tcx(&att.device, TcAttachType::Ingress) {
+/// Whether `program` is attached on `device`'s tcx hook in direction `ty`.
+fn is_attached_tcx(device: &str, ty: TcAttachType, program: &str) -> Result<bool> {
+    let (_, progs) = match SchedClassifier::query_tcx(device, ty) {
         Ok(r) => r,
         // The device is gone: nothing is attached.
-        Err(_) if !device_exists(&att.device) => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("querying tcx on {}", att.device)),
+        Err(_) if !device_exists(device) => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("querying tcx on {device}")),
     };
-    Ok(progs.iter().any(|p| p.name_as_str() == Some(att.program)))
+    Ok(progs.iter().any(|p| p.name_as_str() == Some(program)))
 }
 
 fn device_exists(name: &str) -> bool {
@@ -283,12 +347,12 @@ fn unpin_link(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes our cls_bpf filters from `device` (if it still exists) and the pin
-/// at `path` that recorded them.
-fn remove_filter(path: &Path, device: &str) -> Result<()> {
+/// Removes our cls_bpf filters in direction `ty` from `device` (if it still
+/// exists) and the pin at `path` that recorded them.
+fn remove_filter(path: &Path, device: &str, ty: TcAttachType) -> Result<()> {
     if device_exists(device) {
         for name in names::ALL_PROGRAMS {
-            match tc::qdisc_detach_program(device, TcAttachType::Ingress, name) {
+            match tc::qdisc_detach_program(device, ty, name) {
                 Ok(()) => {}
                 Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 // No clsact qdisc (removed by hand): no filter of ours either.

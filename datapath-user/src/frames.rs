@@ -108,6 +108,39 @@ pub fn ipv4_icmp_echo(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     ipv4(src, dst, 1, &icmp)
 }
 
+/// TCP flags, for `tcp_segment`.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A 20-byte TCP header with `flags` (checksum left 0: the programs do not check it).
+pub fn tcp_segment(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&1000u32.to_be_bytes());
+    t.extend_from_slice(&(if flags & TCP_ACK != 0 { 2000u32 } else { 0 }).to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+/// A TCP segment with `flags` in IPv4.
+pub fn ipv4_tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ipv4(src, dst, 6, &tcp_segment(sport, dport, flags))
+}
+
+/// An ICMP message in IPv4: type, code, the 4 bytes after the checksum, and a body.
+pub fn ipv4_icmp(src: [u8; 4], dst: [u8; 4], kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(body);
+    let c = csum_fold(csum_add(0, &icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, dst, 1, &icmp)
+}
+
 /// A minimal BOOTP/DHCP body (op 1 request or 2 reply) for `chaddr`.
 pub fn dhcp_body(op: u8, chaddr: Mac) -> Vec<u8> {
     let mut b = vec![0u8; 240];

@@ -7,6 +7,7 @@ pub mod attach;
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod control;
 pub mod desired;
 pub mod features;

@@ -56,6 +56,7 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object (maps and programs)")?;
+        let started = std::time::Instant::now();
         for name in names::ALL_PROGRAMS {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -64,6 +65,8 @@ impl Datapath {
                 .with_context(|| format!("program {name} is not a TC classifier"))?;
             prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
         }
+        // The verifier's time is most of a start-up: worth a line in the log.
+        log::info!("programs verified and loaded in {} ms", started.elapsed().as_millis());
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps, pin_dir })
     }

@@ -7,7 +7,9 @@
 //! 1. it builds its own maps, under its own version, from the desired state;
 //! 2. it carries over what cannot be derived: the MACs learned from the wire
 //!    (`learned_of`, `restore_learned`), keyed by the network's identity on
-//!    the wire, which every layout keeps at the head of `NetInfo`;
+//!    the wire, which every layout keeps at the head of `NetInfo`; and the
+//!    tracked connections (`connections_of`, `restore_connections`), keyed
+//!    by ifindex, which a new agent does not change;
 //! 3. it moves the other version's link and filter pins into its own
 //!    directory (`adopt_attachments`), so that its attacher swaps each
 //!    device's program atomically, as on any restart;
@@ -25,7 +27,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use datapath_common::{ABI_VERSION, FdbKey, LearnedEntry, names};
+use datapath_common::{ABI_VERSION, CtEntry, CtKey, FdbKey, LearnedEntry, names};
 
 use crate::{
     desired::{MapState, WireId},
@@ -58,7 +60,7 @@ pub fn foreign_versions(pin_path: &Path) -> Result<Vec<(u32, PathBuf)>> {
 /// directory `from` into ours, `to`. Returns how many moved.
 pub fn adopt_attachments(from: &Path, to: &Path) -> Result<usize> {
     let mut moved = 0;
-    for kind in ["links", "filters"] {
+    for kind in ["links", "filters", "links-egress", "filters-egress"] {
         let src = from.join(kind);
         let entries = match fs::read_dir(&src) {
             Ok(e) => e,
@@ -158,6 +160,41 @@ pub fn restore_learned(maps: &mut Maps, state: &MapState, learned: &[Learned]) -
             continue;
         }
         if maps.fdb_learned.insert(key, l.entry, 0).is_ok() {
+            restored += 1;
+        }
+    }
+    restored
+}
+
+/// The connections the version pinned at `dir` tracks. Empty when it has no
+/// connection table, or one of another layout: those connections are then
+/// judged anew (TCP is picked up mid-stream where the rules admit it).
+pub fn connections_of(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
+    let path = dir.join("maps").join(names::CONNTRACK);
+    let data = match MapData::from_pin(&path) {
+        Ok(d) => d,
+        Err(_) if !path.exists() => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let table: HashMap<MapData, CtKey, CtEntry> = match HashMap::try_from(Map::HashMap(data)) {
+        Ok(m) => m,
+        Err(e) => {
+            log::info!("{}: another layout ({e}); its connections will be judged anew", path.display());
+            return Ok(Vec::new());
+        }
+    };
+    table.iter().map(|r| r.with_context(|| format!("reading {}", path.display()))).collect()
+}
+
+/// Writes `connections` into our `CONNTRACK`, but for those our programs
+/// already track. Returns how many.
+pub fn restore_connections(maps: &mut Maps, connections: &[(CtKey, CtEntry)]) -> usize {
+    let mut restored = 0;
+    for (k, e) in connections {
+        if maps.conntrack.get(k, 0).is_ok() {
+            continue;
+        }
+        if maps.conntrack.insert(k, e, 0).is_ok() {
             restored += 1;
         }
     }

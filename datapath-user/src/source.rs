@@ -160,7 +160,7 @@ impl BindingSource {
                     Some(old) => {
                         // One comparison, network by network; the refusals only show in status.
                         let networks = new.changed_since(old);
-                        if networks.is_empty() && new.refused == old.refused {
+                        if networks.is_empty() && new.refused == old.refused && new.security == old.security {
                             return false;
                         }
                         self.changed.networks.extend(networks);

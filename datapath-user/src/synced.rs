@@ -22,8 +22,9 @@ use aya::{
     maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use datapath_common::{
-    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict, LearnedEntry,
-    MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, TraceRecord, VtepSet, names,
+    AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
+    LearnedEntry, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4,
+    SgRemoteKeyV6, TraceRecord, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -306,6 +307,13 @@ declare_maps! {
         flood_sets: HashMap<MapData, u32, FloodSet> = names::FLOOD_SETS,
         flood_vteps: HashMap<MapData, u32, VtepSet> = names::FLOOD_VTEPS,
         arp: HashMap<MapData, ArpKey, ArpEntry> = names::ARP_TABLE,
+        /// (LPM prefix length, data) -> class. A policy's tables come before the ports that use it.
+        sg_rule_ports: LpmTrie<MapData, SgPortKey, u32> = names::SG_RULE_PORTS,
+        /// (LPM prefix length, data) -> rule.
+        sg_remote_v4: LpmTrie<MapData, SgRemoteKeyV4, u32> = names::SG_REMOTE_V4,
+        /// (LPM prefix length, data) -> rule.
+        sg_remote_v6: LpmTrie<MapData, SgRemoteKeyV6, u32> = names::SG_REMOTE_V6,
+        sg_ports: HashMap<MapData, u32, SgPort> = names::SG_PORTS,
         ports: HashMap<MapData, u32, PortInfo> = names::PORTS,
     }
     kernel {
@@ -313,6 +321,10 @@ declare_maps! {
         fdb_learned: HashMap<MapData, FdbKey, LearnedEntry> = names::FDB_LEARNED,
         /// First-fragment verdicts (LRU).
         frag_verdicts: HashMap<MapData, FragKey, FragVerdict> = names::FRAG_VERDICTS,
+        /// Tracked connections (the agent deletes expired ones and cuts what a policy no longer admits).
+        conntrack: HashMap<MapData, CtKey, CtEntry> = names::CONNTRACK,
+        /// First-fragment security-group verdicts (LRU).
+        sg_frags: HashMap<MapData, FragKey, FragVerdict> = names::SG_FRAGS,
         /// Per-port counters.
         port_stats: PerCpuArray<MapData, PortCounters> = names::PORT_STATS,
         /// The decision record of traced runs.
@@ -371,6 +383,10 @@ mod tests {
         assert!(at(names::NETWORKS) < at(names::PORTS));
         assert!(at(names::FDB) < at(names::PORTS));
         assert!(at(names::FLOOD_SETS) < at(names::PORTS));
+        for table in [names::SG_RULE_PORTS, names::SG_REMOTE_V4, names::SG_REMOTE_V6] {
+            assert!(at(table) < at(names::SG_PORTS), "a policy is whole before a port points at it");
+        }
+        assert!(at(names::SG_PORTS) < at(names::PORTS), "a port's policy exists before the port does");
         assert_eq!(synced.last(), Some(&names::PORTS), "a port's entries exist before the port does");
     }
 }

@@ -654,6 +654,11 @@ const TESTED_ELSEWHERE: &[(DropReason, &str)] = &[
     // A port whose network entry is missing exists only for the instant of an
     // update; derive never leaves one (checked by the desired-state invariants).
     (DropReason::NoNetwork, "transient; the differential fuzzer's model covers the rule"),
+    // The connection table carries state from frame to frame: those tables run in order.
+    (DropReason::SgIngressDenied, "secgroups.rs: rules, allowances, fragments"),
+    (DropReason::SgEgressDenied, "secgroups.rs: allowances and stateless ports"),
+    (DropReason::CtInvalid, "secgroups.rs: connection tracking"),
+    (DropReason::CtFull, "secgroups.rs: a full connection table"),
 ];
 
 /// Every drop reason is a row of the table, or says where else it is tested.

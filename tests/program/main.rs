@@ -9,4 +9,5 @@ mod golden;
 mod injected;
 mod learning;
 mod scenario;
+mod secgroups;
 mod tunnel;

@@ -11,7 +11,14 @@ use std::{
     sync::Arc,
 };
 
-use super::{Bindings, Network, Refusal};
+use super::{AddressGroup, Bindings, Network, Refusal, SecurityGroup};
+
+/// The security groups and address groups, by id: global, not per network.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Security {
+    pub groups: BTreeMap<String, SecurityGroup>,
+    pub address_groups: BTreeMap<String, AddressGroup>,
+}
 
 /// One network's share of the bindings.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -40,6 +47,8 @@ impl NetBindings {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Catalog {
     pub networks: BTreeMap<String, Arc<NetBindings>>,
+    /// Security groups and address groups (replaced whole when they change).
+    pub security: Arc<Security>,
     /// Entries refused by the source, for the logs and `datapath status`.
     pub refused: Vec<Refusal>,
 }
@@ -48,6 +57,8 @@ pub struct Catalog {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CatalogDelta {
     pub networks: Vec<(String, Option<Arc<NetBindings>>)>,
+    /// The new security groups and address groups; None: unchanged.
+    pub security: Option<Arc<Security>>,
     pub refused: Vec<Refusal>,
 }
 
@@ -82,12 +93,22 @@ impl Catalog {
                 None => self.networks.remove(&id),
             };
         }
+        if let Some(s) = d.security {
+            self.security = s;
+        }
         self.refused = d.refused;
         changed
     }
 
     /// Splits whole bindings (a file) by network, in O(entries).
-    pub fn split(b: Bindings) -> Self {
+    pub fn split(mut b: Bindings) -> Self {
+        let security = Arc::new(Security {
+            groups: std::mem::take(&mut b.security_groups).into_iter().map(|g| (g.id.clone(), g)).collect(),
+            address_groups: std::mem::take(&mut b.address_groups)
+                .into_iter()
+                .map(|g| (g.id.clone(), g))
+                .collect(),
+        });
         let mut nets: BTreeMap<String, NetBindings> = b
             .networks
             .into_iter()
@@ -109,7 +130,11 @@ impl Catalog {
             let Some(on) = hosts.get(id) else { continue };
             n.bindings.agents = b.agents.iter().filter(|a| on.contains(&a.host)).cloned().collect();
         }
-        Self { networks: nets.into_iter().map(|(id, n)| (id, Arc::new(n))).collect(), refused: b.refused }
+        Self {
+            networks: nets.into_iter().map(|(id, n)| (id, Arc::new(n))).collect(),
+            security,
+            refused: b.refused,
+        }
     }
 
     /// The bindings of the networks in `ids` (those the catalog has), in the sources' order.

@@ -59,8 +59,10 @@ pub struct Port {
     pub port_security_enabled: bool,
     /// Extra (address, MAC) pairs the port may send from.
     pub allowed_address_pairs: Vec<AddressPair>,
-    /// The ids of the security groups the port is in.
-    pub security_groups: Vec<String>,
+    /// The ids of the security groups the port is in; None when the source
+    /// says nothing about groups (no `security_groups` key): the port is not
+    /// filtered. Neutron always sends the key, an empty list denies all.
+    pub security_groups: Option<Vec<String>>,
 }
 
 /// One allowed address pair of a port.

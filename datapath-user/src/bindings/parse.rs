@@ -321,11 +321,19 @@ fn port_from(obj: &Object) -> Result<Port, String> {
         allowed_address_pairs.push(AddressPair { ip, prefix_len, mac: pair_mac });
     }
 
-    let mut security_groups = Vec::new();
-    for (j, g) in opt_array(obj, "security_groups")?.iter().enumerate() {
-        let g = g.as_str().ok_or_else(|| format!("security_groups[{j}] is {}, not a group id", kind(g)))?;
-        security_groups.push(g.to_string());
-    }
+    let security_groups = match obj.get("security_groups") {
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            let mut ids = Vec::new();
+            for (j, g) in opt_array(obj, "security_groups")?.iter().enumerate() {
+                let g = g
+                    .as_str()
+                    .ok_or_else(|| format!("security_groups[{j}] is {}, not a group id", kind(g)))?;
+                ids.push(g.to_string());
+            }
+            Some(ids)
+        }
+    };
 
     Ok(Port {
         id: id.to_string(),
@@ -539,7 +547,7 @@ mod tests {
                         prefix_len: 24,
                         mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
                     }],
-                    security_groups: vec![],
+                    security_groups: None,
                 }],
                 agents: vec![Agent {
                     host: "node1".into(),
@@ -597,7 +605,7 @@ mod tests {
                 admin_state_up: true,
                 port_security_enabled: true,
                 allowed_address_pairs: vec![],
-                security_groups: vec![],
+                security_groups: None,
             }
         );
     }

@@ -44,7 +44,7 @@ pub enum Remote {
 }
 
 /// What a rule matches beyond protocol: a destination port range, or an ICMP type and code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Ports {
     /// Any port, type or code.
     Any,

@@ -99,7 +99,7 @@ mod tests {
             host: "node0".into(),
             admin_state_up: true,
             port_security_enabled: true,
-            security_groups: vec![],
+            security_groups: None,
             allowed_address_pairs: pairs
                 .iter()
                 .map(|(ip, prefix_len, mac)| AddressPair {

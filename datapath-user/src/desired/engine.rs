@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use datapath_common::{NET_TYPE_FLAT, NET_TYPE_VLAN, NET_TYPE_VXLAN};
 
 use super::{
-    Allocations, Attachment, Derived, MapState, PortReport, is_port_device, networks, ports, wire_id_of,
+    Allocations, Attachment, Derived, MapState, PortReport, is_port_device, networks, ports,
+    security::SecurityLayer, wire_id_of,
 };
 use crate::{
     bindings::{Catalog, Network, NetworkType},
@@ -49,6 +50,9 @@ pub struct Change {
     pub networks: usize,
     /// Whether a device's program changed (the attacher has work).
     pub attach_changed: bool,
+    /// Ports whose security-group policy changed or went: the connections
+    /// their old policy admitted need a re-check.
+    pub policy_changed: BTreeSet<u32>,
 }
 
 /// The desired state, kept up to date fragment by fragment.
@@ -68,6 +72,8 @@ pub struct Engine {
     claims: BTreeMap<(u32, u32), BTreeSet<String>>,
     /// Each shard's claim and place in the source's order.
     shard_meta: BTreeMap<String, ((u32, u32), usize)>,
+    /// The ports' security-group policies.
+    security: SecurityLayer,
 }
 
 /// The segment a network may contend for with others of this node.
@@ -82,6 +88,16 @@ fn claim_of(n: &Network) -> (u32, u32) {
 impl Engine {
     /// An engine that has derived nothing yet, numbering with `alloc`.
     pub fn new(alloc: Allocations) -> Self {
+        Self::with_security(alloc, SecurityLayer::new(&MapState::default()))
+    }
+
+    /// An engine taking over from the kernel's `current` maps: their numbering,
+    /// and policy ids above theirs.
+    pub fn recover(current: &MapState) -> Self {
+        Self::with_security(Allocations::recover(current), SecurityLayer::new(current))
+    }
+
+    fn with_security(alloc: Allocations, security: SecurityLayer) -> Self {
         Self {
             alloc,
             shards: BTreeMap::new(),
@@ -91,7 +107,13 @@ impl Engine {
             device_net: BTreeMap::new(),
             claims: BTreeMap::new(),
             shard_meta: BTreeMap::new(),
+            security,
         }
+    }
+
+    /// The security-group layer (each port's policy).
+    pub fn security(&self) -> &SecurityLayer {
+        &self.security
     }
 
     /// The desired maps.
@@ -235,6 +257,17 @@ impl Engine {
             self.node.insert(d.clone(), f);
         }
 
+        // The ports' policies follow the ports: those whose entry after this
+        // update asks for security groups.
+        let mut ports_after = self.state.ports.clone();
+        for ifindex in gone.state.ports.keys() {
+            ports_after.remove(ifindex);
+        }
+        ports_after.extend(came.state.ports.iter().map(|(k, v)| (*k, *v)));
+        let sg = self.security.update(&cfg.host, catalog, devices, &ports_after);
+        gone.state.merge(&sg.gone);
+        came.state.merge(&sg.came);
+
         let diff = self.state.patch(&gone.state, &came.state);
         let attach_changed = gone.attach.len() != came.attach.len()
             || gone.attach.iter().any(|(k, v)| came.attach.get(k) != Some(v));
@@ -250,7 +283,13 @@ impl Engine {
             self.release(&gone.state);
         }
         self.alloc.update_flooding(members(&gone.state), members(&came.state));
-        Change { diff, reports: changed_reports(&gone, &came), networks: nets.len(), attach_changed }
+        Change {
+            diff,
+            reports: changed_reports(&gone, &came),
+            networks: nets.len(),
+            attach_changed,
+            policy_changed: sg.ports,
+        }
     }
 
     /// Adds every shard that may contend for a segment with one of `nets`, until none is left out.
@@ -419,7 +458,7 @@ mod tests {
             admin_state_up: rng.below(6) != 0,
             port_security_enabled: rng.below(5) != 0,
             allowed_address_pairs: Vec::new(),
-            security_groups: Vec::new(),
+            security_groups: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod engine;
 mod invariants;
 mod networks;
 mod ports;
+mod security;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ pub use addresses::link_local_of;
 pub use alloc::{Allocations, WireId, wire_id_of};
 pub use engine::{Change, Engine, Scope, moved_devices};
 pub use invariants::check as check_invariants;
+pub use security::SecurityLayer;
 
 pub use crate::synced::MapState;
 use crate::{
@@ -76,7 +78,10 @@ pub struct NetworkReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     pub device: String,
+    /// On the device's TC ingress (what it sends).
     pub program: &'static str,
+    /// On its TC egress (what it receives), if any.
+    pub egress: Option<&'static str>,
 }
 
 /// Everything derived in one pass.

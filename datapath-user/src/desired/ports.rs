@@ -3,7 +3,8 @@
 
 use datapath_common::{
     FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
-    PORT_F_BOUND, PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, names,
+    PORT_F_BOUND, PORT_F_SECGROUPS, PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM,
+    PortInfo, names,
 };
 
 use super::{
@@ -73,7 +74,8 @@ pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut A
     match alloc.slot(ifindex) {
         Some(slot) => {
             out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, w.kind));
-            out.attach.insert(ifindex, Attachment { device: w.device.clone(), program: w.program });
+            out.attach
+                .insert(ifindex, Attachment { device: w.device.clone(), program: w.program, egress: None });
         }
         None => report.state = no_slot(),
     }
@@ -144,12 +146,22 @@ pub(super) fn bound(
         }
         if anti_spoof {
             flags |= PORT_F_ANTI_SPOOF;
+            if port.security_groups.is_some() {
+                flags |= PORT_F_SECGROUPS;
+            }
         }
         let kind = if port.is_network_owned() { PORT_KIND_NETWORK } else { PORT_KIND_VM };
         out.state
             .ports
             .insert(ifindex, PortInfo { net_index: plan.index, flags, stats_slot: slot, kind, _pad: [0; 3] });
-        out.attach.insert(ifindex, Attachment { device: device.clone(), program: names::PROG_VM_PORT });
+        out.attach.insert(
+            ifindex,
+            Attachment {
+                device: device.clone(),
+                program: names::PROG_VM_PORT,
+                egress: Some(names::PROG_VM_PORT_OUT),
+            },
+        );
         plan.local_ports += 1;
         if admin_up {
             plan.members.push(ifindex);
@@ -185,7 +197,11 @@ pub(super) fn unbound(out: &mut Derived, name: &str, ifindex: u32, alloc: &mut A
     match alloc.slot(ifindex) {
         Some(slot) => {
             out.state.ports.insert(ifindex, networkless(0, slot, PORT_KIND_VM));
-            out.attach.insert(ifindex, Attachment { device: name.to_string(), program: names::PROG_VM_PORT });
+            // Nothing is delivered to a tap of no network: no egress program.
+            out.attach.insert(
+                ifindex,
+                Attachment { device: name.to_string(), program: names::PROG_VM_PORT, egress: None },
+            );
         }
         None => report.state = no_slot(),
     }

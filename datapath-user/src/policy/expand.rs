@@ -26,11 +26,18 @@ impl Members {
                 .map(|ip| (*ip, host_len(ip)))
                 .chain(p.allowed_address_pairs.iter().map(|a| (a.ip, a.prefix_len)))
                 .collect();
-            for g in &p.security_groups {
+            for g in p.security_groups.iter().flatten() {
                 m.entry(g.clone()).or_default().extend(addrs.iter().copied());
             }
         }
         Self(m)
+    }
+
+    /// Adds `other`'s members.
+    pub fn extend(&mut self, other: &Members) {
+        for (g, addrs) in &other.0 {
+            self.0.entry(g.clone()).or_default().extend(addrs.iter().copied());
+        }
     }
 
     /// Members given as group -> addresses (neutron's `sg_member_ips`).
@@ -44,8 +51,8 @@ impl Members {
 }
 
 /// The policy of `port`, or None when no security group applies to it
-/// (port security off, or a network-owned port, which Neutron trusts).
-/// A group the port names that the bindings lack admits nothing, like a
+/// (port security off, or a network-owned port, which Neutron trusts, or a
+/// port whose source says nothing about groups). A group the port names that the bindings lack admits nothing, like a
 /// group without rules: the port fails closed.
 pub fn expand(
     port: &Port,
@@ -56,7 +63,8 @@ pub fn expand(
     if port.anti_spoof_exempt() {
         return None;
     }
-    let own: Vec<&SecurityGroup> = port.security_groups.iter().filter_map(|id| groups.get(id)).collect();
+    let own: Vec<&SecurityGroup> =
+        port.security_groups.as_ref()?.iter().filter_map(|id| groups.get(id)).collect();
     // Neutron refuses to mix stateful and stateless groups on one port; should a
     // hand-written file do it, the port is tracked unless every group is stateless.
     let stateful = own.is_empty() || own.iter().any(|g| g.stateful);

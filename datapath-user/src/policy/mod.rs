@@ -15,7 +15,7 @@ pub use expand::{Members, expand};
 use crate::bindings::{Direction, Family, Ports, masked};
 
 /// One rule of a port's policy, its remote expanded into prefixes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rule {
     /// Neutron's rule id, for `datapath trace`.
     pub id: String,
@@ -30,7 +30,7 @@ pub struct Rule {
 }
 
 /// Everything one port admits: the union of its groups' rules.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct PortPolicy {
     /// False when the port's groups are stateless.
     pub stateful: bool,

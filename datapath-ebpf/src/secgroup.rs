@@ -1,0 +1,202 @@
+//! Security groups: what a port sends (checked in `vm_port`) and what is
+//! delivered to it (`vm_port_out`) against its policy.
+//!
+//! The order is the hybrid driver's, with invalid packets dropped first as
+//! the OVS firewall does: a packet of a tracked connection passes; an
+//! invalid one drops; then the fixed allowances (DHCP, NDP), then the rules.
+//! A rule lookup is two LPM lookups whatever the number of rules (three
+//! when the protocol has no rule of its own): the destination port's block
+//! gives a class, the remote address within the class gives the rule.
+//! Only IP is filtered, like the hybrid driver.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use datapath_common::{
+    DropReason, FragKey, IP_FAMILY_V4, IP_FAMILY_V6, PORT_F_SECGROUPS, SG_DIR_INGRESS, SG_F_IPV6,
+    SG_F_STATEFUL, SG_PORT_KEY_FIXED_BITS, SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4,
+    SgRemoteKeyV6,
+};
+
+use crate::{
+    conntrack::{self, Seen, Side},
+    flow::{Flow, ICMP_ERROR},
+    frag,
+    maps::{SG_FRAGS, SG_PORTS, SG_REMOTE_V4, SG_REMOTE_V6, SG_RULE_PORTS},
+    parse::{
+        DHCPV4_CLIENT_PORT, DHCPV4_SERVER_PORT, DHCPV6_CLIENT_PORT, DHCPV6_SERVER_PORT, Frag, FragId,
+        ICMPV6_MLD_QUERY, ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, ICMPV6_ROUTER_ADVERT,
+        IPPROTO_ICMPV6, IPPROTO_UDP,
+    },
+};
+
+/// The port a packet meets and which way it goes.
+pub struct At {
+    pub ifindex: u32,
+    /// The port's `PORT_F_*`.
+    pub port_flags: u32,
+    /// `SG_DIR_*`.
+    pub dir: u8,
+    pub dry_run: bool,
+}
+
+/// Applies the port's security groups to the IP packet at `l3_off` of a
+/// frame with `ethertype`. A subprogram of its own, so that its keys never
+/// share a frame with the forwarding path's.
+#[inline(never)]
+pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<(), DropReason> {
+    if at.port_flags & PORT_F_SECGROUPS == 0 {
+        return Ok(());
+    }
+    let denied = denied(at.dir);
+    // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+    let sg = *unsafe { SG_PORTS.get(at.ifindex) }.ok_or(denied)?;
+    let mut flow = Flow::EMPTY;
+    if !flow.parse(ctx, ethertype, l3_off)? {
+        return Ok(());
+    }
+    if let Frag::Later(fid) = flow.frag {
+        return later_frag(at, &flow, fid);
+    }
+    let verdict = judge(ctx, at, &sg, &flow);
+    if let Frag::First(fid) = flow.frag {
+        remember_frag(at, &flow, fid, &verdict);
+    }
+    verdict
+}
+
+/// The verdict on a whole packet or a first fragment. An ICMP error of a
+/// stateful port is judged by the connection it quotes, and by nothing else.
+#[inline(always)]
+fn judge(ctx: &TcContext, at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
+    let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
+    if sg.flags & SG_F_STATEFUL != 0 && flow.icmp == ICMP_ERROR {
+        return conntrack::related(ctx, &side, flow);
+    }
+    decide(at, sg, flow)
+}
+
+/// The datagram a fragment belongs to, at this port.
+#[inline(always)]
+fn frag_key(at: &At, flow: &Flow, fid: FragId) -> FragKey {
+    if flow.family == IP_FAMILY_V4 {
+        frag::key_v4(at.ifindex, v4(&flow.src), v4(&flow.dst), fid)
+    } else {
+        frag::key_v6(at.ifindex, flow.src, flow.dst, fid)
+    }
+}
+
+// Subprograms of their own, like the others here: a fragment's key and a
+// connection's key never share a frame.
+#[inline(never)]
+fn remember_frag(at: &At, flow: &Flow, fid: FragId, verdict: &Result<(), DropReason>) {
+    frag::remember(&SG_FRAGS, &frag_key(at, flow, fid), verdict, at.dry_run);
+}
+
+#[inline(never)]
+fn later_frag(at: &At, flow: &Flow, fid: FragId) -> Result<(), DropReason> {
+    frag::verdict_of(&SG_FRAGS, &frag_key(at, flow, fid))
+}
+
+#[inline(always)]
+fn denied(dir: u8) -> DropReason {
+    if dir == SG_DIR_INGRESS { DropReason::SgIngressDenied } else { DropReason::SgEgressDenied }
+}
+
+#[inline(always)]
+fn v4(a: &[u8; 16]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+/// The connection table, then the allowances and the rules. A subprogram
+/// of its own: the connection key then takes no room in `check`'s frame.
+#[inline(never)]
+fn decide(at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
+    let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
+    let stateful = sg.flags & SG_F_STATEFUL != 0;
+    let key = conntrack::key(&side, flow);
+    if stateful && let Seen::Tracked = conntrack::track(&side, &key, flow)? {
+        return Ok(());
+    }
+    let (policy, rule) = if allowed_anyway(at.dir, sg, flow) {
+        (0, 0)
+    } else {
+        (sg.policy, lookup(sg.policy, at.dir, flow).ok_or(denied(at.dir))?)
+    };
+    if stateful && conntrack::opens(flow) {
+        conntrack::open(&side, &key, policy, rule)?;
+    }
+    Ok(())
+}
+
+/// The hybrid driver's fixed allowances, before any rule: DHCP and DHCPv6
+/// clients and their servers' answers, ICMPv6 but router advertisements
+/// from the port (which anti-spoofing dropped already), and neighbour
+/// discovery and MLD queries towards it (router advertisements only to a
+/// port with an IPv6 address).
+#[inline(always)]
+fn allowed_anyway(dir: u8, sg: &SgPort, flow: &Flow) -> bool {
+    let ingress = dir == SG_DIR_INGRESS;
+    match (flow.family, flow.proto) {
+        (IP_FAMILY_V4, IPPROTO_UDP) => {
+            let (client, server) = (DHCPV4_CLIENT_PORT, DHCPV4_SERVER_PORT);
+            if ingress {
+                (flow.sport, flow.dport) == (server, client)
+            } else {
+                (flow.sport, flow.dport) == (client, server)
+            }
+        }
+        (IP_FAMILY_V6, IPPROTO_UDP) => {
+            let (client, server) = (DHCPV6_CLIENT_PORT, DHCPV6_SERVER_PORT);
+            if ingress {
+                (flow.sport, flow.dport) == (server, client)
+            } else {
+                (flow.sport, flow.dport) == (client, server)
+            }
+        }
+        (IP_FAMILY_V6, IPPROTO_ICMPV6) => {
+            let t = (flow.dport >> 8) as u8;
+            if !ingress {
+                return t != ICMPV6_ROUTER_ADVERT;
+            }
+            matches!(t, ICMPV6_MLD_QUERY | ICMPV6_NEIGHBOR_SOLICIT | ICMPV6_NEIGHBOR_ADVERT)
+                || (t == ICMPV6_ROUTER_ADVERT && sg.flags & SG_F_IPV6 != 0)
+        }
+        _ => false,
+    }
+}
+
+/// The first rule of `policy` that admits the packet, by the compiled tables.
+#[inline(never)]
+fn lookup(policy: u32, dir: u8, flow: &Flow) -> Option<u32> {
+    let ingress = dir == SG_DIR_INGRESS;
+    // 0 for protocols without ports or ICMP type (`Flow` leaves it so).
+    let port = flow.dport;
+    let mut key = Key::new(
+        SG_PORT_KEY_FIXED_BITS + 16,
+        SgPortKey {
+            policy,
+            direction: dir,
+            family: flow.family,
+            protocol: flow.proto,
+            any_protocol: 0,
+            port: port.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    );
+    let class = match SG_RULE_PORTS.get(&key) {
+        Some(c) => *c,
+        None => {
+            // The protocol has no rule of its own: the rules of any protocol decide.
+            key.data.protocol = 0;
+            key.data.any_protocol = 1;
+            *SG_RULE_PORTS.get(&key)?
+        }
+    };
+    let remote = if ingress { &flow.src } else { &flow.dst };
+    if flow.family == IP_FAMILY_V4 {
+        let k = Key::new(SG_REMOTE_KEY_FIXED_BITS + 32, SgRemoteKeyV4 { policy, class, addr: v4(remote) });
+        SG_REMOTE_V4.get(&k).copied()
+    } else {
+        let k = Key::new(SG_REMOTE_KEY_FIXED_BITS + 128, SgRemoteKeyV6 { policy, class, addr: *remote });
+        SG_REMOTE_V6.get(&k).copied()
+    }
+}

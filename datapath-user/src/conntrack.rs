@@ -1,0 +1,123 @@
+//! The agent's side of connection tracking: deleting expired entries, and
+//! cutting the connections a port's policy no longer admits.
+//!
+//! A connection is re-checked as it was opened: direction, protocol,
+//! destination port (or ICMP echo request) and remote address against the
+//! port's current policy. One that no rule admits any more loses its entry,
+//! so its next packet is judged as new and dropped, both ways; the ones
+//! still admitted carry on. Entries opened by a fixed allowance (DHCP, NDP)
+//! stay: allowances do not change.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{Context, Result};
+use datapath_common::{CT_F_INGRESS, CtEntry, CtKey, IP_FAMILY_V4};
+
+use crate::{
+    bindings::{Direction, Family, PROTO_ICMP, PROTO_ICMPV6, has_ports},
+    desired::SecurityLayer,
+    learned::monotonic_ns,
+    loader::Maps,
+    policy::{Packet, reference::first_admitting},
+};
+
+/// Which ports' connections a sweep re-checks against their policy.
+pub enum Recheck<'a> {
+    /// None: only expired entries go.
+    None,
+    /// These ports' (their policy changed or went).
+    Ports(&'a BTreeSet<u32>),
+    /// Every port's (the periodic resync).
+    All,
+}
+
+/// What a sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub expired: usize,
+    pub cut: usize,
+}
+
+/// The remote end of a connection key, as an address.
+pub fn remote_of(k: &CtKey) -> IpAddr {
+    addr(k.family, &k.remote)
+}
+
+/// The port's end of a connection key, as an address.
+pub fn local_of(k: &CtKey) -> IpAddr {
+    addr(k.family, &k.local)
+}
+
+fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
+    if family == IP_FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    }
+}
+
+/// The packet that opened the connection, as the policy sees it.
+pub fn opening_packet(k: &CtKey, e: &CtEntry) -> Packet {
+    let ingress = e.flags & CT_F_INGRESS != 0;
+    let family = if k.family == IP_FAMILY_V4 { Family::V4 } else { Family::V6 };
+    let port = if has_ports(k.protocol) {
+        if ingress { k.local_port } else { k.remote_port }
+    } else if k.protocol == PROTO_ICMP && family == Family::V4 {
+        8 << 8
+    } else if k.protocol == PROTO_ICMPV6 && family == Family::V6 {
+        128 << 8
+    } else {
+        0
+    };
+    Packet {
+        direction: if ingress { Direction::Ingress } else { Direction::Egress },
+        family,
+        protocol: k.protocol,
+        port,
+        remote: remote_of(k),
+    }
+}
+
+/// Whether the port's policy (in `security`) still admits the connection.
+pub fn still_admitted(security: &SecurityLayer, k: &CtKey, e: &CtEntry) -> bool {
+    let Some(policy) = security.policy(k.ifindex) else { return false };
+    if !policy.stateful {
+        return false;
+    }
+    // Opened by a fixed allowance, which no change takes away.
+    e.policy == 0 || first_admitting(policy, &opening_packet(k, e)).is_some()
+}
+
+/// Deletes expired entries and cuts the connections that `recheck` names
+/// and their port's policy no longer admits.
+pub fn sweep(maps: &mut Maps, security: &SecurityLayer, recheck: Recheck) -> Result<Swept> {
+    let now = monotonic_ns();
+    let mut out = Swept::default();
+    let mut doomed = Vec::new();
+    // Keys are collected first: deleting while walking restarts the kernel's walk.
+    for entry in maps.conntrack.iter() {
+        let (k, e) = entry.context("reading the connection table")?;
+        if now.saturating_sub(e.last_seen_ns) > u64::from(e.lifetime_s) * 1_000_000_000 {
+            out.expired += 1;
+            doomed.push(k);
+            continue;
+        }
+        let check = match &recheck {
+            Recheck::None => false,
+            Recheck::Ports(p) => p.contains(&k.ifindex),
+            Recheck::All => true,
+        };
+        if check && !still_admitted(security, &k, &e) {
+            out.cut += 1;
+            doomed.push(k);
+        }
+    }
+    for k in &doomed {
+        // Gone already (the port's packet raced us) is fine.
+        let _ = maps.conntrack.remove(k);
+    }
+    Ok(out)
+}
