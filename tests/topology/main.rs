@@ -11,6 +11,7 @@ mod isolation;
 mod lifecycle;
 mod restart;
 mod scenario;
+mod secgroups;
 mod security;
 mod seed;
 mod vxlan;

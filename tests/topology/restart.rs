@@ -129,11 +129,30 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
 
 /// An upgrade to a build of another map layout, then the downgrade back, on
 /// both nodes, while a fast ping and one long TCP connection run across them.
+/// Both ports are in stateful security groups that admit the replies only as
+/// replies: a connection table not carried over would drop them.
 #[test]
 fn an_upgrade_and_a_downgrade_across_map_layouts_lose_nothing() {
     let mut c = Cluster::new("abi", 2).unwrap();
     let (a, b) = (vm1(), vm2());
-    c.write_bindings(&bindings(&[&a, &b])).unwrap();
+    let in_group = |p: &datapath_tests::cluster::PortSpec, g: &str| {
+        let mut v = p.to_json();
+        v["security_groups"] = serde_json::json!([g]);
+        v
+    };
+    c.write_bindings(&serde_json::json!({
+        "networks": networks(),
+        "ports": [in_group(&a, "client"), in_group(&b, "server")],
+        "security_groups": [
+            {"id": "client", "security_group_rules": [
+                {"id": "c-out", "direction": "egress", "ethertype": "IPv4"}]},
+            {"id": "server", "security_group_rules": [
+                {"id": "s-out", "direction": "egress", "ethertype": "IPv4"},
+                {"id": "s-iperf", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                 "port_range_min": 5201, "port_range_max": 5201},
+                {"id": "s-ping", "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp"}]}]
+    }))
+    .unwrap();
     let ia = c.add_vm("node0", a.clone()).unwrap();
     let ib = c.add_vm("node1", b.clone()).unwrap();
     c.vms[ia].set_static_ip().unwrap();
@@ -162,9 +181,10 @@ fn an_upgrade_and_a_downgrade_across_map_layouts_lose_nothing() {
             "the upgrade says what it takes over: {log}"
         );
         assert!(
-            log.contains("carried over") && !log.contains("carried over 0 of"),
+            log.contains("learned MACs") && !log.contains("carried over 0 of"),
             "vm-2's MAC, learned from the wire, is carried over: {log}"
         );
+        assert!(log.contains("tracked connections"), "the tracked connections are carried over: {log}");
         // Traffic runs on the new layout for a while before the way back.
         std::thread::sleep(Duration::from_secs(2));
         restart_all(c, &ours);

@@ -1,0 +1,204 @@
+//! Security groups on live traffic between VM namespaces, on one node and
+//! across two, modelled on neutron's functional firewall tests and
+//! neutron-tempest-plugin's `test_security_groups.py`: the default group's
+//! shape, a port in no group, an established connection cut when its rule
+//! goes while another carries on, the same session back when the rule
+//! returns, and connections that outlive an agent killed and restarted.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use datapath_common::DropReason;
+use datapath_tests::{
+    cluster::{Cluster, PortSpec},
+    netns::{Netns, ThreadNetns},
+    pinned::{ifindex_in, port_view},
+    wait_for, wait_until,
+};
+use serde_json::{Value, json};
+
+use crate::scenario::*;
+
+/// The groups of the test: "default" as Neutron creates it (egress to
+/// anyone, ingress from members), and "server" with two TCP ports open.
+fn groups(with_5555: bool) -> Value {
+    let mut server = vec![
+        json!({"id": "egress-any", "direction": "egress", "ethertype": "IPv4"}),
+        json!({"id": "tcp-6666", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+               "port_range_min": 6666, "port_range_max": 6666}),
+    ];
+    if with_5555 {
+        server.push(json!({"id": "tcp-5555", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                           "port_range_min": 5555, "port_range_max": 5555, "remote_ip_prefix": "10.10.10.0/24"}));
+    }
+    json!([
+        {"id": "default", "security_group_rules": [
+            {"id": "d-egress4", "direction": "egress", "ethertype": "IPv4"},
+            {"id": "d-egress6", "direction": "egress", "ethertype": "IPv6"},
+            {"id": "d-from-members4", "direction": "ingress", "ethertype": "IPv4", "remote_group_id": "default"},
+            {"id": "d-from-members6", "direction": "ingress", "ethertype": "IPv6", "remote_group_id": "default"}]},
+        {"id": "server", "security_group_rules": server},
+        {"id": "client", "security_group_rules": [
+            {"id": "c-egress4", "direction": "egress", "ethertype": "IPv4"}]}
+    ])
+}
+
+fn with_groups(p: &PortSpec, groups: &[&str]) -> Value {
+    let mut v = p.to_json();
+    v["security_groups"] = json!(groups);
+    v
+}
+
+fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
+    let _in = ThreadNetns::enter(ns).unwrap();
+    TcpListener::bind(addr).unwrap()
+}
+
+fn connect_in(ns: &Netns, addr: &str) -> std::io::Result<TcpStream> {
+    let _in = ThreadNetns::enter(ns).unwrap();
+    TcpStream::connect_timeout(&addr.parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
+}
+
+/// A TCP connection between two VMs: the client's end and the server's.
+struct Conn {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Conn {
+    fn open(server_ns: &Netns, client_ns: &Netns, addr: &str) -> Conn {
+        let listener = listen_in(server_ns, addr);
+        let client = connect_in(client_ns, addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        let (server, _) = listener.accept().unwrap();
+        Conn { client, server }
+    }
+
+    /// Whether `msg` from the client arrives at the server within `wait`.
+    /// Bytes still in flight from earlier tries may arrive first: what
+    /// counts is that `msg` ends what arrived.
+    fn carries(&mut self, msg: &[u8], wait: Duration) -> bool {
+        self.client.write_all(msg).unwrap();
+        let deadline = std::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        while !got.ends_with(msg) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.server.set_read_timeout(Some(left)).unwrap();
+            let mut buf = [0u8; 64];
+            match self.server.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
+    let mut c = Cluster::new("sg", 2).unwrap();
+    // a: a server in "default" and "server" (node0); b: in "default" (node1);
+    // k: a client in "client" only (node1), so that only "server" admits it at a;
+    // n: port security on and no group (node0); x: in "default", on node0 with a.
+    let a = vm1();
+    let b = vm2();
+    let n = PortSpec::vm(
+        "0e0e0e0e-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:0e:00:01",
+        "10.10.10.7",
+        "node0",
+    );
+    let x = PortSpec::vm(
+        "0f0f0f0f-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:0f:00:01",
+        "10.10.10.8",
+        "node0",
+    );
+    let k = PortSpec::vm(
+        "0c0c0c0c-0000-4000-8000-000000000001",
+        NET1,
+        "fa:16:3e:0c:00:01",
+        "10.10.10.9",
+        "node1",
+    );
+    let doc = |with_5555: bool| {
+        json!({"networks": networks(), "ports": [
+            with_groups(&a, &["default", "server"]), with_groups(&b, &["default"]),
+            with_groups(&n, &[]), with_groups(&x, &["default"]),
+            with_groups(&k, &["client"])],
+            "security_groups": groups(with_5555)})
+    };
+    c.write_bindings(&doc(true)).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    let in_ = c.add_vm("node0", n.clone()).unwrap();
+    let ix = c.add_vm("node0", x.clone()).unwrap();
+    let ik = c.add_vm("node1", k.clone()).unwrap();
+    for i in [ia, ib, in_, ix, ik] {
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    c.start_agent("node1").unwrap();
+
+    // The default group: members reach each other, across nodes and on one.
+    assert!(c.vms[ib].reaches(&a.ip), "b reaches a across nodes (remote group default)");
+    assert!(c.vms[ix].reaches(&a.ip), "x reaches a on the same node");
+    let pin0 = c.pins.path().join("node0");
+    let node0 = &c.node("node0").ns;
+    let drops = |port: &PortSpec, reason: DropReason| {
+        port_view(&pin0, ifindex_in(node0, &port.device()).unwrap()).unwrap().drops(reason)
+    };
+    // A port with port security and no group: nothing in, nothing out.
+    assert!(!c.vms[in_].ping(&a.ip, 2), "n, in no group, sends nothing");
+    assert!(drops(&n, DropReason::SgEgressDenied) >= 1, "n's pings counted as sg_egress_denied");
+    assert!(!c.vms[ix].ping(&n.ip, 2), "nothing reaches n");
+    assert!(drops(&n, DropReason::SgIngressDenied) >= 1, "pings to n counted as sg_ingress_denied at n");
+    assert!(!c.vms[ik].ping(&a.ip, 2), "k, not in default, does not reach a (no rule admits its ping)");
+
+    // Two connections from k to a, each admitted by its own rule.
+    let mut cut = Conn::open(&c.vms[ia].ns, &c.vms[ik].ns, &format!("{}:5555", a.ip));
+    let mut kept = Conn::open(&c.vms[ia].ns, &c.vms[ik].ns, &format!("{}:6666", a.ip));
+    assert!(cut.carries(b"one", Duration::from_secs(5)), "5555 carries data");
+    assert!(kept.carries(b"one", Duration::from_secs(5)), "6666 carries data");
+
+    // A port no rule opens is refused.
+    let refused = connect_in(&c.vms[ik].ns, &format!("{}:7777", a.ip));
+    assert!(refused.is_err(), "tcp 7777 is no rule's: the SYN is dropped, the connect times out");
+
+    // The rule of 5555 goes: its established connection is cut within a
+    // second or so, and 6666 carries on.
+    let before = drops(&a, DropReason::SgIngressDenied);
+    c.write_bindings(&doc(false)).unwrap();
+    wait_for("the connection on 5555 to be cut", Duration::from_secs(10), || {
+        !cut.carries(b"x", Duration::from_millis(700))
+    });
+    assert!(kept.carries(b"two", Duration::from_secs(5)), "6666 still carries data after 5555's rule went");
+    assert!(drops(&a, DropReason::SgIngressDenied) > before, "the cut connection's segments count at a");
+
+    // The rule comes back: the same session carries data again (its
+    // retransmissions are admitted as new and tracked anew).
+    c.write_bindings(&doc(true)).unwrap();
+    assert!(
+        cut.carries(b"three", Duration::from_secs(20)),
+        "the session on 5555 came back when its rule did"
+    );
+
+    // SIGKILL and a new agent: not one established connection is lost.
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGKILL).unwrap();
+    assert!(kept.carries(b"during", Duration::from_secs(5)), "6666 carries data with no agent running");
+    c.start_agent("node0").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cli_json("node0", &["status"]).is_ok()),
+        "the new agent answers"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(kept.carries(b"after", Duration::from_secs(5)), "6666 carries data after the restart");
+    assert!(cut.carries(b"after", Duration::from_secs(5)), "5555 carries data after the restart");
+}
