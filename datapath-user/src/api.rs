@@ -38,6 +38,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<String>,
     },
+    /// Tracked connections, of one port (device or port id) or all, as `conntrack -L` lists them.
+    Conntrack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+    },
+    /// Deletes tracked connections, of one port or all, as `conntrack -D` does.
+    ConntrackFlush {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+    },
     /// Runs the real program on a frame (hex) against the live maps, changing nothing.
     /// On the VXLAN device, `vni` and `vtep` say where the frame came from.
     Trace {
@@ -118,6 +128,8 @@ pub enum Answer {
     Fdb(FdbReply),
     Stats(StatsReply),
     Trace(TraceReply),
+    Conntrack(ConntrackReply),
+    Flushed(FlushReply),
 }
 
 /// A result as `--json` prints it: the reply's result, with the protocol version.
@@ -231,6 +243,40 @@ pub struct FdbRow {
     pub age_s: Option<u64>,
 }
 
+/// `conntrack`: tracked connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackReply {
+    pub connections: Vec<ConnRow>,
+}
+
+/// One tracked connection, as one port sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnRow {
+    /// The port's device.
+    pub port: String,
+    /// `tcp`, `udp`, `icmp`, `ipv6-icmp`, ... or the protocol number.
+    pub protocol: String,
+    /// The port's end: address and port (ICMP echo: the identifier).
+    pub local: String,
+    pub remote: String,
+    /// Who opened it: `ingress` (the other end) or `egress` (the port).
+    pub direction: String,
+    /// `new` (no reply yet), `established`, `closing` (a FIN) or `reset`.
+    pub state: String,
+    /// The Neutron rule that admitted it (`fixed allowance` for DHCP and NDP),
+    /// or `-` when its policy has changed since.
+    pub rule: String,
+    pub age_s: u64,
+    /// Seconds until it expires without packets.
+    pub expires_s: u64,
+}
+
+/// `conntrack flush`: how many connections went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlushReply {
+    pub flushed: usize,
+}
+
 /// `stats`: counters per port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
@@ -296,6 +342,11 @@ mod tests {
             (Request::Ports {}, r#"{"cmd":"ports"}"#),
             (Request::Fdb { network: None }, r#"{"cmd":"fdb"}"#),
             (Request::Stats { port: Some("tap1".into()) }, r#"{"cmd":"stats","port":"tap1"}"#),
+            (Request::Conntrack { port: None }, r#"{"cmd":"conntrack"}"#),
+            (
+                Request::ConntrackFlush { port: Some("tap1".into()) },
+                r#"{"cmd":"conntrack_flush","port":"tap1"}"#,
+            ),
             (
                 Request::Trace { port: "p".into(), frame: "ff".into(), vni: None, vtep: None },
                 r#"{"cmd":"trace","port":"p","frame":"ff"}"#,

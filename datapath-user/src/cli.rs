@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use datapath_common::Action;
 
 use crate::{
-    api::{FdbReply, NetworksReply, PortsReply, StatsReply, StatusReply, TraceReply},
+    api::{
+        ConntrackReply, FdbReply, FlushReply, NetworksReply, PortsReply, StatsReply, StatusReply, TraceReply,
+    },
     bindings::parse_mac,
     frames,
     introspect::parse_hex,
@@ -105,6 +107,33 @@ pub fn print_networks(v: &NetworksReply) {
         })
         .collect();
     print_table(&["NETWORK", "NAME", "TYPE", "SEGMENT", "PHYSNET", "LOCAL", "PORTS", "ERROR"], &rows);
+}
+
+/// `conntrack` as a table.
+pub fn print_conntrack(v: &ConntrackReply) {
+    let rows: Vec<Vec<String>> = v
+        .connections
+        .iter()
+        .map(|c| {
+            vec![
+                c.port.clone(),
+                c.protocol.clone(),
+                c.local.clone(),
+                c.remote.clone(),
+                c.direction.clone(),
+                c.state.clone(),
+                c.rule.clone(),
+                c.age_s.to_string(),
+                c.expires_s.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["PORT", "PROTO", "LOCAL", "REMOTE", "OPENED", "STATE", "RULE", "AGE", "EXPIRES"], &rows);
+}
+
+/// `conntrack flush`: how many went.
+pub fn print_flushed(v: &FlushReply) {
+    println!("{} connections deleted", v.flushed);
 }
 
 /// `fdb` as a table.

@@ -115,7 +115,7 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
     serde_json::from_str(line).map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
-            format!("bad request: {e} (commands: status, ports, networks, fdb, stats, trace)"),
+            format!("bad request: {e} (commands: status, ports, networks, fdb, stats, trace, conntrack, conntrack_flush)"),
         )
     })
 }

@@ -7,10 +7,15 @@ use std::collections::BTreeMap;
 use crate::{
     agent::Agent,
     api::{
-        Answer, ApiError, ErrorKind, FdbReply, FdbRow, NetworkRow, NetworksReply, PortRow, PortStats,
-        PortsReply, Refused, Request, StatsReply, StatusReply, TraceReply, TraceTarget,
+        Answer, ApiError, ConnRow, ConntrackReply, ErrorKind, FdbReply, FdbRow, FlushReply, NetworkRow,
+        NetworksReply, PortRow, PortStats, PortsReply, Refused, Request, StatsReply, StatusReply, TraceReply,
+        TraceTarget,
     },
-    bindings::format_mac,
+    bindings::{
+        PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, format_mac,
+        has_ports,
+    },
+    conntrack,
     desired::{PortReport, PortState},
     learned::monotonic_ns,
     testrun::{self, SkbRun},
@@ -18,8 +23,9 @@ use crate::{
 use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{
-    ABI_VERSION, Action, DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
-    TRACE_DRY_RUN, TRACE_MAGIC, names,
+    ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtKey,
+    DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
+    names,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -41,6 +47,8 @@ impl Agent {
             Request::Networks {} => Ok(Answer::Networks(self.networks_reply())),
             Request::Fdb { network } => self.fdb_reply(network.as_deref()).map(Answer::Fdb),
             Request::Stats { port } => self.stats_reply(port.as_deref()).map(Answer::Stats),
+            Request::Conntrack { port } => self.conntrack_reply(port.as_deref()).map(Answer::Conntrack),
+            Request::ConntrackFlush { port } => self.conntrack_flush(port.as_deref()).map(Answer::Flushed),
             Request::Trace { port, frame, vni, vtep } => {
                 self.trace_reply(&port, &frame, vni, vtep.as_deref()).map(Answer::Trace)
             }
@@ -159,6 +167,65 @@ impl Agent {
             });
         }
         Ok(FdbReply { entries })
+    }
+
+    /// The ifindex a `--port` names (None: every port). A port without a
+    /// device has no connections: `Some(None)`.
+    fn port_filter(&self, port: Option<&str>) -> Result<Option<Option<u32>>> {
+        port.map(|key| self.find_port(key).map(|p| p.ifindex)).transpose()
+    }
+
+    fn conntrack_reply(&self, port: Option<&str>) -> Result<ConntrackReply> {
+        let only = self.port_filter(port)?;
+        let now = monotonic_ns();
+        let mut connections = Vec::new();
+        for item in self.dp.maps.conntrack.iter() {
+            let (k, e) = item.context("reading CONNTRACK")?;
+            if only.is_some_and(|i| i != Some(k.ifindex)) {
+                continue;
+            }
+            let rule = match e.policy {
+                0 => "fixed allowance".to_string(),
+                id => self.engine.security().rule_id(id, e.rule).unwrap_or("-").to_string(),
+            };
+            let lifetime = u64::from(e.lifetime_s) * 1_000_000_000;
+            connections.push(ConnRow {
+                port: self.device_of(k.ifindex),
+                protocol: protocol_name(k.protocol),
+                local: conn_end(&k, conntrack::local_of(&k), k.local_port),
+                remote: conn_end(&k, conntrack::remote_of(&k), k.remote_port),
+                direction: if e.flags & CT_F_INGRESS != 0 { "ingress" } else { "egress" }.into(),
+                state: conn_state(e.flags).into(),
+                rule,
+                age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
+                expires_s: (e.last_seen_ns + lifetime).saturating_sub(now) / 1_000_000_000,
+            });
+        }
+        connections.sort_by(|a, b| (&a.port, &a.local, &a.remote).cmp(&(&b.port, &b.local, &b.remote)));
+        Ok(ConntrackReply { connections })
+    }
+
+    fn conntrack_flush(&mut self, port: Option<&str>) -> Result<FlushReply> {
+        let only = self.port_filter(port)?;
+        let mut doomed = Vec::new();
+        for item in self.dp.maps.conntrack.iter() {
+            let (k, _) = item.context("reading CONNTRACK")?;
+            if only.is_none_or(|i| i == Some(k.ifindex)) {
+                doomed.push(k);
+            }
+        }
+        let mut flushed = 0;
+        for k in &doomed {
+            // One that went meanwhile (expired, cut) is not counted.
+            if self.dp.maps.conntrack.remove(k).is_ok() {
+                flushed += 1;
+            }
+        }
+        log::info!(
+            "conntrack flush{}: {flushed} connections deleted",
+            port.map(|p| format!(" of {p}")).unwrap_or_default()
+        );
+        Ok(FlushReply { flushed })
     }
 
     /// The report of a port given by device name or (a prefix of) its port id.
@@ -354,6 +421,43 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>> {
             digit(pair[0]) << 4 | digit(pair[1])
         })
         .collect())
+}
+
+/// A protocol's name as `conntrack -L` and Neutron write it, or its number.
+fn protocol_name(p: u8) -> String {
+    match p {
+        PROTO_ICMP => "icmp".into(),
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_DCCP => "dccp".into(),
+        PROTO_ICMPV6 => "ipv6-icmp".into(),
+        PROTO_SCTP => "sctp".into(),
+        PROTO_UDPLITE => "udplite".into(),
+        other => other.to_string(),
+    }
+}
+
+/// One end of a connection: address and port, the ICMP echo identifier, or the address alone.
+fn conn_end(k: &CtKey, addr: std::net::IpAddr, port: u16) -> String {
+    if has_ports(k.protocol) {
+        std::net::SocketAddr::new(addr, port).to_string()
+    } else if (k.protocol == PROTO_ICMP || k.protocol == PROTO_ICMPV6) && port != 0 {
+        format!("{addr} id {port}")
+    } else {
+        addr.to_string()
+    }
+}
+
+fn conn_state(flags: u32) -> &'static str {
+    if flags & CT_F_RST != 0 {
+        "reset"
+    } else if flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY) != 0 {
+        "closing"
+    } else if flags & CT_F_REPLIED != 0 {
+        "established"
+    } else {
+        "new"
+    }
 }
 
 #[cfg(test)]

@@ -24,14 +24,15 @@ struct Cli {
 /// How a command finds the running agent.
 #[derive(Args)]
 struct Target {
+    // Global: `conntrack flush --json` takes them after its subcommand too.
     /// The agent's config (its `control_socket` is used).
-    #[arg(long, conflicts_with = "socket")]
+    #[arg(long, global = true, conflicts_with = "socket")]
     config: Option<PathBuf>,
     /// The control socket itself.
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Print the raw JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -80,6 +81,16 @@ enum Command {
         #[arg(long)]
         port: Option<String>,
     },
+    /// Tracked connections of the security groups, like `conntrack -L`; `flush` deletes them, like `conntrack -D`.
+    Conntrack {
+        #[command(flatten)]
+        target: Target,
+        /// Only this port (device name or port id).
+        #[arg(long)]
+        port: Option<String>,
+        #[command(subcommand)]
+        action: Option<ConntrackAction>,
+    },
     /// Run the real program on a frame against the live maps and show the decision.
     Trace {
         #[command(flatten)]
@@ -100,6 +111,17 @@ enum Command {
 }
 
 /// Sends `request`, then prints its reply of type `T`: as a table, or with `--json` as JSON.
+/// What `conntrack` can do besides listing.
+#[derive(Subcommand)]
+enum ConntrackAction {
+    /// Delete the tracked connections (of one port, or all): their next packets are judged anew.
+    Flush {
+        /// Only this port (device name or port id).
+        #[arg(long)]
+        port: Option<String>,
+    },
+}
+
 fn ask<T: DeserializeOwned + Serialize>(target: &Target, request: Request, human: fn(&T)) -> Result<()> {
     let result: T = control::query(&target.socket()?, &request)?;
     if target.json {
@@ -132,6 +154,12 @@ fn main() -> Result<()> {
         Command::Networks(t) => ask(&t, Request::Networks {}, cli::print_networks),
         Command::Fdb { target, network } => ask(&target, Request::Fdb { network }, cli::print_fdb),
         Command::Stats { target, port } => ask(&target, Request::Stats { port }, cli::print_stats),
+        Command::Conntrack { target, port, action: None } => {
+            ask(&target, Request::Conntrack { port }, cli::print_conntrack)
+        }
+        Command::Conntrack { target, port, action: Some(ConntrackAction::Flush { port: flush_port }) } => {
+            ask(&target, Request::ConntrackFlush { port: flush_port.or(port) }, cli::print_flushed)
+        }
         Command::Trace { target, port, frame, vni, vtep } => {
             let bytes = cli::frame_arg(&frame)?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -168,6 +168,23 @@ fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
     assert!(cut.carries(b"one", Duration::from_secs(5)), "5555 carries data");
     assert!(kept.carries(b"one", Duration::from_secs(5)), "6666 carries data");
 
+    // `datapath conntrack` lists them at a, each with the rule that admitted it.
+    let listed = |c: &Cluster| {
+        let v = c.cli_json("node0", &["conntrack", "--port", &a.device()]).unwrap();
+        v["connections"].as_array().cloned().unwrap_or_default()
+    };
+    let at_a = listed(&c);
+    let find = |rows: &[Value], port: &str| {
+        rows.iter().find(|r| r["local"] == format!("{}:{port}", a.ip) && r["protocol"] == "tcp").cloned()
+    };
+    let row = find(&at_a, "5555").unwrap_or_else(|| panic!("no entry of 5555 at a: {at_a:?}"));
+    assert_eq!(
+        (row["direction"].as_str(), row["state"].as_str(), row["rule"].as_str()),
+        (Some("ingress"), Some("established"), Some("tcp-5555")),
+        "{row}"
+    );
+    assert!(find(&at_a, "6666").is_some_and(|r| r["rule"] == "tcp-6666"), "{at_a:?}");
+
     // A port no rule opens is refused.
     let refused = connect_in(&c.vms[ik].ns, &format!("{}:7777", a.ip));
     assert!(refused.is_err(), "tcp 7777 is no rule's: the SYN is dropped, the connect times out");
@@ -181,6 +198,14 @@ fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
     });
     assert!(kept.carries(b"two", Duration::from_secs(5)), "6666 still carries data after 5555's rule went");
     assert!(drops(&a, DropReason::SgIngressDenied) > before, "the cut connection's segments count at a");
+    assert!(find(&listed(&c), "5555").is_none(), "the cut connection's entry went");
+
+    // `conntrack flush` deletes a's entries; a connection its rules admit
+    // is picked up again with its next segment.
+    let flushed = c.cli_json("node0", &["conntrack", "flush", "--port", &a.device()]).unwrap();
+    assert!(flushed["flushed"].as_u64().unwrap_or(0) >= 1, "{flushed}");
+    assert!(kept.carries(b"flushed", Duration::from_secs(5)), "6666 carries data after a flush");
+    assert!(find(&listed(&c), "6666").is_some(), "and is tracked again");
 
     // The rule comes back: the same session carries data again (its
     // retransmissions are admitted as new and tracked anew).

@@ -80,6 +80,12 @@ impl SecurityLayer {
         self.ports.get(&ifindex).map(|(p, _)| p)
     }
 
+    /// The Neutron id of rule `rule` of the policy with id `id`, while that policy is in force.
+    pub fn rule_id(&self, id: u32, rule: u32) -> Option<&str> {
+        let (policy, _) = self.policies.iter().find(|(_, i)| i.id == id)?;
+        policy.rules.get(rule as usize).map(|r| r.id.as_str())
+    }
+
     /// Brings the layer to `catalog`: the ports of `host` whose `PORTS`
     /// entry (in `ports`, the state after this update) asks for security groups.
     pub fn update(
