@@ -257,6 +257,66 @@ fn vxlan_with_l2population_reaches_only_the_nodes_of_the_network() {
     assert!(ok, "node0 kept the entry of a deleted port: {}", logs(&c, &n));
 }
 
+/// Security groups come from neutron: ports in the project's default group
+/// reach each other, a port in a group of its own is closed both ways, and
+/// a rule added through the API opens it, with no agent restart.
+#[test]
+fn security_groups_from_neutron_filter_and_follow_rule_changes() {
+    let n = Neutron::start().expect("starting neutron");
+    let mut c = cluster("nsg", &n, 2, false).unwrap();
+    agents_alive(&n, &c, &["node0", "node1"]);
+    let net =
+        network(&n, "vlan1002", Provider::Vlan { physnet: "default", id: 1002 }, "10.30.0.0/24").unwrap();
+    let api = n.api();
+    let group = api
+        .request(
+            "POST",
+            "/security-groups",
+            Some(&json!({"security_group": {
+            "name": "lonely", "project_id": datapath_tests::neutron::PROJECT}})),
+        )
+        .unwrap()["security_group"]
+        .take();
+    let vm_a = api.create_port(id(&net), "node0", "compute:nova").unwrap();
+    let vm_b = api.create_port(id(&net), "node1", "compute:nova").unwrap();
+    let vm_c = api.create_port(id(&net), "node0", "compute:nova").unwrap();
+    api.update_port(id(&vm_c), json!({"security_groups": [id(&group)]})).unwrap();
+    let (a, b, cc) = (spec(&vm_a, "node0"), spec(&vm_b, "node1"), spec(&vm_c, "node0"));
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node1", b.clone()).unwrap();
+    let ic = c.add_vm("node0", cc.clone()).unwrap();
+    for (i, p) in [(ia, &a), (ib, &b), (ic, &cc)] {
+        wait_status(&n, &c, &p.id, "ACTIVE");
+        c.vms[i].set_static_ip().unwrap();
+    }
+    // The default group: egress anywhere, ingress from its members (on every host).
+    assert!(c.vms[ia].reaches(&b.ip), "a and b share the default group: {}", logs(&c, &n));
+    // "lonely" has only neutron's default egress rules: nothing comes in.
+    assert!(!c.vms[ia].ping(&cc.ip, 2), "c's group admits nothing in");
+    assert!(drops(&c, &cc, DropReason::SgIngressDenied) >= 1, "sg_ingress_denied counted at c");
+    assert!(!c.vms[ic].ping(&a.ip, 2), "a admits only its group's members");
+    assert!(drops(&c, &a, DropReason::SgIngressDenied) >= 1, "sg_ingress_denied counted at a");
+
+    // A rule through the API reaches the agents by notification.
+    api.request(
+        "POST",
+        "/security-group-rules",
+        Some(&json!({"security_group_rule": {
+        "security_group_id": id(&group), "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp",
+        "project_id": datapath_tests::neutron::PROJECT}})),
+    )
+    .unwrap();
+    let ok = wait_until(Duration::from_secs(20), || c.vms[ia].ping(&cc.ip, 1));
+    assert!(ok, "the new rule did not open c to pings: {}", logs(&c, &n));
+    assert!(!c.vms[ic].ping(&a.ip, 2), "a is still closed to c");
+    let listed = c.cli_json("node0", &["conntrack", "--port", &cc.device()]).unwrap();
+    let rows = listed["connections"].as_array().cloned().unwrap_or_default();
+    assert!(
+        rows.iter().any(|r| r["protocol"] == "icmp" && r["direction"] == "ingress"),
+        "c tracks a's pings: {listed:#}"
+    );
+}
+
 /// Fails unless every listed agent is reported alive (helper for the bus test).
 fn alive(n: &Neutron, host: &str) -> Result<bool> {
     let agents = n.api().agents(Some(host))?;

@@ -18,6 +18,10 @@ use super::{AddressGroup, Bindings, Network, Refusal, SecurityGroup};
 pub struct Security {
     pub groups: BTreeMap<String, SecurityGroup>,
     pub address_groups: BTreeMap<String, AddressGroup>,
+    /// The groups' member addresses as the source gave them (neutron's
+    /// `sg_member_ips`: members on every host, which its bindings do not
+    /// list); None: taken from the bindings' ports.
+    pub members: Option<crate::policy::Members>,
 }
 
 /// One network's share of the bindings.
@@ -108,6 +112,7 @@ impl Catalog {
                 .into_iter()
                 .map(|g| (g.id.clone(), g))
                 .collect(),
+            members: None,
         });
         let mut nets: BTreeMap<String, NetBindings> = b
             .networks

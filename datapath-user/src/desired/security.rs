@@ -156,8 +156,16 @@ impl SecurityLayer {
         d
     }
 
-    /// Re-reads the member addresses of the networks whose entry changed.
+    /// Re-reads the member addresses of the networks whose entry changed,
+    /// or takes the source's own list.
     fn refresh_members(&mut self, catalog: &Catalog) {
+        if let Some(given) = &catalog.security.members {
+            if self.all_members != *given {
+                self.all_members = given.clone();
+            }
+            self.members.clear();
+            return;
+        }
         let mut changed = false;
         self.members.retain(|id, _| {
             let keep = catalog.networks.contains_key(id);

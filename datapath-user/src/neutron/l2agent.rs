@@ -15,6 +15,7 @@ use super::notify::{self, Notification};
 use super::plugin::{AgentState, Plugin};
 use super::ports::{NeutronState, Report, Wired};
 use super::rpc::{LinkEvent, Rpc};
+use super::secgroups::{self, SgInfo};
 use super::transport::TransportUrl;
 use crate::bindings::{Catalog, CatalogDelta, Changed};
 use crate::config::{Config, NeutronOptions};
@@ -373,7 +374,24 @@ impl Task {
             if failed {
                 continue;
             }
-            let ready = st.to_fetch(Instant::now()).is_empty();
+            // The security groups before the bindings: a port is programmed
+            // with its groups, never open for a moment before them.
+            if let Some(ports) = st.sg_to_fetch() {
+                let info = if ports.is_empty() {
+                    Ok(SgInfo::default())
+                } else {
+                    plugin.security_group_info_for_devices(&ports).await.and_then(|v| secgroups::parse(&v))
+                };
+                match info {
+                    Ok(info) => dirty |= st.sg_fetched(info),
+                    Err(e) => {
+                        log::warn!("asking neutron for the security groups of {} ports: {e:#}", ports.len());
+                        lock(&self.health).last_error = Some(format!("{e:#}"));
+                        continue;
+                    }
+                }
+            }
+            let ready = st.to_fetch(Instant::now()).is_empty() && st.sg_ready();
             if !primed && ready {
                 // A restart over maps that still forward: l2population sends the
                 // full FDB only when told the ports are up, so say so before the

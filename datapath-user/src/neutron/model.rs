@@ -18,10 +18,16 @@ pub fn vtep_host(ip: &IpAddr) -> String {
 /// The result goes through the same validation as a bindings file (`Bindings::parse_str`), so a
 /// detail with an unknown network type, a missing segmentation id or a bad MAC is refused on its
 /// own, with the reason, in `refused`.
+///
+/// `groups` gives each local port's security groups (neutron's
+/// `security_group_info_for_devices`); None until they are known, and then
+/// the ports carry no `security_groups` key. A port the answer left out is
+/// in no group: it gets the fixed allowances only (fail closed).
 pub fn bindings(
     host: &str,
     details: &[DeviceDetails],
     fdb: &BTreeMap<String, NetworkFdb>,
+    groups: Option<&BTreeMap<String, Vec<String>>>,
 ) -> Result<Bindings> {
     let mut networks: BTreeMap<&str, Value> = BTreeMap::new();
     let mut ports = Vec::new();
@@ -33,12 +39,16 @@ pub fn bindings(
                 "mtu": d.mtu, "admin_state_up": true,
             })
         });
-        ports.push(json!({
+        let mut port = json!({
             "id": d.port_id, "network_id": d.network_id, "mac_address": d.mac_address,
             "fixed_ips": d.fixed_ips, "device_owner": d.device_owner, "binding:host_id": host,
             "admin_state_up": d.admin_state_up, "port_security_enabled": d.port_security_enabled.unwrap_or(true),
             "allowed_address_pairs": d.allowed_address_pairs,
-        }));
+        });
+        if let Some(g) = groups {
+            port["security_groups"] = json!(g.get(&d.port_id).cloned().unwrap_or_default());
+        }
+        ports.push(port);
     }
     let mut agents = Vec::new();
     for (net_id, net) in fdb {
@@ -97,7 +107,7 @@ mod tests {
             "n1".to_string(),
             NetworkFdb { segment_id: Some(458), network_type: "vxlan".into(), ports },
         )]);
-        let b = bindings("node0", &d, &fdb).unwrap();
+        let b = bindings("node0", &d, &fdb, None).unwrap();
         assert_eq!(b.refused, vec![]);
         let ids: Vec<&str> = b.ports.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["aaaaaaaa-1111-2222", "fdb-fa163e000004", "fdb-fa163e000008"]);
@@ -128,7 +138,7 @@ mod tests {
                 NetworkFdb { segment_id: Some(9), network_type: "vxlan".into(), ports: BTreeMap::new() },
             ),
         ]);
-        let b = bindings("node0", &d, &fdb).unwrap();
+        let b = bindings("node0", &d, &fdb, None).unwrap();
         assert_eq!(b.refused, vec![]);
         assert_eq!(b.networks.len(), 1);
         assert_eq!(
@@ -151,7 +161,7 @@ mod tests {
             detail("cccccccc-1111-2222", "n3", "vlan", None, "fa:16:3e:00:00:03"),
             detail("dddddddd-1111-2222", "n1", "vlan", Some(100), "01:00:5e:00:00:01"),
         ];
-        let b = bindings("node0", &d, &BTreeMap::new()).unwrap();
+        let b = bindings("node0", &d, &BTreeMap::new(), None).unwrap();
         assert_eq!(b.ports.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["aaaaaaaa-1111-2222"]);
         let reasons = format!("{:?}", b.refused);
         for want in ["geneve", "n3", "segmentation_id", "dddddddd", "01:00:5e:00:00:01"] {

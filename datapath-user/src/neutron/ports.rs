@@ -12,7 +12,8 @@ use anyhow::Result;
 use super::model;
 use super::notify::{FdbPort, NetworkFdb, Notification};
 use super::plugin::{Details, DeviceDetails};
-use crate::bindings::{Bindings, Catalog, CatalogDelta, Refusal, device_name};
+use super::secgroups::SgInfo;
+use crate::bindings::{Bindings, Catalog, CatalogDelta, Refusal, Security, device_name};
 
 /// A device whose details neutron refused or failed is asked again after this long.
 pub const RETRY_REFUSED: Duration = Duration::from_secs(10);
@@ -69,6 +70,12 @@ pub struct NeutronState {
     unreported: BTreeSet<String>,
     /// What the bindings refused, by network.
     refusals: BTreeMap<String, Vec<Refusal>>,
+    /// The last `security_group_info_for_devices` answer for the devices with details.
+    sg: Option<SgInfo>,
+    /// Whether it must be asked again (a device came or went, a group changed, a resync).
+    sg_stale: bool,
+    /// Whether the groups or their members changed since the last delta.
+    security_dirty: bool,
 }
 
 /// Devices to report to neutron: port ids up and down.
@@ -106,17 +113,65 @@ impl NeutronState {
             refusals: BTreeMap::new(),
             missing: BTreeSet::new(),
             unreported: BTreeSet::new(),
+            sg: None,
+            sg_stale: true,
+            security_dirty: false,
         }
+    }
+
+    /// The ports whose security groups to ask neutron for now (every port
+    /// with details: one answer holds the groups of all of them), or None.
+    pub fn sg_to_fetch(&self) -> Option<Vec<String>> {
+        self.sg_stale.then(|| self.details.values().map(|d| d.port_id.clone()).collect())
+    }
+
+    /// Whether the security groups of the ports are known (the bindings wait for them).
+    pub fn sg_ready(&self) -> bool {
+        !self.sg_stale
+    }
+
+    /// Takes in the security groups of every port with details. Returns
+    /// whether the bindings changed.
+    pub fn sg_fetched(&mut self, info: SgInfo) -> bool {
+        self.sg_stale = false;
+        for r in &info.refused {
+            log::warn!("neutron's security groups: refused {}: {}", r.what, r.reason);
+        }
+        let old = self.sg.take();
+        let mut changed = false;
+        for (dev, d) in &self.details {
+            let before = old.as_ref().map(|o| o.ports.get(&d.port_id));
+            if before != Some(info.ports.get(&d.port_id)) {
+                self.dirty.insert(d.network_id.clone());
+                self.unreported.insert(dev.clone());
+                changed = true;
+            }
+        }
+        if old.as_ref().is_none_or(|o| o.groups != info.groups || o.members != info.members) {
+            self.security_dirty = true;
+            changed = true;
+        }
+        self.sg = Some(info);
+        changed
     }
 
     /// The networks whose bindings changed since the last call, rebuilt from
     /// the details and the FDB (the others are not touched), or None. Details
     /// the bindings refuse are logged with why, and their ports reported down.
     pub fn take_delta(&mut self) -> Result<Option<CatalogDelta>> {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && !self.security_dirty {
             return Ok(None);
         }
         let mut delta = CatalogDelta::default();
+        if std::mem::take(&mut self.security_dirty)
+            && let Some(info) = &self.sg
+        {
+            delta.security = Some(std::sync::Arc::new(Security {
+                groups: info.groups.iter().map(|g| (g.id.clone(), g.clone())).collect(),
+                address_groups: BTreeMap::new(),
+                members: Some(info.members.clone()),
+            }));
+        }
         for net in std::mem::take(&mut self.dirty) {
             let devices: Vec<String> = self.net_devices.get(&net).into_iter().flatten().cloned().collect();
             let details: Vec<DeviceDetails> =
@@ -126,7 +181,7 @@ impl NeutronState {
             let b = if details.is_empty() {
                 Bindings::default()
             } else {
-                model::bindings(&self.host, &details, &fdb)?
+                model::bindings(&self.host, &details, &fdb, self.sg.as_ref().map(|s| &s.ports))?
             };
             self.note_rejected(&net, &details, &b);
             self.unreported.extend(devices);
@@ -185,6 +240,8 @@ impl NeutronState {
         self.dirty.insert(d.network_id.clone());
         self.net_devices.entry(d.network_id.clone()).or_default().insert(dev.to_string());
         self.details.insert(dev.to_string(), d);
+        // A new port's groups (or a changed port's addresses, which are members) must be asked.
+        self.sg_stale = true;
         true
     }
 
@@ -192,6 +249,7 @@ impl NeutronState {
     fn drop_detail(&mut self, dev: &str) -> bool {
         let Some(old) = self.details.remove(dev) else { return false };
         self.dirty.insert(old.network_id.clone());
+        self.sg_stale = true;
         self.unreported.insert(dev.to_string());
         if self.present.contains_key(dev) {
             self.missing.insert(dev.to_string());
@@ -263,6 +321,7 @@ impl NeutronState {
         self.told.clear();
         self.unreported.extend(self.details.keys().cloned());
         self.refresh_tunnels = true;
+        self.sg_stale = true;
     }
 
     /// The devices whose details to ask for now.
@@ -385,6 +444,10 @@ impl NeutronState {
                     self.stale.insert(dev.clone());
                     self.refused.remove(&dev);
                 }
+                // Its groups, or (for a port of another host) its addresses and
+                // allowed address pairs as a member of a remote group, may be
+                // what changed: neutron sends no member update for the pairs.
+                self.sg_stale = true;
                 false
             }
             Notification::PortDelete { port_id } => {
@@ -460,8 +523,9 @@ impl NeutronState {
             Notification::SecurityGroupRuleUpdated { .. }
             | Notification::SecurityGroupMemberUpdated { .. }
             | Notification::SecurityGroupProviderUpdated { .. } => {
-                log::debug!("security-group notification: security groups are not enforced yet");
-                false
+                // One answer holds every local port's groups: ask again, whichever group it was.
+                self.sg_stale = true;
+                true
             }
             Notification::Unknown { method } => {
                 log::warn!("neutron sent {method:?}, which this agent does not handle; ignored");
@@ -594,6 +658,37 @@ mod tests {
         assert!(s.fetched(&[DEV.into()], answer(vec![detail(PORT, "n1", true)]), now));
         s.observe(present(&[(DEV, Wired::Up)]));
         assert_eq!(s.to_report().up.len(), 1);
+    }
+
+    #[test]
+    fn security_groups_are_asked_before_the_bindings_and_again_on_notifications() {
+        let now = Instant::now();
+        let mut s = NeutronState::new("node0");
+        s.observe(present(&[(DEV, Wired::Unbound)]));
+        assert!(s.fetched(&[DEV.into()], answer(vec![detail(PORT, "n1", true)]), now));
+        assert!(!s.sg_ready(), "the bindings wait for the groups");
+        assert_eq!(s.sg_to_fetch(), Some(vec![PORT.to_string()]));
+        let info = SgInfo {
+            ports: [(PORT.to_string(), vec!["sg".to_string()])].into(),
+            groups: vec![crate::bindings::SecurityGroup {
+                id: "sg".into(),
+                name: String::new(),
+                stateful: true,
+                rules: vec![],
+            }],
+            ..SgInfo::default()
+        };
+        assert!(s.sg_fetched(info.clone()));
+        assert!(s.sg_ready() && s.sg_to_fetch().is_none());
+        let d = s.take_delta().unwrap().expect("the port's network and the groups");
+        let sec = d.security.expect("the groups go with the first delta");
+        assert!(sec.groups.contains_key("sg") && sec.members.is_some());
+        let b = s.bindings().unwrap();
+        assert_eq!(b.ports[0].security_groups, Some(vec!["sg".to_string()]));
+        assert!(!s.sg_fetched(info.clone()), "the same answer changes nothing");
+        assert!(s.take_delta().unwrap().is_none());
+        assert!(s.apply(&Notification::SecurityGroupRuleUpdated { security_groups: vec!["sg".into()] }));
+        assert_eq!(s.sg_to_fetch(), Some(vec![PORT.to_string()]), "a group changed: asked again");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The security groups of some ports, as neutron answered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SgInfo {
     /// Port id -> the ids of its groups.
     pub ports: BTreeMap<String, Vec<String>>,
