@@ -259,12 +259,8 @@ impl Engine {
 
         // The ports' policies follow the ports: those whose entry after this
         // update asks for security groups.
-        let mut ports_after = self.state.ports.clone();
-        for ifindex in gone.state.ports.keys() {
-            ports_after.remove(ifindex);
-        }
-        ports_after.extend(came.state.ports.iter().map(|(k, v)| (*k, *v)));
-        let sg = self.security.update(&cfg.host, catalog, devices, &ports_after);
+        let ports = (&gone.state.ports, &came.state.ports);
+        let sg = self.security.update(&cfg.host, catalog, devices, ports, &self.device_net);
         gone.state.merge(&sg.gone);
         came.state.merge(&sg.came);
 

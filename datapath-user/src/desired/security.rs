@@ -45,6 +45,9 @@ pub struct SecurityLayer {
     security: Arc<Security>,
     /// Ports with a policy: ifindex -> (the policy, its flags).
     ports: BTreeMap<u32, (PortPolicy, u32)>,
+    /// Ports whose `PORTS` entry asks for security groups, kept from the
+    /// engine's fragments so that an update costs its change.
+    flagged: BTreeSet<u32>,
     policies: BTreeMap<PortPolicy, Installed>,
     /// The next policy id; ids are never reused while an agent runs, and
     /// start above the kernel's after a restart.
@@ -87,23 +90,37 @@ impl SecurityLayer {
     }
 
     /// Brings the layer to `catalog`: the ports of `host` whose `PORTS`
-    /// entry (in `ports`, the state after this update) asks for security groups.
+    /// entry asks for security groups (`gone` and `came` are the `PORTS`
+    /// entries this update removes and writes); `device_net` gives each
+    /// local device's network. A node without such ports pays nothing more.
     pub fn update(
         &mut self,
         host: &str,
         catalog: &Catalog,
         devices: &Devices,
-        ports: &BTreeMap<u32, PortInfo>,
+        (gone, came): (&BTreeMap<u32, PortInfo>, &BTreeMap<u32, PortInfo>),
+        device_net: &BTreeMap<String, String>,
     ) -> Delta {
+        for ifindex in gone.keys() {
+            self.flagged.remove(ifindex);
+        }
+        self.flagged.extend(came.iter().filter(|(_, i)| i.flags & PORT_F_SECGROUPS != 0).map(|(k, _)| *k));
+        if self.flagged.is_empty() && self.ports.is_empty() {
+            return Delta::default();
+        }
+        let flagged = &self.flagged;
+        let names: BTreeMap<u32, &String> =
+            devices.iter().filter(|(_, i)| flagged.contains(i)).map(|(n, i)| (*i, n)).collect();
         self.refresh_members(catalog);
         self.security = catalog.security.clone();
         let mut wanted: BTreeMap<u32, (PortPolicy, u32)> = BTreeMap::new();
-        for net in catalog.networks.values().filter(|n| n.has_port_on(host)) {
-            for p in net.bindings.ports.iter().filter(|p| p.host == host) {
-                let Some(&ifindex) = devices.get(&device_name(&p.id)) else { continue };
-                if ports.get(&ifindex).is_none_or(|i| i.flags & PORT_F_SECGROUPS == 0) {
-                    continue;
-                }
+        for (ifindex, name) in names {
+            let Some(net) = device_net.get(name).and_then(|id| catalog.networks.get(id)) else { continue };
+            let Some(p) = net.bindings.ports.iter().find(|p| p.host == host && device_name(&p.id) == *name)
+            else {
+                continue;
+            };
+            {
                 let sec = &self.security;
                 let Some(policy) = expand(p, &sec.groups, &sec.address_groups, &self.all_members) else {
                     continue;
