@@ -43,15 +43,13 @@ pub const CONNTRACK: &str = "CONNTRACK";
 /// The security-group verdict of fragmented datagrams' first fragments, for
 /// the later ones (LRU): [`crate::FragKey`] -> [`crate::FragVerdict`].
 pub const SG_FRAGS: &str = "SG_FRAGS";
-/// Per-CPU record of how the security groups judged a traced frame: [`crate::SgTrace`].
-pub const SG_TRACE: &str = "SG_TRACE";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 20] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -70,7 +68,6 @@ pub const ALL_MAPS: [&str; 21] = [
     SG_REMOTE_V6,
     CONNTRACK,
     SG_FRAGS,
-    SG_TRACE,
     PORT_STATS,
     TRACE,
 ];

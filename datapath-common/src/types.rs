@@ -150,17 +150,6 @@ pub const fn ct_lifetime_ns(protocol: u8, flags: u32) -> u64 {
     }
 }
 
-/// `SgTrace::how`: a packet of a tracked connection, or an ICMP error related to one.
-pub const SG_HOW_TRACKED: u32 = 1;
-/// `SgTrace::how`: a fixed allowance (DHCP, NDP, ...).
-pub const SG_HOW_ALLOWANCE: u32 = 2;
-/// `SgTrace::how`: rule `SgTrace::rule` of policy `SgTrace::policy`.
-pub const SG_HOW_RULE: u32 = 3;
-/// `SgTrace::how`: no rule of policy `SgTrace::policy` admits it.
-pub const SG_HOW_DENIED: u32 = 4;
-/// `SgTrace::how`: a later fragment, judged as its first fragment was.
-pub const SG_HOW_FRAGMENT: u32 = 5;
-
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -412,17 +401,6 @@ shared! {
         /// How long the entry lives without packets: `ct_lifetime_ns` of its
         /// protocol and flags, in seconds, set whenever the flags change.
         pub lifetime_s: u32,
-    }
-
-    /// Value of `SG_TRACE` (per CPU, index 0): how the security groups
-    /// judged the frame of a traced run.
-    pub struct SgTrace [16] {
-        /// 1 once a traced run wrote it.
-        pub valid: u32,
-        /// `SG_HOW_*`.
-        pub how: u32,
-        pub policy: u32,
-        pub rule: u32,
     }
 
     /// One destination recorded by a traced run.

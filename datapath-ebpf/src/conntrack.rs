@@ -41,22 +41,17 @@ pub enum Seen {
     New,
 }
 
-/// The port a packet meets, which way it goes, and how the run goes.
-pub struct At {
+/// Where a packet meets the port, for the table.
+pub struct Side {
     pub ifindex: u32,
-    /// The port's `PORT_F_*`.
-    pub port_flags: u32,
     /// `SG_DIR_*`: whether the port receives (ingress) or sends (egress) the packet.
     pub dir: u8,
-    /// A trace against live maps: no entry is opened or changed.
     pub dry_run: bool,
-    /// A traced run: the security groups say how they judged it (`SG_TRACE`).
-    pub trace: bool,
 }
 
 /// The key of `flow` as the port sees it: its end first.
 #[inline(always)]
-pub fn key(side: &At, flow: &Flow) -> CtKey {
+pub fn key(side: &Side, flow: &Flow) -> CtKey {
     let ingress = side.dir == SG_DIR_INGRESS;
     let (local, remote) = if ingress { (flow.dst, flow.src) } else { (flow.src, flow.dst) };
     // ICMP: the echo identifier (0 for other messages, as `Flow` leaves it)
@@ -123,7 +118,7 @@ fn lifetime_s(protocol: u8, flags: u32) -> u32 {
 /// `CtInvalid`; any other is `New`.
 /// ICMP errors are not looked up here: they are `related` or invalid.
 #[inline(always)]
-pub fn track(side: &At, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> {
+pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> {
     if flow.proto == IPPROTO_TCP && !tcp_valid(flow.tcp_flags) {
         return Err(DropReason::CtInvalid);
     }
@@ -181,10 +176,9 @@ pub fn opens(flow: &Flow) -> bool {
 }
 
 /// Opens an entry for a connection admitted by `rule` of `policy` (0, 0: a
-/// fixed allowance). A full table refuses it: `CtFull`. A subprogram of its
-/// own: the entry it builds takes no room in its caller's frame.
-#[inline(never)]
-pub fn open(side: &At, key: &CtKey, policy: u32, rule: u32) -> Result<(), DropReason> {
+/// fixed allowance). A full table refuses it: `CtFull`.
+#[inline(always)]
+pub fn open(side: &Side, key: &CtKey, policy: u32, rule: u32) -> Result<(), DropReason> {
     if side.dry_run {
         return Ok(());
     }
@@ -199,8 +193,10 @@ pub fn open(side: &At, key: &CtKey, policy: u32, rule: u32) -> Result<(), DropRe
 /// connection of the port; otherwise it is invalid. The quoted packet went
 /// the other way: the port sent what an error it receives quotes.
 #[inline(never)]
-pub fn related(ctx: &TcContext, side: &At, flow: &Flow) -> Result<(), DropReason> {
+pub fn related(ctx: &TcContext, side: &Side, flow: &Flow) -> Result<(), DropReason> {
     let inner = flow.l4_off + 8;
+    // The quoted source and destination go to `local`/`remote` first, and
+    // are swapped below when the port received the quoted packet.
     let mut key = CtKey {
         ifindex: side.ifindex,
         local_port: 0,
@@ -211,10 +207,6 @@ pub fn related(ctx: &TcContext, side: &At, flow: &Flow) -> Result<(), DropReason
         local: [0; 16],
         remote: [0; 16],
     };
-    // The port sent what an error it receives quotes, and received what an
-    // error it sends quotes: the quote's source is its end, or the other's.
-    // Loaded straight into the key: a copy would not fit the call chain.
-    let ingress = side.dir == SG_DIR_INGRESS;
     let l4 = if flow.family == IP_FAMILY_V4 {
         let vihl = load_u8(ctx, inner)?;
         let hdr = ((vihl & 0x0f) as usize) * 4;
@@ -222,11 +214,8 @@ pub fn related(ctx: &TcContext, side: &At, flow: &Flow) -> Result<(), DropReason
             return Err(DropReason::CtInvalid);
         }
         key.protocol = load_u8(ctx, inner + 9)?;
-        let (src, dst) =
-            if ingress { (&mut key.local, &mut key.remote) } else { (&mut key.remote, &mut key.local) };
-        let (src, dst) = (first4(src), first4(dst));
-        load_into(ctx, inner + 12, src)?;
-        load_into(ctx, inner + 16, dst)?;
+        key.local[..4].copy_from_slice(&load_bytes::<4>(ctx, inner + 12)?);
+        key.remote[..4].copy_from_slice(&load_bytes::<4>(ctx, inner + 16)?);
         inner + hdr
     } else {
         if load_u8(ctx, inner)? >> 4 != 6 {
@@ -234,41 +223,33 @@ pub fn related(ctx: &TcContext, side: &At, flow: &Flow) -> Result<(), DropReason
         }
         // Extension headers in the quote are not walked: such an error is invalid.
         key.protocol = load_u8(ctx, inner + 6)?;
-        let (src, dst) =
-            if ingress { (&mut key.local, &mut key.remote) } else { (&mut key.remote, &mut key.local) };
-        load_into(ctx, inner + 8, src)?;
-        load_into(ctx, inner + 24, dst)?;
+        key.local = load_bytes::<16>(ctx, inner + 8)?;
+        key.remote = load_bytes::<16>(ctx, inner + 24)?;
         inner + 40
     };
-    if has_ports(key.protocol) {
-        let (sport, dport) = (load_be16(ctx, l4)?, load_be16(ctx, l4 + 2)?);
-        (key.local_port, key.remote_port) = if ingress { (sport, dport) } else { (dport, sport) };
+    let (sport, dport) = if has_ports(key.protocol) {
+        (load_be16(ctx, l4)?, load_be16(ctx, l4 + 2)?)
     } else if is_icmp(flow.family, key.protocol) {
         let kind = icmp_kind(flow.family, load_u8(ctx, l4)?);
         if kind != ICMP_ECHO_REQUEST && kind != ICMP_ECHO_REPLY {
             return Err(DropReason::CtInvalid);
         }
-        key.local_port = load_be16(ctx, l4 + 4)?;
+        (load_be16(ctx, l4 + 4)?, 0)
+    } else {
+        (0, 0)
+    };
+    let echo = is_icmp(flow.family, key.protocol);
+    if side.dir == SG_DIR_INGRESS {
+        key.local_port = sport;
+        key.remote_port = if echo { 0 } else { dport };
+    } else {
+        core::mem::swap(&mut key.local, &mut key.remote);
+        key.local_port = if echo { sport } else { dport };
+        key.remote_port = if echo { 0 } else { sport };
     }
-    // By reference: a key passed by value is one more copy on this frame.
-    #[allow(clippy::needless_borrows_for_generic_args)]
     // SAFETY: hash value read and copied at once.
-    let entry = unsafe { CONNTRACK.get(&key) };
-    match entry {
+    match unsafe { CONNTRACK.get(key) } {
         Some(e) if live(e, now()) => Ok(()),
         _ => Err(DropReason::CtInvalid),
     }
-}
-
-/// The first 4 bytes of an address field, where IPv4 addresses go.
-#[inline(always)]
-fn first4(a: &mut [u8; 16]) -> &mut [u8; 4] {
-    a.first_chunk_mut::<4>().expect("16 bytes hold 4")
-}
-
-/// Fills `dst` with the frame's bytes at `off`.
-#[inline(always)]
-fn load_into<const N: usize>(ctx: &TcContext, off: usize, dst: &mut [u8; N]) -> Result<(), DropReason> {
-    *dst = load_bytes::<N>(ctx, off)?;
-    Ok(())
 }

@@ -13,7 +13,7 @@ use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
     MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MacKey, NetInfo, PortCounters,
-    PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, SgTrace, TraceRecord, VtepSet,
+    PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet,
 };
 
 #[map]
@@ -74,9 +74,6 @@ pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(MAX_CO
 
 #[map]
 pub static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(MAX_SG_FRAGS, 0);
-
-#[map]
-pub static SG_TRACE: PerCpuArray<SgTrace> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

@@ -32,8 +32,7 @@ pub fn try_vm_port_out(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, Drop
         return Ok(PASS);
     }
     let eth = Eth::parse(&Pkt::linear(ctx))?;
-    let at =
-        At { ifindex, port_flags: port.flags, dir: SG_DIR_INGRESS, dry_run: meta.dry_run, trace: meta.trace };
+    let at = At { ifindex, port_flags: port.flags, dir: SG_DIR_INGRESS, dry_run: meta.dry_run };
     secgroup::check(ctx, eth.ethertype, ETH_LEN, &at)?;
     Ok(PASS)
 }

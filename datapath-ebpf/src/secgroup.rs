@@ -12,22 +12,31 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use datapath_common::{
     DropReason, FragKey, IP_FAMILY_V4, IP_FAMILY_V6, PORT_F_SECGROUPS, SG_DIR_INGRESS, SG_F_IPV6,
-    SG_F_STATEFUL, SG_HOW_ALLOWANCE, SG_HOW_DENIED, SG_HOW_FRAGMENT, SG_HOW_RULE, SG_HOW_TRACKED,
-    SG_PORT_KEY_FIXED_BITS, SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6,
+    SG_F_STATEFUL, SG_PORT_KEY_FIXED_BITS, SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4,
+    SgRemoteKeyV6,
 };
 
-pub use crate::conntrack::At;
 use crate::{
-    conntrack::{self, Seen},
+    conntrack::{self, Seen, Side},
     flow::{Flow, ICMP_ERROR},
     frag,
-    maps::{SG_FRAGS, SG_PORTS, SG_REMOTE_V4, SG_REMOTE_V6, SG_RULE_PORTS, SG_TRACE},
+    maps::{SG_FRAGS, SG_PORTS, SG_REMOTE_V4, SG_REMOTE_V6, SG_RULE_PORTS},
     parse::{
         DHCPV4_CLIENT_PORT, DHCPV4_SERVER_PORT, DHCPV6_CLIENT_PORT, DHCPV6_SERVER_PORT, Frag, FragId,
         ICMPV6_MLD_QUERY, ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, ICMPV6_ROUTER_ADVERT,
         IPPROTO_ICMPV6, IPPROTO_UDP,
     },
 };
+
+/// The port a packet meets and which way it goes.
+pub struct At {
+    pub ifindex: u32,
+    /// The port's `PORT_F_*`.
+    pub port_flags: u32,
+    /// `SG_DIR_*`.
+    pub dir: u8,
+    pub dry_run: bool,
+}
 
 /// Applies the port's security groups to the IP packet at `l3_off` of a
 /// frame with `ethertype`. A subprogram of its own, so that its keys never
@@ -45,7 +54,6 @@ pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<
         return Ok(());
     }
     if let Frag::Later(fid) = flow.frag {
-        note(at, SG_HOW_FRAGMENT, sg.policy, 0);
         return later_frag(at, &flow, fid);
     }
     let verdict = judge(ctx, at, &sg, &flow);
@@ -59,10 +67,9 @@ pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<
 /// stateful port is judged by the connection it quotes, and by nothing else.
 #[inline(always)]
 fn judge(ctx: &TcContext, at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
-    let side = at;
+    let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
     if sg.flags & SG_F_STATEFUL != 0 && flow.icmp == ICMP_ERROR {
-        note(at, SG_HOW_TRACKED, 0, 0);
-        return conntrack::related(ctx, side, flow);
+        return conntrack::related(ctx, &side, flow);
     }
     decide(at, sg, flow)
 }
@@ -89,25 +96,6 @@ fn later_frag(at: &At, flow: &Flow, fid: FragId) -> Result<(), DropReason> {
     frag::verdict_of(&SG_FRAGS, &frag_key(at, flow, fid))
 }
 
-/// Records how a traced frame was judged. Written field by field through
-/// the map's pointer, in a subprogram of its own: nothing of it goes on
-/// the frames of the checks.
-#[inline(never)]
-fn note(at: &At, how: u32, policy: u32, rule: u32) {
-    if !at.trace {
-        return;
-    }
-    if let Some(r) = SG_TRACE.get_ptr_mut(0) {
-        // SAFETY: a per-CPU value, written by this CPU's run only.
-        unsafe {
-            (*r).valid = 1;
-            (*r).how = how;
-            (*r).policy = policy;
-            (*r).rule = rule;
-        }
-    }
-}
-
 #[inline(always)]
 fn denied(dir: u8) -> DropReason {
     if dir == SG_DIR_INGRESS { DropReason::SgIngressDenied } else { DropReason::SgEgressDenied }
@@ -122,26 +110,19 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 /// of its own: the connection key then takes no room in `check`'s frame.
 #[inline(never)]
 fn decide(at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
-    let side = at;
+    let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
     let stateful = sg.flags & SG_F_STATEFUL != 0;
-    let key = conntrack::key(side, flow);
-    if stateful && let Seen::Tracked = conntrack::track(side, &key, flow)? {
-        note(at, SG_HOW_TRACKED, 0, 0);
+    let key = conntrack::key(&side, flow);
+    if stateful && let Seen::Tracked = conntrack::track(&side, &key, flow)? {
         return Ok(());
     }
     let (policy, rule) = if allowed_anyway(at.dir, sg, flow) {
-        note(at, SG_HOW_ALLOWANCE, 0, 0);
         (0, 0)
     } else {
-        let Some(rule) = lookup(sg.policy, at.dir, flow) else {
-            note(at, SG_HOW_DENIED, sg.policy, 0);
-            return Err(denied(at.dir));
-        };
-        note(at, SG_HOW_RULE, sg.policy, rule);
-        (sg.policy, rule)
+        (sg.policy, lookup(sg.policy, at.dir, flow).ok_or(denied(at.dir))?)
     };
     if stateful && conntrack::opens(flow) {
-        conntrack::open(side, &key, policy, rule)?;
+        conntrack::open(&side, &key, policy, rule)?;
     }
     Ok(())
 }

@@ -68,13 +68,7 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     } else {
         parse::check_ip(ctx, &pkt, eth.ethertype, ETH_LEN)?;
     }
-    let at = secgroup::At {
-        ifindex,
-        port_flags: port.flags,
-        dir: SG_DIR_EGRESS,
-        dry_run: meta.dry_run,
-        trace: meta.trace,
-    };
+    let at = secgroup::At { ifindex, port_flags: port.flags, dir: SG_DIR_EGRESS, dry_run: meta.dry_run };
     secgroup::check(ctx, eth.ethertype, ETH_LEN, &at)?;
     bridge(ctx, meta, port.net_index, ifindex, &eth)
 }

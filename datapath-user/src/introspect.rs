@@ -24,8 +24,8 @@ use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{
     ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtKey,
-    DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters, SG_HOW_ALLOWANCE,
-    SG_HOW_DENIED, SG_HOW_FRAGMENT, SG_HOW_RULE, SG_HOW_TRACKED, SgTrace, TRACE_DRY_RUN, TRACE_MAGIC, names,
+    DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
+    names,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -49,8 +49,8 @@ impl Agent {
             Request::Stats { port } => self.stats_reply(port.as_deref()).map(Answer::Stats),
             Request::Conntrack { port } => self.conntrack_reply(port.as_deref()).map(Answer::Conntrack),
             Request::ConntrackFlush { port } => self.conntrack_flush(port.as_deref()).map(Answer::Flushed),
-            Request::Trace { port, frame, vni, vtep, receive } => {
-                self.trace_reply(&port, &frame, (vni, vtep.as_deref()), receive).map(Answer::Trace)
+            Request::Trace { port, frame, vni, vtep } => {
+                self.trace_reply(&port, &frame, vni, vtep.as_deref()).map(Answer::Trace)
             }
         };
         answer.map_err(|e| match e.downcast_ref::<ApiError>() {
@@ -228,22 +228,6 @@ impl Agent {
         Ok(FlushReply { flushed })
     }
 
-    /// How the security groups judged a traced frame, in words.
-    fn sg_judgement(&self, r: &SgTrace) -> String {
-        let rule = || match self.engine.security().rule_id(r.policy, r.rule) {
-            Some(id) => format!("rule {id}"),
-            None => format!("rule {} of policy {} (no longer in force)", r.rule, r.policy),
-        };
-        match r.how {
-            SG_HOW_TRACKED => "a tracked connection (or an ICMP error related to one)".into(),
-            SG_HOW_ALLOWANCE => "a fixed allowance (DHCP, NDP)".into(),
-            SG_HOW_RULE => format!("admitted by {}", rule()),
-            SG_HOW_DENIED => "no rule admits it".into(),
-            SG_HOW_FRAGMENT => "a later fragment: its datagram's first fragment decides".into(),
-            other => format!("judged in an unknown way ({other})"),
-        }
-    }
-
     /// The report of a port given by device name or (a prefix of) its port id.
     fn find_port(&self, key: &str) -> Result<&PortReport> {
         let ports = &self.status.derived.ports;
@@ -302,8 +286,8 @@ impl Agent {
         &mut self,
         port: &str,
         frame_hex: &str,
-        (vni, vtep): (Option<u32>, Option<&str>),
-        receive: bool,
+        vni: Option<u32>,
+        vtep: Option<&str>,
     ) -> Result<TraceReply> {
         let frame = parse_hex(frame_hex).map_err(|e| bad_request(format!("{e:#}")))?;
         if !(15..=MAX_TRACE_FRAME).contains(&frame.len()) {
@@ -315,15 +299,9 @@ impl Agent {
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
         let kind = self.dp.maps.synced.ports.get(&ifindex, 0).map(|p| p.kind).unwrap_or(0);
-        let program = match (kind, receive) {
-            (PORT_KIND_UPLINK | PORT_KIND_TUNNEL, true) => {
-                return Err(bad_request(format!(
-                    "{port} is no VM or network port: --receive traces a port's egress"
-                )));
-            }
-            (PORT_KIND_UPLINK, _) => names::PROG_UPLINK,
-            (PORT_KIND_TUNNEL, _) => names::PROG_TUNNEL,
-            (_, true) => names::PROG_VM_PORT_OUT,
+        let program = match kind {
+            PORT_KIND_UPLINK => names::PROG_UPLINK,
+            PORT_KIND_TUNNEL => names::PROG_TUNNEL,
             _ => names::PROG_VM_PORT,
         };
         // tunnel_in takes the tunnel key through its trace hook: a test run carries no metadata.
@@ -348,8 +326,6 @@ impl Agent {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
         self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
-        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
-        self.dp.maps.sg_trace.set(0, zero, 0).context("clearing SG_TRACE")?;
         let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, tunnel[0], tunnel[1]];
         let out = {
             let prog = self.dp.program(program)?;
@@ -369,8 +345,6 @@ impl Agent {
             })
             .collect();
         let reason = DropReason::from_index(rec.reason);
-        let sg = self.dp.maps.sg_trace.get(&0, 0).context("reading SG_TRACE")?;
-        let security_group = sg.iter().find(|r| r.valid == 1).map(|r| self.sg_judgement(r));
         Ok(TraceReply {
             port: report.device,
             program: program.to_string(),
@@ -386,7 +360,6 @@ impl Agent {
             targets,
             tc_verdict: out.retval,
             frame_out: out.frame.iter().map(|b| format!("{b:02x}")).collect(),
-            security_group,
         })
     }
 }

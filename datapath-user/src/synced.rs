@@ -24,7 +24,7 @@ use aya::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4,
-    SgRemoteKeyV6, SgTrace, TraceRecord, VtepSet, names,
+    SgRemoteKeyV6, TraceRecord, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -325,8 +325,6 @@ declare_maps! {
         conntrack: HashMap<MapData, CtKey, CtEntry> = names::CONNTRACK,
         /// First-fragment security-group verdicts (LRU).
         sg_frags: HashMap<MapData, FragKey, FragVerdict> = names::SG_FRAGS,
-        /// How the security groups judged a traced frame.
-        sg_trace: PerCpuArray<MapData, SgTrace> = names::SG_TRACE,
         /// Per-port counters.
         port_stats: PerCpuArray<MapData, PortCounters> = names::PORT_STATS,
         /// The decision record of traced runs.

@@ -18,7 +18,6 @@ use datapath_tests::{
     pinned::{ifindex_in, port_view},
     wait_for, wait_until,
 };
-use datapath_user::frames;
 use serde_json::{Value, json};
 
 use crate::scenario::*;
@@ -185,35 +184,6 @@ fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
         "{row}"
     );
     assert!(find(&at_a, "6666").is_some_and(|r| r["rule"] == "tcp-6666"), "{at_a:?}");
-
-    // `datapath trace --receive` names the rule that admits a new connection
-    // to a, or says that none does.
-    let syn_to = |port: u16| {
-        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
-        let mac = |s: &str| datapath_user::bindings::parse_mac(s).unwrap();
-        let f = frames::eth(
-            mac(&a.mac),
-            mac(&k.mac),
-            0x0800,
-            &frames::ipv4_tcp(ip(&k.ip), ip(&a.ip), 40999, port, frames::TCP_SYN),
-        );
-        f.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    };
-    let trace = |port: u16| {
-        c.cli_json("node0", &["trace", "--port", &a.device(), "--receive", "--frame", &syn_to(port)]).unwrap()
-    };
-    let t = trace(6666);
-    assert_eq!(
-        (t["verdict"].as_str(), t["security_group"].as_str()),
-        (Some("forward"), Some("admitted by rule tcp-6666")),
-        "{t:#}"
-    );
-    let t = trace(7777);
-    assert_eq!(
-        (t["reason"].as_str(), t["security_group"].as_str()),
-        (Some("sg_ingress_denied"), Some("no rule admits it")),
-        "{t:#}"
-    );
 
     // A port no rule opens is refused.
     let refused = connect_in(&c.vms[ik].ns, &format!("{}:7777", a.ip));
