@@ -150,6 +150,16 @@ pub const fn ct_lifetime_ns(protocol: u8, flags: u32) -> u64 {
     }
 }
 
+/// `TraceRecord::sg_judged`: the security groups did not judge the frame
+/// (the port is not filtered, the frame is not IP, or they refused it).
+pub const SG_JUDGED_NONE: u32 = 0;
+/// `TraceRecord::sg_judged`: a packet of a tracked connection, or an ICMP error related to one.
+pub const SG_JUDGED_TRACKED: u32 = u32::MAX;
+/// `TraceRecord::sg_judged`: a fixed allowance (DHCP, NDP, ...).
+pub const SG_JUDGED_ALLOWANCE: u32 = u32::MAX - 1;
+/// `TraceRecord::sg_judged`: a later fragment, judged as its first fragment was.
+pub const SG_JUDGED_FRAGMENT: u32 = u32::MAX - 2;
+
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -426,7 +436,9 @@ shared! {
         pub target_count: u32,
         /// Node-local network index the frame was classified into.
         pub net_index: u32,
-        pub _pad: u32,
+        /// What admitted it past the port's security groups: `SG_JUDGED_*`,
+        /// or the index + 1 of the policy's rule (the port's `SG_PORTS` policy).
+        pub sg_judged: u32,
         pub targets: [TraceTarget; MAX_TRACE_TARGETS],
     }
 }

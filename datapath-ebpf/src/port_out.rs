@@ -4,7 +4,7 @@
 //! copy), so this is where the port's ingress security-group rules apply.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS};
+use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS, SG_JUDGED_NONE};
 
 use crate::{
     maps::PORTS,
@@ -32,7 +32,8 @@ pub fn try_vm_port_out(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, Drop
         return Ok(PASS);
     }
     let eth = Eth::parse(&Pkt::linear(ctx))?;
-    let at = At { ifindex, port_flags: port.flags, dir: SG_DIR_INGRESS, dry_run: meta.dry_run };
-    secgroup::check(ctx, eth.ethertype, ETH_LEN, &at)?;
+    let (dry_run, trace) = (meta.dry_run, meta.trace);
+    let mut at = At { ifindex, dir: SG_DIR_INGRESS, dry_run, trace, judged: SG_JUDGED_NONE };
+    secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
     Ok(PASS)
 }

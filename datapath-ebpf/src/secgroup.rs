@@ -11,9 +11,9 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use datapath_common::{
-    DropReason, FragKey, IP_FAMILY_V4, IP_FAMILY_V6, PORT_F_SECGROUPS, SG_DIR_INGRESS, SG_F_IPV6,
-    SG_F_STATEFUL, SG_PORT_KEY_FIXED_BITS, SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4,
-    SgRemoteKeyV6,
+    DropReason, FragKey, IP_FAMILY_V4, IP_FAMILY_V6, SG_DIR_INGRESS, SG_F_IPV6, SG_F_STATEFUL,
+    SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_TRACKED, SG_PORT_KEY_FIXED_BITS,
+    SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6,
 };
 
 use crate::{
@@ -26,26 +26,39 @@ use crate::{
         ICMPV6_MLD_QUERY, ICMPV6_NEIGHBOR_ADVERT, ICMPV6_NEIGHBOR_SOLICIT, ICMPV6_ROUTER_ADVERT,
         IPPROTO_ICMPV6, IPPROTO_UDP,
     },
+    trace,
 };
 
 /// The port a packet meets and which way it goes.
 pub struct At {
     pub ifindex: u32,
-    /// The port's `PORT_F_*`.
-    pub port_flags: u32,
     /// `SG_DIR_*`.
     pub dir: u8,
     pub dry_run: bool,
+    /// A traced run: `check` records `judged` in `TRACE`.
+    pub trace: bool,
+    /// What admitted the packet, for a traced run: `SG_JUDGED_*`, or the
+    /// index + 1 of the policy's rule. Written through the caller's pointer:
+    /// a `Result` with a payload would come back through memory, where the
+    /// verifier loses the range of the drop reason.
+    pub judged: u32,
 }
 
-/// Applies the port's security groups to the IP packet at `l3_off` of a
-/// frame with `ethertype`. A subprogram of its own, so that its keys never
-/// share a frame with the forwarding path's.
+/// Applies the security groups of a port with `PORT_F_SECGROUPS` (the
+/// caller checks the flag) to the IP packet at `l3_off` of a frame with
+/// `ethertype`. A traced run records what admitted it. A subprogram of its
+/// own, so that its keys never share a frame with the forwarding path's.
 #[inline(never)]
-pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<(), DropReason> {
-    if at.port_flags & PORT_F_SECGROUPS == 0 {
-        return Ok(());
+pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &mut At) -> Result<(), DropReason> {
+    let verdict = check_packet(ctx, ethertype, l3_off, at);
+    if at.trace && verdict.is_ok() {
+        trace::judged(at.judged);
     }
+    verdict
+}
+
+#[inline(always)]
+fn check_packet(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &mut At) -> Result<(), DropReason> {
     let denied = denied(at.dir);
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let sg = *unsafe { SG_PORTS.get(at.ifindex) }.ok_or(denied)?;
@@ -54,6 +67,7 @@ pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<
         return Ok(());
     }
     if let Frag::Later(fid) = flow.frag {
+        at.judged = SG_JUDGED_FRAGMENT;
         return later_frag(at, &flow, fid);
     }
     let verdict = judge(ctx, at, &sg, &flow);
@@ -66,9 +80,10 @@ pub fn check(ctx: &TcContext, ethertype: u16, l3_off: usize, at: &At) -> Result<
 /// The verdict on a whole packet or a first fragment. An ICMP error of a
 /// stateful port is judged by the connection it quotes, and by nothing else.
 #[inline(always)]
-fn judge(ctx: &TcContext, at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
+fn judge(ctx: &TcContext, at: &mut At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
     let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
     if sg.flags & SG_F_STATEFUL != 0 && flow.icmp == ICMP_ERROR {
+        at.judged = SG_JUDGED_TRACKED;
         return conntrack::related(ctx, &side, flow);
     }
     decide(at, sg, flow)
@@ -109,17 +124,21 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 /// The connection table, then the allowances and the rules. A subprogram
 /// of its own: the connection key then takes no room in `check`'s frame.
 #[inline(never)]
-fn decide(at: &At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
+fn decide(at: &mut At, sg: &SgPort, flow: &Flow) -> Result<(), DropReason> {
     let side = Side { ifindex: at.ifindex, dir: at.dir, dry_run: at.dry_run };
     let stateful = sg.flags & SG_F_STATEFUL != 0;
     let key = conntrack::key(&side, flow);
     if stateful && let Seen::Tracked = conntrack::track(&side, &key, flow)? {
+        at.judged = SG_JUDGED_TRACKED;
         return Ok(());
     }
     let (policy, rule) = if allowed_anyway(at.dir, sg, flow) {
+        at.judged = SG_JUDGED_ALLOWANCE;
         (0, 0)
     } else {
-        (sg.policy, lookup(sg.policy, at.dir, flow).ok_or(denied(at.dir))?)
+        let rule = lookup(sg.policy, at.dir, flow).ok_or(denied(at.dir))?;
+        at.judged = rule.wrapping_add(1);
+        (sg.policy, rule)
     };
     if stateful && conntrack::opens(flow) {
         conntrack::open(&side, &key, policy, rule)?;

@@ -50,6 +50,15 @@ pub fn target(ifindex: u32, vlan: u32, vtep_ipv4: u32, vni: u32) {
     }
 }
 
+/// Records what admitted the frame past the port's security groups (`SG_JUDGED_*` or rule + 1).
+#[inline(always)]
+pub fn judged(sg_judged: u32) {
+    if let Some(rec) = TRACE.get_ptr_mut(0) {
+        // SAFETY: per-CPU value of this run.
+        unsafe { (*rec).sg_judged = sg_judged };
+    }
+}
+
 /// Records the verdict: an action, or a drop reason.
 #[inline(always)]
 pub fn verdict(action: u32, reason: u32, net_index: u32) {

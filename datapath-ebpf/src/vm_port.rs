@@ -4,7 +4,8 @@
 
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
-    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, SG_DIR_EGRESS,
+    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_SECGROUPS,
+    SG_DIR_EGRESS, SG_JUDGED_NONE,
 };
 
 use crate::{
@@ -68,8 +69,11 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     } else {
         parse::check_ip(ctx, &pkt, eth.ethertype, ETH_LEN)?;
     }
-    let at = secgroup::At { ifindex, port_flags: port.flags, dir: SG_DIR_EGRESS, dry_run: meta.dry_run };
-    secgroup::check(ctx, eth.ethertype, ETH_LEN, &at)?;
+    if port.flags & PORT_F_SECGROUPS != 0 {
+        let (dry_run, trace) = (meta.dry_run, meta.trace);
+        let mut at = secgroup::At { ifindex, dir: SG_DIR_EGRESS, dry_run, trace, judged: SG_JUDGED_NONE };
+        secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
+    }
     bridge(ctx, meta, port.net_index, ifindex, &eth)
 }
 

@@ -57,6 +57,9 @@ pub enum Request {
         vni: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vtep: Option<String>,
+        /// Trace the frame as delivered to the port (its egress program) instead of sent by it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        receive: bool,
     },
 }
 
@@ -318,6 +321,11 @@ pub struct TraceReply {
     pub tc_verdict: u32,
     /// The frame as the program left it, hex.
     pub frame_out: String,
+    /// How the port's security groups judged it (None: the port is not filtered,
+    /// or the frame is not IP): the Neutron rule, a tracked connection, a fixed
+    /// allowance, or that no rule admits it.
+    #[serde(default)]
+    pub security_group: Option<String>,
 }
 
 /// One destination of a traced frame.
@@ -348,7 +356,13 @@ mod tests {
                 r#"{"cmd":"conntrack_flush","port":"tap1"}"#,
             ),
             (
-                Request::Trace { port: "p".into(), frame: "ff".into(), vni: None, vtep: None },
+                Request::Trace {
+                    port: "p".into(),
+                    frame: "ff".into(),
+                    vni: None,
+                    vtep: None,
+                    receive: false,
+                },
                 r#"{"cmd":"trace","port":"p","frame":"ff"}"#,
             ),
         ] {

@@ -181,6 +181,9 @@ pub fn print_trace(v: &TraceReply) {
         (Some(reason), _) => println!("verdict   drop: {reason}"),
         (None, action) => println!("verdict   {}", cell(action.as_deref())),
     }
+    if let Some(sg) = &v.security_group {
+        println!("security  {sg}");
+    }
     for t in &v.targets {
         let tag = match (&t.vtep, t.vlan) {
             (Some(vtep), _) => format!("vxlan vni {} to {vtep}", t.vni),

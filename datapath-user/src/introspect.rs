@@ -24,8 +24,9 @@ use anyhow::{Context, Result, bail};
 use aya::maps::PerCpuValues;
 use datapath_common::{
     ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtKey,
-    DropReason, FDB_F_LOCAL, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters, TRACE_DRY_RUN, TRACE_MAGIC,
-    names,
+    DropReason, FDB_F_LOCAL, PORT_F_SECGROUPS, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
+    SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC,
+    TraceRecord, names,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -49,8 +50,8 @@ impl Agent {
             Request::Stats { port } => self.stats_reply(port.as_deref()).map(Answer::Stats),
             Request::Conntrack { port } => self.conntrack_reply(port.as_deref()).map(Answer::Conntrack),
             Request::ConntrackFlush { port } => self.conntrack_flush(port.as_deref()).map(Answer::Flushed),
-            Request::Trace { port, frame, vni, vtep } => {
-                self.trace_reply(&port, &frame, vni, vtep.as_deref()).map(Answer::Trace)
+            Request::Trace { port, frame, vni, vtep, receive } => {
+                self.trace_reply(&port, &frame, (vni, vtep.as_deref()), receive).map(Answer::Trace)
             }
         };
         answer.map_err(|e| match e.downcast_ref::<ApiError>() {
@@ -228,6 +229,40 @@ impl Agent {
         Ok(FlushReply { flushed })
     }
 
+    /// How the security groups of the port at `ifindex` judged a traced
+    /// frame, in words; None when they did not look at it (an unfiltered
+    /// port, or a program that applies none).
+    fn sg_judgement(&self, program: &str, ifindex: u32, rec: &TraceRecord) -> Option<String> {
+        let filtered =
+            self.dp.maps.synced.ports.get(&ifindex, 0).is_ok_and(|p| p.flags & PORT_F_SECGROUPS != 0);
+        if !filtered || ![names::PROG_VM_PORT, names::PROG_VM_PORT_OUT].contains(&program) {
+            return None;
+        }
+        match DropReason::from_index(rec.reason) {
+            Some(DropReason::SgIngressDenied | DropReason::SgEgressDenied) => {
+                return Some("no rule admits it".into());
+            }
+            // Dropped before the security groups, or by the connection table (the reason says which).
+            Some(_) => return None,
+            None => {}
+        }
+        Some(match rec.sg_judged {
+            SG_JUDGED_NONE => "not IP: security groups filter IP only".into(),
+            SG_JUDGED_TRACKED => "a tracked connection (or an ICMP error related to one)".into(),
+            SG_JUDGED_ALLOWANCE => "a fixed allowance (DHCP, NDP)".into(),
+            SG_JUDGED_FRAGMENT => "a later fragment: its datagram's first fragment decides".into(),
+            n => {
+                let rule = n - 1;
+                // The policy the run used is the port's: the trace ran against the live maps.
+                let policy = self.dp.maps.synced.sg_ports.get(&ifindex, 0).map(|p| p.policy).unwrap_or(0);
+                match self.engine.security().rule_id(policy, rule) {
+                    Some(id) => format!("admitted by rule {id}"),
+                    None => format!("admitted by rule {rule} of policy {policy} (no longer in force)"),
+                }
+            }
+        })
+    }
+
     /// The report of a port given by device name or (a prefix of) its port id.
     fn find_port(&self, key: &str) -> Result<&PortReport> {
         let ports = &self.status.derived.ports;
@@ -286,8 +321,8 @@ impl Agent {
         &mut self,
         port: &str,
         frame_hex: &str,
-        vni: Option<u32>,
-        vtep: Option<&str>,
+        (vni, vtep): (Option<u32>, Option<&str>),
+        receive: bool,
     ) -> Result<TraceReply> {
         let frame = parse_hex(frame_hex).map_err(|e| bad_request(format!("{e:#}")))?;
         if !(15..=MAX_TRACE_FRAME).contains(&frame.len()) {
@@ -299,9 +334,15 @@ impl Agent {
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
         let kind = self.dp.maps.synced.ports.get(&ifindex, 0).map(|p| p.kind).unwrap_or(0);
-        let program = match kind {
-            PORT_KIND_UPLINK => names::PROG_UPLINK,
-            PORT_KIND_TUNNEL => names::PROG_TUNNEL,
+        let program = match (kind, receive) {
+            (PORT_KIND_UPLINK | PORT_KIND_TUNNEL, true) => {
+                return Err(bad_request(format!(
+                    "{port} is no VM or network port: --receive traces a port's egress"
+                )));
+            }
+            (PORT_KIND_UPLINK, _) => names::PROG_UPLINK,
+            (PORT_KIND_TUNNEL, _) => names::PROG_TUNNEL,
+            (_, true) => names::PROG_VM_PORT_OUT,
             _ => names::PROG_VM_PORT,
         };
         // tunnel_in takes the tunnel key through its trace hook: a test run carries no metadata.
@@ -345,6 +386,7 @@ impl Agent {
             })
             .collect();
         let reason = DropReason::from_index(rec.reason);
+        let security_group = self.sg_judgement(program, ifindex, &rec);
         Ok(TraceReply {
             port: report.device,
             program: program.to_string(),
@@ -360,6 +402,7 @@ impl Agent {
             targets,
             tc_verdict: out.retval,
             frame_out: out.frame.iter().map(|b| format!("{b:02x}")).collect(),
+            security_group,
         })
     }
 }

@@ -104,6 +104,9 @@ enum Command {
         /// On the VXLAN device: the VNI the frame arrived with.
         #[arg(long, requires = "vtep")]
         vni: Option<u32>,
+        /// Trace the frame as delivered to the port (its ingress security groups) instead of sent by it.
+        #[arg(long)]
+        receive: bool,
         /// On the VXLAN device: the remote VTEP it came from.
         #[arg(long, requires = "vni")]
         vtep: Option<String>,
@@ -160,10 +163,10 @@ fn main() -> Result<()> {
         Command::Conntrack { target, port, action: Some(ConntrackAction::Flush { port: flush_port }) } => {
             ask(&target, Request::ConntrackFlush { port: flush_port.or(port) }, cli::print_flushed)
         }
-        Command::Trace { target, port, frame, vni, vtep } => {
+        Command::Trace { target, port, frame, vni, vtep, receive } => {
             let bytes = cli::frame_arg(&frame)?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            ask(&target, Request::Trace { port, frame: hex, vni, vtep }, cli::print_trace)
+            ask(&target, Request::Trace { port, frame: hex, vni, vtep, receive }, cli::print_trace)
         }
     }
 }

@@ -3,9 +3,16 @@
 //! connection table carries state from row to row, so each table runs in
 //! order on a bench of its own.
 
-use datapath_common::{DropReason, MAX_CONNTRACK, names};
+use datapath_common::{
+    DropReason, MAX_CONNTRACK, SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED,
+    names,
+};
 use datapath_tests::program::Bench;
-use datapath_user::frames::*;
+use datapath_user::{
+    bindings::Bindings,
+    frames::*,
+    policy::{Members, expand},
+};
 
 use crate::scenario::CONFIG;
 
@@ -88,7 +95,31 @@ const MAC_GW: Mac = [0xfa, 0x16, 0x3e, 0x00, 0x01, 0x0b];
 enum Expect {
     /// Not dropped, and no drop counted.
     Pass,
+    /// Passes, admitted as the trace record says: a rule's id, "tracked",
+    /// "allowance", "fragment", or "unfiltered" (the groups did not judge it).
+    By(&'static str),
     Drop(DropReason),
+}
+
+/// What admitted a frame at `dev`, by the trace record's `sg_judged`: rule
+/// indices name the rules of the port's policy, expanded from `BINDINGS` as
+/// the agent does.
+fn admitted_by(dev: &str, judged: u32) -> String {
+    match judged {
+        SG_JUDGED_NONE => "unfiltered".into(),
+        SG_JUDGED_TRACKED => "tracked".into(),
+        SG_JUDGED_ALLOWANCE => "allowance".into(),
+        SG_JUDGED_FRAGMENT => "fragment".into(),
+        n => {
+            let b = Bindings::parse_str(BINDINGS, "test bindings").expect("the test's bindings parse");
+            let groups = b.security_groups.iter().map(|g| (g.id.clone(), g.clone())).collect();
+            let addrs = b.address_groups.iter().map(|g| (g.id.clone(), g.clone())).collect();
+            let members = Members::index(b.ports.iter());
+            let port = b.ports.iter().find(|p| p.device_name() == dev).expect("a port of the bindings");
+            let policy = expand(port, &groups, &addrs, &members).expect("a filtered port");
+            policy.rules.get(n as usize - 1).map_or_else(|| format!("rule index {}", n - 1), |r| r.id.clone())
+        }
+    }
 }
 
 /// One frame, where it meets its port, and what must happen. `Sends` runs
@@ -129,6 +160,15 @@ fn run(bench: &mut Bench, steps: Vec<Step>) {
         let dropped: Vec<&str> =
             DropReason::ALL.iter().filter(|r| out.drops[**r as usize] > 0).map(|r| r.label()).collect();
         match expect {
+            Expect::By(want) => {
+                let by = admitted_by(dev, trace.sg_judged);
+                if out.retval == TC_ACT_SHOT || trace.reason != 0 || !dropped.is_empty() {
+                    let why = DropReason::from_index(trace.reason).map_or("?", |r| r.label());
+                    failures.push(format!("{what}: dropped ({why}), want it admitted by {want}"));
+                } else if by != want {
+                    failures.push(format!("{what}: admitted by {by}, want {want}"));
+                }
+            }
             Expect::Pass => {
                 if out.retval == TC_ACT_SHOT || trace.reason != 0 || !dropped.is_empty() {
                     let why = DropReason::from_index(trace.reason).map_or("?", |r| r.label());
@@ -165,7 +205,7 @@ fn rules_protocols_ports_and_remotes() {
             "ssh from anywhere reaches A (rule ssh)",
             A,
             v4(MAC_A, MAC_GW, tcp(far, A_IP, 50000, 22, TCP_SYN)),
-            Pass,
+            By("ssh"),
         ),
         Gets(
             "tcp 23 to A is no rule's",
@@ -183,7 +223,7 @@ fn rules_protocols_ports_and_remotes() {
             "http 81 from a web member on another node (rule http-from-web, top of 80-81)",
             A,
             v4(MAC_A, MAC_GW, tcp(WEB_REMOTE, A_IP, 50001, 81, TCP_SYN)),
-            Pass,
+            By("http-from-web"),
         ),
         Gets(
             "http 80 from B, which is not in web",
@@ -201,7 +241,7 @@ fn rules_protocols_ports_and_remotes() {
             "dns from 192.0.2.9 (rule dns-from-net: remote prefix)",
             A,
             v4(MAC_A, MAC_GW, ipv4_udp([192, 0, 2, 9], A_IP, 3333, 53, b"q")),
-            Pass,
+            By("dns-from-net"),
         ),
         Gets(
             "dns from 192.0.3.9, outside the prefix",
@@ -209,7 +249,12 @@ fn rules_protocols_ports_and_remotes() {
             v4(MAC_A, MAC_GW, ipv4_udp([192, 0, 3, 9], A_IP, 3333, 53, b"q")),
             Drop(DropReason::SgIngressDenied),
         ),
-        Gets("a ping to A (rule ping: ICMP type 8)", A, v4(MAC_A, MAC_GW, ipv4_icmp_echo(far, A_IP)), Pass),
+        Gets(
+            "a ping to A (rule ping: ICMP type 8)",
+            A,
+            v4(MAC_A, MAC_GW, ipv4_icmp_echo(far, A_IP)),
+            By("ping"),
+        ),
         Gets(
             "ICMP timestamp (type 13) to A",
             A,
@@ -298,7 +343,12 @@ fn rules_protocols_ports_and_remotes() {
             v4(MAC_X, MAC_GW, tcp(far, X_IP, 1, 23, TCP_SYN)),
             Pass,
         ),
-        Gets("ARP is not IP: the groups do not filter it", N, arp_request(MAC_A, A_IP, N_IP), Pass),
+        Gets(
+            "ARP is not IP: the groups do not filter it",
+            N,
+            arp_request(MAC_A, A_IP, N_IP),
+            By("unfiltered"),
+        ),
     ];
     run(&mut bench(), steps);
 }
@@ -309,12 +359,12 @@ fn connection_tracking_replies_invalid_and_related() {
     use Step::*;
     let syn = tcp(A_IP, B_IP, 40000, 5432, TCP_SYN);
     let steps = vec![
-        Sends("A opens a connection to B (rule out4)", A, v4(MAC_B, MAC_A, syn.clone()), Pass),
+        Sends("A opens a connection to B (rule out4)", A, v4(MAC_B, MAC_A, syn.clone()), By("out4")),
         Gets(
             "B's SYN-ACK reaches A as a reply, though no ingress rule of A admits tcp 40000",
             A,
             v4(MAC_A, MAC_B, tcp(B_IP, A_IP, 5432, 40000, TCP_SYN | TCP_ACK)),
-            Pass,
+            By("tracked"),
         ),
         Gets(
             "a SYN-ACK of no connection is invalid",
@@ -421,7 +471,7 @@ fn fixed_allowances_stateless_ports_and_fragments() {
             "N, in no group, may send DHCPDISCOVER",
             N,
             v4(BROADCAST, MAC_N, ipv4_udp([0; 4], [255; 4], 68, 67, &dhcp_body(1, MAC_N))),
-            Pass,
+            By("allowance"),
         ),
         Gets(
             "and gets the offer",
@@ -514,8 +564,13 @@ fn fixed_allowances_stateless_ports_and_fragments() {
             v4(MAC_GW, MAC_S, tcp(S_IP, [198, 51, 100, 1], 8080, 1234, TCP_SYN | TCP_ACK)),
             Drop(DropReason::SgEgressDenied),
         ),
-        Gets("a first fragment of dns from 192.0.2.9 reaches A", A, v4(MAC_A, MAC_GW, first_ok), Pass),
-        Gets("its later fragment follows it", A, v4(MAC_A, MAC_GW, later_ok), Pass),
+        Gets(
+            "a first fragment of dns from 192.0.2.9 reaches A",
+            A,
+            v4(MAC_A, MAC_GW, first_ok),
+            By("dns-from-net"),
+        ),
+        Gets("its later fragment follows it", A, v4(MAC_A, MAC_GW, later_ok), By("fragment")),
         Gets(
             "a first fragment from outside the prefix",
             A,

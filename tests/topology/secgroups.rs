@@ -18,6 +18,7 @@ use datapath_tests::{
     pinned::{ifindex_in, port_view},
     wait_for, wait_until,
 };
+use datapath_user::frames;
 use serde_json::{Value, json};
 
 use crate::scenario::*;
@@ -46,30 +47,30 @@ fn groups(with_5555: bool) -> Value {
     ])
 }
 
-fn with_groups(p: &PortSpec, groups: &[&str]) -> Value {
+pub(crate) fn with_groups(p: &PortSpec, groups: &[&str]) -> Value {
     let mut v = p.to_json();
     v["security_groups"] = json!(groups);
     v
 }
 
-fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
+pub(crate) fn listen_in(ns: &Netns, addr: &str) -> TcpListener {
     let _in = ThreadNetns::enter(ns).unwrap();
     TcpListener::bind(addr).unwrap()
 }
 
-fn connect_in(ns: &Netns, addr: &str) -> std::io::Result<TcpStream> {
+pub(crate) fn connect_in(ns: &Netns, addr: &str) -> std::io::Result<TcpStream> {
     let _in = ThreadNetns::enter(ns).unwrap();
     TcpStream::connect_timeout(&addr.parse::<SocketAddr>().unwrap(), Duration::from_secs(3))
 }
 
 /// A TCP connection between two VMs: the client's end and the server's.
-struct Conn {
+pub(crate) struct Conn {
     client: TcpStream,
     server: TcpStream,
 }
 
 impl Conn {
-    fn open(server_ns: &Netns, client_ns: &Netns, addr: &str) -> Conn {
+    pub(crate) fn open(server_ns: &Netns, client_ns: &Netns, addr: &str) -> Conn {
         let listener = listen_in(server_ns, addr);
         let client = connect_in(client_ns, addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
         let (server, _) = listener.accept().unwrap();
@@ -79,7 +80,7 @@ impl Conn {
     /// Whether `msg` from the client arrives at the server within `wait`.
     /// Bytes still in flight from earlier tries may arrive first: what
     /// counts is that `msg` ends what arrived.
-    fn carries(&mut self, msg: &[u8], wait: Duration) -> bool {
+    pub(crate) fn carries(&mut self, msg: &[u8], wait: Duration) -> bool {
         self.client.write_all(msg).unwrap();
         let deadline = std::time::Instant::now() + wait;
         let mut got = Vec::new();
@@ -184,6 +185,35 @@ fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
         "{row}"
     );
     assert!(find(&at_a, "6666").is_some_and(|r| r["rule"] == "tcp-6666"), "{at_a:?}");
+
+    // `datapath trace --receive` names the rule that admits a new connection
+    // to a, or says that none does.
+    let syn_to = |port: u16| {
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        let mac = |s: &str| datapath_user::bindings::parse_mac(s).unwrap();
+        let f = frames::eth(
+            mac(&a.mac),
+            mac(&k.mac),
+            0x0800,
+            &frames::ipv4_tcp(ip(&k.ip), ip(&a.ip), 40999, port, frames::TCP_SYN),
+        );
+        f.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let trace = |port: u16| {
+        c.cli_json("node0", &["trace", "--port", &a.device(), "--receive", "--frame", &syn_to(port)]).unwrap()
+    };
+    let t = trace(6666);
+    assert_eq!(
+        (t["verdict"].as_str(), t["security_group"].as_str()),
+        (Some("forward"), Some("admitted by rule tcp-6666")),
+        "{t:#}"
+    );
+    let t = trace(7777);
+    assert_eq!(
+        (t["reason"].as_str(), t["security_group"].as_str()),
+        (Some("sg_ingress_denied"), Some("no rule admits it")),
+        "{t:#}"
+    );
 
     // A port no rule opens is refused.
     let refused = connect_in(&c.vms[ik].ns, &format!("{}:7777", a.ip));
