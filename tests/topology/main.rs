@@ -11,6 +11,7 @@ mod isolation;
 mod lifecycle;
 mod restart;
 mod scenario;
+mod secgroup_scenarios;
 mod secgroups;
 mod security;
 mod seed;
