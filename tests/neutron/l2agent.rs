@@ -9,6 +9,7 @@ use datapath_common::DropReason;
 use datapath_tests::{
     capture::Capture,
     cluster::{Cluster, PortSpec},
+    netns::{Netns, ThreadNetns},
     neutron::{AGENT_TYPE, Neutron, Provider},
     pinned::{ifindex_in, port_view},
     wait_until,
@@ -315,6 +316,51 @@ fn security_groups_from_neutron_filter_and_follow_rule_changes() {
         rows.iter().any(|r| r["protocol"] == "icmp" && r["direction"] == "ingress"),
         "c tracks a's pings: {listed:#}"
     );
+
+    // An address group through the API: tcp 8080 at c from its addresses only.
+    let project = datapath_tests::neutron::PROJECT;
+    let ag = api
+        .request(
+            "POST",
+            "/address-groups",
+            Some(&json!({"address_group": {
+            "name": "ag", "addresses": [format!("{}/32", a.ip)], "project_id": project}})),
+        )
+        .unwrap()["address_group"]
+        .take();
+    api.request(
+        "POST",
+        "/security-group-rules",
+        Some(&json!({"security_group_rule": {
+        "security_group_id": id(&group), "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+        "port_range_min": 8080, "port_range_max": 8080, "remote_address_group_id": id(&ag),
+        "project_id": project}})),
+    )
+    .unwrap();
+    let to_c = format!("{}:8080", cc.ip);
+    let connects = |from: usize| tcp_connects(&c.vms[from].ns, &c.vms[ic].ns, &to_c);
+    let ok = wait_until(Duration::from_secs(20), || connects(ia));
+    assert!(ok, "a, in the address group, did not reach c's 8080: {}", logs(&c, &n));
+    assert!(!connects(ib), "b is in no address of the group");
+    // Its addresses change (an OVO push, not a security-group notification): b in, a out.
+    let ag_path = |op: &str| format!("/address-groups/{}/{op}", id(&ag));
+    let body = |p: &PortSpec| json!({"addresses": [format!("{}/32", p.ip)]});
+    api.request("PUT", &ag_path("add_addresses"), Some(&body(&b))).unwrap();
+    api.request("PUT", &ag_path("remove_addresses"), Some(&body(&a))).unwrap();
+    let ok = wait_until(Duration::from_secs(20), || connects(ib) && !connects(ia));
+    assert!(ok, "the address group's new addresses did not take effect: {}", logs(&c, &n));
+}
+
+/// Whether a TCP connection from `client` to `addr`, listened on in `server`, opens within 2 s.
+fn tcp_connects(client: &Netns, server: &Netns, addr: &str) -> bool {
+    let listener = {
+        let _in = ThreadNetns::enter(server).unwrap();
+        std::net::TcpListener::bind(addr).unwrap()
+    };
+    let _in = ThreadNetns::enter(client).unwrap();
+    let ok = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    drop(listener);
+    ok
 }
 
 /// Fails unless every listed agent is reported alive (helper for the bus test).

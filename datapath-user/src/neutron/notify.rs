@@ -9,14 +9,20 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// The versioned topic on which neutron-server pushes address groups.
+pub const ADDRESS_GROUP_TOPIC: &str = "neutron-vo-AddressGroup-1.2";
+
 /// Fanout topics an L2 agent consumes (neutron_lib.agent.topics: `q-agent-notifier-<resource>-<event>`).
-pub const FANOUT_TOPICS: [&str; 6] = [
+pub const FANOUT_TOPICS: [&str; 7] = [
     "q-agent-notifier-port-update",
     "q-agent-notifier-port-delete",
     "q-agent-notifier-network-update",
     "q-agent-notifier-network-delete",
     "q-agent-notifier-security_group-update",
     "q-agent-notifier-l2population-update",
+    // Address groups change by OVO push only (neutron's `ovo_rpc`), never
+    // by a security-group notification; 1.2 is neutron 29's AddressGroup.
+    ADDRESS_GROUP_TOPIC,
 ];
 
 /// The subscriptions of the agent on `host`: every fanout topic, and l2pop's host-directed topic.
@@ -115,6 +121,12 @@ pub enum Notification {
         /// Devices to refresh, when neutron names them.
         devices_to_update: Option<Vec<String>>,
     },
+    /// An OVO push of the resources of a `neutron-vo-*` topic (address
+    /// groups: the only one subscribed), created, updated or deleted.
+    ResourcesPushed {
+        /// `created`, `updated` or `deleted`.
+        event_type: String,
+    },
     /// l2pop: new FDB entries, by network id.
     AddFdbEntries(BTreeMap<String, NetworkFdb>),
     /// l2pop: FDB entries gone, by network id.
@@ -128,6 +140,10 @@ pub enum Notification {
     },
 }
 
+#[derive(Deserialize)]
+struct Push {
+    event_type: String,
+}
 #[derive(Deserialize)]
 struct PortId {
     port_id: String,
@@ -198,6 +214,7 @@ fn decode_body(body: &[u8]) -> Result<Notification> {
         "security_groups_provider_updated" => Notification::SecurityGroupProviderUpdated {
             devices_to_update: args::<Provider>(method, a)?.devices_to_update,
         },
+        "push" => Notification::ResourcesPushed { event_type: args::<Push>(method, a)?.event_type },
         "add_fdb_entries" => Notification::AddFdbEntries(args::<Fdb<_>>(method, a)?.fdb_entries),
         "remove_fdb_entries" => Notification::RemoveFdbEntries(args::<Fdb<_>>(method, a)?.fdb_entries),
         "update_fdb_entries" => {
@@ -234,6 +251,13 @@ mod tests {
             ),
             Notification::SecurityGroupRuleUpdated { security_groups: vec!["3f1a".into()] }
         );
+        // resources_rpc 1.1: the list goes with it; only the event is read.
+        assert_eq!(
+            d(json!({"method":"push","args":{"resource_list":[{"versioned_object.name":"AddressGroup",
+                "versioned_object.data":{"id":"ag1","addresses":["10.0.0.0/24"]}}],"event_type":"updated"},
+                "version":"1.1"})),
+            Notification::ResourcesPushed { event_type: "updated".into() }
+        );
         assert_eq!(
             d(json!({"method":"network_delete","args":{"network_id":"n1"}})),
             Notification::NetworkDelete { network_id: "n1".into() }
@@ -262,7 +286,10 @@ mod tests {
             d(json!({"method":"security_groups_provider_updated","args":{}})),
             Notification::SecurityGroupProviderUpdated { devices_to_update: None }
         );
-        assert_eq!(d(json!({"method":"push","args":{}})), Notification::Unknown { method: "push".into() });
+        assert_eq!(
+            d(json!({"method":"qos_policy_update","args":{}})),
+            Notification::Unknown { method: "qos_policy_update".into() }
+        );
     }
 
     #[test]
@@ -292,12 +319,13 @@ mod tests {
     #[test]
     fn subscribes_to_every_agent_topic_and_its_host() {
         let subs = subscriptions("node0");
-        assert_eq!(subs.len(), 7);
+        assert_eq!(subs.len(), 8);
         assert!(subs.contains(&Subscription::Topic {
             routing_key: "q-agent-notifier-l2population-update.node0".into()
         }));
         assert!(
             subs.contains(&Subscription::Fanout { topic: "q-agent-notifier-security_group-update".into() })
         );
+        assert!(subs.contains(&Subscription::Fanout { topic: ADDRESS_GROUP_TOPIC.into() }));
     }
 }

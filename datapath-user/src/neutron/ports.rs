@@ -147,7 +147,9 @@ impl NeutronState {
                 changed = true;
             }
         }
-        if old.as_ref().is_none_or(|o| o.groups != info.groups || o.members != info.members) {
+        if old.as_ref().is_none_or(|o| {
+            o.groups != info.groups || o.members != info.members || o.address_groups != info.address_groups
+        }) {
             self.security_dirty = true;
             changed = true;
         }
@@ -168,7 +170,7 @@ impl NeutronState {
         {
             delta.security = Some(std::sync::Arc::new(Security {
                 groups: info.groups.iter().map(|g| (g.id.clone(), g.clone())).collect(),
-                address_groups: BTreeMap::new(),
+                address_groups: info.address_groups.iter().map(|a| (a.id.clone(), a.clone())).collect(),
                 members: Some(info.members.clone()),
             }));
         }
@@ -522,8 +524,10 @@ impl NeutronState {
             }
             Notification::SecurityGroupRuleUpdated { .. }
             | Notification::SecurityGroupMemberUpdated { .. }
-            | Notification::SecurityGroupProviderUpdated { .. } => {
-                // One answer holds every local port's groups: ask again, whichever group it was.
+            | Notification::SecurityGroupProviderUpdated { .. }
+            | Notification::ResourcesPushed { .. } => {
+                // One answer holds every local port's groups and the address
+                // groups their rules name: ask again, whichever it was.
                 self.sg_stale = true;
                 true
             }

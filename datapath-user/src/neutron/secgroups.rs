@@ -2,6 +2,9 @@
 //! bindings' model: which groups each port is in, the groups' rules, and the
 //! member addresses that remote-group rules name. Rules come without ids, so
 //! each is named after its group and position, for `datapath trace`.
+//! Neutron puts the addresses of the address groups that rules name
+//! (`remote_address_group_id`) in `sg_member_ips` too, under the address
+//! group's id: those become the address groups.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,7 +15,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use crate::{
-    bindings::{Refusal, SecurityGroup, parse_cidr, parse_rule},
+    bindings::{AddressGroup, Refusal, Remote, SecurityGroup, parse_cidr, parse_rule},
     policy::Members,
 };
 
@@ -25,6 +28,8 @@ pub struct SgInfo {
     pub groups: Vec<SecurityGroup>,
     /// Group -> the addresses of its members, on every host.
     pub members: Members,
+    /// The address groups that rules name, with their addresses.
+    pub address_groups: Vec<AddressGroup>,
     /// Rules and addresses that were refused, with why.
     pub refused: Vec<Refusal>,
 }
@@ -88,7 +93,23 @@ pub fn parse(reply: &Value) -> Result<SgInfo> {
             }
         }
     }
-    Ok(SgInfo { ports, groups, members: Members::from_groups(members), refused })
+    let named: BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|g| &g.rules)
+        .filter_map(|r| match &r.remote {
+            Remote::AddressGroup(id) => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    // An address group neutron sent no addresses of is empty: its rules admit nobody.
+    let address_groups = named
+        .iter()
+        .map(|id| AddressGroup {
+            id: id.to_string(),
+            addresses: members.get(*id).into_iter().flatten().copied().collect(),
+        })
+        .collect();
+    Ok(SgInfo { ports, groups, members: Members::from_groups(members), address_groups, refused })
 }
 
 #[cfg(test)]
@@ -134,6 +155,27 @@ mod tests {
                 BTreeSet::from([("10.9.0.117".parse().unwrap(), 32), ("10.8.0.0".parse().unwrap(), 16)])
             )]))
         );
+    }
+
+    /// Shaped as neutron 29's `_get_address_group_ips` fills it.
+    #[test]
+    fn address_groups_come_from_the_member_addresses_under_their_id() {
+        let reply = json!({
+            "devices": {"p1": {"security_groups": ["sg-a"]}},
+            "security_groups": {"sg-a": [
+                {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 80,
+                 "port_range_max": 80, "remote_address_group_id": "ag-1", "stateful": true},
+                {"direction": "ingress", "ethertype": "IPv6", "remote_address_group_id": "ag-2", "stateful": true}]},
+            "sg_member_ips": {"ag-1": {"IPv4": [["192.0.2.0/25", null], ["198.51.100.7/32", null]]}}
+        });
+        let info = parse(&reply).unwrap();
+        let ag = |id: &str| info.address_groups.iter().find(|a| a.id == id).map(|a| a.addresses.clone());
+        assert_eq!(
+            ag("ag-1"),
+            Some(vec![("192.0.2.0".parse().unwrap(), 25), ("198.51.100.7".parse().unwrap(), 32)])
+        );
+        assert_eq!(ag("ag-2"), Some(vec![]), "named but sent without addresses: empty, it admits nobody");
+        assert_eq!(info.address_groups.len(), 2);
     }
 
     #[test]
