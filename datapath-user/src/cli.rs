@@ -210,7 +210,7 @@ pub fn frame_arg(arg: &str) -> Result<Vec<u8>> {
 /// Frame bytes from a spec or hex (what `frame_arg` takes, files aside).
 pub fn parse_frame_text(arg: &str) -> Result<Vec<u8>> {
     let words: Vec<&str> = arg.split_whitespace().collect();
-    let is_spec = words.first().is_some_and(|w| ["arp", "icmp", "dhcp", "vlan"].contains(w));
+    let is_spec = words.first().is_some_and(|w| ["arp", "icmp", "tcp", "udp", "dhcp", "vlan"].contains(w));
     if is_spec {
         frame_spec(&words)
     } else {
@@ -222,8 +222,17 @@ fn ip(word: &str) -> Result<[u8; 4]> {
     word.parse::<Ipv4Addr>().map(|a| a.octets()).with_context(|| format!("{word:?} is not an IPv4 address"))
 }
 
+/// `IP:PORT`.
+fn endpoint(word: &str) -> Result<([u8; 4], u16)> {
+    let (addr, port) = word.rsplit_once(':').with_context(|| format!("{word:?} is not IP:PORT"))?;
+    let port = port.parse().with_context(|| format!("bad port in {word:?}"))?;
+    Ok((ip(addr)?, port))
+}
+
 fn frame_spec(words: &[&str]) -> Result<Vec<u8>> {
-    let usage = "frame spec: [vlan ID] arp who-has IP from MAC IP | icmp from MAC IP to MAC IP | dhcp discover from MAC";
+    let usage = "frame spec: [vlan ID] arp who-has IP from MAC IP | icmp from MAC IP to MAC IP \
+                 | tcp from MAC IP:PORT to MAC IP:PORT (a SYN) | udp from MAC IP:PORT to MAC IP:PORT \
+                 | dhcp discover from MAC";
     match words {
         ["vlan", id, rest @ ..] => {
             let vid: u16 =
@@ -239,6 +248,15 @@ fn frame_spec(words: &[&str]) -> Result<Vec<u8>> {
             0x0800,
             &frames::ipv4_icmp_echo(ip(sip)?, ip(dip)?),
         )),
+        [proto @ ("tcp" | "udp"), "from", smac, src, "to", dmac, dst] => {
+            let ((sip, sport), (dip, dport)) = (endpoint(src)?, endpoint(dst)?);
+            let packet = if *proto == "tcp" {
+                frames::ipv4_tcp(sip, dip, sport, dport, frames::TCP_SYN)
+            } else {
+                frames::ipv4_udp(sip, dip, sport, dport, b"trace")
+            };
+            Ok(frames::eth(parse_mac(dmac)?, parse_mac(smac)?, 0x0800, &packet))
+        }
         ["dhcp", "discover", "from", mac] => {
             let mac = parse_mac(mac)?;
             Ok(frames::eth(
@@ -291,6 +309,22 @@ mod tests {
                 .contains("IPv4")
         );
         assert!(frame_arg("icmp from").unwrap_err().to_string().contains("frame spec"));
+        let (a, b) = ("fa:16:3e:00:00:01", "fa:16:3e:00:00:02");
+        let syn = frame_arg(&format!("tcp from {a} 10.0.0.2:40000 to {b} 10.0.0.3:22")).unwrap();
+        let mac = |m| parse_mac(m).unwrap();
+        assert_eq!(
+            syn,
+            frames::eth(
+                mac(b),
+                mac(a),
+                0x0800,
+                &frames::ipv4_tcp([10, 0, 0, 2], [10, 0, 0, 3], 40000, 22, frames::TCP_SYN)
+            )
+        );
+        let udp = frame_arg(&format!("udp from {a} 10.0.0.2:5353 to {b} 10.0.0.3:53")).unwrap();
+        assert_eq!((udp[23], &udp[34..38]), (17, &[0x14, 0xe9, 0, 53][..]), "protocol 17, ports 5353 -> 53");
+        let bad = frame_arg(&format!("tcp from {a} 10.0.0.2 to {b} 10.0.0.3:22")).unwrap_err();
+        assert!(bad.to_string().contains("IP:PORT"), "{bad}");
         assert!(frame_arg("vlan 5000 arp").unwrap_err().to_string().contains("VLAN"));
     }
 
