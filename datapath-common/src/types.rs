@@ -150,6 +150,22 @@ pub const fn ct_lifetime_ns(protocol: u8, flags: u32) -> u64 {
     }
 }
 
+/// IP protocol numbers that both sides key security groups and connections by.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_DCCP: u8 = 33;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
+
+/// Whether a protocol has ports: its rules may name a port range
+/// (neutron-lib's list), and the kernel keys its packets by port
+/// (`SgPortKey::port`, `CtKey` ports). Other protocols key port 0.
+pub const fn proto_has_ports(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_DCCP | IPPROTO_UDPLITE)
+}
+
 /// `TraceRecord::sg_judged`: the security groups did not judge the frame
 /// (the port is not filtered, the frame is not IP, or they refused it).
 pub const SG_JUDGED_NONE: u32 = 0;

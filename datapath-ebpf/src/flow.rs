@@ -7,8 +7,8 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{DropReason, IP_FAMILY_V4, IP_FAMILY_V6};
 
 use crate::parse::{
-    ETH_P_IPV4, ETH_P_IPV6, Frag, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, IPPROTO_UDPLITE, Ipv4, Ipv6, Pkt, load_be16, load_u8,
+    ETH_P_IPV4, ETH_P_IPV6, Frag, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Ipv4, Ipv6, Pkt, load_be16,
+    load_u8,
 };
 
 /// What kind of ICMP message a packet is (`Flow::icmp`).
@@ -43,7 +43,7 @@ pub struct Flow {
 /// Whether `proto` has ports that security-group rules match.
 #[inline(always)]
 pub fn has_ports(proto: u8) -> bool {
-    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_DCCP | IPPROTO_UDPLITE)
+    datapath_common::proto_has_ports(proto)
 }
 
 /// Whether `proto` is the ICMP of `family`.

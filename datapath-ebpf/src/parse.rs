@@ -11,13 +11,7 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_DCCP: u8 = 33;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_SCTP: u8 = 132;
-pub const IPPROTO_UDPLITE: u8 = 136;
+pub use datapath_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const DHCPV4_SERVER_PORT: u16 = 67;
 pub const DHCPV4_CLIENT_PORT: u16 = 68;

@@ -83,19 +83,12 @@ pub struct AddressGroup {
     pub addresses: Vec<(IpAddr, u8)>,
 }
 
-/// IP protocol numbers.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_DCCP: u8 = 33;
-pub const PROTO_ICMPV6: u8 = 58;
-pub const PROTO_SCTP: u8 = 132;
-pub const PROTO_UDPLITE: u8 = 136;
-
-/// Whether rules of this protocol may name a port range (neutron-lib's list).
-pub fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP | PROTO_DCCP | PROTO_UDPLITE)
-}
+/// IP protocol numbers, as the kernel side keys them.
+pub use datapath_common::{
+    IPPROTO_DCCP as PROTO_DCCP, IPPROTO_ICMP as PROTO_ICMP, IPPROTO_ICMPV6 as PROTO_ICMPV6,
+    IPPROTO_SCTP as PROTO_SCTP, IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP,
+    IPPROTO_UDPLITE as PROTO_UDPLITE, proto_has_ports as has_ports,
+};
 
 /// neutron-lib's IP_PROTOCOL_MAP, with "any" and the numbers that mean any (0, "ip").
 fn protocol_number(name: &str) -> Option<Option<u8>> {
