@@ -14,9 +14,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::IterableMap;
 use datapath_common::{CT_F_INGRESS, CtEntry, CtKey, IP_FAMILY_V4};
 
 use crate::{
+    batch,
     bindings::{Direction, Family, PROTO_ICMP, PROTO_ICMPV6, has_ports},
     desired::SecurityLayer,
     learned::monotonic_ns,
@@ -97,9 +99,10 @@ pub fn sweep(maps: &mut Maps, security: &SecurityLayer, recheck: Recheck) -> Res
     let now = monotonic_ns();
     let mut out = Swept::default();
     let mut doomed = Vec::new();
-    // Keys are collected first: deleting while walking restarts the kernel's walk.
-    for entry in maps.conntrack.iter() {
-        let (k, e) = entry.context("reading the connection table")?;
+    // Read whole first: deleting while walking would restart the kernel's walk.
+    let table =
+        batch::read_all::<CtKey, CtEntry>(maps.conntrack.map()).context("reading the connection table")?;
+    for (k, e) in table {
         if now.saturating_sub(e.last_seen_ns) > u64::from(e.lifetime_s) * 1_000_000_000 {
             out.expired += 1;
             doomed.push(k);

@@ -11,6 +11,7 @@ use crate::{
         NetworksReply, PortRow, PortStats, PortsReply, Refused, Request, StatsReply, StatusReply, TraceReply,
         TraceTarget,
     },
+    batch,
     bindings::{
         PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, format_mac,
         has_ports,
@@ -21,9 +22,9 @@ use crate::{
     testrun::{self, SkbRun},
 };
 use anyhow::{Context, Result, bail};
-use aya::maps::PerCpuValues;
+use aya::maps::{IterableMap, PerCpuValues};
 use datapath_common::{
-    ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtKey,
+    ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey,
     DropReason, FDB_F_LOCAL, PORT_F_SECGROUPS, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
     SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC,
     TraceRecord, names,
@@ -176,12 +177,16 @@ impl Agent {
         port.map(|key| self.find_port(key).map(|p| p.ifindex)).transpose()
     }
 
+    /// The whole connection table, read in batches.
+    fn connections(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        batch::read_all(self.dp.maps.conntrack.map()).context("reading CONNTRACK")
+    }
+
     fn conntrack_reply(&self, port: Option<&str>) -> Result<ConntrackReply> {
         let only = self.port_filter(port)?;
         let now = monotonic_ns();
         let mut connections = Vec::new();
-        for item in self.dp.maps.conntrack.iter() {
-            let (k, e) = item.context("reading CONNTRACK")?;
+        for (k, e) in self.connections()? {
             if only.is_some_and(|i| i != Some(k.ifindex)) {
                 continue;
             }
@@ -209,8 +214,7 @@ impl Agent {
     fn conntrack_flush(&mut self, port: Option<&str>) -> Result<FlushReply> {
         let only = self.port_filter(port)?;
         let mut doomed = Vec::new();
-        for item in self.dp.maps.conntrack.iter() {
-            let (k, _) = item.context("reading CONNTRACK")?;
+        for (k, _) in self.connections()? {
             if only.is_none_or(|i| i == Some(k.ifindex)) {
                 doomed.push(k);
             }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod attach;
+pub mod batch;
 pub mod bindings;
 pub mod cli;
 pub mod config;
