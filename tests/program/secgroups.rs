@@ -54,6 +54,7 @@ const BINDINGS: &str = r#"{
    {"id": "ping", "direction": "ingress", "ethertype": "IPv4", "protocol": "icmp", "port_range_min": 8},
    {"id": "vrrp", "direction": "ingress", "ethertype": "IPv4", "protocol": "112"},
    {"id": "top-port", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 65535, "port_range_max": 65535},
+   {"id": "port-one", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 1, "port_range_max": 1},
    {"id": "ssh6", "direction": "ingress", "ethertype": "IPv6", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22}]},
   {"id": "db", "security_group_rules": [
    {"id": "db-out", "direction": "egress", "ethertype": "IPv4"},
@@ -279,7 +280,7 @@ fn rules_protocols_ports_and_remotes() {
             "tcp 65535 to A (rule top-port: min = max = 65535)",
             A,
             v4(MAC_A, MAC_GW, tcp(far, A_IP, 1, 65535, TCP_SYN)),
-            Pass,
+            By("top-port"),
         ),
         Gets(
             "tcp 65534 to A",
@@ -291,6 +292,18 @@ fn rules_protocols_ports_and_remotes() {
             "tcp port 0 to A",
             A,
             v4(MAC_A, MAC_GW, tcp(far, A_IP, 1, 0, TCP_SYN)),
+            Drop(DropReason::SgIngressDenied),
+        ),
+        Gets(
+            "tcp port 1 to A (rule port-one: min = max = 1)",
+            A,
+            v4(MAC_A, MAC_GW, tcp(far, A_IP, 3, 1, TCP_SYN)),
+            By("port-one"),
+        ),
+        Gets(
+            "tcp port 2 to A, above port-one",
+            A,
+            v4(MAC_A, MAC_GW, tcp(far, A_IP, 3, 2, TCP_SYN)),
             Drop(DropReason::SgIngressDenied),
         ),
         Gets(
