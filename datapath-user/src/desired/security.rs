@@ -9,7 +9,7 @@
 //! a port runs half of each policy.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::Arc,
 };
@@ -22,7 +22,7 @@ use datapath_common::{
 
 use super::MapState;
 use crate::{
-    bindings::{Catalog, Direction, Family, NetBindings, Security, device_name},
+    bindings::{Catalog, Direction, Family, NetBindings, Port, Security, device_name},
     netlink::Devices,
     policy::{Members, PortPolicy, compile::compile, expand},
 };
@@ -43,12 +43,13 @@ pub struct SecurityLayer {
     /// Every network's members together.
     all_members: Members,
     security: Arc<Security>,
-    /// Ports with a policy: ifindex -> (the policy, its flags).
-    ports: BTreeMap<u32, (PortPolicy, u32)>,
+    /// Ports with a policy: ifindex -> (the policy, its flags). Ports with
+    /// equal policies share one `Arc`, the one `policies` holds.
+    ports: BTreeMap<u32, (Arc<PortPolicy>, u32)>,
     /// Ports whose `PORTS` entry asks for security groups, kept from the
     /// engine's fragments so that an update costs its change.
     flagged: BTreeSet<u32>,
-    policies: BTreeMap<PortPolicy, Installed>,
+    policies: BTreeMap<Arc<PortPolicy>, Installed>,
     /// The next policy id; ids are never reused while an agent runs, and
     /// start above the kernel's after a restart.
     next_id: u32,
@@ -80,7 +81,7 @@ impl SecurityLayer {
 
     /// The policy of the port with `ifindex`, if it has one.
     pub fn policy(&self, ifindex: u32) -> Option<&PortPolicy> {
-        self.ports.get(&ifindex).map(|(p, _)| p)
+        self.ports.get(&ifindex).map(|(p, _)| &**p)
     }
 
     /// The Neutron id of rule `rule` of the policy with id `id`, while that policy is in force.
@@ -113,32 +114,54 @@ impl SecurityLayer {
             devices.iter().filter(|(_, i)| flagged.contains(i)).map(|(n, i)| (*i, n)).collect();
         self.refresh_members(catalog);
         self.security = catalog.security.clone();
-        let mut wanted: BTreeMap<u32, (PortPolicy, u32)> = BTreeMap::new();
+        let mut wanted: BTreeMap<u32, (Arc<PortPolicy>, u32)> = BTreeMap::new();
+        // Each network's local ports by device, indexed once per update: a
+        // search per port would cost 10,000 ports 50 million comparisons.
+        let mut by_device: HashMap<&str, HashMap<String, &Port>> = HashMap::new();
+        // A port's policy follows from its groups alone: ports with the same
+        // groups are expanded once, and share the installed policy's `Arc`.
+        let mut expanded: HashMap<&[String], Option<Arc<PortPolicy>>> = HashMap::new();
         for (ifindex, name) in names {
-            let Some(net) = device_net.get(name).and_then(|id| catalog.networks.get(id)) else { continue };
-            let Some(p) = net.bindings.ports.iter().find(|p| p.host == host && device_name(&p.id) == *name)
+            let Some((net_id, net)) = device_net.get(name).and_then(|id| catalog.networks.get_key_value(id))
             else {
                 continue;
             };
-            {
-                let sec = &self.security;
-                let Some(policy) = expand(p, &sec.groups, &sec.address_groups, &self.all_members) else {
-                    continue;
-                };
-                let mut flags = 0;
-                if policy.stateful {
-                    flags |= SG_F_STATEFUL;
+            let ports = by_device.entry(net_id.as_str()).or_insert_with(|| {
+                let mut m = HashMap::new();
+                // Two ports whose ids share the device name's prefix: the first wins, as it always did.
+                for p in net.bindings.ports.iter().filter(|p| p.host == host) {
+                    m.entry(device_name(&p.id)).or_insert(p);
                 }
-                if p.fixed_ips.iter().any(IpAddr::is_ipv6) {
-                    flags |= SG_F_IPV6;
-                }
-                wanted.insert(ifindex, (policy, flags));
+                m
+            });
+            let Some(p) = ports.get(name.as_str()) else { continue };
+            if p.anti_spoof_exempt() {
+                continue;
             }
+            let Some(groups) = p.security_groups.as_deref() else { continue };
+            let policy = expanded.entry(groups).or_insert_with(|| {
+                let sec = &self.security;
+                let policy = expand(p, &sec.groups, &sec.address_groups, &self.all_members)?;
+                Some(match self.policies.get_key_value(&policy) {
+                    Some((installed, _)) => installed.clone(),
+                    None => Arc::new(policy),
+                })
+            });
+            let Some(policy) = policy.clone() else { continue };
+            let mut flags = 0;
+            if policy.stateful {
+                flags |= SG_F_STATEFUL;
+            }
+            if p.fixed_ips.iter().any(IpAddr::is_ipv6) {
+                flags |= SG_F_IPV6;
+            }
+            wanted.insert(ifindex, (policy, flags));
         }
         let mut d = Delta::default();
         let old = std::mem::take(&mut self.ports);
+        // Unchanged ports hold the same `Arc`: the comparisons are pointer ones.
         for (ifindex, (policy, flags)) in &old {
-            if wanted.get(ifindex) == Some(&(policy.clone(), *flags)) {
+            if wanted.get(ifindex).is_some_and(|(p, f)| p == policy && f == flags) {
                 continue;
             }
             d.ports.insert(*ifindex);
@@ -152,7 +175,7 @@ impl SecurityLayer {
             }
         }
         for (ifindex, (policy, flags)) in &wanted {
-            if old.get(ifindex) == Some(&(policy.clone(), *flags)) {
+            if old.get(ifindex).is_some_and(|(p, f)| p == policy && f == flags) {
                 continue;
             }
             d.ports.insert(*ifindex);
