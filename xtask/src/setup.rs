@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "netsniff-ng",
     "sockperf",
     "iptables",
+    // The bench's legacy chain: the hybrid firewall's ipsets of remote groups.
+    "ipset",
     "python3-scapy",
 ];
 

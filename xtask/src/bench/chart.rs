@@ -40,7 +40,7 @@ pub fn svg(records: &[Record], title: &str) -> String {
         writeln!(s, r##"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"##, escape(title));
     let _ = writeln!(
         s,
-        r##"<text x="10" y="38" fill="#555">Gain over the legacy chain (same-node-vs-plain-bridge: over a plain Linux bridge); inverted for latency and cost; log scale. Ticks: goals.</text>"##
+        r##"<text x="10" y="38" fill="#555">Gain over the legacy chain (same-node-vs-plain-bridge: over a plain Linux bridge; datapath-*-vs-*: the datapath over itself); inverted for latency and cost; log scale. Ticks: goals.</text>"##
     );
     // Grid lines at powers of two, with 1x (parity) drawn darker.
     let bottom = TOP + ROW_H * rows.len() as f64;

@@ -50,6 +50,9 @@ pub struct Outcome {
 
 type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
 
+/// Samples key of the datapath's TCP without groups, taken right after the 100-rule pair's.
+const TCP_NO_SG: &str = "tcp_gbps_without_groups";
+
 /// Runs `plan`.
 pub fn bench(plan: &Plan) -> Result<Outcome> {
     traffic::check_tools()?;
@@ -57,7 +60,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
 
     let start = Instant::now();
     step("bench: legacy chain", "building (tap, qbr + iptables, qvb/qvo, br-int, br-eth/br-tun)");
-    let legacy = Legacy::build().context("building the legacy chain")?;
+    let legacy = Legacy::build(scratch.path()).context("building the legacy chain")?;
     step("bench: legacy chain", &format!("up in {}", secs(start)));
     let start = Instant::now();
     step("bench: datapath cluster", "building (2 nodes, 2 agents)");
@@ -67,10 +70,17 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     floor.flow().prepare("veth pair")?;
     let bridge = Floor::linux_bridge().context("building the plain Linux bridge reference")?;
     bridge.flow().prepare("plain Linux bridge")?;
-    for sc in Scenario::ALL {
+    for sc in Scenario::ALL.into_iter().chain(Scenario::SG) {
         legacy.flow(sc).prepare(&format!("legacy {}", sc.name()))?;
         ours.flow(sc).prepare(&format!("datapath {}", sc.name()))?;
     }
+    let flow = |p: Path, sc: Scenario| -> Flow<'_> {
+        match p {
+            Path::Legacy => legacy.flow(sc),
+            Path::Datapath => ours.flow(sc),
+            Path::PlainBridge => bridge.flow(),
+        }
+    };
 
     let mut samples = Samples::new();
     let mut floor_ns = Vec::new();
@@ -97,13 +107,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         let order =
             if round % 2 == 0 { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] };
         for sc in Scenario::ALL {
-            let flow = |p: Path| -> Flow<'_> {
-                match p {
-                    Path::Legacy => legacy.flow(sc),
-                    Path::Datapath => ours.flow(sc),
-                    Path::PlainBridge => bridge.flow(),
-                }
-            };
+            let flow = |p: Path| flow(p, sc);
             // The plain bridge runs right after the datapath, so that the two meet the
             // machine in the same state (issue 3: the datapath is no slower than it).
             let mut with_bridge = order.to_vec();
@@ -114,22 +118,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             for &p in &with_bridge {
                 let tag = format!("{}-{}", sc.name(), p.name());
                 let s = flow(p).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
-                step(
-                    &label,
-                    &format!(
-                        "{tag}: {:.0} pps, {} (other CPUs {:.0}% busy)",
-                        s.pps,
-                        ns(s.cpu_ns_per_pkt),
-                        s.others_busy * 100.0
-                    ),
-                );
-                if s.packets == 0 {
-                    no_traffic.push(format!("{tag}: no 64-byte frame reached the receiver"));
-                }
-                push(&mut samples, sc, p, report::PPS, Some(s.pps));
-                push(&mut samples, sc, p, report::CPU_NS, s.cpu_ns_per_pkt);
-                let path_ns = s.cpu_ns_per_pkt.zip(floor_cpu).map(|(c, f)| c - f);
-                push(&mut samples, sc, p, report::PATH_NS, path_ns);
+                keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (sc, p), &s, floor_cpu);
             }
             // The cross-check: the same frames from trafgen, whose own cost per frame
             // (about a microsecond) shows how a slow sender squeezes the ratio.
@@ -165,6 +154,44 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                     push(&mut samples, sc, p, p50, Some(r.p50_us));
                     push(&mut samples, sc, p, p99, Some(r.p99_us));
                 }
+            }
+        }
+        for sc in Scenario::SG {
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let f = flow(p, sc);
+                f.answer_udp().with_context(|| format!("answering the UDP flow, {tag}"))?;
+                let s = f.pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
+                keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (sc, p), &s, floor_cpu);
+            }
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let c = flow(p, sc)
+                    .connections(plan.pps_window)
+                    .with_context(|| format!("connections, {tag}"))?;
+                step(&label, &format!("{tag}: {:.0} new TCP connections/s ({} failed)", c.per_s, c.failed));
+                if c.done == 0 {
+                    no_traffic.push(format!("{tag}: no TCP connection completed"));
+                }
+                push(&mut samples, sc, p, report::CONNS, Some(c.per_s));
+            }
+        }
+        // TCP through the 100-rule pair; on the datapath, the same path without
+        // groups right after, so that the two meet the machine in the same state.
+        let sg = Scenario::SameNodeSg100;
+        for p in order {
+            let mut runs = vec![(sg, report::TCP.name)];
+            if p == Path::Datapath {
+                runs.push((Scenario::SameNodeVlan, TCP_NO_SG));
+            }
+            for (sc, key) in runs {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let t = flow(p, sc).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
+                step(&label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
+                if t.bytes == 0 {
+                    no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
+                }
+                samples.entry((sg, p, key)).or_default().push(t.gbps);
             }
         }
     }
@@ -206,6 +233,35 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             });
         }
     }
+    for sc in Scenario::SG {
+        for m in [report::PPS, report::CONNS, report::TCP, report::CPU_NS, report::PATH_NS] {
+            let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
+            if med(Path::Datapath).is_some() || med(Path::Legacy).is_some() {
+                records.push(Record {
+                    scenario: sc.name().into(),
+                    metric: m,
+                    datapath: med(Path::Datapath),
+                    legacy: med(Path::Legacy),
+                });
+            }
+        }
+    }
+    // The datapath against itself: 1,000 rules against 10, and groups against none.
+    let dp = |sc: Scenario, key: &str| samples.get(&(sc, Path::Datapath, key)).and_then(|v| median(v));
+    for m in [report::PPS, report::CONNS] {
+        records.push(Record {
+            scenario: report::SG_1000_VS_10.into(),
+            metric: m,
+            datapath: dp(Scenario::SameNodeSg1000, m.name),
+            legacy: dp(Scenario::SameNodeSg10, m.name),
+        });
+    }
+    records.push(Record {
+        scenario: report::SG_VS_NO_SG.into(),
+        metric: report::TCP,
+        datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
+        legacy: dp(Scenario::SameNodeSg100, TCP_NO_SG),
+    });
     // Issue 3's bar: the datapath VM to VM on one node against a plain Linux bridge.
     for m in [report::PPS, report::TCP, report::PATH_NS] {
         let med = |p: Path| samples.get(&(Scenario::SameNodeVlan, p, m.name)).and_then(|v| median(v));
@@ -259,6 +315,35 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         wiring::quantile(&wiring.file_ms, 0.99).unwrap_or(0.0),
     ));
     Ok(Outcome { records, profile, no_traffic })
+}
+
+/// Logs one 64-byte window of `sc` on `p` and keeps its figures; `floor_cpu`
+/// is the veth pair's cost per frame, which the path's own cost leaves out.
+fn keep_pps(
+    samples: &mut Samples,
+    no_traffic: &mut Vec<String>,
+    (label, tag): (&str, &str),
+    (sc, p): (Scenario, Path),
+    s: &traffic::Pps,
+    floor_cpu: Option<f64>,
+) {
+    step(
+        label,
+        &format!(
+            "{tag}: {:.0} pps, {} (other CPUs {:.0}% busy)",
+            s.pps,
+            ns(s.cpu_ns_per_pkt),
+            s.others_busy * 100.0
+        ),
+    );
+    if s.packets == 0 {
+        // With security groups, nothing arriving means the groups dropped the flow.
+        no_traffic.push(format!("{tag}: no 64-byte frame reached the receiver"));
+    }
+    push(samples, sc, p, report::PPS, Some(s.pps));
+    push(samples, sc, p, report::CPU_NS, s.cpu_ns_per_pkt);
+    let path_ns = s.cpu_ns_per_pkt.zip(floor_cpu).map(|(c, f)| c - f);
+    push(samples, sc, p, report::PATH_NS, path_ns);
 }
 
 fn push(samples: &mut Samples, sc: Scenario, p: Path, m: Metric, v: Option<f64>) {

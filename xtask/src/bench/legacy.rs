@@ -11,12 +11,20 @@
 //! br-int, br-eth and br-tun are Linux bridges standing in for OVS bridges.
 //! Without VLAN support they forward untagged, which spares the legacy side
 //! the tag rewrites OVS does. Every namespace goes with its guard.
+//!
+//! The ports with security groups sit on a node of their own (sg0), whose
+//! iptables holds the ruleset Neutron's hybrid iptables firewall driver
+//! (`neutron/agent/linux/iptables_firewall.py`, `OVSHybridIptablesFirewallDriver`)
+//! writes for them, laid out as it lays it out; see `ruleset`.
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use datapath_tests::netns::Netns;
+use serde_json::Value;
 
 use super::{
-    plan::{Scenario, VMS, VNI, VXLAN_MTU},
+    plan::{Group, Scenario, VMS, VNI, VXLAN_MTU},
     traffic::{Endpoint, Flow, napi_for_generator},
 };
 
@@ -43,6 +51,8 @@ enum Wire {
     Vlan,
     /// br-tun with a VXLAN device from `local` to `remote` over eth1 on the underlay bridge.
     Vxlan { local: &'static str, remote: &'static str },
+    /// No wire: the node's VMs only reach each other.
+    None,
 }
 
 /// Every namespace of the chain; fields drop in order: VMs, nodes, then the physical network.
@@ -56,18 +66,49 @@ impl Legacy {
     /// The benchmark's layout: VLAN nodes vlan0/vlan1 and VXLAN nodes tun0/tun1
     /// (one br-int cannot have both wires: without VLANs the two would make a loop),
     /// with the VMs of `plan::VMS` in their order.
-    pub fn build() -> Result<Self> {
+    /// The ports with security groups go to node sg0, whose ruleset is written to
+    /// `scratch` and loaded with iptables-restore, as the agent loads its own.
+    pub fn build(scratch: &Path) -> Result<Self> {
         let mut l = Self::new()?;
         let vlan = [l.add_node("vlan0", Wire::Vlan)?, l.add_node("vlan1", Wire::Vlan)?];
         let tun = [
             l.add_node("tun0", Wire::Vxlan { local: VTEPS[0], remote: VTEPS[1] })?,
             l.add_node("tun1", Wire::Vxlan { local: VTEPS[1], remote: VTEPS[0] })?,
         ];
+        let sg = l.add_node("sg0", Wire::None)?;
+        let mut firewalled = Vec::new();
         for v in &VMS {
-            let (node, mtu) = if v.vxlan { (tun[v.node], VXLAN_MTU) } else { (vlan[v.node], 1500) };
-            l.add_vm(node, v.port_id, v.ip, v.mac, mtu)?;
+            let (node, mtu) = match (v.group, v.vxlan) {
+                (Some(_), _) => (sg, 1500),
+                (None, true) => (tun[v.node], VXLAN_MTU),
+                (None, false) => (vlan[v.node], 1500),
+            };
+            let group = v.group.and_then(Group::of);
+            l.add_vm(node, v.port_id, v.ip, v.mac, mtu, group.is_none())?;
+            if let Some(group) = group {
+                firewalled.push(FwPort { device: tap_of(v.port_id), ip: v.ip, mac: v.mac, group });
+            }
         }
+        l.security_groups(&l.nodes[sg], &firewalled, scratch).context("the hybrid firewall's ruleset")?;
         Ok(l)
+    }
+
+    /// Creates each group's ipset of members and loads the ruleset of `ports` into `ns`.
+    fn security_groups(&self, ns: &Netns, ports: &[FwPort], scratch: &Path) -> Result<()> {
+        let mut groups: Vec<&Group> = ports.iter().map(|p| &p.group).collect();
+        groups.dedup();
+        for g in groups {
+            // Neutron's ipset of a remote group: its members' fixed IPs (enable_ipset, the default).
+            let set = ipset_name(&g.id);
+            ns.exec(&["ipset", "create", &set, "hash:net", "family", "inet"])?;
+            for p in ports.iter().filter(|p| p.group == *g) {
+                ns.exec(&["ipset", "add", &set, p.ip])?;
+            }
+        }
+        let file = scratch.join(format!("{}.iptables", ns.name()));
+        std::fs::write(&file, ruleset(ports)?).with_context(|| format!("writing {}", file.display()))?;
+        let path = file.to_str().context("scratch path is not UTF-8")?;
+        ns.exec(&["iptables-restore", path]).map(drop)
     }
 
     /// The flow of `scenario`.
@@ -106,6 +147,7 @@ impl Legacy {
                 self.plug(&ns, "eth2", &peer, "br0")?;
                 ns.exec(&["ip", "link", "set", "eth2", "master", "br-eth"])?;
             }
+            Wire::None => {}
             Wire::Vxlan { local, remote } => {
                 self.patch(&ns, "br-int", "patch-tun", "br-tun", "patch-int")?;
                 self.plug(&ns, "eth1", &peer, "ul0")?;
@@ -141,13 +183,23 @@ impl Legacy {
     }
 
     /// Plugs a VM into `node` the hybrid way (tap, qbr with iptables, qvb/qvo into br-int);
-    /// `port_id` names the devices as Nova and Neutron do. Returns the VM's index.
-    fn add_vm(&mut self, node: usize, port_id: &str, ip: &str, mac: &str, mtu: u32) -> Result<usize> {
+    /// `port_id` names the devices as Nova and Neutron do. A port in no group gets
+    /// the physdev ACCEPT pair (`accept`); the others get `ruleset`'s chains. Returns
+    /// the VM's index.
+    fn add_vm(
+        &mut self,
+        node: usize,
+        port_id: &str,
+        ip: &str,
+        mac: &str,
+        mtu: u32,
+        accept: bool,
+    ) -> Result<usize> {
         let n = &self.nodes[node];
         let vm = Netns::new("lg-vm")?;
         let id = &port_id[..11];
         let (tap, qbr, qvb, qvo) =
-            (format!("tap{id}"), format!("qbr{id}"), format!("qvb{id}"), format!("qvo{id}"));
+            (tap_of(port_id), format!("qbr{id}"), format!("qvb{id}"), format!("qvo{id}"));
         n.exec(&["ip", "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", vm.name()])?;
         // Only the qbr bridges pass frames to iptables, as in the hybrid chain (see add_node).
         let nf = ["nf_call_iptables", "1", "nf_call_ip6tables", "1"];
@@ -159,7 +211,7 @@ impl Legacy {
         n.exec(&["ip", "link", "set", &qvo, "master", "br-int", "up"])?;
         n.exec(&["ip", "link", "set", &qbr, "up"])?;
         // The hybrid firewall matches each port's bridged traffic by physdev, both ways.
-        for dir in ["--physdev-in", "--physdev-out"] {
+        for dir in ["--physdev-in", "--physdev-out"].into_iter().filter(|_| accept) {
             let rule = ["-m", "physdev", dir, &tap, "--physdev-is-bridged", "-j", "ACCEPT"];
             n.exec(&[&["iptables", "-A", "FORWARD"][..], &rule].concat())?;
         }
@@ -168,5 +220,181 @@ impl Legacy {
         vm.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         self.vms.push(LegacyVm { ns: vm, ip: ip.into(), mac: mac.into() });
         Ok(self.vms.len() - 1)
+    }
+}
+
+/// The tap Nova names after a port id.
+fn tap_of(port_id: &str) -> String {
+    format!("tap{}", &port_id[..11])
+}
+
+/// A port of the hybrid firewall.
+struct FwPort {
+    device: String,
+    ip: &'static str,
+    mac: &'static str,
+    group: Group,
+}
+
+/// The firewall's prefix for the chains it owns (the agent's binary name, cut).
+const PREFIX: &str = "neutron-openvswi";
+/// The first conntrack zone; the agent gives each port its own, the number does not matter.
+const ZONE_START: usize = 1;
+
+/// Neutron's ipset for the IPv4 members of group `id`: "NIPv4" and the id, cut to 31 characters.
+fn ipset_name(id: &str) -> String {
+    format!("NIPv4{id}").chars().take(31).collect()
+}
+
+/// A port's chain: `kind` (i ingress, o egress, s spoofing) and the device name
+/// without "tap", cut to iptables' limit as the agent cuts it.
+fn chain(kind: &str, device: &str) -> String {
+    let name: String = format!("{kind}{}", &device[3..]).chars().take(11).collect();
+    format!("{PREFIX}-{name}")
+}
+
+/// One security-group rule as the driver writes it into the port's chain
+/// (`_convert_sgr_to_iptables_rules`): remote prefix or ipset, protocol, port, RETURN.
+fn rule_args(rule: &Value) -> Result<String> {
+    let ingress = rule["direction"] == "ingress";
+    let mut a = Vec::new();
+    if let Some(prefix) = rule["remote_ip_prefix"].as_str() {
+        a.push(format!("{} {prefix}", if ingress { "-s" } else { "-d" }));
+    }
+    if let Some(g) = rule["remote_group_id"].as_str() {
+        a.push(format!("-m set --match-set {} {}", ipset_name(g), if ingress { "src" } else { "dst" }));
+    }
+    if let Some(proto) = rule["protocol"].as_str() {
+        a.push(format!("-p {proto} -m {proto}"));
+    }
+    match (rule["port_range_min"].as_u64(), rule["port_range_max"].as_u64()) {
+        (Some(lo), Some(hi)) if lo == hi => a.push(format!("--dport {lo}")),
+        (Some(lo), Some(hi)) => a.push(format!("-m multiport --dports {lo}:{hi}")),
+        (None, None) => {}
+        _ => bail!("rule {rule} has half a port range"),
+    }
+    a.push("-j RETURN".into());
+    Ok(a.join(" "))
+}
+
+/// The hybrid driver's ruleset for `ports`, as iptables-restore input (raw and filter).
+///
+/// raw: every frame from a port's tap or qvb gets the port's conntrack zone
+/// (one per port). filter: FORWARD goes to neutron-filter-top, then to
+/// neutron-openvswi-FORWARD, whose physdev matches send each port's bridged
+/// traffic to sg-chain; sg-chain sends frames leaving through a tap to the
+/// port's ingress chain (i), frames entering from a tap to its egress chain
+/// (o), and accepts what comes back. Each port chain first returns
+/// RELATED,ESTABLISHED, then the fixed DHCP allowances, then (o) the
+/// anti-spoofing chain (s: the port's IP and MAC), then one RETURN per rule
+/// in the group's order, then drops INVALID and sends the rest to
+/// sg-fallback, which drops.
+fn ruleset(ports: &[FwPort]) -> Result<String> {
+    let (fwd, sg, fallback) =
+        (format!("{PREFIX}-FORWARD"), format!("{PREFIX}-sg-chain"), format!("{PREFIX}-sg-fallback"));
+    let (input, output, local) =
+        (format!("{PREFIX}-INPUT"), format!("{PREFIX}-OUTPUT"), format!("{PREFIX}-local"));
+    let pre = format!("{PREFIX}-PREROUTING");
+    let mut raw = vec!["*raw".to_string(), format!(":{pre} - [0:0]"), format!("-A PREROUTING -j {pre}")];
+    let mut chains = vec![
+        "*filter".to_string(),
+        ":neutron-filter-top - [0:0]".into(),
+        format!(":{fwd} - [0:0]"),
+        format!(":{input} - [0:0]"),
+        format!(":{output} - [0:0]"),
+        format!(":{local} - [0:0]"),
+        format!(":{sg} - [0:0]"),
+        format!(":{fallback} - [0:0]"),
+    ];
+    let mut rules = vec![
+        format!("-A INPUT -j {input}"),
+        "-A FORWARD -j neutron-filter-top".into(),
+        format!("-A FORWARD -j {fwd}"),
+        "-A OUTPUT -j neutron-filter-top".into(),
+        format!("-A OUTPUT -j {output}"),
+        format!("-A neutron-filter-top -j {local}"),
+    ];
+    let mut port_rules = Vec::new();
+    for (k, p) in ports.iter().enumerate() {
+        let (tap, qvb) = (&p.device, format!("qvb{}", &p.device[3..]));
+        let zone = ZONE_START + k;
+        raw.push(format!("-A {pre} -m physdev --physdev-in {qvb} -j CT --zone {zone}"));
+        raw.push(format!("-A {pre} -i {qvb} -j CT --zone {zone}"));
+        raw.push(format!("-A {pre} -m physdev --physdev-in {tap} -j CT --zone {zone}"));
+        let (i, o, s) = (chain("i", tap), chain("o", tap), chain("s", tap));
+        chains.extend([format!(":{i} - [0:0]"), format!(":{o} - [0:0]"), format!(":{s} - [0:0]")]);
+        let bridged = "--physdev-is-bridged";
+        rules.push(format!("-A {fwd} -m physdev --physdev-out {tap} {bridged} -j {sg}"));
+        rules.push(format!("-A {fwd} -m physdev --physdev-in {tap} {bridged} -j {sg}"));
+        rules.push(format!("-A {input} -m physdev --physdev-in {tap} {bridged} -j {o}"));
+        port_rules.push(format!("-A {sg} -m physdev --physdev-out {tap} {bridged} -j {i}"));
+        port_rules.push(format!("-A {sg} -m physdev --physdev-in {tap} {bridged} -j {o}"));
+        let established = "-m state --state RELATED,ESTABLISHED -j RETURN";
+        let dhcp = "-p udp -m udp --sport 67 --dport 68 -j RETURN";
+        let mut ingress = vec![
+            established.to_string(),
+            format!("-d {}/32 {dhcp}", p.ip),
+            format!("-d 255.255.255.255/32 {dhcp}"),
+        ];
+        let mut egress = vec![
+            "-s 0.0.0.0/32 -d 255.255.255.255/32 -p udp -m udp --sport 68 --dport 67 -j RETURN".to_string(),
+            format!("-j {s}"),
+            "-p udp -m udp --sport 68 --dport 67 -j RETURN".into(),
+            "-p udp -m udp --sport 67 --dport 68 -j DROP".into(),
+            established.into(),
+        ];
+        for r in p.group.rules_json() {
+            let to = if r["direction"] == "ingress" { &mut ingress } else { &mut egress };
+            to.push(rule_args(&r)?);
+        }
+        for (name, list) in [(&i, ingress), (&o, egress)] {
+            port_rules.extend(list.into_iter().map(|r| format!("-A {name} {r}")));
+            port_rules.push(format!("-A {name} -m state --state INVALID -j DROP"));
+            port_rules.push(format!("-A {name} -j {fallback}"));
+        }
+        port_rules.push(format!(
+            "-A {s} -s {}/32 -m mac --mac-source {} -j RETURN",
+            p.ip,
+            p.mac.to_uppercase()
+        ));
+        port_rules.push(format!("-A {s} -j DROP"));
+    }
+    rules.extend(port_rules);
+    rules.push(format!("-A {sg} -j ACCEPT"));
+    rules.push(format!("-A {fallback} -j DROP"));
+    raw.push("COMMIT".into());
+    chains.extend(rules);
+    chains.push("COMMIT".into());
+    Ok([raw, chains].concat().join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hybrid_layout() {
+        let group = Group::of(Scenario::SameNodeSg10).unwrap();
+        let port = FwPort { device: tap_of(VMS[5].port_id), ip: VMS[5].ip, mac: VMS[5].mac, group };
+        let text = ruleset(&[port]).unwrap();
+        let i = "neutron-openvswi-ib0000011-0";
+        assert!(text.contains(&format!("-A {i} -m state --state RELATED,ESTABLISHED -j RETURN")), "{text}");
+        assert!(text.contains("-m physdev --physdev-in tapb0000011-0a -j CT --zone 1"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "-A {i} -m set --match-set NIPv45ec0000a-0000-4000-8000-00 src -j RETURN"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("-A {i} -p tcp -m tcp --dport 30000 -j RETURN")), "{text}");
+        assert!(
+            text.contains(&format!("-A {i} -s 172.16.0.1/32 -p udp -m udp --dport 9 -j RETURN")),
+            "{text}"
+        );
+        // Ten rules: one egress, eight misses and the members' rule.
+        assert_eq!(text.matches(&format!("-A {i} ")).count(), 3 + 9 + 2, "{text}");
+        assert!(text.contains(
+            "-A neutron-openvswi-sb0000011-0 -s 10.30.0.11/32 -m mac --mac-source FA:16:3E:30:00:11 -j RETURN"
+        ));
     }
 }

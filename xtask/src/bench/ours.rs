@@ -1,14 +1,14 @@
 //! The datapath on the same topologies, built with the topology tests' own
 //! cluster: two nodes (uplink eth2 on the physical bridge, eth1 on the VXLAN
 //! underlay), one agent each, a VLAN network and a VXLAN network, and the
-//! VMs of `plan::VMS`.
+//! VMs of `plan::VMS`; the security-group pairs' ports carry their group.
 
 use anyhow::{Result, bail};
 use datapath_tests::cluster::{Cluster, PortSpec, agents_json, network_json};
 use serde_json::{Value, json};
 
 use super::{
-    plan::{Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
+    plan::{Group, Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
     traffic::{Endpoint, Flow, napi_for_generator},
 };
 
@@ -34,9 +34,18 @@ impl Ours {
         let mut vx = network_json(VXLAN_NET, "bench-vxlan", "vxlan", Some(VNI));
         vx["mtu"] = json!(VXLAN_MTU);
         vx["provider:physical_network"] = Value::Null;
+        let groups: Vec<Group> = Scenario::SG.into_iter().filter_map(Group::of).collect();
+        let port_json = |(p, spec): (&PortSpec, &super::plan::VmSpec)| {
+            let mut v = p.to_json();
+            if let Some(g) = spec.group.and_then(Group::of) {
+                v["security_groups"] = json!([g.id]);
+            }
+            v
+        };
         c.write_bindings(&json!({
             "networks": [network_json(VLAN_NET, "bench-vlan", "vlan", Some(VLAN_SEGMENT)), vx],
-            "ports": ports.iter().map(PortSpec::to_json).collect::<Vec<_>>(),
+            "ports": ports.iter().zip(&VMS).map(port_json).collect::<Vec<_>>(),
+            "security_groups": groups.iter().map(Group::to_json).collect::<Vec<_>>(),
             "agents": agents_json(2),
         }))?;
         for (port, spec) in ports.into_iter().zip(&VMS) {
@@ -51,7 +60,7 @@ impl Ours {
         c.start_agent("node0")?;
         c.start_agent("node1")?;
         let ours = Self { cluster: c };
-        for sc in Scenario::ALL {
+        for sc in Scenario::ALL.into_iter().chain(Scenario::SG) {
             let (a, b) = sc.pair();
             let vms = &ours.cluster.vms;
             if !vms[a].reaches(&vms[b].port.ip) {

@@ -37,6 +37,8 @@ pub const RTT_BLOCKING_P50: Metric =
 /// The same, 99th percentile.
 pub const RTT_BLOCKING_P99: Metric =
     Metric { name: "rtt_blocking_p99_us", unit: "us", better: Better::Lower };
+/// New TCP connections completed per second (connect, then RST), one client.
+pub const CONNS: Metric = Metric { name: "new_tcp_conns_per_s", unit: "conn/s", better: Better::Higher };
 /// Busy time of the CPU that carries the whole 64-byte path, per received frame.
 pub const CPU_NS: Metric = Metric { name: "cpu_ns_per_pkt", unit: "ns", better: Better::Lower };
 /// `cpu_ns_per_pkt` minus that of a bare veth pair: what the path itself costs.
@@ -71,6 +73,11 @@ pub const TAP_TO_UP_P99: Metric = Metric { name: "tap_to_up_file_p99_ms", unit: 
 /// one node, not the hybrid chain: the datapath must not be slower than that either.
 pub const VS_PLAIN_BRIDGE: &str = "same-node-vs-plain-bridge";
 
+/// The datapath with 1,000 rules per port (`datapath`) against itself with 10 (`legacy` column).
+pub const SG_1000_VS_10: &str = "datapath-sg1000-vs-sg10";
+/// The datapath with security groups (`datapath`) against the same path without (`legacy` column).
+pub const SG_VS_NO_SG: &str = "datapath-sg100-vs-no-sg";
+
 /// One figure: the datapath's and the legacy chain's (None where it makes no sense).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -99,10 +106,16 @@ impl Record {
         }
     }
 
-    /// The minimum gain issue 6 asks for, if it sets one for this figure.
+    /// The minimum gain issue 6 (and issue 14, for security groups) asks for, if it sets one for this figure.
     pub fn goal(&self) -> Option<f64> {
         match (self.scenario.as_str(), self.metric.name) {
             ("same-node-vlan", "pps_64b") => Some(3.0),
+            ("same-node-sg100", "pps_64b") => Some(3.0),
+            ("same-node-sg100", "new_tcp_conns_per_s") => Some(2.0),
+            // "1,000 rules per port cost no more than 10 % over 10"
+            (SG_1000_VS_10, "pps_64b" | "new_tcp_conns_per_s") => Some(0.9),
+            // "TCP throughput with security groups not lower than without by more than 5 %"
+            (SG_VS_NO_SG, "tcp_gbps") => Some(0.95),
             // "at most half its p99 latency"
             ("same-node-vlan", "rtt_p99_us") => Some(2.0),
             ("cross-node-vlan", "pps_64b") => Some(2.0),
@@ -214,6 +227,8 @@ mod tests {
         assert_eq!(rec("cross-node-vxlan", PPS, None, None).goal(), None);
         let t = table(&[rec("same-node-vlan", PPS, Some(200.0), Some(100.0))]);
         assert!(t.contains(">= 3x: MISSED"), "{t}");
+        assert_eq!(rec(SG_1000_VS_10, PPS, None, None).goal(), Some(0.9));
+        assert_eq!(rec(SG_VS_NO_SG, TCP, None, None).goal(), Some(0.95));
     }
 
     #[test]

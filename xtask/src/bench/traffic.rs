@@ -1,7 +1,8 @@
-//! The three measurements on one flow between two VM namespaces, the same for
+//! The measurements on one flow between two VM namespaces, the same for
 //! both paths: 64-byte UDP frames per second (counted at the receiver, sent by
 //! the XDP live-frames generator and, as a cross-check, by trafgen), TCP
-//! throughput (iperf3) and round-trip latency (sockperf).
+//! throughput (iperf3), round-trip latency (sockperf) and new TCP connections
+//! per second (a connect loop of our own).
 //!
 //! The sender is pinned to one CPU and the receiving end to the other. A veth
 //! hands a frame to its peer in the sender's own softirq, so the whole 64-byte
@@ -10,20 +11,25 @@
 
 use std::{
     fs::File,
-    os::unix::process::CommandExt,
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use datapath_tests::netns::Netns;
+use datapath_tests::netns::{Netns, ThreadNetns};
 
-use super::{interrupt, stats, xdpgen::XdpGen};
+use super::{interrupt, plan::SINK_PORT, stats, xdpgen::XdpGen};
 
-/// UDP port of the 64-byte frames; the receiver drops it in its raw table.
-const SINK_PORT: &str = "9";
 const IPERF_PORT: &str = "5201";
+/// TCP port of the connection-rate server.
+const CONN_PORT: u16 = 7000;
+/// How long one connect may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 const SOCKPERF_PORT: &str = "11111";
 /// The sender runs before counting starts, so that queues and caches are warm.
 const WARMUP: Duration = Duration::from_millis(500);
@@ -69,6 +75,16 @@ pub struct Tcp {
     pub gbps: f64,
 }
 
+/// What the connection loop counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Conns {
+    /// Connections completed (handshake done) within the window.
+    pub done: u64,
+    /// Connects that failed or timed out within the window.
+    pub failed: u64,
+    pub per_s: f64,
+}
+
 /// sockperf round-trip percentiles, in microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Rtt {
@@ -96,6 +112,7 @@ pub fn check_tools() -> Result<()> {
         ("sockperf", "sockperf"),
         ("iperf3", "iperf3"),
         ("iptables", "iptables"),
+        ("ipset", "ipset"),
         ("taskset", "util-linux"),
         ("ethtool", "ethtool"),
         ("ss", "iproute2"),
@@ -113,7 +130,8 @@ impl Flow<'_> {
     /// Installs the receiver's drop rule and makes sure the path works: ARP is
     /// resolved and every bridge (or the datapath) has learned both MACs.
     pub fn prepare(&self, what: &str) -> Result<()> {
-        let rule = ["PREROUTING", "-p", "udp", "--dport", SINK_PORT, "-j", "DROP"];
+        let sink = SINK_PORT.to_string();
+        let rule = ["PREROUTING", "-p", "udp", "--dport", &sink, "-j", "DROP"];
         let check: Vec<&str> = ["iptables", "-t", "raw", "-C"].into_iter().chain(rule).collect();
         if !self.dst.ns.exec_output(&check)?.status.success() {
             // Dropped in the raw table, before conntrack and routing, so that the
@@ -190,8 +208,7 @@ impl Flow<'_> {
         let ip = |s: &str| -> Result<[u8; 4]> {
             Ok(s.parse::<std::net::Ipv4Addr>().with_context(|| format!("IPv4 address {s:?}"))?.octets())
         };
-        let port: u16 = SINK_PORT.parse()?;
-        let udp = frames::ipv4_udp(ip(self.src.ip)?, ip(self.dst.ip)?, port, port, &[0; 18]);
+        let udp = frames::ipv4_udp(ip(self.src.ip)?, ip(self.dst.ip)?, SINK_PORT, SINK_PORT, &[0; 18]);
         Ok(frames::eth(parse_mac(self.dst.mac)?, parse_mac(self.src.mac)?, 0x0800, &udp))
     }
 
@@ -249,6 +266,95 @@ impl Flow<'_> {
         Ok(Rtt { p50_us, p99_us })
     }
 
+    /// Makes the 64-byte frames' flow an answered one on stateful paths: one
+    /// datagram of the flow, then one back. Linux conntrack calls a UDP flow
+    /// ESTABLISHED only once it has seen a reply; the datapath's entry opens on
+    /// the first admitted packet either way.
+    pub fn answer_udp(&self) -> Result<()> {
+        let send = |from: &Endpoint, to: &Endpoint| -> Result<UdpSocket> {
+            let _in = ThreadNetns::enter(from.ns)?;
+            let sock = UdpSocket::bind((from.ip, SINK_PORT))
+                .with_context(|| format!("binding {}:{SINK_PORT} in {}", from.ip, from.ns.name()))?;
+            sock.send_to(&[0; 18], (to.ip, SINK_PORT)).with_context(|| format!("sending to {}", to.ip))?;
+            Ok(sock)
+        };
+        let _src = send(&self.src, &self.dst)?;
+        // Let the first datagram open its entries before the answer comes.
+        std::thread::sleep(Duration::from_millis(20));
+        let _dst = send(&self.dst, &self.src)?;
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
+    }
+
+    /// New TCP connections per second from src to dst over `window` (after a
+    /// warm-up): a client thread in src's namespace connects and closes with a
+    /// RST (no TIME_WAIT, so the ephemeral ports last), a server thread in
+    /// dst's accepts and closes. Each connection opens a tracked entry at both
+    /// ends of a stateful path, and its SYN meets the receiver's rules.
+    pub fn connections(&self, window: Duration) -> Result<Conns> {
+        let (sender_cpu, receiver_cpu) = cpus();
+        let addr: SocketAddr = format!("{}:{CONN_PORT}", self.dst.ip).parse()?;
+        let listener = {
+            let _in = ThreadNetns::enter(self.dst.ns)?;
+            TcpListener::bind(addr)
+                .with_context(|| format!("listening on {addr} in {}", self.dst.ns.name()))?
+        };
+        // A full accept queue drops SYNs, which the client would retry only after
+        // a second: a deep queue, and a server that sleeps only while none waits.
+        // SAFETY: listen(2) on our listening socket; a second call only resizes its queue.
+        if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("deepening the accept queue");
+        }
+        listener.set_nonblocking(true)?;
+        let stop = AtomicBool::new(false);
+        let dst_ip = self.dst.ip;
+        std::thread::scope(|s| -> Result<Conns> {
+            let server = s.spawn(|| -> Result<()> {
+                pin_thread(receiver_cpu)?;
+                let mut poll = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            // SAFETY: one valid pollfd; waits at most 50 ms, so `stop` is seen.
+                            unsafe { libc::poll(&mut poll, 1, 50) };
+                        }
+                        Err(e) => return Err(e).context("accepting"),
+                    }
+                }
+                Ok(())
+            });
+            let client = s.spawn(|| -> Result<Conns> {
+                let _in = ThreadNetns::enter(self.src.ns)?;
+                pin_thread(sender_cpu)?;
+                let start = Instant::now();
+                let (from, until) = (start + WARMUP, start + WARMUP + window);
+                let (mut done, mut failed) = (0, 0);
+                loop {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    let counted = now >= from;
+                    // A lost SYN is retried by the kernel only after a second; giving up
+                    // sooner keeps one loss from eating the window (it is counted).
+                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                        Ok(stream) => {
+                            reset_on_close(&stream);
+                            done += u64::from(counted);
+                        }
+                        Err(_) => failed += u64::from(counted),
+                    }
+                }
+                Ok(Conns { done, failed, per_s: done as f64 / window.as_secs_f64() })
+            });
+            let counted = client.join().map_err(|_| anyhow::anyhow!("the connecting thread panicked"));
+            stop.store(true, Ordering::Relaxed);
+            server.join().map_err(|_| anyhow::anyhow!("the accepting thread panicked"))??;
+            counted?.with_context(|| format!("connecting to {dst_ip}:{CONN_PORT}"))
+        })
+    }
+
     fn rx_packets(&self) -> Result<u64> {
         let out = self.dst.ns.exec(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])?;
         out.trim().parse().with_context(|| format!("rx_packets of eth0 in {}: {out:?}", self.dst.ns.name()))
@@ -266,6 +372,34 @@ impl Flow<'_> {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("nothing listens on port {port} in {} after 5 s", self.dst.ns.name())
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("pinning a thread");
+        }
+    }
+    Ok(())
+}
+
+/// Makes closing `stream` send a RST (SO_LINGER 0) instead of leaving it in TIME_WAIT.
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

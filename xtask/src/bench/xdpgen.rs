@@ -119,14 +119,7 @@ impl XdpGen {
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error()).context("setns into the sender's namespace");
                 }
-                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread (pid 0).
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-                        return Err(io::Error::last_os_error()).context("pinning the generator thread");
-                    }
-                }
+                super::traffic::pin_thread(cpu).context("pinning the generator thread")?;
                 // SAFETY: dev is NUL-terminated.
                 let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
                 if ifindex == 0 {
