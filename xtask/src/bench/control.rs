@@ -12,6 +12,13 @@
 //! VXLAN with l2population: one port of each network on this node (4,000) and
 //! 6,000 on 15 other hosts, each of which becomes an FDB entry behind its VTEP
 //! and an ARP responder entry here. That is 10,000 ports in this node's maps.
+//!
+//! With security groups, the same cloud has every port in two groups of five
+//! rules each: one that all 10,000 share, and its project's (one per ten
+//! networks), whose rules name the project's members. A rule added to (or
+//! removed from) the shared group changes every local port's policy; its time
+//! runs until the kernel's `SG_PORTS` holds the new policy, from either
+//! source. The memory figure then adds 100,000 tracked connections.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,6 +28,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use datapath_common::{CtEntry, CtKey, IP_FAMILY_V4};
 use datapath_tests::cluster::{PortSpec, agents_json, network_json, vtep_ip};
 use datapath_user::{
     bindings::{Bindings, Catalog},
@@ -32,6 +40,7 @@ use datapath_user::{
         notify::{FdbPort, NetworkFdb, Notification},
         plugin::{Details, DeviceDetails},
         ports::{NeutronState, Wired},
+        secgroups,
     },
     sync,
     tunnel::TUNNEL_DEVICE,
@@ -41,6 +50,12 @@ use serde_json::{Value, json};
 use super::{interrupt, stats};
 
 const REMOTE_HOSTS: usize = 15;
+/// The group every port of the security-group cloud is in.
+const SHARED_GROUP: &str = "5ec0a110-0000-4000-8000-000000000001";
+/// Networks per project (and project group).
+const NETWORKS_PER_PROJECT: usize = 10;
+/// Tracked connections in the memory figure.
+const CONNECTIONS: usize = 100_000;
 /// ifindex of the first local port's synthetic device.
 const FIRST_IFINDEX: u32 = 1000;
 
@@ -54,6 +69,12 @@ pub struct ControlPlane {
     pub change_neutron_ms: f64,
     pub change_neutron_1k_ms: f64,
     pub map_memory_mb: f64,
+    /// A rule change of the group every port is in, 10,000 ports present, from the file.
+    pub sg_rule_change_ms: f64,
+    /// The same from neutron.
+    pub sg_rule_change_neutron_ms: f64,
+    /// Every map with the security-group cloud and 100,000 tracked connections.
+    pub sg_map_memory_mb: f64,
     /// One line per reconcile kind, phase by phase, for the terminal and the docs.
     pub profile: Vec<String>,
 }
@@ -62,7 +83,7 @@ pub struct ControlPlane {
 pub fn measure(scratch: &Path, changes: usize) -> Result<ControlPlane> {
     let mut profile = Vec::new();
     let (program_10k, change_10k, neutron_10k, memory, empty) = {
-        let mut node = Node::new(scratch, "cp10k", 4_000, 10_000)?;
+        let mut node = Node::new(scratch, "cp10k", 4_000, 10_000, false)?;
         let empty = maps_memlock()?;
         let program = node.program()?;
         node.check_programmed()?;
@@ -77,7 +98,7 @@ pub fn measure(scratch: &Path, changes: usize) -> Result<ControlPlane> {
     profile
         .push(format!("one port change from neutron, 10,000 present (median): {}", neutron_10k.describe()));
     let (change_1k, neutron_1k) = {
-        let mut node = Node::new(scratch, "cp1k", 400, 1_000)?;
+        let mut node = Node::new(scratch, "cp1k", 400, 1_000, false)?;
         let program = node.program()?;
         node.check_programmed()?;
         profile.push(format!("program 1,000 ports on 400 networks: {}", program.describe()));
@@ -90,8 +111,36 @@ pub fn measure(scratch: &Path, changes: usize) -> Result<ControlPlane> {
         empty as f64 / 1e6,
         memory as f64 / 1e6
     ));
+    let (sg_program, sg_file, sg_neutron, sg_ports_mem, sg_ct_mem) = {
+        let mut node = Node::new(scratch, "cpsg", 4_000, 10_000, true)?;
+        let program = node.program()?;
+        node.check_programmed()?;
+        let ports = maps_memlock()?;
+        let file = node.rule_changes(changes, Source::File)?;
+        let neutron = node.rule_changes(changes, Source::Neutron)?;
+        node.fill_conntrack(CONNECTIONS)?;
+        (program, file, neutron, ports, maps_memlock()?)
+    };
+    profile.push(format!(
+        "program 10,000 ports in 2 groups of 5 rules each (4,000 local): {}",
+        sg_program.describe()
+    ));
+    profile.push(format!(
+        "rule change of the group all 10,000 ports are in, from the file (median): {}",
+        sg_file.describe()
+    ));
+    profile.push(format!("the same from neutron (median): {}", sg_neutron.describe()));
+    profile.push(format!(
+        "map memory with security groups: {:.1} MB with the 10,000 ports and their 10 rules, \
+         {:.1} MB with {CONNECTIONS} tracked connections more",
+        sg_ports_mem as f64 / 1e6,
+        sg_ct_mem as f64 / 1e6
+    ));
     let ms = |p: &Phases| p.total().as_secs_f64() * 1e3;
     Ok(ControlPlane {
+        sg_rule_change_ms: ms(&sg_file),
+        sg_rule_change_neutron_ms: ms(&sg_neutron),
+        sg_map_memory_mb: sg_ct_mem as f64 / 1e6,
         program_10k_s: program_10k.total().as_secs_f64(),
         change_ms: ms(&change_10k),
         change_1k_ms: ms(&change_1k),
@@ -161,10 +210,15 @@ struct Node {
     extra_details: DeviceDetails,
     /// The bindings as the agent's side holds them.
     catalog: Catalog,
+    /// With security groups: neutron's answer to security_group_info_for_devices
+    /// without and with the shared group's extra rule (the file's texts differ alike).
+    sg_answers: Option<[Value; 2]>,
 }
 
 impl Node {
-    fn new(scratch: &Path, tag: &str, networks: usize, ports: usize) -> Result<Self> {
+    /// `groups`: every port in the shared group and its project's; the two
+    /// texts then differ by a rule of the shared group instead of a port.
+    fn new(scratch: &Path, tag: &str, networks: usize, ports: usize, groups: bool) -> Result<Self> {
         let bindings = scratch.join(format!("{tag}-bindings.json"));
         let text = format!(
             "host = \"node0\"\nphysical_interface_mappings = [\"default:eth2\"]\nbindings = \"{}\"\n\
@@ -180,12 +234,17 @@ impl Node {
         for (i, p) in specs.iter().enumerate().filter(|(_, p)| p.host == "node0") {
             devices.insert(p.device(), FIRST_IFINDEX + i as u32);
         }
-        let texts = [
-            document(networks, &specs)?,
-            document(networks, &[specs.as_slice(), std::slice::from_ref(&extra)].concat())?,
-        ];
+        let texts = if groups {
+            [document(networks, &specs, Some(false))?, document(networks, &specs, Some(true))?]
+        } else {
+            [
+                document(networks, &specs, None)?,
+                document(networks, &[specs.as_slice(), std::slice::from_ref(&extra)].concat(), None)?,
+            ]
+        };
         std::fs::write(&bindings, &texts[0]).with_context(|| format!("writing {}", bindings.display()))?;
         let neutron = neutron_feed(&specs)?;
+        let sg_answers = groups.then(|| [sg_answer(&specs, false), sg_answer(&specs, true)]);
         let dp =
             Datapath::load_private().context("loading a private datapath for the control-plane figures")?;
         Ok(Self {
@@ -201,6 +260,7 @@ impl Node {
             neutron,
             extra_details: details_of(&extra)?,
             catalog: Catalog::default(),
+            sg_answers,
         })
     }
 
@@ -224,6 +284,20 @@ impl Node {
             bail!("the agent refused port {} ({}): {:?}", r.id, r.device, r.state);
         }
         Ok(p)
+    }
+
+    /// Writes the bindings text with (`add`) or without the change.
+    fn write_text(&self, add: bool) -> Result<()> {
+        std::fs::write(&self.bindings, &self.texts[usize::from(add)])
+            .with_context(|| format!("writing {}", self.bindings.display()))
+    }
+
+    /// Reads the file again, as the agent does on a change; returns the networks that changed.
+    fn reread_file(&mut self) -> Result<BTreeSet<String>> {
+        let new = self.read_file()?;
+        let changed = new.changed_since(&self.catalog);
+        self.catalog = new;
+        Ok(changed)
     }
 
     fn read_file(&self) -> Result<Catalog> {
@@ -250,18 +324,12 @@ impl Node {
             self.devices.remove(&dev);
         }
         if source == Source::File {
-            std::fs::write(&self.bindings, &self.texts[usize::from(add)])
-                .with_context(|| format!("writing {}", self.bindings.display()))?;
+            self.write_text(add)?;
         }
         let moved: BTreeSet<String> = [dev.clone()].into();
         let t = Instant::now();
         let networks = match source {
-            Source::File => {
-                let new = self.read_file()?;
-                let changed = new.changed_since(&self.catalog);
-                self.catalog = new;
-                changed
-            }
+            Source::File => self.reread_file()?,
             Source::Neutron => {
                 // The task: the tap seen (or gone), its details asked for and taken in,
                 // its network's bindings rebuilt; the agent takes the delta in.
@@ -302,6 +370,82 @@ impl Node {
         Ok(p)
     }
 
+    /// Times `n` changes that each add or remove the shared group's extra rule; returns the median one.
+    fn rule_changes(&mut self, n: usize, source: Source) -> Result<Phases> {
+        let answers = self.sg_answers.clone().context("a node without security groups")?;
+        if source == Source::Neutron {
+            self.neutron.take_delta()?;
+            self.neutron.sg_fetched(secgroups::parse(&answers[0])?);
+            self.adopt_neutron_view()?;
+        }
+        self.timed(n, |node, add| node.rule_change(source, add, &answers))
+    }
+
+    /// One change of the shared group: the extra rule added (`add`) or removed,
+    /// timed until the first local port's `SG_PORTS` entry names a new policy.
+    fn rule_change(&mut self, source: Source, add: bool, answers: &[Value; 2]) -> Result<Phases> {
+        interrupt::check()?;
+        let mut p = Phases::default();
+        let port = FIRST_IFINDEX;
+        let before =
+            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.policy;
+        if source == Source::File {
+            self.write_text(add)?;
+        }
+        let t = Instant::now();
+        let networks = match source {
+            Source::File => self.reread_file()?,
+            Source::Neutron => {
+                // The task: the notification, the groups asked for again (the RPC
+                // round trip aside), the answer taken in, the delta made.
+                let groups = vec![SHARED_GROUP.to_string()];
+                self.neutron.apply(&Notification::SecurityGroupRuleUpdated { security_groups: groups });
+                ensure!(self.neutron.sg_to_fetch().is_some(), "a rule update did not make the task ask");
+                self.neutron.sg_fetched(secgroups::parse(&answers[usize::from(add)])?);
+                let delta = self.neutron.take_delta()?.context("a rule change made no delta")?;
+                self.catalog.apply(delta)
+            }
+        };
+        p.parse = t.elapsed();
+        let t = Instant::now();
+        let none = BTreeSet::new();
+        let scope = Scope::Changed { networks: &networks, devices: &none };
+        let change = self.engine.update(&self.cfg, &self.catalog, &self.devices, scope);
+        p.derive = t.elapsed();
+        let t = Instant::now();
+        let done = sync::apply_known(&mut self.dp.maps, &change.diff);
+        let after =
+            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.policy;
+        p.apply = t.elapsed();
+        p.changes = done.changes;
+        if let Some(e) = done.errors.first() {
+            bail!("applying a rule change: {} map updates failed, first: {e}", done.errors.len());
+        }
+        ensure!(after != before, "a rule change left the first port's policy at {before}");
+        Ok(p)
+    }
+
+    /// Writes `n` connections into `CONNTRACK`, spread over the local ports, as the programs would.
+    fn fill_conntrack(&mut self, n: usize) -> Result<()> {
+        for i in 0..n {
+            let port = i % self.networks;
+            let key = CtKey {
+                ifindex: FIRST_IFINDEX + port as u32,
+                local_port: 80,
+                remote_port: (1024 + i / self.networks) as u16,
+                protocol: 6,
+                family: IP_FAMILY_V4,
+                _pad: [0; 2],
+                local: v4(10, 64 + port / 256, port % 256, 2),
+                remote: v4(172, 16 + i / 65536 % 16, i / 256 % 256, i % 256),
+            };
+            let entry =
+                CtEntry { created_ns: 0, last_seen_ns: 0, flags: 0, policy: 0, rule: 0, lifetime_s: 432_000 };
+            self.dp.maps.conntrack.insert(key, entry, 0).with_context(|| format!("connection {i}"))?;
+        }
+        Ok(())
+    }
+
     /// Every port is in the maps: local ones as ports and FDB entries, remote ones behind their VTEP.
     fn check_programmed(&self) -> Result<()> {
         let state = sync::read_state(&self.dp.maps)?;
@@ -321,34 +465,57 @@ impl Node {
     /// Times `n` reconciles that each add or remove one local port; returns the median one.
     fn changes(&mut self, n: usize, source: Source) -> Result<Phases> {
         if source == Source::Neutron {
-            // The same cloud told by neutron: the desired state must not move.
-            self.neutron.take_delta()?;
-            self.catalog = self.neutron.catalog().clone();
-            let change = self.engine.update(&self.cfg, &self.catalog, &self.devices, Scope::Full);
-            ensure!(
-                change.diff.is_empty(),
-                "neutron's view of the cloud differs from the file's in {} map entries",
-                change.diff.len()
-            );
+            self.adopt_neutron_view()?;
         }
+        self.timed(n, |node, add| node.change(source, add))
+    }
+
+    /// Takes the catalog from neutron's side (its pending delta taken first): the
+    /// same cloud told by neutron, so the desired state must not move.
+    fn adopt_neutron_view(&mut self) -> Result<()> {
+        self.neutron.take_delta()?;
+        self.catalog = self.neutron.catalog().clone();
+        let change = self.engine.update(&self.cfg, &self.catalog, &self.devices, Scope::Full);
+        ensure!(
+            change.diff.is_empty(),
+            "neutron's view of the cloud differs from the file's in {} map entries",
+            change.diff.len()
+        );
+        Ok(())
+    }
+
+    /// Runs `n` (at least two) changes that alternately add and remove; returns
+    /// the median one. Leaves the node as it was: without the addition.
+    fn timed(&mut self, n: usize, mut one: impl FnMut(&mut Self, bool) -> Result<Phases>) -> Result<Phases> {
         let mut samples = Vec::new();
         for k in 0..n.max(2) {
-            samples.push(self.change(source, k % 2 == 0)?);
+            samples.push(one(self, k % 2 == 0)?);
         }
         if samples.len() % 2 == 1 {
-            // Leave the node as it was: without the extra port.
-            self.change(source, false)?;
+            one(self, false)?;
         }
         self.check_programmed()?;
-        let totals: Vec<f64> = samples.iter().map(|p| p.total().as_secs_f64()).collect();
-        let mid = stats::median(&totals).unwrap_or(0.0);
-        Ok(*samples
-            .iter()
-            .min_by(|a, b| {
-                (a.total().as_secs_f64() - mid).abs().total_cmp(&(b.total().as_secs_f64() - mid).abs())
-            })
-            .expect("at least two samples"))
+        Ok(median_phases(&samples))
     }
+}
+
+/// The sample whose total is nearest the median (at least one sample).
+fn median_phases(samples: &[Phases]) -> Phases {
+    let totals: Vec<f64> = samples.iter().map(|p| p.total().as_secs_f64()).collect();
+    let mid = stats::median(&totals).unwrap_or(0.0);
+    *samples
+        .iter()
+        .min_by(|a, b| {
+            (a.total().as_secs_f64() - mid).abs().total_cmp(&(b.total().as_secs_f64() - mid).abs())
+        })
+        .expect("at least one sample")
+}
+
+/// An IPv4 address in a `CtKey`'s 16 bytes.
+fn v4(a: usize, b: usize, c: usize, d: usize) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(&[a as u8, b as u8, c as u8, d as u8]);
+    out
 }
 
 /// Neutron's side of the same cloud: the details of node0's ports, and
@@ -399,10 +566,95 @@ fn vni(n: usize) -> u32 {
     10_000 + n as u32
 }
 
-/// The VNI of the network whose id `network_id` made: it starts with n + 1 in hex.
+/// The VNI of the network whose id `network_id` made.
 fn segment_of(id: &str) -> Result<u32> {
+    Ok(vni(network_index(id)?))
+}
+
+/// n of the network whose id `network_id` made: it starts with n + 1 in hex.
+fn network_index(id: &str) -> Result<usize> {
     let n = id.get(..8).and_then(|h| usize::from_str_radix(h, 16).ok()).filter(|n| *n > 0);
-    Ok(vni(n.with_context(|| format!("{id:?} is not a synthetic network id"))? - 1))
+    Ok(n.with_context(|| format!("{id:?} is not a synthetic network id"))? - 1)
+}
+
+/// The project group of the ports of network `n`.
+fn project_group(n: usize) -> String {
+    let k = n / NETWORKS_PER_PROJECT + 1;
+    format!("{k:08x}-5ec0-4000-8000-{k:012x}")
+}
+
+/// The groups of the security-group cloud by id, each with its rules (without ids,
+/// as neutron sends them): the shared one (with `extra`, one rule more), then each project's.
+fn groups(networks: usize, extra: bool) -> Vec<(String, Vec<Value>)> {
+    let tcp = |port: u16| {
+        json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                                 "port_range_min": port, "port_range_max": port})
+    };
+    let mut shared = vec![
+        json!({"direction": "egress", "ethertype": "IPv4"}),
+        json!({"direction": "egress", "ethertype": "IPv6"}),
+        json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22,
+               "port_range_max": 22, "remote_ip_prefix": "192.0.2.0/24"}),
+        json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "icmp"}),
+        tcp(443),
+    ];
+    if extra {
+        shared.push(tcp(8080));
+    }
+    let mut out = vec![(SHARED_GROUP.to_string(), shared)];
+    for k in 0..networks.div_ceil(NETWORKS_PER_PROJECT) {
+        let id = project_group(k * NETWORKS_PER_PROJECT);
+        let mut mysql = tcp(3306);
+        mysql["remote_group_id"] = json!(id);
+        out.push((
+            id.clone(),
+            vec![
+                json!({"direction": "ingress", "ethertype": "IPv4", "remote_group_id": id}),
+                json!({"direction": "ingress", "ethertype": "IPv6", "remote_group_id": id}),
+                tcp(80),
+                json!({"direction": "ingress", "ethertype": "IPv4", "protocol": "udp", "port_range_min": 53,
+                   "port_range_max": 53, "remote_ip_prefix": "10.0.0.0/8"}),
+                mysql,
+            ],
+        ));
+    }
+    out
+}
+
+/// The groups port `p` is in: the shared one and its project's.
+fn groups_of(p: &PortSpec) -> Result<[String; 2]> {
+    Ok([SHARED_GROUP.to_string(), project_group(network_index(&p.network_id)?)])
+}
+
+/// What neutron's security_group_info_for_devices answers for node0's ports
+/// of the security-group cloud (with or without the shared group's extra rule).
+fn sg_answer(specs: &[PortSpec], extra: bool) -> Value {
+    let networks = specs.iter().filter(|p| p.host == "node0").count();
+    let mut devices = serde_json::Map::new();
+    let mut members: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in specs {
+        let Ok(groups) = groups_of(p) else { continue };
+        members.entry(groups[1].clone()).or_default().push(json!([p.ip, p.mac]));
+        if p.host == "node0" {
+            devices.insert(p.id.clone(), json!({"id": p.id, "fixed_ips": [p.ip], "security_groups": groups}));
+        }
+    }
+    let groups: serde_json::Map<String, Value> = groups(networks, extra)
+        .into_iter()
+        .map(|(id, rules)| {
+            let rules = rules
+                .into_iter()
+                .map(|mut r| {
+                    r["stateful"] = json!(true);
+                    r
+                })
+                .collect();
+            (id, Value::Array(rules))
+        })
+        .collect();
+    let member_ips: serde_json::Map<String, Value> =
+        members.into_iter().map(|(id, ips)| (id, json!({"IPv4": ips, "IPv6": []}))).collect();
+    json!({"devices": devices, "security_groups": groups, "sg_member_ips": member_ips})
 }
 
 fn network_id(n: usize) -> String {
@@ -419,8 +671,9 @@ fn port(i: usize, networks: usize, local: bool) -> PortSpec {
     PortSpec::vm(&id, &network_id(n), &mac, &ip, &host)
 }
 
-/// The bindings document: the VXLAN networks, `ports` and every host's agent.
-fn document(networks: usize, ports: &[PortSpec]) -> Result<String> {
+/// The bindings document: the VXLAN networks, `ports` and every host's agent;
+/// with `groups` (Some(extra rule)), the groups and each port's.
+fn document(networks: usize, ports: &[PortSpec], groups: Option<bool>) -> Result<String> {
     let nets: Vec<Value> = (0..networks)
         .map(|n| {
             let mut v = network_json(&network_id(n), &format!("net{n}"), "vxlan", Some(vni(n)));
@@ -429,11 +682,31 @@ fn document(networks: usize, ports: &[PortSpec]) -> Result<String> {
             v
         })
         .collect();
-    let doc = json!({
+    let mut doc = json!({
         "networks": nets,
         "ports": ports.iter().map(PortSpec::to_json).collect::<Vec<_>>(),
         "agents": agents_json(1 + REMOTE_HOSTS),
     });
+    if let Some(extra) = groups {
+        for (v, p) in doc["ports"].as_array_mut().into_iter().flatten().zip(ports) {
+            v["security_groups"] = json!(groups_of(p)?);
+        }
+        let list: Vec<Value> = self::groups(networks, extra)
+            .into_iter()
+            .map(|(id, rules)| {
+                let rules: Vec<Value> = rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| {
+                        r["id"] = json!(format!("{id}#{i}"));
+                        r
+                    })
+                    .collect();
+                json!({"id": id, "stateful": true, "security_group_rules": rules})
+            })
+            .collect();
+        doc["security_groups"] = json!(list);
+    }
     serde_json::to_string(&doc).context("serialising the synthetic bindings")
 }
 
@@ -472,7 +745,7 @@ mod tests {
         for (i, p) in specs.iter().enumerate().filter(|(_, p)| p.host == "node0") {
             devices.insert(p.device(), FIRST_IFINDEX + i as u32);
         }
-        let file = Bindings::parse_str(&document(networks, &specs).unwrap(), "test").unwrap();
+        let file = Bindings::parse_str(&document(networks, &specs, None).unwrap(), "test").unwrap();
         let mut engine = Engine::new(Allocations::default());
         engine.update(&cfg, &Catalog::split(file), &devices, Scope::Full);
         let mut st = neutron_feed(&specs).unwrap();

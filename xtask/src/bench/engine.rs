@@ -284,6 +284,9 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     records.push(control(report::CHANGE_NEUTRON, cp.change_neutron_ms));
     records.push(control(report::CHANGE_NEUTRON_1K, cp.change_neutron_1k_ms));
     records.push(control(report::MAP_MEMORY, cp.map_memory_mb));
+    records.push(control(report::SG_RULE_CHANGE, cp.sg_rule_change_ms));
+    records.push(control(report::SG_RULE_CHANGE_NEUTRON, cp.sg_rule_change_neutron_ms));
+    records.push(control(report::SG_MAP_MEMORY, cp.sg_map_memory_mb));
     let wired = |metric: Metric, samples: &[f64], q: f64| Record {
         scenario: "wiring".into(),
         metric,
