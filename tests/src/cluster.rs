@@ -122,9 +122,9 @@ impl Vm {
         self.ns.exec(&["ping", "-c", &c, "-i", "0.2", "-W", "1", "-I", src, ip]).is_ok()
     }
 
-    /// Pings until one answer comes back or `timeout` passes.
+    /// Pings until one answer comes back or `timeout` (times `patience()`) passes.
     pub fn ping_until(&self, ip: &str, timeout: Duration) -> bool {
-        let start = Instant::now();
+        let (start, timeout) = (Instant::now(), timeout * crate::patience());
         while start.elapsed() < timeout {
             if self.ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok() {
                 return true;

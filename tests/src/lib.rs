@@ -40,9 +40,23 @@ pub fn require_root() {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+/// How many times longer than on the host a wait for something that must
+/// happen may take here: `DATAPATH_TEST_PATIENCE` (1 to 10; 1 when unset).
+/// The lts-kernel layer sets it in its emulated guest, where everything
+/// (program loads above all) runs several times slower. Speed is never
+/// what these waits test; windows in which something must not happen are
+/// not stretched by it.
+pub fn patience() -> u32 {
+    static PATIENCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PATIENCE.get_or_init(|| {
+        std::env::var("DATAPATH_TEST_PATIENCE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 10)
+    })
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` (times `patience()`)
+/// passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * patience();
     loop {
         if cond() {
             return true;
@@ -57,7 +71,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Polls `cond` until it holds; panics naming `what` if `timeout` passes
 /// first. For positive waits whose failure is the test's failure.
 pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
-    assert!(wait_until(timeout, cond), "timed out after {timeout:?} waiting for {what}");
+    assert!(wait_until(timeout, cond), "timed out after {:?} waiting for {what}", timeout * patience());
 }
 
 /// A number unique within this process; combined with the pid it makes names

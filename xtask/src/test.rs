@@ -247,6 +247,9 @@ fn relay(out: impl std::io::Read, what: &str) -> Result<Tally> {
     Ok(tally)
 }
 
+/// How many times longer the lts-kernel guest's tests may wait for what must happen.
+const GUEST_PATIENCE: &str = "3";
+
 /// The program and topology test binaries, run inside a VM on the guest kernel.
 fn run_in_guest(
     guest: &vm::Guest,
@@ -262,6 +265,10 @@ fn run_in_guest(
     }
     let mut env = vec![("DATAPATH_BIN", bin), ("DATAPATH_EBPF_OBJ", obj)];
     env.extend(next.map(|n| ("DATAPATH_BIN_ABI_NEXT", n)));
+    // The guest is emulated (TCG), several times slower than the host: its
+    // tests' positive waits (a ping answered, an agent's first reconcile)
+    // get that much longer; see `datapath_tests::patience`.
+    env.push(("DATAPATH_TEST_PATIENCE", Path::new(GUEST_PATIENCE)));
     step("lts-kernel tests", &format!("{} test binaries in a {} guest", binaries.len(), guest.release));
     let mut tally = Tally::default();
     let code = vm::run_suite(guest, &binaries, &env, extra, |line| tally.echo(line))?;
