@@ -62,22 +62,20 @@ pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>> {
                 size_of::<BatchAttr>() as libc::c_uint,
             )
         };
-        let err = (rc < 0).then(io::Error::last_os_error);
-        match err.as_ref().and_then(io::Error::raw_os_error) {
+        // ENOENT: the walk is over, with the last call's entries in.
+        let done = match (rc < 0).then(io::Error::last_os_error) {
+            None => false,
             // A bucket holds more entries than `chunk`: ask for more at once.
-            Some(libc::ENOSPC) => {
+            Some(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 chunk *= 4;
                 continue;
             }
-            Some(libc::ENOENT) | None => {}
-            Some(_) => {
-                bail!("BPF_MAP_LOOKUP_BATCH on map fd {fd}: {}", err.expect("an errno comes with an error"))
-            }
-        }
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Some(e) => bail!("BPF_MAP_LOOKUP_BATCH on map fd {fd}: {e}"),
+        };
         let n = (attr.count as usize).min(chunk);
         out.extend(keys.into_iter().zip(values).take(n));
-        if err.is_some() {
-            // ENOENT: the walk is over, with the last call's entries in.
+        if done {
             return Ok(out);
         }
         cursor = next;

@@ -9,7 +9,7 @@ use datapath_common::DropReason;
 use datapath_tests::{
     capture::Capture,
     cluster::{Cluster, PortSpec},
-    netns::{Netns, ThreadNetns},
+    netns::tcp_connects,
     neutron::{AGENT_TYPE, Neutron, Provider},
     pinned::{ifindex_in, port_view},
     wait_until,
@@ -338,7 +338,8 @@ fn security_groups_from_neutron_filter_and_follow_rule_changes() {
     )
     .unwrap();
     let to_c = format!("{}:8080", cc.ip);
-    let connects = |from: usize| tcp_connects(&c.vms[from].ns, &c.vms[ic].ns, &to_c);
+    let connects =
+        |from: usize| tcp_connects(&c.vms[from].ns, &c.vms[ic].ns, &to_c, Duration::from_secs(2)).unwrap();
     let ok = wait_until(Duration::from_secs(20), || connects(ia));
     assert!(ok, "a, in the address group, did not reach c's 8080: {}", logs(&c, &n));
     assert!(!connects(ib), "b is in no address of the group");
@@ -349,18 +350,6 @@ fn security_groups_from_neutron_filter_and_follow_rule_changes() {
     api.request("PUT", &ag_path("remove_addresses"), Some(&body(&a))).unwrap();
     let ok = wait_until(Duration::from_secs(20), || connects(ib) && !connects(ia));
     assert!(ok, "the address group's new addresses did not take effect: {}", logs(&c, &n));
-}
-
-/// Whether a TCP connection from `client` to `addr`, listened on in `server`, opens within 2 s.
-fn tcp_connects(client: &Netns, server: &Netns, addr: &str) -> bool {
-    let listener = {
-        let _in = ThreadNetns::enter(server).unwrap();
-        std::net::TcpListener::bind(addr).unwrap()
-    };
-    let _in = ThreadNetns::enter(client).unwrap();
-    let ok = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok();
-    drop(listener);
-    ok
 }
 
 /// Fails unless every listed agent is reported alive (helper for the bus test).

@@ -243,6 +243,20 @@ impl Drop for ThreadNetns {
     }
 }
 
+/// Whether a TCP connection from `client` to `addr`, listened on in
+/// `server`, opens within `timeout`. An error is the setup's (a namespace
+/// not entered, an address not bound), never the answer.
+pub fn tcp_connects(client: &Netns, server: &Netns, addr: &str, timeout: Duration) -> Result<bool> {
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
+    let _listener = {
+        let _in = ThreadNetns::enter(server)?;
+        std::net::TcpListener::bind(sock)
+            .with_context(|| format!("listening on {addr} in {}", server.name()))?
+    };
+    let _in = ThreadNetns::enter(client)?;
+    Ok(std::net::TcpStream::connect_timeout(&sock, timeout).is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

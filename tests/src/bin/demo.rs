@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use datapath_tests::{
     capture::Capture,
     cluster::{Cluster, PortSpec, datapath_bin, network_json},
-    netns::ThreadNetns,
+    netns::tcp_connects,
     neutron::{Neutron, Provider},
     wait_until,
 };
@@ -195,7 +195,8 @@ fn run(pause: bool) -> Result<()> {
         bail!("vm-2's groups did not take effect within 15 s");
     }
     for port in [22, 80] {
-        let connected = tcp_connects(&c, a, b, &vm2.ip, port);
+        let (client, server) = (&c.vms[a].ns, &c.vms[b].ns);
+        let connected = tcp_connects(client, server, &format!("{}:{port}", vm2.ip), Duration::from_secs(2))?;
         println!("vm-1 -> vm-2 tcp {port}: {}", if connected { "connected" } else { "no answer (dropped)" });
     }
 
@@ -208,21 +209,6 @@ fn run(pause: bool) -> Result<()> {
     datapath(&c, "node1", &["stats", "--port", &vm2.device()])?;
 
     finish(pause)
-}
-
-/// Whether a TCP connection from VM `from` to `ip:port`, listened on in VM `to`, opens within 2 s.
-fn tcp_connects(c: &Cluster, from: usize, to: usize, ip: &str, port: u16) -> bool {
-    let addr = format!("{ip}:{port}");
-    let listener = {
-        let Ok(_in) = ThreadNetns::enter(&c.vms[to].ns) else { return false };
-        let Ok(l) = std::net::TcpListener::bind(&addr) else { return false };
-        l
-    };
-    let Ok(_in) = ThreadNetns::enter(&c.vms[from].ns) else { return false };
-    let Ok(sock) = addr.parse() else { return false };
-    let ok = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).is_ok();
-    drop(listener);
-    ok
 }
 
 fn finish(pause: bool) -> Result<()> {
