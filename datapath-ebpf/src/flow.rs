@@ -41,10 +41,7 @@ pub struct Flow {
 }
 
 /// Whether `proto` has ports that security-group rules match.
-#[inline(always)]
-pub fn has_ports(proto: u8) -> bool {
-    datapath_common::proto_has_ports(proto)
-}
+pub use datapath_common::proto_has_ports as has_ports;
 
 /// Whether `proto` is the ICMP of `family`.
 #[inline(always)]

@@ -4,7 +4,7 @@
 //! copy), so this is where the port's ingress security-group rules apply.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS, SG_JUDGED_NONE};
+use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS};
 
 use crate::{
     maps::PORTS,
@@ -32,8 +32,7 @@ pub fn try_vm_port_out(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, Drop
         return Ok(PASS);
     }
     let eth = Eth::parse(&Pkt::linear(ctx))?;
-    let (dry_run, trace) = (meta.dry_run, meta.trace);
-    let mut at = At { ifindex, dir: SG_DIR_INGRESS, dry_run, trace, judged: SG_JUDGED_NONE };
+    let mut at = At::new(ifindex, SG_DIR_INGRESS, meta);
     secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
     Ok(PASS)
 }

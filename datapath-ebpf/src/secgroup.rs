@@ -12,7 +12,7 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use datapath_common::{
     DropReason, FragKey, IP_FAMILY_V4, IP_FAMILY_V6, SG_DIR_INGRESS, SG_F_IPV6, SG_F_STATEFUL,
-    SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_TRACKED, SG_PORT_KEY_FIXED_BITS,
+    SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED, SG_PORT_KEY_FIXED_BITS,
     SG_REMOTE_KEY_FIXED_BITS, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6,
 };
 
@@ -27,6 +27,7 @@ use crate::{
         IPPROTO_ICMPV6, IPPROTO_UDP,
     },
     trace,
+    verdict::Meta,
 };
 
 /// The port a packet meets and which way it goes.
@@ -42,6 +43,14 @@ pub struct At {
     /// a `Result` with a payload would come back through memory, where the
     /// verifier loses the range of the drop reason.
     pub judged: u32,
+}
+
+impl At {
+    /// The port at `ifindex`, packets going `dir` (`SG_DIR_*`), in the run `meta` describes.
+    #[inline(always)]
+    pub fn new(ifindex: u32, dir: u8, meta: &Meta) -> Self {
+        Self { ifindex, dir, dry_run: meta.dry_run, trace: meta.trace, judged: SG_JUDGED_NONE }
+    }
 }
 
 /// Applies the security groups of a port with `PORT_F_SECGROUPS` (the

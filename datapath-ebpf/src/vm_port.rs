@@ -5,7 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
     DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_SECGROUPS,
-    SG_DIR_EGRESS, SG_JUDGED_NONE,
+    SG_DIR_EGRESS,
 };
 
 use crate::{
@@ -70,8 +70,7 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
         parse::check_ip(ctx, &pkt, eth.ethertype, ETH_LEN)?;
     }
     if port.flags & PORT_F_SECGROUPS != 0 {
-        let (dry_run, trace) = (meta.dry_run, meta.trace);
-        let mut at = secgroup::At { ifindex, dir: SG_DIR_EGRESS, dry_run, trace, judged: SG_JUDGED_NONE };
+        let mut at = secgroup::At::new(ifindex, SG_DIR_EGRESS, meta);
         secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
     }
     bridge(ctx, meta, port.net_index, ifindex, &eth)
