@@ -176,6 +176,27 @@ pub const SG_JUDGED_ALLOWANCE: u32 = u32::MAX - 1;
 /// `TraceRecord::sg_judged`: a later fragment, judged as its first fragment was.
 pub const SG_JUDGED_FRAGMENT: u32 = u32::MAX - 2;
 
+/// Rule tables a port holds in `SgPort` (a power of two, so that a slot
+/// masks into range).
+pub const SG_PORT_TABLES: usize = 8;
+/// Rules one table may hold: a rule index fits below the slot in `sg_judged_rule`.
+pub const SG_MAX_TABLE_RULES: u32 = 1 << 24;
+
+/// `TraceRecord::sg_judged` of rule `rule` of the port's table in `slot`:
+/// never one of the `SG_JUDGED_*` values.
+#[inline(always)]
+pub const fn sg_judged_rule(slot: u32, rule: u32) -> u32 {
+    (slot & (SG_PORT_TABLES as u32 - 1)) << 24 | ((rule & (SG_MAX_TABLE_RULES - 1)) + 1)
+}
+
+/// The (slot, rule) that `sg_judged_rule` made, or None for an `SG_JUDGED_*` value.
+pub const fn sg_judged_parts(judged: u32) -> Option<(u32, u32)> {
+    match judged {
+        SG_JUDGED_NONE | SG_JUDGED_TRACKED | SG_JUDGED_ALLOWANCE | SG_JUDGED_FRAGMENT => None,
+        j => Some((j >> 24, (j & (SG_MAX_TABLE_RULES - 1)) - 1)),
+    }
+}
+
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -351,20 +372,27 @@ shared! {
         pub _pad: u32,
     }
 
-    /// Value of `SG_PORTS` (key: ifindex `u32`): the port's policy.
-    pub struct SgPort [8] {
-        /// The policy's id in `SG_RULE_PORTS` and `SG_REMOTE_*`. A changed
-        /// policy gets a new id, written whole before the port points at it.
-        pub policy: u32,
+    /// Value of `SG_PORTS` (key: ifindex `u32`): the port's rule tables,
+    /// one per security group (`SG_PORT_TABLES` at most; a port with more
+    /// groups has the rest compiled into its last table). A packet passes
+    /// when any of them admits it.
+    pub struct SgPort [40] {
+        /// Table ids in `SG_RULE_PORTS` and `SG_REMOTE_*`, the first `count`
+        /// used. A changed group gets a new table id, its table written
+        /// whole before the ports point at it.
+        pub tables: [u32; SG_PORT_TABLES],
+        /// Tables in use: 0 for a port whose group list is empty (it admits
+        /// only the fixed allowances).
+        pub count: u32,
         /// `SG_F_*`.
         pub flags: u32,
     }
 
-    /// LPM data of `SG_RULE_PORTS`: (policy, direction, family, protocol)
+    /// LPM data of `SG_RULE_PORTS`: (table, direction, family, protocol)
     /// exactly, then a block of destination ports (ICMP: type << 8 | code).
     /// Value: the class (the set of rules whose ports hold the block).
     pub struct SgPortKey [12] {
-        pub policy: u32,
+        pub table: u32,
         /// `SG_DIR_*`.
         pub direction: u8,
         /// `IP_FAMILY_*`.
@@ -378,17 +406,18 @@ shared! {
         pub _pad: [u8; 2],
     }
 
-    /// LPM data of `SG_REMOTE_V4`: (policy, class) exactly, then the remote
-    /// address. Value: the index of the first rule of the policy that admits it.
+    /// LPM data of `SG_REMOTE_V4`: (table, class) exactly, then the remote
+    /// address. Value: the index of the first rule of the table that admits
+    /// it (below `SG_MAX_TABLE_RULES`).
     pub struct SgRemoteKeyV4 [12] {
-        pub policy: u32,
+        pub table: u32,
         pub class: u32,
         pub addr: [u8; 4],
     }
 
     /// LPM data of `SG_REMOTE_V6`, as `SgRemoteKeyV4`.
     pub struct SgRemoteKeyV6 [24] {
-        pub policy: u32,
+        pub table: u32,
         pub class: u32,
         pub addr: [u8; 16],
     }
@@ -420,9 +449,9 @@ shared! {
         pub last_seen_ns: u64,
         /// `CT_F_*`.
         pub flags: u32,
-        /// The policy that admitted the connection (0: a fixed allowance).
-        pub policy: u32,
-        /// The index of the rule in that policy that admitted it.
+        /// The rule table that admitted the connection (0: a fixed allowance).
+        pub table: u32,
+        /// The index of the rule in that table that admitted it.
         pub rule: u32,
         /// How long the entry lives without packets: `ct_lifetime_ns` of its
         /// protocol and flags, in seconds, set whenever the flags change.
@@ -453,7 +482,7 @@ shared! {
         /// Node-local network index the frame was classified into.
         pub net_index: u32,
         /// What admitted it past the port's security groups: `SG_JUDGED_*`,
-        /// or the index + 1 of the policy's rule (the port's `SG_PORTS` policy).
+        /// or a rule of one of the port's tables (`sg_judged_rule`).
         pub sg_judged: u32,
         pub targets: [TraceTarget; MAX_TRACE_TARGETS],
     }

@@ -175,17 +175,17 @@ pub fn opens(flow: &Flow) -> bool {
     flow.icmp == ICMP_NONE || flow.icmp == ICMP_ECHO_REQUEST
 }
 
-/// Opens an entry for a connection admitted by `rule` of `policy` (0, 0: a
-/// fixed allowance). A full table refuses it: `CtFull`.
+/// Opens an entry for a connection admitted by `rule` of rule table `table`
+/// (0, 0: a fixed allowance). A full table refuses it: `CtFull`.
 #[inline(always)]
-pub fn open(side: &Side, key: &CtKey, policy: u32, rule: u32) -> Result<(), DropReason> {
+pub fn open(side: &Side, key: &CtKey, table: u32, rule: u32) -> Result<(), DropReason> {
     if side.dry_run {
         return Ok(());
     }
     let now = now();
     let flags = if side.dir == SG_DIR_INGRESS { CT_F_INGRESS } else { 0 };
     let lifetime_s = lifetime_s(key.protocol, flags);
-    let entry = CtEntry { created_ns: now, last_seen_ns: now, flags, policy, rule, lifetime_s };
+    let entry = CtEntry { created_ns: now, last_seen_ns: now, flags, table, rule, lifetime_s };
     CONNTRACK.insert(key, entry, 0).map_err(|_| DropReason::CtFull)
 }
 

@@ -23,7 +23,7 @@ use crate::{
     desired::SecurityLayer,
     learned::monotonic_ns,
     loader::Maps,
-    policy::{Packet, reference::first_admitting},
+    policy::Packet,
 };
 
 /// Which ports' connections a sweep re-checks against their policy.
@@ -83,14 +83,14 @@ pub fn opening_packet(k: &CtKey, e: &CtEntry) -> Packet {
     }
 }
 
-/// Whether the port's policy (in `security`) still admits the connection.
+/// Whether the port's tables (in `security`) still admit the connection.
 pub fn still_admitted(security: &SecurityLayer, k: &CtKey, e: &CtEntry) -> bool {
-    let Some(policy) = security.policy(k.ifindex) else { return false };
-    if !policy.stateful {
+    let Some(port) = security.port(k.ifindex) else { return false };
+    if !port.stateful() {
         return false;
     }
     // Opened by a fixed allowance, which no change takes away.
-    e.policy == 0 || first_admitting(policy, &opening_packet(k, e)).is_some()
+    e.table == 0 || port.admits(&opening_packet(k, e))
 }
 
 /// Deletes expired entries and cuts the connections that `recheck` names

@@ -27,7 +27,7 @@ use datapath_common::{
     ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey,
     DropReason, FDB_F_LOCAL, PORT_F_SECGROUPS, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
     SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC,
-    TraceRecord, names,
+    TraceRecord, names, sg_judged_parts,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -190,7 +190,7 @@ impl Agent {
             if only.is_some_and(|i| i != Some(k.ifindex)) {
                 continue;
             }
-            let rule = match e.policy {
+            let rule = match e.table {
                 0 => "fixed allowance".to_string(),
                 id => self.engine.security().rule_id(id, e.rule).unwrap_or("-").to_string(),
             };
@@ -256,12 +256,13 @@ impl Agent {
             SG_JUDGED_ALLOWANCE => "a fixed allowance (DHCP, NDP)".into(),
             SG_JUDGED_FRAGMENT => "a later fragment: its datagram's first fragment decides".into(),
             n => {
-                let rule = n - 1;
-                // The policy the run used is the port's: the trace ran against the live maps.
-                let policy = self.dp.maps.synced.sg_ports.get(&ifindex, 0).map(|p| p.policy).unwrap_or(0);
-                match self.engine.security().rule_id(policy, rule) {
+                let (slot, rule) = sg_judged_parts(n)?;
+                // The tables the run used are the port's: the trace ran against the live maps.
+                let port = self.dp.maps.synced.sg_ports.get(&ifindex, 0).ok();
+                let table = port.and_then(|p| p.tables.get(slot as usize).copied()).unwrap_or(0);
+                match self.engine.security().rule_id(table, rule) {
                     Some(id) => format!("admitted by rule {id}"),
-                    None => format!("admitted by rule {rule} of policy {policy} (no longer in force)"),
+                    None => format!("admitted by rule {rule} of table {table} (no longer in force)"),
                 }
             }
         })

@@ -6,14 +6,14 @@
 use aya::maps::IterableMap;
 use datapath_common::{
     CtEntry, CtKey, DropReason, MAX_CONNTRACK, SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE,
-    SG_JUDGED_TRACKED, names,
+    SG_JUDGED_TRACKED, names, sg_judged_parts,
 };
 use datapath_tests::program::Bench;
 use datapath_user::{
     batch,
     bindings::Bindings,
     frames::*,
-    policy::{Members, expand},
+    policy::{Members, expand_groups, table_slots},
 };
 
 use crate::scenario::CONFIG;
@@ -30,7 +30,7 @@ const BINDINGS: &str = r#"{
    "security_groups": ["web"]},
   {"id": "b0000000-0b00-4000-8000-000000000001", "network_id": "11111111-1111-4111-8111-111111111111", "mac_address": "fa:16:3e:00:00:0b",
    "fixed_ips": [{"ip_address": "10.10.10.3"}], "device_owner": "compute:nova", "binding:host_id": "node0",
-   "security_groups": ["db"]},
+   "security_groups": ["db", "admin"]},
   {"id": "5a000000-5a00-4000-8000-000000000001", "network_id": "11111111-1111-4111-8111-111111111111", "mac_address": "fa:16:3e:00:00:5a",
    "fixed_ips": [{"ip_address": "10.10.10.6"}], "device_owner": "compute:nova", "binding:host_id": "node0",
    "security_groups": ["nostate"]},
@@ -59,6 +59,8 @@ const BINDINGS: &str = r#"{
   {"id": "db", "security_group_rules": [
    {"id": "db-out", "direction": "egress", "ethertype": "IPv4"},
    {"id": "pg-from-web", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 5432, "port_range_max": 5432, "remote_group_id": "web"}]},
+  {"id": "admin", "security_group_rules": [
+   {"id": "admin-ssh", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "192.0.2.0/24"}]},
   {"id": "nostate", "stateful": false, "security_group_rules": [
    {"id": "udp-in", "direction": "ingress", "ethertype": "IPv4", "protocol": "udp", "port_range_min": 5000, "port_range_max": 5000},
    {"id": "tcp-in", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 8080, "port_range_max": 8080},
@@ -71,7 +73,8 @@ const DEVICES: &[&str] =
 
 /// In the "web" group (stateful), with IPv4 and IPv6 addresses.
 const A: &str = "tapa0000000-0a";
-/// In the "db" group: PostgreSQL from "web" members only.
+/// In the "db" group (PostgreSQL from "web" members only) and "admin" (ssh
+/// from 192.0.2.0/24): a table each.
 const B: &str = "tapb0000000-0b";
 /// In the stateless "nostate" group.
 const S: &str = "tap5a000000-5a";
@@ -104,9 +107,9 @@ enum Expect {
     Drop(DropReason),
 }
 
-/// What admitted a frame at `dev`, by the trace record's `sg_judged`: rule
-/// indices name the rules of the port's policy, expanded from `BINDINGS` as
-/// the agent does.
+/// What admitted a frame at `dev`, by the trace record's `sg_judged`: a
+/// rule of one of the port's tables, each expanded from `BINDINGS` as the
+/// agent does.
 fn admitted_by(dev: &str, judged: u32) -> String {
     match judged {
         SG_JUDGED_NONE => "unfiltered".into(),
@@ -114,13 +117,19 @@ fn admitted_by(dev: &str, judged: u32) -> String {
         SG_JUDGED_ALLOWANCE => "allowance".into(),
         SG_JUDGED_FRAGMENT => "fragment".into(),
         n => {
+            let (slot, rule) = sg_judged_parts(n).expect("a rule's judgement");
             let b = Bindings::parse_str(BINDINGS, "test bindings").expect("the test's bindings parse");
             let groups = b.security_groups.iter().map(|g| (g.id.clone(), g.clone())).collect();
             let addrs = b.address_groups.iter().map(|g| (g.id.clone(), g.clone())).collect();
             let members = Members::index(b.ports.iter());
             let port = b.ports.iter().find(|p| p.device_name() == dev).expect("a port of the bindings");
-            let policy = expand(port, &groups, &addrs, &members).expect("a filtered port");
-            policy.rules.get(n as usize - 1).map_or_else(|| format!("rule index {}", n - 1), |r| r.id.clone())
+            let ids = port.security_groups.as_deref().expect("a filtered port");
+            let slots = table_slots(ids);
+            let table = expand_groups(slots[slot as usize], &groups, &addrs, &members);
+            table
+                .rules
+                .get(rule as usize)
+                .map_or_else(|| format!("rule index {rule} of slot {slot}"), |r| r.id.clone())
         }
     }
 }
@@ -341,10 +350,28 @@ fn rules_protocols_ports_and_remotes() {
             Drop(DropReason::SgIngressDenied),
         ),
         Gets(
-            "B takes PostgreSQL from A, a web member (rule pg-from-web)",
+            "B takes PostgreSQL from A, a web member (rule pg-from-web, its first group's)",
             B,
             v4(MAC_B, MAC_A, tcp(A_IP, B_IP, 40000, 5432, TCP_SYN)),
-            Pass,
+            By("pg-from-web"),
+        ),
+        Gets(
+            "B takes ssh from the admin network (rule admin-ssh, its second group's)",
+            B,
+            v4(MAC_B, MAC_GW, tcp([192, 0, 2, 9], B_IP, 40000, 22, TCP_SYN)),
+            By("admin-ssh"),
+        ),
+        Gets(
+            "B refuses ssh from elsewhere: neither of its groups admits it",
+            B,
+            v4(MAC_B, MAC_GW, tcp(far, B_IP, 40000, 22, TCP_SYN)),
+            Drop(DropReason::SgIngressDenied),
+        ),
+        Gets(
+            "B refuses PostgreSQL from the admin network: admin admits ssh only",
+            B,
+            v4(MAC_B, MAC_GW, tcp([192, 0, 2, 9], B_IP, 40000, 5432, TCP_SYN)),
+            Drop(DropReason::SgIngressDenied),
         ),
         Gets(
             "B refuses PostgreSQL from X, who is in no group",

@@ -6,6 +6,8 @@ use std::{
     net::IpAddr,
 };
 
+use datapath_common::SG_PORT_TABLES;
+
 use super::{PortPolicy, Rule};
 use crate::bindings::{AddressGroup, Family, Port, Remote, SecurityGroup};
 
@@ -52,8 +54,9 @@ impl Members {
 
 /// The policy of `port`, or None when no security group applies to it
 /// (port security off, or a network-owned port, which Neutron trusts, or a
-/// port whose source says nothing about groups). A group the port names that the bindings lack admits nothing, like a
-/// group without rules: the port fails closed.
+/// port whose source says nothing about groups): the union of its groups'
+/// rules. A group the port names that the bindings lack admits nothing,
+/// like a group without rules: the port fails closed.
 pub fn expand(
     port: &Port,
     groups: &BTreeMap<String, SecurityGroup>,
@@ -63,12 +66,19 @@ pub fn expand(
     if port.anti_spoof_exempt() {
         return None;
     }
-    let own: Vec<&SecurityGroup> =
-        port.security_groups.as_ref()?.iter().filter_map(|id| groups.get(id)).collect();
-    // Neutron refuses to mix stateful and stateless groups on one port; should a
-    // hand-written file do it, the port is tracked unless every group is stateless.
-    let stateful = own.is_empty() || own.iter().any(|g| g.stateful);
-    let mut policy = PortPolicy { stateful, rules: Vec::new() };
+    Some(expand_groups(port.security_groups.as_ref()?, groups, address_groups, members))
+}
+
+/// The rules of the groups `ids`, in their order, as one policy: a port's
+/// whole policy, or one of its tables (`table_slots`).
+pub fn expand_groups(
+    ids: &[String],
+    groups: &BTreeMap<String, SecurityGroup>,
+    address_groups: &BTreeMap<String, AddressGroup>,
+    members: &Members,
+) -> PortPolicy {
+    let own: Vec<&SecurityGroup> = ids.iter().filter_map(|id| groups.get(id)).collect();
+    let mut policy = PortPolicy { stateful: stateful(ids, groups), rules: Vec::new() };
     for g in own {
         for r in &g.rules {
             let any = match r.family {
@@ -96,7 +106,27 @@ pub fn expand(
             });
         }
     }
-    Some(policy)
+    policy
+}
+
+/// Whether a port in the groups `ids` has its connections tracked.
+/// Neutron refuses to mix stateful and stateless groups on one port; should
+/// a hand-written file do it, the port is tracked unless every group it
+/// it knows is stateless (and it knows one at least).
+pub fn stateful(ids: &[String], groups: &BTreeMap<String, SecurityGroup>) -> bool {
+    let mut known = ids.iter().filter_map(|id| groups.get(id)).peekable();
+    known.peek().is_none() || known.any(|g| g.stateful)
+}
+
+/// How a port's groups fill its `SG_PORT_TABLES` tables in the kernel: a
+/// table per group, and the groups beyond the last slot together in the
+/// last table. An empty list has no table (only the fixed allowances pass).
+pub fn table_slots(ids: &[String]) -> Vec<&[String]> {
+    if ids.len() <= SG_PORT_TABLES {
+        return ids.chunks(1).collect();
+    }
+    let (single, rest) = ids.split_at(SG_PORT_TABLES - 1);
+    single.chunks(1).chain([rest]).collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub mod reference;
 
 use std::net::IpAddr;
 
-pub use expand::{Members, expand};
+pub use expand::{Members, expand, expand_groups, stateful, table_slots};
 
 use crate::bindings::{Direction, Family, Ports, masked};
 
@@ -29,7 +29,8 @@ pub struct Rule {
     pub remotes: Vec<(IpAddr, u8)>,
 }
 
-/// Everything one port admits: the union of its groups' rules.
+/// What a set of groups admits, the union of their rules: one port's whole
+/// policy, or one of its tables in the kernel (`table_slots`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct PortPolicy {
     /// False when the port's groups are stateless.

@@ -16,8 +16,9 @@
 //! With security groups, the same cloud has every port in two groups of five
 //! rules each: one that all 10,000 share, and its project's (one per ten
 //! networks), whose rules name the project's members. A rule added to (or
-//! removed from) the shared group changes every local port's policy; its time
-//! runs until the kernel's `SG_PORTS` holds the new policy, from either
+//! removed from) the shared group changes that group's table, which every
+//! local port holds; its time runs until the kernel's `SG_PORTS` names the
+//! new table, from either
 //! source. The memory figure then adds 100,000 tracked connections.
 
 use std::{
@@ -382,13 +383,13 @@ impl Node {
     }
 
     /// One change of the shared group: the extra rule added (`add`) or removed,
-    /// timed until the first local port's `SG_PORTS` entry names a new policy.
+    /// timed until the first local port's `SG_PORTS` entry names the group's new table.
     fn rule_change(&mut self, source: Source, add: bool, answers: &[Value; 2]) -> Result<Phases> {
         interrupt::check()?;
         let mut p = Phases::default();
         let port = FIRST_IFINDEX;
         let before =
-            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.policy;
+            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.tables;
         if source == Source::File {
             self.write_text(add)?;
         }
@@ -415,13 +416,13 @@ impl Node {
         let t = Instant::now();
         let done = sync::apply_known(&mut self.dp.maps, &change.diff);
         let after =
-            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.policy;
+            self.dp.maps.synced.sg_ports.get(&port, 0).context("the first port's SG_PORTS entry")?.tables;
         p.apply = t.elapsed();
         p.changes = done.changes;
         if let Some(e) = done.errors.first() {
             bail!("applying a rule change: {} map updates failed, first: {e}", done.errors.len());
         }
-        ensure!(after != before, "a rule change left the first port's policy at {before}");
+        ensure!(after != before, "a rule change left the first port's tables at {before:?}");
         Ok(p)
     }
 
@@ -440,7 +441,7 @@ impl Node {
                 remote: v4(172, 16 + i / 65536 % 16, i / 256 % 256, i % 256),
             };
             let entry =
-                CtEntry { created_ns: 0, last_seen_ns: 0, flags: 0, policy: 0, rule: 0, lifetime_s: 432_000 };
+                CtEntry { created_ns: 0, last_seen_ns: 0, flags: 0, table: 0, rule: 0, lifetime_s: 432_000 };
             self.dp.maps.conntrack.insert(key, entry, 0).with_context(|| format!("connection {i}"))?;
         }
         Ok(())

@@ -137,7 +137,11 @@ impl Record {
     /// The most the figure may be, where an issue sets an absolute bound (not a gain).
     pub fn limit(&self) -> Option<f64> {
         match self.metric.name {
-            "sg_rule_change_ms" | "sg_rule_change_neutron_ms" => Some(100.0),
+            // "a rule change reaches the kernel within 100 ms with 10,000 ports
+            // present": rule changes come from neutron-server. From the file,
+            // re-reading the whole 10,000-port document alone costs about as
+            // much (`one_port_change_ms`), so that figure is reported, not bound.
+            "sg_rule_change_neutron_ms" => Some(100.0),
             _ => None,
         }
     }
@@ -248,8 +252,11 @@ mod tests {
         assert!(t.contains(">= 3x: MISSED"), "{t}");
         assert_eq!(rec(SG_1000_VS_10, PPS, None, None).goal(), Some(0.9));
         assert_eq!(rec(SG_VS_NO_SG, TCP, None, None).goal(), Some(0.95));
-        let t = table(&[rec("control-plane", SG_RULE_CHANGE, Some(40.0), None)]);
+        let t = table(&[rec("control-plane", SG_RULE_CHANGE_NEUTRON, Some(40.0), None)]);
         assert!(t.contains("<= 100 ms: met"), "{t}");
+        let t = table(&[rec("control-plane", SG_RULE_CHANGE_NEUTRON, Some(140.0), None)]);
+        assert!(t.contains("<= 100 ms: MISSED"), "{t}");
+        assert_eq!(rec("control-plane", SG_RULE_CHANGE, None, None).limit(), None);
     }
 
     #[test]
