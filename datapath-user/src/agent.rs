@@ -24,7 +24,7 @@ use crate::{
     desired::{Derived, Engine, Scope},
     features, learned,
     loader::{self, Datapath},
-    migrate,
+    metrics, migrate,
     netlink::{self, Devices, LinkEvents},
     neutron::l2agent::NeutronSource,
     source::{BindingSource, Source},
@@ -75,6 +75,8 @@ pub struct Agent {
     moved: BTreeSet<String>,
     /// Whether the last attachment pass left a device without its program.
     attach_failed: bool,
+    /// What the metrics keep between scrapes.
+    pub(crate) telemetry: metrics::Telemetry,
 }
 
 /// An upgrade or downgrade across map layouts in progress (see `migrate`).
@@ -126,6 +128,7 @@ impl Agent {
             devices: None,
             moved: BTreeSet::new(),
             attach_failed: false,
+            telemetry: metrics::Telemetry::default(),
         })
     }
 
@@ -249,6 +252,10 @@ impl Agent {
         } else {
             self.source.observe_changes(&change.reports);
         }
+        if bindings_error.is_none() {
+            self.telemetry.bindings_last_good = Some(std::time::SystemTime::now());
+        }
+        self.telemetry.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         self.status.errors = errors;
         self.status.bindings_error = bindings_error;
         self.status.syncs += 1;
@@ -277,6 +284,14 @@ impl Agent {
         let mut last_verify = Instant::now();
         let (tx, mut requests) = mpsc::channel::<Pending>(16);
         let socket = self.cfg.control_socket.clone();
+        let metrics = self.cfg.metrics_address.map(|addr| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, tx).await {
+                    log::error!("metrics endpoint: {e:#}");
+                }
+            })
+        });
         let server = tokio::spawn(async move {
             if let Err(e) = control::serve(socket, tx).await {
                 log::error!("control socket: {e:#}");
@@ -334,6 +349,9 @@ impl Agent {
             }
         }
         server.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         let _ = std::fs::remove_file(&self.cfg.control_socket);
         log::info!("stopping; the datapath keeps forwarding (remove it with --cleanup)");
         Ok(())

@@ -61,6 +61,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         receive: bool,
     },
+    /// The Prometheus metrics, as the metrics endpoint serves them.
+    Metrics {},
 }
 
 /// Why a request failed.
@@ -133,6 +135,13 @@ pub enum Answer {
     Trace(TraceReply),
     Conntrack(ConntrackReply),
     Flushed(FlushReply),
+    Metrics(MetricsReply),
+}
+
+/// `metrics`: the OpenMetrics text that `metrics_address` serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReply {
+    pub text: String,
 }
 
 /// A result as `--json` prints it: the reply's result, with the protocol version.

@@ -10,6 +10,8 @@
 //! local_ip = "192.0.2.10"
 //! tunnel_types = ["vxlan"]
 //! tc_hook = "auto"        # or "tcx", or "netlink"
+//! metrics_address = "127.0.0.1:9110"   # Prometheus; off unless set
+//! log_format = "text"     # or "json": one object per line
 //! ```
 //!
 //! The ports come from exactly one source: the `bindings` file, or
@@ -17,7 +19,7 @@
 //! `[agent]` options of Neutron's L2 agents, e.g. `report_interval = 30`).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -53,6 +55,20 @@ pub struct Config {
     pub tunnel_types: Vec<String>,
     /// How programs are hooked into TC ingress.
     pub tc_hook: TcHook,
+    /// Where the Prometheus metrics are served (`/metrics`); None: not served.
+    pub metrics_address: Option<SocketAddr>,
+    /// How the agent writes its log lines.
+    pub log_format: LogFormat,
+}
+
+/// The `log_format` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// env_logger's lines: time, level, target, message.
+    #[default]
+    Text,
+    /// One JSON object per line (`ts`, `level`, `target`, `msg`), for journald and log shippers.
+    Json,
 }
 
 /// Where the agent learns its ports: a bindings file, or neutron-server.
@@ -141,6 +157,9 @@ struct RawConfig {
     #[serde(default)]
     tunnel_types: Vec<String>,
     tc_hook: Option<String>,
+    // A string so that a bad address gets our message naming the field.
+    metrics_address: Option<String>,
+    log_format: Option<String>,
 }
 
 impl Config {
@@ -264,6 +283,19 @@ impl Config {
             Some(other) => bail!("tc_hook = {other:?} is not one of \"auto\", \"tcx\", \"netlink\""),
         };
 
+        let metrics_address = match &raw.metrics_address {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+                anyhow!("metrics_address = {s:?} is not an address and port, such as \"127.0.0.1:9110\" or \"[::]:9110\"")
+            })?),
+        };
+
+        let log_format = match raw.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("log_format = {other:?} is not one of \"text\", \"json\""),
+        };
+
         Ok(Config {
             host: raw.host,
             physical_interface_mappings,
@@ -274,6 +306,8 @@ impl Config {
             local_ip,
             tunnel_types: raw.tunnel_types,
             tc_hook,
+            metrics_address,
+            log_format,
         })
     }
 }
@@ -379,6 +413,8 @@ mac_age_seconds = 60
 local_ip = "192.0.2.10"
 tunnel_types = ["vxlan"]
 tc_hook = "netlink"
+metrics_address = "[::1]:9110"
+log_format = "json"
 "#,
         )
         .unwrap();
@@ -397,6 +433,8 @@ tc_hook = "netlink"
                 local_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
                 tunnel_types: vec!["vxlan".into()],
                 tc_hook: TcHook::Netlink,
+                metrics_address: Some("[::1]:9110".parse().unwrap()),
+                log_format: LogFormat::Json,
             }
         );
         assert_eq!(cfg.interface_for("default"), Some("eth2"));
@@ -574,6 +612,23 @@ tc_hook = "netlink"
         assert_eq!(parse(&with("tc_hook = \"tcx\"")).unwrap().tc_hook, TcHook::Tcx);
         let e = err(&with("tc_hook = \"xdp\""));
         assert!(e.contains("tc_hook = \"xdp\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(parse(MINIMAL).unwrap().log_format, LogFormat::Text);
+        assert_eq!(parse(&with("log_format = \"json\"")).unwrap().log_format, LogFormat::Json);
+        let e = err(&with("log_format = \"xml\""));
+        assert!(e.contains("log_format = \"xml\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert_eq!(parse(MINIMAL).unwrap().metrics_address, None);
+        let cfg = parse(&with("metrics_address = \"127.0.0.1:9110\"")).unwrap();
+        assert_eq!(cfg.metrics_address, Some("127.0.0.1:9110".parse().unwrap()));
+        let e = err(&with("metrics_address = \"localhost\""));
+        assert!(e.contains("metrics_address = \"localhost\" is not an address and port"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub struct Features {
 }
 
 impl Features {
+    /// The hook in one word: `tcx` or `netlink`.
+    pub fn hook_name(&self) -> &'static str {
+        match self.hook {
+            Hook::Tcx => "tcx",
+            Hook::Netlink => "netlink",
+        }
+    }
+
     /// The hook and why, for logs and `datapath status`.
     pub fn describe_hook(&self) -> &'static str {
         match (self.hook, self.tcx) {

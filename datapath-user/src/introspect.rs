@@ -2,14 +2,14 @@
 //! datapath. Every answer is one of `api`'s reply types; the CLI turns it
 //! into tables.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use crate::{
     agent::Agent,
     api::{
-        Answer, ApiError, ConnRow, ConntrackReply, ErrorKind, FdbReply, FdbRow, FlushReply, NetworkRow,
-        NetworksReply, PortRow, PortStats, PortsReply, Refused, Request, StatsReply, StatusReply, TraceReply,
-        TraceTarget,
+        Answer, ApiError, ConnRow, ConntrackReply, ErrorKind, FdbReply, FdbRow, FlushReply, MetricsReply,
+        NetworkRow, NetworksReply, PortRow, PortStats, PortsReply, Refused, Request, StatsReply, StatusReply,
+        TraceReply, TraceTarget,
     },
     batch,
     bindings::{
@@ -19,15 +19,16 @@ use crate::{
     conntrack,
     desired::{PortReport, PortState},
     learned::monotonic_ns,
+    metrics::{self, KERNEL_COUNT_EVERY, MapFill, PortSample, Snapshot},
     testrun::{self, SkbRun},
 };
 use anyhow::{Context, Result, bail};
 use aya::maps::{IterableMap, PerCpuValues};
 use datapath_common::{
     ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey,
-    DropReason, FDB_F_LOCAL, PORT_F_SECGROUPS, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters,
-    SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE, SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC,
-    TraceRecord, names, sg_judged_parts,
+    DropReason, FDB_F_LOCAL, FdbKey, FragKey, FragVerdict, LearnedEntry, PORT_F_SECGROUPS, PORT_KIND_TUNNEL,
+    PORT_KIND_UPLINK, PortCounters, SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE,
+    SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord, names, sg_judged_parts,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -54,6 +55,7 @@ impl Agent {
             Request::Trace { port, frame, vni, vtep, receive } => {
                 self.trace_reply(&port, &frame, (vni, vtep.as_deref()), receive).map(Answer::Trace)
             }
+            Request::Metrics {} => self.metrics_reply().map(Answer::Metrics),
         };
         answer.map_err(|e| match e.downcast_ref::<ApiError>() {
             Some(api) => api.clone(),
@@ -320,6 +322,95 @@ impl Agent {
             });
         }
         Ok(StatsReply { ports: out })
+    }
+
+    /// The metrics: every port's counters, the node's drops, the maps' fill.
+    fn metrics_reply(&mut self) -> Result<MetricsReply> {
+        let mut ports = Vec::new();
+        let mut node: PortCounters = bytemuck::Zeroable::zeroed();
+        for p in &self.status.derived.ports {
+            let Some(ifindex) = p.ifindex else { continue };
+            let Some((_, c)) = self.counters(ifindex)? else { continue };
+            node.accumulate(&c);
+            ports.push(PortSample {
+                port_id: p.id.clone(),
+                device: p.device.clone(),
+                network: p.network_id.clone(),
+                actions: Action::ALL
+                    .iter()
+                    .map(|a| (a.label().to_string(), c.actions[*a as usize]))
+                    .collect(),
+                drops: DropReason::ALL
+                    .iter()
+                    .filter(|r| c.drops[**r as usize] != 0)
+                    .map(|r| (r.label().to_string(), c.drops[*r as usize]))
+                    .collect(),
+            });
+        }
+        // Slot 0: frames on devices the agent does not (or no longer) know.
+        for c in self.dp.maps.port_stats.get(&0, 0).context("reading PORT_STATS slot 0")?.iter() {
+            node.accumulate(c);
+        }
+        let node_drops =
+            DropReason::ALL.iter().map(|r| (r.label().to_string(), node.drops[*r as usize])).collect();
+        let snapshot = Snapshot {
+            ports,
+            node_drops,
+            reconciles: self.status.syncs,
+            reconcile_seconds: self.telemetry.reconcile_seconds.clone(),
+            bindings_ok: self.status.bindings_error.is_none() && self.source.good().is_some(),
+            bindings_last_good: self
+                .telemetry
+                .bindings_last_good
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            maps: self.map_fills()?,
+            hook: self.features.hook_name().to_string(),
+            kernel: self.features.kernel.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            abi_version: ABI_VERSION,
+            source: self.source.kind().to_string(),
+        };
+        Ok(MetricsReply { text: metrics::render(snapshot)? })
+    }
+
+    /// Each map's entries and capacity: the agent-owned maps as the agent
+    /// wrote them, the kernel-written ones counted at most every
+    /// `KERNEL_COUNT_EVERY`, the arrays by the slots in use.
+    fn map_fills(&mut self) -> Result<Vec<MapFill>> {
+        let fresh =
+            self.telemetry.kernel_counts.as_ref().is_some_and(|(t, _)| t.elapsed() < KERNEL_COUNT_EVERY);
+        if !fresh {
+            let m = &self.dp.maps;
+            let mut counts = BTreeMap::new();
+            counts.insert(
+                names::FDB_LEARNED,
+                batch::read_all::<FdbKey, LearnedEntry>(m.fdb_learned.map())?.len(),
+            );
+            counts.insert(
+                names::FRAG_VERDICTS,
+                batch::read_all::<FragKey, FragVerdict>(m.frag_verdicts.map())?.len(),
+            );
+            counts.insert(names::CONNTRACK, batch::read_all::<CtKey, CtEntry>(m.conntrack.map())?.len());
+            counts.insert(names::SG_FRAGS, batch::read_all::<FragKey, FragVerdict>(m.sg_frags.map())?.len());
+            let counts = counts.into_iter().map(|(k, v)| (k, v as u64)).collect();
+            self.telemetry.kernel_counts = Some((Instant::now(), counts));
+        }
+        let kernel = &self.telemetry.kernel_counts.as_ref().expect("counted above").1;
+        let synced = self.engine.state().counts();
+        let mut out = Vec::new();
+        for (name, map) in self.dp.maps.all() {
+            let capacity =
+                u64::from(map.info().with_context(|| format!("reading map {name}'s info"))?.max_entries());
+            let entries = match name {
+                // A slot per port with counters, and slot 0.
+                names::PORT_STATS => synced.get(names::PORTS).map_or(0, |n| *n as u64) + 1,
+                names::TRACE => capacity,
+                _ => synced.get(name).map(|n| *n as u64).or_else(|| kernel.get(name).copied()).unwrap_or(0),
+            };
+            out.push(MapFill { name: name.to_string(), entries, capacity });
+        }
+        Ok(out)
     }
 
     fn trace_reply(

@@ -16,6 +16,7 @@ pub mod frames;
 pub mod introspect;
 pub mod learned;
 pub mod loader;
+pub mod metrics;
 pub mod migrate;
 pub mod netlink;
 pub mod neutron;

@@ -1,14 +1,14 @@
 //! `datapath`: the agent, and the operator's commands that talk to it.
 
-use std::path::PathBuf;
+use std::{io::Write, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use datapath_user::{
     agent,
-    api::{API_VERSION, Request, Versioned},
+    api::{API_VERSION, MetricsReply, Request, Versioned},
     cli,
-    config::{Config, DEFAULT_CONTROL_SOCKET},
+    config::{Config, DEFAULT_CONTROL_SOCKET, LogFormat},
     control,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -91,6 +91,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<ConntrackAction>,
     },
+    /// The Prometheus metrics, as the metrics endpoint serves them (OpenMetrics text).
+    Metrics(Target),
     /// Run the real program on a frame against the live maps and show the decision.
     Trace {
         #[command(flatten)]
@@ -138,11 +140,38 @@ fn ask<T: DeserializeOwned + Serialize>(target: &Target, request: Request, human
     Ok(())
 }
 
+/// The log: env_logger's lines, or one JSON object per line (`log_format = "json"`).
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
+}
+
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
-        Command::Agent { config, cleanup } => {
-            let cfg = Config::load(&config)?;
+    let cli = Cli::parse();
+    // The agent logs as its config says; a config that does not load is reported in text.
+    let agent_cfg = match &cli.command {
+        Command::Agent { config, .. } => Some(Config::load(config)),
+        _ => None,
+    };
+    let format = match &agent_cfg {
+        Some(Ok(cfg)) => cfg.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    match cli.command {
+        Command::Agent { config: _, cleanup } => {
+            let cfg = agent_cfg.expect("loaded above")?;
             if cleanup {
                 return agent::cleanup(&cfg);
             }
@@ -157,6 +186,7 @@ fn main() -> Result<()> {
         Command::Networks(t) => ask(&t, Request::Networks {}, cli::print_networks),
         Command::Fdb { target, network } => ask(&target, Request::Fdb { network }, cli::print_fdb),
         Command::Stats { target, port } => ask(&target, Request::Stats { port }, cli::print_stats),
+        Command::Metrics(t) => ask(&t, Request::Metrics {}, |m: &MetricsReply| print!("{}", m.text)),
         Command::Conntrack { target, port, action: None } => {
             ask(&target, Request::Conntrack { port }, cli::print_conntrack)
         }

@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, fmt::Debug};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
@@ -290,6 +290,11 @@ macro_rules! declare_maps {
             pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
                 Ok(Self { synced: SyncedMaps::take(ebpf)?, $( $kfield: take(ebpf, $kname)?, )+ })
             }
+
+            /// Every map by name, agent-owned ones first.
+            pub fn all(&self) -> Vec<(&'static str, &MapData)> {
+                vec![$( ($sname, self.synced.$sfield.map()), )+ $( ($kname, self.$kfield.map()), )+]
+            }
         }
     };
 }
@@ -307,7 +312,7 @@ declare_maps! {
         flood_sets: HashMap<MapData, u32, FloodSet> = names::FLOOD_SETS,
         flood_vteps: HashMap<MapData, u32, VtepSet> = names::FLOOD_VTEPS,
         arp: HashMap<MapData, ArpKey, ArpEntry> = names::ARP_TABLE,
-        /// (LPM prefix length, data) -> class. A policy's tables come before the ports that use it.
+        /// (LPM prefix length, data) -> class. A rule table comes before the ports that use it.
         sg_rule_ports: LpmTrie<MapData, SgPortKey, u32> = names::SG_RULE_PORTS,
         /// (LPM prefix length, data) -> rule.
         sg_remote_v4: LpmTrie<MapData, SgRemoteKeyV4, u32> = names::SG_REMOTE_V4,

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::{TempDir, next_id};
 
@@ -255,6 +255,32 @@ pub fn tcp_connects(client: &Netns, server: &Netns, addr: &str, timeout: Duratio
     };
     let _in = ThreadNetns::enter(client)?;
     Ok(std::net::TcpStream::connect_timeout(&sock, timeout).is_ok())
+}
+
+/// `GET path` from `addr` (IP:PORT) inside `ns`, over HTTP/1.1 with the
+/// connection closed after the answer: (status code, body).
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr:?} is not IP:PORT"))?;
+    let mut stream = {
+        let _in = ThreadNetns::enter(ns)?;
+        std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr} in {}", ns.name()))?
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).with_context(|| format!("reading the answer of {addr}{path}"))?;
+    let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
+    let (head, body) = text.split_once("\r\n\r\n").with_context(|| format!("no header end in {text:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    // hyper sends a small body whole, with Content-Length (no chunks to undo).
+    ensure!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "a chunked answer: {head}");
+    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]

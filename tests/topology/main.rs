@@ -9,6 +9,7 @@ mod hardening;
 mod introspection;
 mod isolation;
 mod lifecycle;
+mod metrics;
 mod restart;
 mod scenario;
 mod secgroup_scenarios;

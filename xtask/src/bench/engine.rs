@@ -2,7 +2,10 @@
 //! round with the legacy chain and the datapath back to back (which goes first
 //! alternates between rounds), then the control plane; reduce to medians.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use datapath_tests::TempDir;
@@ -52,6 +55,10 @@ type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
 
 /// Samples key of the datapath's TCP without groups, taken right after the 100-rule pair's.
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
+/// The same-node pps of the datapath while node0's metrics are scraped every second.
+const PPS_SCRAPED: &str = "pps_64b_scraped";
+/// How often the scraper asks: Prometheus's most eager setting in practice.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `plan`.
 pub fn bench(plan: &Plan) -> Result<Outcome> {
@@ -119,6 +126,19 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 let tag = format!("{}-{}", sc.name(), p.name());
                 let s = flow(p).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
                 keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (sc, p), &s, floor_cpu);
+            }
+            if sc == Scenario::SameNodeVlan {
+                // The same run with the metrics scraped every second (issue 15: reading
+                // the counters must not slow the datapath).
+                let tag = format!("{}-datapath-scraped", sc.name());
+                let (s, scrapes) = scraped(&ours, || {
+                    flow(Path::Datapath).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)
+                })?;
+                step(&label, &format!("{tag}: {:.0} pps with {scrapes} scrapes", s.pps));
+                if scrapes == 0 {
+                    no_traffic.push(format!("{tag}: no scrape of the metrics completed"));
+                }
+                samples.entry((sc, Path::Datapath, PPS_SCRAPED)).or_default().push(s.pps);
             }
             // The cross-check: the same frames from trafgen, whose own cost per frame
             // (about a microsecond) shows how a slow sender squeezes the ratio.
@@ -264,6 +284,12 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         });
     }
     records.push(Record {
+        scenario: report::SCRAPED_VS_NOT.into(),
+        metric: report::PPS,
+        datapath: dp(Scenario::SameNodeVlan, PPS_SCRAPED),
+        legacy: dp(Scenario::SameNodeVlan, report::PPS.name),
+    });
+    records.push(Record {
         scenario: report::SG_VS_NO_SG.into(),
         metric: report::TCP,
         datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
@@ -329,6 +355,27 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
 
 /// Logs one 64-byte window of `sc` on `p` and keeps its figures; `floor_cpu`
 /// is the veth pair's cost per frame, which the path's own cost leaves out.
+/// `run`'s result while a thread scrapes node0's metrics every `SCRAPE_EVERY`, and the scrapes made.
+fn scraped<T>(ours: &Ours, run: impl FnOnce() -> Result<T>) -> Result<(T, usize)> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let scraper = scope.spawn(|| -> Result<usize> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                ours.scrape()?;
+                n += 1;
+                std::thread::sleep(SCRAPE_EVERY.saturating_sub(t.elapsed()));
+            }
+            Ok(n)
+        });
+        let out = run();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = scraper.join().map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
+        Ok((out?, n))
+    })
+}
+
 fn keep_pps(
     samples: &mut Samples,
     no_traffic: &mut Vec<String>,

@@ -2,15 +2,22 @@
 //! cluster: two nodes (uplink eth2 on the physical bridge, eth1 on the VXLAN
 //! underlay), one agent each, a VLAN network and a VXLAN network, and the
 //! VMs of `plan::VMS`; the security-group pairs' ports carry their group.
+//! node0 serves its Prometheus metrics, for the scrape's cost.
 
 use anyhow::{Result, bail};
-use datapath_tests::cluster::{Cluster, PortSpec, agents_json, network_json};
+use datapath_tests::{
+    cluster::{Cluster, PortSpec, agents_json, network_json},
+    netns::http_get,
+};
 use serde_json::{Value, json};
 
 use super::{
     plan::{Group, Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
     traffic::{Endpoint, Flow, napi_for_generator},
 };
+
+/// node0's Prometheus endpoint, inside its namespace.
+const METRICS_ADDRESS: &str = "127.0.0.1:9110";
 
 const VLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b001";
 const VXLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b002";
@@ -57,6 +64,7 @@ impl Ours {
                 c.vms[i].exec(&["ip", "link", "set", "eth0", "mtu", &VXLAN_MTU.to_string()])?;
             }
         }
+        c.append_config("node0", &format!("metrics_address = \"{METRICS_ADDRESS}\""))?;
         c.start_agent("node0")?;
         c.start_agent("node1")?;
         let ours = Self { cluster: c };
@@ -80,6 +88,15 @@ impl Ours {
             }
         }
         Ok(ours)
+    }
+
+    /// One scrape of node0's metrics, as Prometheus makes it: the exposition's size in bytes.
+    pub fn scrape(&self) -> Result<usize> {
+        let (status, body) = http_get(&self.cluster.node("node0").ns, METRICS_ADDRESS, "/metrics")?;
+        if status != 200 {
+            bail!("scraping node0's metrics: HTTP {status}: {body}");
+        }
+        Ok(body.len())
     }
 
     /// The flow of `scenario`.

@@ -82,6 +82,8 @@ pub const TAP_TO_UP_P99: Metric = Metric { name: "tap_to_up_file_p99_ms", unit: 
 /// one node, not the hybrid chain: the datapath must not be slower than that either.
 pub const VS_PLAIN_BRIDGE: &str = "same-node-vs-plain-bridge";
 
+/// The datapath's same-node pps with its metrics scraped every second (`datapath`), against none (`legacy` column).
+pub const SCRAPED_VS_NOT: &str = "datapath-scraped-vs-not";
 /// The datapath with 1,000 rules per port (`datapath`) against itself with 10 (`legacy` column).
 pub const SG_1000_VS_10: &str = "datapath-sg1000-vs-sg10";
 /// The datapath with security groups (`datapath`) against the same path without (`legacy` column).
