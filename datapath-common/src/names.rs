@@ -47,9 +47,15 @@ pub const SG_FRAGS: &str = "SG_FRAGS";
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
+/// What the monitor's listeners asked for (array, index 0): [`crate::MonitorConfig`].
+pub const MONITOR: &str = "MONITOR";
+/// The monitor's per-CPU rate limit and what it suppressed: [`crate::MonitorRate`].
+pub const MONITOR_RATE: &str = "MONITOR_RATE";
+/// The monitor's events, to the agent (ring buffer): [`crate::MonitorEvent`] records.
+pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 23] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -70,6 +76,9 @@ pub const ALL_MAPS: [&str; 20] = [
     SG_FRAGS,
     PORT_STATS,
     TRACE,
+    MONITOR,
+    MONITOR_RATE,
+    MONITOR_EVENTS,
 ];
 
 /// TC ingress program for VM taps and namespace ports (traffic sent by the port).
@@ -85,7 +94,23 @@ pub const PROG_TUNNEL: &str = "tunnel_in";
 pub const PROG_VM_PORT_OUT: &str = "vm_port_out";
 
 /// All programs of the object.
-pub const ALL_PROGRAMS: [&str; 4] = [PROG_VM_PORT, PROG_UPLINK, PROG_TUNNEL, PROG_VM_PORT_OUT];
+pub const ALL_PROGRAMS: [&str; 4] = {
+    let mut all = [""; 4];
+    all[PROG_INDEX_VM_PORT as usize] = PROG_VM_PORT;
+    all[PROG_INDEX_UPLINK as usize] = PROG_UPLINK;
+    all[PROG_INDEX_TUNNEL as usize] = PROG_TUNNEL;
+    all[PROG_INDEX_VM_PORT_OUT as usize] = PROG_VM_PORT_OUT;
+    all
+};
+
+/// `vm_port`'s index in `ALL_PROGRAMS` (`MonitorEvent::program`).
+pub const PROG_INDEX_VM_PORT: u32 = 0;
+/// `uplink_in`'s index in `ALL_PROGRAMS`.
+pub const PROG_INDEX_UPLINK: u32 = 1;
+/// `tunnel_in`'s index in `ALL_PROGRAMS`.
+pub const PROG_INDEX_TUNNEL: u32 = 2;
+/// `vm_port_out`'s index in `ALL_PROGRAMS`.
+pub const PROG_INDEX_VM_PORT_OUT: u32 = 3;
 
 const _: () = {
     let mut i = 0;

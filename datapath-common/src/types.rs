@@ -197,6 +197,19 @@ pub const fn sg_judged_parts(judged: u32) -> Option<(u32, u32)> {
     }
 }
 
+/// `MonitorConfig::flags`: a listener wants every drop.
+pub const MONITOR_F_DROPS: u32 = 1 << 0;
+/// `MonitorConfig::flags`: a listener wants every decision at `MonitorConfig::ifindex`.
+pub const MONITOR_F_DECISIONS: u32 = 1 << 1;
+/// Bytes of each frame a monitor event carries (a power of two).
+pub const MONITOR_SNAP: usize = 128;
+/// Events each CPU may send per second; the rest are counted in `MonitorRate::suppressed`.
+pub const MONITOR_EVENTS_PER_SEC: u32 = 2000;
+/// Size of the `MONITOR_EVENTS` ring buffer in bytes (a power of two, a multiple of the page).
+pub const MONITOR_RING_BYTES: u32 = 1 << 20;
+/// `MonitorEvent::program`: the index of the program in `names::ALL_PROGRAMS`.
+pub const MONITOR_PROGRAMS: usize = 4;
+
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -467,6 +480,49 @@ shared! {
         pub vtep_ipv4: u32,
         /// VNI of a tunnel target; 0 for none.
         pub vni: u32,
+    }
+
+    /// Value of `MONITOR` (index 0): what the agent's monitor listeners asked
+    /// for. All zero when nobody listens: the programs then read one word.
+    pub struct MonitorConfig [8] {
+        /// `MONITOR_F_*`.
+        pub flags: u32,
+        /// The device whose every decision is reported (`MONITOR_F_DECISIONS`).
+        pub ifindex: u32,
+    }
+
+    /// Value of `MONITOR_RATE` (per CPU, index 0): a one-second window of events.
+    pub struct MonitorRate [24] {
+        /// `bpf_ktime_get_ns()` when the current window began.
+        pub window_ns: u64,
+        /// Events sent in the window, up to `MONITOR_EVENTS_PER_SEC`.
+        pub sent: u32,
+        pub _pad: u32,
+        /// Events not sent since the map was created: over the rate, or the ring full.
+        pub suppressed: u64,
+    }
+
+    /// One record of `MONITOR_EVENTS`: a drop, or a decision at the watched device.
+    pub struct MonitorEvent [168] {
+        /// `bpf_ktime_get_ns()` (monotonic, since boot).
+        pub ts_ns: u64,
+        /// The device the program ran on.
+        pub ifindex: u32,
+        /// The port's stats slot (0: a device the agent does not know).
+        pub slot: u32,
+        /// The `DropReason`, or 0 when not dropped.
+        pub reason: u32,
+        /// The `Action`, when not dropped.
+        pub action: u32,
+        /// The frame's length on the wire.
+        pub len: u32,
+        /// Bytes of the frame in `snap`.
+        pub snap_len: u32,
+        /// `MONITOR_PROGRAMS` index: vm_port, uplink_in, tunnel_in, vm_port_out.
+        pub program: u32,
+        /// The network index the frame was classified into (0: not yet).
+        pub net_index: u32,
+        pub snap: [u8; MONITOR_SNAP],
     }
 
     /// Value of `TRACE` (per CPU, index 0).

@@ -12,6 +12,7 @@ mod flow;
 mod forward;
 mod frag;
 mod maps;
+mod monitor;
 mod parse;
 mod port_out;
 mod secgroup;
@@ -24,6 +25,7 @@ mod verdict;
 mod vm_port;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
+use datapath_common::names;
 
 use crate::verdict::Meta;
 
@@ -32,7 +34,7 @@ use crate::verdict::Meta;
 pub fn vm_port(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = vm_port::try_vm_port(&ctx, &mut meta);
-    verdict::finish(&meta, res)
+    verdict::finish(&ctx, &meta, names::PROG_INDEX_VM_PORT, res)
 }
 
 /// TC egress of VM taps and namespace ports: what the port receives.
@@ -41,7 +43,7 @@ pub fn vm_port_out(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     meta.egress = true;
     let res = port_out::try_vm_port_out(&ctx, &mut meta);
-    verdict::finish(&meta, res)
+    verdict::finish(&ctx, &meta, names::PROG_INDEX_VM_PORT_OUT, res)
 }
 
 /// TC ingress of a physical uplink: what the wire delivers.
@@ -49,7 +51,7 @@ pub fn vm_port_out(ctx: TcContext) -> i32 {
 pub fn uplink_in(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = uplink::try_uplink(&ctx, &mut meta);
-    verdict::finish(&meta, res)
+    verdict::finish(&ctx, &meta, names::PROG_INDEX_UPLINK, res)
 }
 
 /// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.
@@ -57,7 +59,7 @@ pub fn uplink_in(ctx: TcContext) -> i32 {
 pub fn tunnel_in(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = tunnel::try_tunnel(&ctx, &mut meta);
-    verdict::finish(&meta, res)
+    verdict::finish(&ctx, &meta, names::PROG_INDEX_TUNNEL, res)
 }
 
 #[cfg(not(test))]

@@ -7,13 +7,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MacKey, NetInfo, PortCounters,
-    PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MONITOR_RING_BYTES, MacKey,
+    MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort, SgPortKey,
+    SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet,
 };
 
 #[map]
@@ -80,3 +81,13 @@ pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries
 
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the monitor's listeners asked for; all zero when nobody listens.
+#[map]
+pub static MONITOR: Array<MonitorConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static MONITOR_RATE: PerCpuArray<MonitorRate> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static MONITOR_EVENTS: RingBuf = RingBuf::with_byte_size(MONITOR_RING_BYTES, 0);

@@ -1,10 +1,10 @@
 //! The one exit of every program: count the outcome, record it when traced,
 //! return the TC verdict.
 
-use aya_ebpf::bindings::TC_ACT_SHOT;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use datapath_common::{Action, DropReason};
 
-use crate::{stats, trace};
+use crate::{monitor, stats, trace};
 
 /// What a program learned about the frame on its way to a verdict.
 pub struct Meta {
@@ -36,9 +36,10 @@ pub struct Verdict {
     pub ret: i32,
 }
 
-/// Counts the outcome under the ingress port and returns the TC verdict.
+/// Counts the outcome under the ingress port, reports it to a monitor that
+/// wants it, and returns the TC verdict. `program`: the `MONITOR_PROGRAMS` index.
 #[inline(always)]
-pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
+pub fn finish(ctx: &TcContext, meta: &Meta, program: u32, res: Result<Verdict, DropReason>) -> i32 {
     if !meta.dry_run && !meta.egress {
         stats::count_action(meta.slot, Action::Received, 1);
     }
@@ -46,6 +47,7 @@ pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
         Ok(v) => {
             if !meta.dry_run {
                 stats::count_action(meta.slot, v.action, 1);
+                monitor::observe(ctx, meta.slot, meta.net_index, program, (0, v.action as u32));
             }
             if meta.trace {
                 trace::verdict(v.action as u32, 0, meta.net_index);
@@ -55,6 +57,7 @@ pub fn finish(meta: &Meta, res: Result<Verdict, DropReason>) -> i32 {
         Err(reason) => {
             if !meta.dry_run {
                 stats::count_drop(meta.slot, reason);
+                monitor::observe(ctx, meta.slot, meta.net_index, program, (reason as u32, 0));
             }
             if meta.trace {
                 trace::verdict(0, reason as u32, meta.net_index);

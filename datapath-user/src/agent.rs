@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    api::Request,
     attach::{self, Attacher},
     config::Config,
     config::Source as SourceConfig,
@@ -25,6 +26,7 @@ use crate::{
     features, learned,
     loader::{self, Datapath},
     metrics, migrate,
+    monitor::Monitor,
     netlink::{self, Devices, LinkEvents},
     neutron::l2agent::NeutronSource,
     source::{BindingSource, Source},
@@ -77,6 +79,8 @@ pub struct Agent {
     attach_failed: bool,
     /// What the metrics keep between scrapes.
     pub(crate) telemetry: metrics::Telemetry,
+    /// The monitor's listeners and ring buffer (taken out while it calls back into the agent).
+    pub(crate) monitor: Option<Monitor>,
 }
 
 /// An upgrade or downgrade across map layouts in progress (see `migrate`).
@@ -115,6 +119,12 @@ impl Agent {
                 Source::Neutron(NeutronSource::start(&cfg, opts, !current.ports.is_empty())?)
             }
         };
+        let mut dp = dp;
+        let monitor = Monitor::new(dp.events.take())?;
+        // A previous agent's listeners are gone: the programs report nothing until one comes.
+        if let Err(e) = dp.maps.monitor.set(0, datapath_common::MonitorConfig { flags: 0, ifindex: 0 }, 0) {
+            log::warn!("clearing MONITOR: {e}");
+        }
         Ok(Self {
             cfg,
             dp,
@@ -129,6 +139,7 @@ impl Agent {
             moved: BTreeSet::new(),
             attach_failed: false,
             telemetry: metrics::Telemetry::default(),
+            monitor: Some(monitor),
         })
     }
 
@@ -282,6 +293,8 @@ impl Agent {
         let mut aging = interval(Duration::from_secs((self.cfg.mac_age_seconds / 4).clamp(1, 60)));
         aging.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_verify = Instant::now();
+        let mut monitor_tick = interval(Duration::from_secs(1));
+        monitor_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut requests) = mpsc::channel::<Pending>(16);
         let socket = self.cfg.control_socket.clone();
         let metrics = self.cfg.metrics_address.map(|addr| {
@@ -332,8 +345,21 @@ impl Agent {
                     (false, false)
                 }
                 Some(p) = requests.recv() => {
-                    let answer = self.answer(p.request);
+                    let answer = match (p.request, p.stream) {
+                        (Request::Monitor { port, reason, decisions }, Some(lines)) => {
+                            self.subscribe(port.as_deref(), reason, decisions, lines)
+                        }
+                        (request, _) => self.answer(request),
+                    };
                     let _ = p.reply.send(answer);
+                    (false, false)
+                }
+                _ = async { self.monitor.as_ref().expect("the monitor is back").readable().await } => {
+                    self.drain_events();
+                    (false, false)
+                }
+                _ = monitor_tick.tick() => {
+                    self.monitor_tick();
                     (false, false)
                 }
                 _ = term.recv() => break,

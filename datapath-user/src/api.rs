@@ -63,6 +63,17 @@ pub enum Request {
     },
     /// The Prometheus metrics, as the metrics endpoint serves them.
     Metrics {},
+    /// Streams drops (of one port, or one reason, or all) as they happen and,
+    /// with `decisions`, every decision at the port. After the reply, the
+    /// connection carries one `MonitorLine` per line until the client closes it.
+    Monitor {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        decisions: bool,
+    },
 }
 
 /// Why a request failed.
@@ -136,6 +147,58 @@ pub enum Answer {
     Conntrack(ConntrackReply),
     Flushed(FlushReply),
     Metrics(MetricsReply),
+    Monitoring(MonitorStarted),
+}
+
+/// `monitor`: what the stream that follows carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorStarted {
+    /// The port followed, or "" for every port.
+    pub port: String,
+    /// The drop reason followed, or "" for every reason.
+    pub reason: String,
+    /// Whether every decision at the port comes, not only the drops.
+    pub decisions: bool,
+    /// Bytes of each frame an event carries.
+    pub snap: usize,
+}
+
+/// One line of a `monitor` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MonitorLine {
+    /// A drop, or a decision at the followed port.
+    Event(MonitorEventRow),
+    /// Events the kernel did not send since the monitor started (over its
+    /// per-CPU rate, or a full ring buffer), and those this client was too
+    /// slow to take; sent at most once a second, when they grew.
+    Suppressed { kernel: u64, client: u64 },
+}
+
+/// One event of `monitor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEventRow {
+    /// Unix time in nanoseconds.
+    pub time_ns: u64,
+    pub device: String,
+    /// Neutron port id ("" for an uplink or a device the agent does not know).
+    pub port_id: String,
+    /// Neutron network id ("" when none).
+    pub network: String,
+    /// The program: vm_port, vm_port_out, uplink_in or tunnel_in.
+    pub program: String,
+    /// `drop` or `forward`.
+    pub verdict: String,
+    /// The drop reason's label, when dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The action's label, when not dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The frame's length.
+    pub len: u32,
+    /// Its first bytes, in hex.
+    pub frame: String,
 }
 
 /// `metrics`: the OpenMetrics text that `metrics_address` serves.

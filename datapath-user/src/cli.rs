@@ -9,12 +9,70 @@ use datapath_common::Action;
 
 use crate::{
     api::{
-        ConntrackReply, FdbReply, FlushReply, NetworksReply, PortsReply, StatsReply, StatusReply, TraceReply,
+        ConntrackReply, FdbReply, FlushReply, MonitorLine, MonitorStarted, NetworksReply, PortsReply,
+        Request, StatsReply, StatusReply, TraceReply,
     },
     bindings::parse_mac,
-    frames,
+    control, frames,
     introspect::parse_hex,
+    pcap::EventFile,
 };
+
+/// `datapath monitor`: streams `request`'s events from the agent at
+/// `socket`, one line each (JSON with `json`), into `pcap` too, until the
+/// agent goes or `count` events came.
+pub fn monitor(
+    socket: &Path,
+    request: &Request,
+    json: bool,
+    pcap: Option<&Path>,
+    count: Option<u64>,
+) -> Result<()> {
+    let (started, lines): (MonitorStarted, _) = control::stream(socket, request)?;
+    let mut file = pcap.map(|p| EventFile::create(p, started.snap)).transpose()?;
+    if !json {
+        let port = if started.port.is_empty() { "every port" } else { &started.port };
+        let reason = if started.reason.is_empty() { "every reason" } else { &started.reason };
+        let what = if started.decisions { "every decision" } else { "drops" };
+        eprintln!("monitoring {what} of {port} ({reason}); Ctrl-C stops");
+    }
+    let mut seen = 0;
+    for line in lines {
+        let line = line?;
+        if json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            match &line {
+                MonitorLine::Event(e) => {
+                    let what = e.reason.as_deref().map_or_else(
+                        || format!("forward {}", e.action.as_deref().unwrap_or("?")),
+                        |r| format!("drop {r}"),
+                    );
+                    let secs = e.time_ns / 1_000_000_000;
+                    let micros = (e.time_ns % 1_000_000_000) / 1000;
+                    println!(
+                        "{secs}.{micros:06} {} {} {what} len {} port {} net {} {}",
+                        e.device, e.program, e.len, e.port_id, e.network, e.frame
+                    );
+                }
+                MonitorLine::Suppressed { kernel, client } => {
+                    println!("suppressed: {kernel} by the kernel's rate limit, {client} for a slow reader")
+                }
+            }
+        }
+        if let (MonitorLine::Event(e), Some(f)) = (&line, &mut file) {
+            f.write(e)?;
+            f.flush()?;
+        }
+        if matches!(line, MonitorLine::Event(_)) {
+            seen += 1;
+            if count.is_some_and(|n| seen >= n) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Prints `rows` under `headers`, columns padded to their widest cell.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {

@@ -18,7 +18,7 @@ use tokio::{
     sync::{Semaphore, mpsc, oneshot},
 };
 
-use crate::api::{Answer, ApiError, ErrorKind, Reply, Request};
+use crate::api::{Answer, ApiError, ErrorKind, MonitorLine, Reply, Request};
 
 /// Longest request line accepted; anything longer is refused without being read whole.
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -35,7 +35,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Pending {
     pub request: Request,
     pub reply: oneshot::Sender<Result<Answer, ApiError>>,
+    /// For a streaming request (`monitor`): where the agent sends the lines
+    /// that follow its answer. Closed by the connection when the client goes.
+    pub stream: Option<mpsc::Sender<String>>,
 }
+
+/// Lines of a stream that wait for a slow client; more are dropped and counted.
+pub const STREAM_BACKLOG: usize = 1024;
 
 /// Listens on `path` and forwards every request to `tx`.
 pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> Result<()> {
@@ -93,17 +99,42 @@ async fn connection(stream: tokio::net::UnixStream, tx: mpsc::Sender<Pending>) -
             return Ok(());
         };
         let Some(line) = next.context("reading a request")? else { return Ok(()) };
+        let mut stream = None;
         let reply = match parse_request(&line) {
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
-                tx.send(Pending { request, reply }).await.context("agent loop is gone")?;
+                let lines = matches!(request, Request::Monitor { .. }).then(|| {
+                    let (stx, srx) = mpsc::channel(STREAM_BACKLOG);
+                    stream = Some(srx);
+                    stx
+                });
+                tx.send(Pending { request, reply, stream: lines }).await.context("agent loop is gone")?;
                 rx.await.context("agent dropped the request")?
             }
             Err(e) => Err(e),
         };
+        let ok = reply.is_ok();
         let mut text = serde_json::to_string(&Reply::from_result(reply))?;
         text.push('\n');
         write.write_all(text.as_bytes()).await.context("writing a reply")?;
+        if let (true, Some(mut lines_out)) = (ok, stream) {
+            // The connection is a stream now: lines until the client closes it.
+            let mut probe = [0u8; 1];
+            let mut rest = lines.into_inner();
+            loop {
+                tokio::select! {
+                    next = lines_out.recv() => {
+                        let Some(mut text) = next else { return Ok(()) };
+                        text.push('\n');
+                        if write.write_all(text.as_bytes()).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    // Anything from the client, or its end, ends the stream.
+                    _ = rest.read(&mut probe) => return Ok(()),
+                }
+            }
+        }
     }
 }
 
@@ -115,7 +146,7 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
     serde_json::from_str(line).map_err(|e| {
         ApiError::new(
             ErrorKind::BadRequest,
-            format!("bad request: {e} (commands: status, ports, networks, fdb, stats, trace, conntrack, conntrack_flush)"),
+            format!("bad request: {e} (commands: status, ports, networks, fdb, stats, trace, conntrack, conntrack_flush, metrics, monitor)"),
         )
     })
 }
@@ -141,15 +172,41 @@ pub fn query<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
 const BUSY_RETRIES: usize = 10;
 
 fn query_once<T: DeserializeOwned>(path: &Path, request: &Request) -> Result<T> {
+    let stream = send(path, request)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    read_reply(&mut BufReader::new(&stream))
+}
+
+/// Connects to the agent at `path` and sends `request`.
+fn send(path: &Path, request: &Request) -> Result<UnixStream> {
     let mut stream = UnixStream::connect(path).with_context(|| {
         format!("connecting to the agent's control socket {} (is the agent running?)", path.display())
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     stream.write_all(line.as_bytes()).context("sending the request")?;
+    Ok(stream)
+}
+
+/// Sends a streaming request (`monitor`) to the agent at `path`: its answer,
+/// then each line that follows, until the agent closes the connection.
+pub fn stream<T: DeserializeOwned>(
+    path: &Path,
+    request: &Request,
+) -> Result<(T, impl Iterator<Item = Result<MonitorLine>>)> {
+    let stream = send(path, request)?;
+    let mut reader = BufReader::new(stream);
+    let answer = read_reply(&mut reader)?;
+    let lines = reader.lines().map(|l| {
+        let l = l.context("reading the agent's stream")?;
+        serde_json::from_str(&l).with_context(|| format!("a stream line of another version: {l}"))
+    });
+    Ok((answer, lines))
+}
+
+fn read_reply<T: DeserializeOwned>(reader: &mut impl BufRead) -> Result<T> {
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).context("reading the agent's reply")?;
+    reader.read_line(&mut reply).context("reading the agent's reply")?;
     if reply.is_empty() {
         bail!("the agent closed the connection without replying");
     }

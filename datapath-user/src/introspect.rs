@@ -8,8 +8,8 @@ use crate::{
     agent::Agent,
     api::{
         Answer, ApiError, ConnRow, ConntrackReply, ErrorKind, FdbReply, FdbRow, FlushReply, MetricsReply,
-        NetworkRow, NetworksReply, PortRow, PortStats, PortsReply, Refused, Request, StatsReply, StatusReply,
-        TraceReply, TraceTarget,
+        MonitorStarted, NetworkRow, NetworksReply, PortRow, PortStats, PortsReply, Refused, Request,
+        StatsReply, StatusReply, TraceReply, TraceTarget,
     },
     batch,
     bindings::{
@@ -20,15 +20,16 @@ use crate::{
     desired::{PortReport, PortState},
     learned::monotonic_ns,
     metrics::{self, KERNEL_COUNT_EVERY, MapFill, PortSample, Snapshot},
+    monitor::{self, Monitor, Place},
     testrun::{self, SkbRun},
 };
 use anyhow::{Context, Result, bail};
 use aya::maps::{IterableMap, PerCpuValues};
 use datapath_common::{
     ABI_VERSION, Action, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey,
-    DropReason, FDB_F_LOCAL, FdbKey, FragKey, FragVerdict, LearnedEntry, PORT_F_SECGROUPS, PORT_KIND_TUNNEL,
-    PORT_KIND_UPLINK, PortCounters, SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT, SG_JUDGED_NONE,
-    SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord, names, sg_judged_parts,
+    DropReason, FDB_F_LOCAL, FdbKey, FragKey, FragVerdict, LearnedEntry, MONITOR_SNAP, PORT_F_SECGROUPS,
+    PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PortCounters, SG_JUDGED_ALLOWANCE, SG_JUDGED_FRAGMENT,
+    SG_JUDGED_NONE, SG_JUDGED_TRACKED, TRACE_DRY_RUN, TRACE_MAGIC, TraceRecord, names, sg_judged_parts,
 };
 
 /// Longest frame `trace` accepts (a page minus the kernel's headroom).
@@ -56,6 +57,9 @@ impl Agent {
                 self.trace_reply(&port, &frame, (vni, vtep.as_deref()), receive).map(Answer::Trace)
             }
             Request::Metrics {} => self.metrics_reply().map(Answer::Metrics),
+            Request::Monitor { .. } => {
+                Err(bad_request("monitor streams: it needs a connection of its own".into()))
+            }
         };
         answer.map_err(|e| match e.downcast_ref::<ApiError>() {
             Some(api) => api.clone(),
@@ -324,6 +328,97 @@ impl Agent {
         Ok(StatsReply { ports: out })
     }
 
+    /// Adds a monitor listener sending to `lines`: the drops of `port` (or
+    /// every port) for `reason` (or every reason), and with `decisions` every
+    /// decision at `port`.
+    pub fn subscribe(
+        &mut self,
+        port: Option<&str>,
+        reason: Option<String>,
+        decisions: bool,
+        lines: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<Answer, ApiError> {
+        if self.status.stale {
+            self.status.derived = self.engine.derived(&self.cfg);
+            self.status.stale = false;
+        }
+        let api = |e: anyhow::Error| match e.downcast_ref::<ApiError>() {
+            Some(a) => a.clone(),
+            None => ApiError::new(ErrorKind::Failed, format!("{e:#}")),
+        };
+        let (ifindex, device) = match port {
+            Some(key) => {
+                let p = self.find_port(key).map_err(api)?;
+                let i = p.ifindex.ok_or_else(|| {
+                    ApiError::new(ErrorKind::NotFound, format!("port {key:?} has no device on this node"))
+                })?;
+                (Some(i), p.device.clone())
+            }
+            None => (None, String::new()),
+        };
+        if decisions && ifindex.is_none() {
+            return Err(ApiError::new(ErrorKind::BadRequest, "decisions need a port (--port)"));
+        }
+        if let Some(r) = &reason
+            && !monitor::reason_labels().contains_key(r.as_str())
+        {
+            let known: Vec<&str> = monitor::reason_labels().into_keys().collect();
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                format!("no drop reason {r:?}; one of {}", known.join(", ")),
+            ));
+        }
+        let kernel_now = monitor::suppressed(&self.dp.maps).map_err(api)?;
+        let listener = Monitor::listener(ifindex, reason.clone(), decisions, lines, kernel_now);
+        let m = self.monitor.as_mut().expect("the monitor is back");
+        m.add(&mut self.dp.maps, listener).map_err(|e| ApiError::new(ErrorKind::Busy, e))?;
+        log::info!(
+            "monitor: a listener for {} ({}){}",
+            if device.is_empty() { "every port" } else { &device },
+            reason.as_deref().unwrap_or("every reason"),
+            if decisions { ", every decision" } else { "" }
+        );
+        Ok(Answer::Monitoring(MonitorStarted {
+            port: device,
+            reason: reason.unwrap_or_default(),
+            decisions,
+            snap: MONITOR_SNAP,
+        }))
+    }
+
+    /// Sends the ring buffer's waiting events to the listeners.
+    pub fn drain_events(&mut self) {
+        if self.status.stale {
+            self.status.derived = self.engine.derived(&self.cfg);
+            self.status.stale = false;
+        }
+        let Some(mut m) = self.monitor.take() else { return };
+        m.drain(|ifindex| self.place(ifindex));
+        self.monitor = Some(m);
+    }
+
+    /// Once a second: listeners that went, and what was suppressed.
+    pub fn monitor_tick(&mut self) {
+        let Some(mut m) = self.monitor.take() else { return };
+        if m.active() {
+            let kernel = monitor::suppressed(&self.dp.maps).unwrap_or(0);
+            if let Err(e) = m.tick(&mut self.dp.maps, kernel) {
+                log::warn!("monitor: {e:#}");
+            }
+        }
+        self.monitor = Some(m);
+    }
+
+    /// The device, port and network at `ifindex`, as the agent knows them.
+    fn place(&self, ifindex: u32) -> Place {
+        match self.status.derived.ports.iter().find(|p| p.ifindex == Some(ifindex)) {
+            Some(p) => {
+                Place { device: p.device.clone(), port_id: p.id.clone(), network: p.network_id.clone() }
+            }
+            None => Place { device: format!("ifindex {ifindex}"), ..Place::default() },
+        }
+    }
+
     /// The metrics: every port's counters, the node's drops, the maps' fill.
     fn metrics_reply(&mut self) -> Result<MetricsReply> {
         let mut ports = Vec::new();
@@ -370,6 +465,8 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             abi_version: ABI_VERSION,
             source: self.source.kind().to_string(),
+            monitor_suppressed: monitor::suppressed(&self.dp.maps)?,
+            monitor_listeners: self.monitor.as_ref().map_or(0, Monitor::listeners),
         };
         Ok(MetricsReply { text: metrics::render(snapshot)? })
     }

@@ -8,7 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::SchedClassifier,
+};
 use datapath_common::{ABI_VERSION, names};
 
 /// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.
@@ -20,6 +24,8 @@ pub use crate::synced::Maps;
 pub struct Datapath {
     ebpf: Ebpf,
     pub maps: Maps,
+    /// The monitor's ring buffer, until the agent takes it to read events.
+    pub events: Option<RingBuf<MapData>>,
     pin_dir: Option<PathBuf>,
 }
 
@@ -68,7 +74,12 @@ impl Datapath {
         // The verifier's time is most of a start-up: worth a line in the log.
         log::info!("programs verified and loaded in {} ms", started.elapsed().as_millis());
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps, pin_dir })
+        let events = ebpf
+            .take_map(names::MONITOR_EVENTS)
+            .context("map MONITOR_EVENTS missing from the eBPF object")?
+            .try_into()
+            .context("map MONITOR_EVENTS is not a ring buffer")?;
+        Ok(Self { ebpf, maps, events: Some(events), pin_dir })
     }
 
     /// The loaded TC program `name` (one of `names::ALL_PROGRAMS`).

@@ -93,6 +93,26 @@ enum Command {
     },
     /// The Prometheus metrics, as the metrics endpoint serves them (OpenMetrics text).
     Metrics(Target),
+    /// Live drops (and, with --decisions, every decision at a port) as they happen.
+    Monitor {
+        #[command(flatten)]
+        target: Target,
+        /// Only this port (device name or port id).
+        #[arg(long)]
+        port: Option<String>,
+        /// Only drops for this reason (a label of `datapath stats`, e.g. src_mac_spoof).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Every decision at --port, not only its drops.
+        #[arg(long, requires = "port")]
+        decisions: bool,
+        /// Also write the frames to this pcapng file (the reason in each packet's comment).
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run the real program on a frame against the live maps and show the decision.
     Trace {
         #[command(flatten)]
@@ -187,6 +207,10 @@ fn main() -> Result<()> {
         Command::Fdb { target, network } => ask(&target, Request::Fdb { network }, cli::print_fdb),
         Command::Stats { target, port } => ask(&target, Request::Stats { port }, cli::print_stats),
         Command::Metrics(t) => ask(&t, Request::Metrics {}, |m: &MetricsReply| print!("{}", m.text)),
+        Command::Monitor { target, port, reason, decisions, pcap, count } => {
+            let request = Request::Monitor { port, reason, decisions };
+            cli::monitor(&target.socket()?, &request, target.json, pcap.as_deref(), count)
+        }
         Command::Conntrack { target, port, action: None } => {
             ask(&target, Request::Conntrack { port }, cli::print_conntrack)
         }

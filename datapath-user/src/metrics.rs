@@ -97,6 +97,10 @@ pub struct Snapshot {
     pub abi_version: u32,
     /// `file` or `neutron`.
     pub source: String,
+    /// Monitor events the kernel did not send (over its rate, or a full ring).
+    pub monitor_suppressed: u64,
+    /// Monitor listeners connected.
+    pub monitor_listeners: usize,
 }
 
 /// The agent's reconcile histogram: 100 µs to about 13 s, doubling.
@@ -197,6 +201,20 @@ impl Collector for Snapshot {
             let capacity = i64::try_from(m.capacity).unwrap_or(i64::MAX);
             ConstGauge::new(capacity).encode(e.encode_family(&[("map", m.name.as_str())])?)?;
         }
+        let e = encoder.encode_descriptor(
+            "datapath_monitor_suppressed_events",
+            "Monitor events the programs did not send: over the per-CPU rate, or the ring buffer full.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.monitor_suppressed).encode(e)?;
+        let e = encoder.encode_descriptor(
+            "datapath_monitor_listeners",
+            "Clients of datapath monitor connected now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.monitor_listeners as i64).encode(e)?;
         let mut e = encoder.encode_descriptor(
             "datapath_build",
             "The agent's build and where it runs, as labels; the value is 1.",
@@ -303,7 +321,7 @@ async fn answer<B>(
     }
     let started = Instant::now();
     let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Pending { request: Request::Metrics {}, reply: reply_tx }).await.is_err() {
+    if tx.send(Pending { request: Request::Metrics {}, reply: reply_tx, stream: None }).await.is_err() {
         return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, text, "the agent is stopping\n".into()));
     }
     Ok(match reply_rx.await {
@@ -346,6 +364,8 @@ mod tests {
             version: "0.1.0".into(),
             abi_version: 3,
             source: "file".into(),
+            monitor_suppressed: 4,
+            monitor_listeners: 1,
         }
     }
 
@@ -369,6 +389,8 @@ mod tests {
             "datapath_map_capacity{map=\"PORTS\"} 4096".into(),
             "datapath_build{version=\"0.1.0\",abi_version=\"3\",kernel=\"6.18.0\",hook=\"tcx\",source=\"file\"} 1"
                 .into(),
+            "datapath_monitor_suppressed_events_total 4".into(),
+            "datapath_monitor_listeners 1".into(),
             "# EOF".into(),
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");

@@ -19,12 +19,12 @@ use std::{collections::BTreeMap, fmt::Debug};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
-    LearnedEntry, MacKey, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4,
-    SgRemoteKeyV6, TraceRecord, VtepSet, names,
+    LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort,
+    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -334,6 +334,10 @@ declare_maps! {
         port_stats: PerCpuArray<MapData, PortCounters> = names::PORT_STATS,
         /// The decision record of traced runs.
         trace: PerCpuArray<MapData, TraceRecord> = names::TRACE,
+        /// What the monitor's listeners asked for (the agent writes it; the programs read it).
+        monitor: Array<MapData, MonitorConfig> = names::MONITOR,
+        /// The monitor's per-CPU rate limit and suppressed count.
+        monitor_rate: PerCpuArray<MapData, MonitorRate> = names::MONITOR_RATE,
     }
 }
 
@@ -378,7 +382,9 @@ mod tests {
     #[test]
     fn every_map_is_declared_once_in_dependency_order() {
         let synced: Vec<&str> = Synced::ORDER.iter().map(|s| s.name()).collect();
-        let mut all: Vec<&str> = synced.iter().chain(KERNEL_MAPS).copied().collect();
+        // The ring buffer is the loader's own handle (`Datapath::events`).
+        let mut all: Vec<&str> =
+            synced.iter().chain(KERNEL_MAPS).copied().chain([names::MONITOR_EVENTS]).collect();
         all.sort();
         let mut want = names::ALL_MAPS.to_vec();
         want.sort();

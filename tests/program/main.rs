@@ -8,6 +8,7 @@ mod full_maps;
 mod golden;
 mod injected;
 mod learning;
+mod monitor;
 mod scenario;
 mod secgroups;
 mod tunnel;

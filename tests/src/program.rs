@@ -59,6 +59,8 @@ pub struct Bench {
     pub devices: Devices,
     pub derived: Derived,
     pub ns: Netns,
+    /// The next run is a dry one (`run_dry`).
+    dry: bool,
 }
 
 impl Bench {
@@ -80,7 +82,7 @@ impl Bench {
         let mut dp = Datapath::load_private()?;
         let devices = datapath_user::netlink::list_devices()?;
         let derived = seed(&mut dp, &devices, config, bindings)?;
-        Ok(Self { _enter: enter, dp, devices, derived, ns })
+        Ok(Self { _enter: enter, dp, devices, derived, ns, dry: false })
     }
 
     /// Re-seeds the maps from another bindings document, as an agent's
@@ -124,6 +126,15 @@ impl Bench {
         self.run_with(prog, ingress, frame, traced, None)
     }
 
+    /// Runs `prog` as `datapath trace` does: traced, and changing nothing (no
+    /// counter, no learning, no copy, no monitor event).
+    pub fn run_dry(&mut self, prog: &str, ingress: &str, frame: &[u8]) -> Result<Outcome> {
+        self.dry = true;
+        let out = self.run_with(prog, ingress, frame, true, None);
+        self.dry = false;
+        out
+    }
+
     /// Runs `tunnel_in` (traced) on `frame` as if the VXLAN device `ingress`
     /// had decapsulated it from `vtep` with `vni`, through the program's trace
     /// hook (`BPF_PROG_TEST_RUN` cannot attach tunnel metadata).
@@ -155,6 +166,9 @@ impl Bench {
         if traced {
             cb[0] = TRACE_MAGIC[0];
             cb[1] = TRACE_MAGIC[1];
+        }
+        if self.dry {
+            cb[2] = datapath_common::TRACE_DRY_RUN;
         }
         if let Some((vni, vtep)) = tunnel {
             cb[3] = vni;

@@ -10,6 +10,7 @@ mod introspection;
 mod isolation;
 mod lifecycle;
 mod metrics;
+mod monitor;
 mod restart;
 mod scenario;
 mod secgroup_scenarios;

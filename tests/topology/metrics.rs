@@ -40,23 +40,8 @@ fn port_labels(p: &PortSpec) -> String {
 
 #[test]
 fn the_metrics_endpoint_counts_what_was_sent_and_forgets_a_port_that_went_and_the_log_is_json() {
-    let mut c = Cluster::new("metrics", 1).unwrap();
-    let a = vm1();
-    let b = PortSpec::vm(
-        "0c0c0c0c-0000-4000-8000-00000000000c",
-        NET1,
-        "fa:16:3e:0c:00:0c",
-        "10.10.10.12",
-        "node0",
-    );
-    c.write_bindings(&bindings(&[&a, &b])).unwrap();
-    let ia = c.add_vm("node0", a.clone()).unwrap();
-    let ib = c.add_vm("node0", b.clone()).unwrap();
-    c.vms[ia].set_static_ip().unwrap();
-    c.vms[ib].set_static_ip().unwrap();
-    c.append_config("node0", &format!("metrics_address = \"{METRICS}\"\nlog_format = \"json\"")).unwrap();
-    c.start_agent("node0").unwrap();
-    assert!(c.vms[ia].ping_until(&b.ip, Duration::from_secs(10)));
+    let config = format!("metrics_address = \"{METRICS}\"\nlog_format = \"json\"");
+    let (c, a, b, ia) = local_pair("metrics", &config);
 
     let (a_labels, b_labels) = (port_labels(&a), port_labels(&b));
     let spoof_series = format!("datapath_port_dropped_frames_total{{{a_labels},reason=\"src_mac_spoof\"}}");

@@ -1,6 +1,8 @@
 //! Ports and networks of the seed walkthrough, renamed for tests.
 
-use datapath_tests::cluster::{PortSpec, network_json};
+use std::time::Duration;
+
+use datapath_tests::cluster::{Cluster, PortSpec, network_json};
 use serde_json::{Value, json};
 
 pub const NET1: &str = "5f833617-6179-4797-b7c0-7d420d84040c";
@@ -42,4 +44,30 @@ pub fn networks() -> Vec<Value> {
 /// A bindings document with `ports`.
 pub fn bindings(ports: &[&PortSpec]) -> Value {
     json!({"networks": networks(), "ports": ports.iter().map(|p| p.to_json()).collect::<Vec<_>>()})
+}
+
+/// vm-1 and a second VM of net1 (10.10.10.12) on node0 of a one-node
+/// cluster, with `config` added to the agent's config: the agent running and
+/// vm-1 reaching the other. Returns the cluster, both ports, vm-1's index.
+pub fn local_pair(tag: &str, config: &str) -> (Cluster, PortSpec, PortSpec, usize) {
+    let mut c = Cluster::new(tag, 1).unwrap();
+    let a = vm1();
+    let b = PortSpec::vm(
+        "0c0c0c0c-0000-4000-8000-00000000000c",
+        NET1,
+        "fa:16:3e:0c:00:0c",
+        "10.10.10.12",
+        "node0",
+    );
+    c.write_bindings(&bindings(&[&a, &b])).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    let ib = c.add_vm("node0", b.clone()).unwrap();
+    c.vms[ia].set_static_ip().unwrap();
+    c.vms[ib].set_static_ip().unwrap();
+    if !config.is_empty() {
+        c.append_config("node0", config).unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    assert!(c.vms[ia].ping_until(&b.ip, Duration::from_secs(10)));
+    (c, a, b, ia)
 }

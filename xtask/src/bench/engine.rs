@@ -57,6 +57,8 @@ type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
 /// The same-node pps of the datapath while node0's metrics are scraped every second.
 const PPS_SCRAPED: &str = "pps_64b_scraped";
+/// The same-node pps of the datapath while a `datapath monitor` follows every drop.
+const PPS_MONITORED: &str = "pps_64b_monitored";
 /// How often the scraper asks: Prometheus's most eager setting in practice.
 const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
@@ -139,6 +141,14 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                     no_traffic.push(format!("{tag}: no scrape of the metrics completed"));
                 }
                 samples.entry((sc, Path::Datapath, PPS_SCRAPED)).or_default().push(s.pps);
+                // And with a monitor listening (issue 15: the monitor costs nothing when
+                // nobody listens; listening for drops, the forwarded frames pay a check).
+                let tag = format!("{}-datapath-monitored", sc.name());
+                let s = monitored(&ours, || {
+                    flow(Path::Datapath).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)
+                })?;
+                step(&label, &format!("{tag}: {:.0} pps with a monitor of every drop", s.pps));
+                samples.entry((sc, Path::Datapath, PPS_MONITORED)).or_default().push(s.pps);
             }
             // The cross-check: the same frames from trafgen, whose own cost per frame
             // (about a microsecond) shows how a slow sender squeezes the ratio.
@@ -290,6 +300,12 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         legacy: dp(Scenario::SameNodeVlan, report::PPS.name),
     });
     records.push(Record {
+        scenario: report::MONITORED_VS_NOT.into(),
+        metric: report::PPS,
+        datapath: dp(Scenario::SameNodeVlan, PPS_MONITORED),
+        legacy: dp(Scenario::SameNodeVlan, report::PPS.name),
+    });
+    records.push(Record {
         scenario: report::SG_VS_NO_SG.into(),
         metric: report::TCP,
         datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
@@ -374,6 +390,19 @@ fn scraped<T>(ours: &Ours, run: impl FnOnce() -> Result<T>) -> Result<(T, usize)
         let n = scraper.join().map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
         Ok((out?, n))
     })
+}
+
+/// `run`'s result while a `datapath monitor` of every drop listens on node0.
+fn monitored<T>(ours: &Ours, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut child = ours.monitor()?;
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        ours.metric("datapath_monitor_listeners").ok().flatten() == Some(1.0)
+    });
+    let out = if listening { run() } else { Err(anyhow::anyhow!("the monitor never registered on node0")) };
+    let _ = child.kill();
+    let _ = child.wait();
+    out
 }
 
 fn keep_pps(

@@ -99,6 +99,26 @@ impl Ours {
         Ok(body.len())
     }
 
+    /// A `datapath monitor` of every drop on node0, running until the child is killed.
+    pub fn monitor(&self) -> Result<std::process::Child> {
+        let child = std::process::Command::new(datapath_tests::cluster::datapath_bin())
+            .args(["monitor", "--json", "--config"])
+            .arg(&self.cluster.node("node0").config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(child)
+    }
+
+    /// `datapath metrics` of node0: the value of `series`.
+    pub fn metric(&self, series: &str) -> Result<Option<f64>> {
+        let (ok, text, err) = self.cluster.cli("node0", &["metrics"])?;
+        if !ok {
+            bail!("datapath metrics on node0: {err}");
+        }
+        Ok(text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()))
+    }
+
     /// The flow of `scenario`.
     pub fn flow(&self, scenario: Scenario) -> Flow<'_> {
         let (a, b) = scenario.pair();

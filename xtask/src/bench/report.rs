@@ -84,6 +84,8 @@ pub const VS_PLAIN_BRIDGE: &str = "same-node-vs-plain-bridge";
 
 /// The datapath's same-node pps with its metrics scraped every second (`datapath`), against none (`legacy` column).
 pub const SCRAPED_VS_NOT: &str = "datapath-scraped-vs-not";
+/// The datapath's same-node pps with a monitor of every drop listening (`datapath`), against none (`legacy` column).
+pub const MONITORED_VS_NOT: &str = "datapath-monitored-vs-not";
 /// The datapath with 1,000 rules per port (`datapath`) against itself with 10 (`legacy` column).
 pub const SG_1000_VS_10: &str = "datapath-sg1000-vs-sg10";
 /// The datapath with security groups (`datapath`) against the same path without (`legacy` column).
