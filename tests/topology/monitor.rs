@@ -162,8 +162,12 @@ fn a_drop_storm_is_rate_limited_in_the_kernel_and_the_agent_keeps_answering() {
             .args(["netns", "exec", c.vms[ia].ns.name(), "trafgen", "--dev", "eth0", "--conf"])
             .arg(&cfg)
             .args(["--num", "0", "--cpus", "2"])
+            // trafgen writes its compiled config beside it: the test's directory, which
+            // is writable where the rest of the tree is not (the 6.1 guest's).
+            .current_dir(&c.dir)
+            .env("TMPDIR", &c.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(c.dir.join("trafgen.log")).unwrap()))
             // Its own process group: trafgen forks a sender per CPU, and all of them stop.
             .process_group(0)
             .spawn()
@@ -175,7 +179,12 @@ fn a_drop_storm_is_rate_limited_in_the_kernel_and_the_agent_keeps_answering() {
     let (ok, _, err) = c.cli("node0", &["status"]).unwrap();
     assert!(ok, "{err}");
     let answered_in = t.elapsed();
-    assert!(storm.0.try_wait().unwrap().is_none(), "the storm was over before the agent was asked");
+    let log = || std::fs::read_to_string(c.dir.join("trafgen.log")).unwrap_or_default();
+    assert!(
+        storm.0.try_wait().unwrap().is_none(),
+        "the storm was over before the agent was asked: {}",
+        log()
+    );
     assert!(answered_in < Duration::from_secs(5), "status took {answered_in:?} during the storm");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     drop(storm);
