@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up the machine, then build, test, lint or run the datapath.
 
 mod bench;
+mod deb;
 mod demo;
 mod ebpf;
 mod fuzz;
@@ -83,6 +84,8 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Debian package (target/deb/datapath_<version>_amd64.deb).
+    Deb,
     /// Build, then run target/release/datapath with ARGS.
     Run {
         /// Arguments for `datapath`.
@@ -103,6 +106,7 @@ impl Command {
             Command::Demo { .. } => "demo",
             Command::Bench { .. } => "bench",
             Command::Run { .. } => "run",
+            Command::Deb => "deb",
         }
     }
 }
@@ -146,6 +150,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Demo { pause, neutron } => demo::demo(pause, neutron)?,
+        Command::Deb => drop(deb::build(&user::build(&ebpf::build()?, true)?)?),
         Command::Bench { quick } => {
             let obj = ebpf::build()?;
             bench::run(&obj, &user::build(&obj, true)?, quick)?;
