@@ -116,6 +116,10 @@ pub const CT_F_REPLIED: u32 = 1 << 1;
 pub const CT_F_FIN_ORIG: u32 = 1 << 2;
 /// `CtEntry::flags`: the other side sent a FIN.
 pub const CT_F_FIN_REPLY: u32 = 1 << 3;
+/// `CtEntry::table` of a connection carried over from another map layout,
+/// whose table ids mean nothing here: no rule is named for it, and a policy
+/// change judges it by the rules (0, a fixed allowance, is carried as it is).
+pub const CT_TABLE_UNKNOWN: u32 = u32::MAX;
 /// `CtEntry::flags`: a RST was seen.
 pub const CT_F_RST: u32 = 1 << 4;
 

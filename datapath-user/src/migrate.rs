@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData};
-use datapath_common::{ABI_VERSION, CtEntry, CtKey, FdbKey, LearnedEntry, names};
+use datapath_common::{ABI_VERSION, CT_TABLE_UNKNOWN, CtEntry, CtKey, FdbKey, LearnedEntry, names};
 
 use crate::{
     desired::{MapState, WireId},
@@ -194,11 +194,21 @@ pub fn restore_connections(maps: &mut Maps, connections: &[(CtKey, CtEntry)]) ->
         if maps.conntrack.get(k, 0).is_ok() {
             continue;
         }
-        if maps.conntrack.insert(k, e, 0).is_ok() {
+        if maps.conntrack.insert(k, carried(e), 0).is_ok() {
             restored += 1;
         }
     }
     restored
+}
+
+/// A connection of another layout as ours holds it: its rule table's id is
+/// the other agent's, so it becomes `CT_TABLE_UNKNOWN` (a fixed allowance stays 0).
+fn carried(e: &CtEntry) -> CtEntry {
+    let mut e = *e;
+    if e.table != 0 {
+        e.table = CT_TABLE_UNKNOWN;
+    }
+    e
 }
 
 /// Removes another version's pins. Its maps are freed once no program holds them.
@@ -209,6 +219,14 @@ pub fn remove(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carried_connections_name_no_table_but_keep_their_fixed_allowance() {
+        let e = CtEntry { created_ns: 1, last_seen_ns: 2, flags: 3, table: 7, rule: 4, lifetime_s: 5 };
+        assert_eq!(carried(&e), CtEntry { table: CT_TABLE_UNKNOWN, ..e });
+        let allowance = CtEntry { table: 0, rule: 0, ..e };
+        assert_eq!(carried(&allowance), allowance);
+    }
 
     #[test]
     fn other_versions_are_found_and_ours_is_not() {
