@@ -141,8 +141,9 @@ impl Monitor {
         let ring = ring.get_mut();
         let mut events = Vec::new();
         while let Some(item) = ring.next() {
+            // Read unaligned: whatever the ring's alignment, a bad record must not panic the agent.
             if item.len() >= size_of::<MonitorEvent>() {
-                events.push(*bytemuck::from_bytes::<MonitorEvent>(&item[..size_of::<MonitorEvent>()]));
+                events.push(bytemuck::pod_read_unaligned::<MonitorEvent>(&item[..size_of::<MonitorEvent>()]));
             }
         }
         for ev in events {

@@ -118,7 +118,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
         let mut got = Vec::new();
         let ring = b.dp.events.as_mut().expect("the ring buffer");
         while let Some(item) = ring.next() {
-            got.push(*bytemuck::from_bytes::<MonitorEvent>(&item[..size_of::<MonitorEvent>()]));
+            got.push(bytemuck::pod_read_unaligned::<MonitorEvent>(&item[..size_of::<MonitorEvent>()]));
         }
         let check = || -> Result<(), String> {
             let (dev, reason, action) = match row.want {
