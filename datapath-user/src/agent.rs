@@ -212,7 +212,7 @@ impl Agent {
             m.connections.clear();
         }
         // After the maps (and what a migration carried over): a connection is
-        // cut once its port's new policy is in place.
+        // cut once its port's new tables are in place.
         let recheck = if verify {
             Recheck::All
         } else if !change.policy_changed.is_empty() {

@@ -92,7 +92,7 @@ impl Engine {
     }
 
     /// An engine taking over from the kernel's `current` maps: their numbering,
-    /// and policy ids above theirs.
+    /// and rule-table ids above theirs.
     pub fn recover(current: &MapState) -> Self {
         Self::with_security(Allocations::recover(current), SecurityLayer::new(current))
     }
