@@ -39,10 +39,7 @@ impl Agent {
     /// Answers one control request. A port or network this node does not
     /// have is `not_found`; anything else that fails is `failed`.
     pub fn answer(&mut self, request: Request) -> Result<Answer, ApiError> {
-        if self.status.stale {
-            self.status.derived = self.engine.derived(&self.cfg);
-            self.status.stale = false;
-        }
+        self.refresh_status();
         let answer = match request {
             Request::Status {} => Ok(Answer::Status(self.status_reply())),
             Request::Ports {} => Ok(Answer::Ports(PortsReply {
@@ -61,10 +58,15 @@ impl Agent {
                 Err(bad_request("monitor streams: it needs a connection of its own".into()))
             }
         };
-        answer.map_err(|e| match e.downcast_ref::<ApiError>() {
-            Some(api) => api.clone(),
-            None => ApiError::new(ErrorKind::Failed, format!("{e:#}")),
-        })
+        answer.map_err(api_error)
+    }
+
+    /// Brings the derived state the answers read up to the engine's, if a reconcile moved it.
+    fn refresh_status(&mut self) {
+        if self.status.stale {
+            self.status.derived = self.engine.derived(&self.cfg);
+            self.status.stale = false;
+        }
     }
 
     fn status_reply(&self) -> StatusReply {
@@ -134,12 +136,7 @@ impl Agent {
     }
 
     fn device_of(&self, ifindex: u32) -> String {
-        let ports = &self.status.derived.ports;
-        ports
-            .iter()
-            .find(|p| p.ifindex == Some(ifindex))
-            .map(|p| p.device.clone())
-            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+        self.place(ifindex).device
     }
 
     fn fdb_reply(&self, network: Option<&str>) -> Result<FdbReply> {
@@ -307,13 +304,7 @@ impl Agent {
         for p in ports {
             let Some(ifindex) = p.ifindex else { continue };
             let Some((slot, c)) = self.counters(ifindex)? else { continue };
-            let actions =
-                Action::ALL.iter().map(|a| (a.label().to_string(), c.actions[*a as usize])).collect();
-            let drops = DropReason::ALL
-                .iter()
-                .filter(|r| c.drops[**r as usize] != 0)
-                .map(|r| (r.label().to_string(), c.drops[*r as usize]))
-                .collect();
+            let (actions, drops) = labelled(&c);
             out.push(PortStats {
                 device: p.device.clone(),
                 port_id: p.id.clone(),
@@ -338,17 +329,10 @@ impl Agent {
         decisions: bool,
         lines: tokio::sync::mpsc::Sender<String>,
     ) -> Result<Answer, ApiError> {
-        if self.status.stale {
-            self.status.derived = self.engine.derived(&self.cfg);
-            self.status.stale = false;
-        }
-        let api = |e: anyhow::Error| match e.downcast_ref::<ApiError>() {
-            Some(a) => a.clone(),
-            None => ApiError::new(ErrorKind::Failed, format!("{e:#}")),
-        };
+        self.refresh_status();
         let (ifindex, device) = match port {
             Some(key) => {
-                let p = self.find_port(key).map_err(api)?;
+                let p = self.find_port(key).map_err(api_error)?;
                 let i = p.ifindex.ok_or_else(|| {
                     ApiError::new(ErrorKind::NotFound, format!("port {key:?} has no device on this node"))
                 })?;
@@ -368,7 +352,7 @@ impl Agent {
                 format!("no drop reason {r:?}; one of {}", known.join(", ")),
             ));
         }
-        let kernel_now = monitor::suppressed(&self.dp.maps).map_err(api)?;
+        let kernel_now = monitor::suppressed(&self.dp.maps).map_err(api_error)?;
         let listener = Monitor::listener(ifindex, reason.clone(), decisions, lines, kernel_now);
         let m = self.monitor.as_mut().expect("the monitor is back");
         m.add(&mut self.dp.maps, listener).map_err(|e| ApiError::new(ErrorKind::Busy, e))?;
@@ -388,10 +372,7 @@ impl Agent {
 
     /// Sends the ring buffer's waiting events to the listeners.
     pub fn drain_events(&mut self) {
-        if self.status.stale {
-            self.status.derived = self.engine.derived(&self.cfg);
-            self.status.stale = false;
-        }
+        self.refresh_status();
         let Some(mut m) = self.monitor.take() else { return };
         m.drain(|ifindex| self.place(ifindex));
         self.monitor = Some(m);
@@ -427,19 +408,13 @@ impl Agent {
             let Some(ifindex) = p.ifindex else { continue };
             let Some((_, c)) = self.counters(ifindex)? else { continue };
             node.accumulate(&c);
+            let (actions, drops) = labelled(&c);
             ports.push(PortSample {
                 port_id: p.id.clone(),
                 device: p.device.clone(),
                 network: p.network_id.clone(),
-                actions: Action::ALL
-                    .iter()
-                    .map(|a| (a.label().to_string(), c.actions[*a as usize]))
-                    .collect(),
-                drops: DropReason::ALL
-                    .iter()
-                    .filter(|r| c.drops[**r as usize] != 0)
-                    .map(|r| (r.label().to_string(), c.drops[*r as usize]))
-                    .collect(),
+                actions,
+                drops,
             });
         }
         // Slot 0: frames on devices the agent does not (or no longer) know.
@@ -598,6 +573,25 @@ impl Agent {
             security_group,
         })
     }
+}
+
+/// A failure as the control protocol reports it: the `ApiError` it carries, else `failed`.
+fn api_error(e: anyhow::Error) -> ApiError {
+    match e.downcast_ref::<ApiError>() {
+        Some(api) => api.clone(),
+        None => ApiError::new(ErrorKind::Failed, format!("{e:#}")),
+    }
+}
+
+/// A port's counters by label: every action, and the drop reasons that counted any.
+fn labelled(c: &PortCounters) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let actions = Action::ALL.iter().map(|a| (a.label().to_string(), c.actions[*a as usize])).collect();
+    let drops = DropReason::ALL
+        .iter()
+        .filter(|r| c.drops[**r as usize] != 0)
+        .map(|r| (r.label().to_string(), c.drops[*r as usize]))
+        .collect();
+    (actions, drops)
 }
 
 /// A port's report as a row of `ports`.

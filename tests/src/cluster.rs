@@ -442,6 +442,16 @@ impl Cluster {
         serde_json::from_str(&out).with_context(|| format!("datapath {args:?} printed no JSON: {out}"))
     }
 
+    /// The value of the series `series` (name and labels, as printed) in
+    /// `datapath metrics` of `node`; None when the series is not there.
+    pub fn metric(&self, node: &str, series: &str) -> Result<Option<f64>> {
+        let (ok, text, err) = self.cli(node, &["metrics"])?;
+        if !ok {
+            bail!("datapath metrics on {node}: {err}");
+        }
+        Ok(text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()))
+    }
+
     /// Whether `node` has learned `mac` (from the uplink or a tunnel), and on which device.
     pub fn learned_on(&self, node: &str, mac: &str) -> Option<String> {
         let fdb = self.cli_json(node, &["fdb"]).ok()?;

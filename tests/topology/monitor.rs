@@ -44,17 +44,10 @@ fn monitor(c: &Cluster, node: &str, args: &[&str]) -> (Child, mpsc::Receiver<Val
     (child, rx)
 }
 
-/// The value of the metric `series` of `node`, by `datapath metrics`.
-fn metric(c: &Cluster, node: &str, series: &str) -> Option<f64> {
-    let (ok, text, _) = c.cli(node, &["metrics"]).ok()?;
-    ok.then_some(())?;
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Waits until `node` has `n` monitor listeners.
 fn listeners(c: &Cluster, node: &str, n: f64) -> bool {
     datapath_tests::wait_until(Duration::from_secs(10), || {
-        metric(c, node, "datapath_monitor_listeners") == Some(n)
+        c.metric(node, "datapath_monitor_listeners").ok().flatten() == Some(n)
     })
 }
 
@@ -85,7 +78,7 @@ fn events(rx: &mpsc::Receiver<Value>, n: usize, within: Duration) -> Vec<Value> 
 #[test]
 fn monitor_streams_drops_with_their_reason_to_json_and_pcap_and_decisions_on_request() {
     let (c, a, b, ia) = local_pair("monitor", "");
-    assert_eq!(metric(&c, "node0", "datapath_monitor_listeners"), Some(0.0));
+    assert_eq!(c.metric("node0", "datapath_monitor_listeners").unwrap(), Some(0.0));
     let pcap = c.dir.join("drops.pcapng");
     let pcap_arg = pcap.to_str().unwrap().to_string();
     let (mut child, rx) = monitor(&c, "node0", &["--port", &a.device(), "--pcap", &pcap_arg, "--count", "5"]);
@@ -225,7 +218,7 @@ fn a_drop_storm_is_rate_limited_in_the_kernel_and_the_agent_keeps_answering() {
     assert!(got > 0 && (got as f64) <= most, "{got} events for a {storm_secs:.1} s storm (at most {most})");
     assert!(suppressed > 0, "the kernel counted what it did not send");
     assert!(got + suppressed <= dropped, "{got} + {suppressed} > {dropped}");
-    let exported = metric(&c, "node0", "datapath_monitor_suppressed_events_total").unwrap();
+    let exported = c.metric("node0", "datapath_monitor_suppressed_events_total").unwrap().unwrap();
     assert!(exported >= suppressed as f64, "{exported} < {suppressed}");
     child.kill().unwrap();
     child.wait().unwrap();

@@ -112,11 +112,7 @@ impl Ours {
 
     /// `datapath metrics` of node0: the value of `series`.
     pub fn metric(&self, series: &str) -> Result<Option<f64>> {
-        let (ok, text, err) = self.cluster.cli("node0", &["metrics"])?;
-        if !ok {
-            bail!("datapath metrics on node0: {err}");
-        }
-        Ok(text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()))
+        self.cluster.metric("node0", series)
     }
 
     /// The flow of `scenario`.
