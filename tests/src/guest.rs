@@ -5,7 +5,7 @@
 //! console as a `DP-` line; the guard kills QEMU (and so removes the tap).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -18,14 +18,14 @@ use crate::{
 
 /// Where `cargo xtask test --vm` put the guest kernel and initramfs.
 pub fn images() -> Result<(PathBuf, PathBuf)> {
-    let var = |k: &str| {
-        std::env::var_os(k).map(PathBuf::from).with_context(|| {
-            format!(
-                "{k} is not set: the guest tests run through `cargo xtask test --vm`, which builds the guest"
-            )
-        })
-    };
-    Ok((var("DATAPATH_GUEST_KERNEL")?, var("DATAPATH_GUEST_INITRD")?))
+    Ok((artifact("DATAPATH_GUEST_KERNEL")?, artifact("DATAPATH_GUEST_INITRD")?))
+}
+
+/// A path `cargo xtask test --vm` passes in `var` (the system disk, the packages).
+pub fn artifact(var: &str) -> Result<PathBuf> {
+    std::env::var_os(var).map(PathBuf::from).with_context(|| {
+        format!("{var} is not set: the guest tests run through `cargo xtask test --vm`, which builds it")
+    })
 }
 
 /// A running guest; QEMU is killed when it drops.
@@ -40,39 +40,11 @@ impl Guest {
     /// Boots a guest in `ns` whose NIC (MAC `mac`) is the tap `tap`; `args` go on
     /// the kernel command line (`dp.mode=guest dp.peer=...`).
     pub fn boot(ns: &Netns, name: &str, tap: &str, mac: &str, args: &str) -> Result<Self> {
-        let (kernel, initrd) = images()?;
-        let dir = TempDir::new(&format!("guest-{name}"))?;
-        let console = dir.path().join("console.log");
-        let append = format!("console=ttyS0 quiet panic=-1 {args}");
-        let serial = format!("file:{}", console.display());
         // vhost needs KVM's ioeventfds; script=no: the agent, not qemu-ifup, handles the tap.
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off");
         let device = format!("virtio-net-pci,netdev=n0,mac={mac},romfile=");
-        let (kernel, initrd) = (kernel.to_string_lossy(), initrd.to_string_lossy());
-        let qemu = ns.spawn(&[
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            &serial,
-            "-kernel",
-            &kernel,
-            "-initrd",
-            &initrd,
-            "-append",
-            &append,
-            "-netdev",
-            &netdev,
-            "-device",
-            &device,
-        ])?;
-        let guest = Self { name: name.into(), qemu, console, _dir: dir };
+        let qemu = ["-accel", "tcg", "-m", "256", "-netdev", &netdev, "-device", &device];
+        let guest = Self::start(ns, name, args, &qemu)?;
         // QEMU creates the tap but, without an ifup script, leaves it down;
         // libvirt (for Nova) brings it up, and so does this.
         let exists = || ns.exec(&["ip", "link", "show", tap]).is_ok();
@@ -81,6 +53,44 @@ impl Guest {
         }
         ns.exec(&["ip", "link", "set", tap, "up"])?;
         Ok(guest)
+    }
+
+    /// Boots the system guest in `ns`: Debian 12 from the disk image
+    /// (DATAPATH_GUEST_DISK, opened copy-on-write, so it starts clean every
+    /// time) with systemd as init, `share` at /mnt/dp, and a unit that runs
+    /// /mnt/dp/`script` once the system is up. It has no NIC: what it tests
+    /// stays inside it.
+    pub fn boot_system(ns: &Netns, name: &str, share: &Path, script: &str) -> Result<Self> {
+        let disk = artifact("DATAPATH_GUEST_DISK")?;
+        // systemd.firstboot=off: the image has no machine id, and nobody answers prompts.
+        // No getty on the console: its hangup of the tty would cut the script's output.
+        let args = format!(
+            "dp.mode=system dp.script={script} systemd.firstboot=off systemd.mask=serial-getty@ttyS0.service"
+        );
+        let drive = format!("file={},format=raw,if=virtio,snapshot=on", disk.display());
+        let virtfs =
+            format!("local,path={},mount_tag=dpshare,security_model=none,readonly=on", share.display());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        let qemu =
+            ["-accel", "tcg,thread=multi", "-smp", &cpus, "-m", "1024", "-drive", &drive, "-virtfs", &virtfs];
+        Self::start(ns, name, &args, &qemu)
+    }
+
+    /// Starts QEMU in `ns` on the guest kernel and initramfs, `args` on the
+    /// kernel command line, `qemu` added to its own arguments, the serial
+    /// console into a file.
+    fn start(ns: &Netns, name: &str, args: &str, qemu: &[&str]) -> Result<Self> {
+        let (kernel, initrd) = images()?;
+        let dir = TempDir::new(&format!("guest-{name}"))?;
+        let console = dir.path().join("console.log");
+        let append = format!("console=ttyS0 quiet panic=-1 {args}");
+        let serial = format!("file:{}", console.display());
+        let (kernel, initrd) = (kernel.to_string_lossy(), initrd.to_string_lossy());
+        let mut all = vec!["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot"];
+        all.extend(["-serial", &serial, "-kernel", &kernel, "-initrd", &initrd, "-append", &append]);
+        all.extend_from_slice(qemu);
+        let qemu = ns.spawn(&all)?;
+        Ok(Self { name: name.into(), qemu, console, _dir: dir })
     }
 
     /// The serial console so far.

@@ -96,9 +96,21 @@ fi
 
 /// Builds the package from the release binary `bin`; returns its path under target/deb/.
 pub fn build(bin: &Path) -> Result<PathBuf> {
-    let version = version()?;
+    package(bin, &version()?, &root().join("target/deb"))
+}
+
+/// The two packages of the VM layer's upgrade test, under target/deb/test/:
+/// this build's, and the next map layout's test build (`next_bin`) one
+/// version later, so that dpkg upgrades from the first to the second.
+pub fn upgrade_pair(bin: &Path, next_bin: &Path) -> Result<(PathBuf, PathBuf)> {
+    let dir = root().join("target/deb/test");
+    let v = version()?;
+    Ok((package(bin, &v, &dir)?, package(next_bin, &format!("{v}+abinext"), &dir)?))
+}
+
+/// Builds the package of `bin` at `version` into `dir`; returns its path.
+fn package(bin: &Path, version: &str, dir: &Path) -> Result<PathBuf> {
     step("deb", &format!("{PACKAGE} {version}"));
-    let dir = root().join("target/deb");
     let stage = dir.join("stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -128,7 +140,7 @@ pub fn build(bin: &Path) -> Result<PathBuf> {
          Maintainer: datapath developers <datapath@localhost>\n\
          Section: net\n\
          Priority: optional\n\
-         Depends: libc6 (>= 2.36)\n\
+         Depends: libc6 (>= 2.36), libgcc-s1\n\
          Description: eBPF/XDP datapath for OpenStack Neutron\n \
          Replaces the Open vSwitch hybrid L2 datapath of Neutron's OVS agent on\n \
          compute and network nodes: TC programs on the taps and the physical NICs,\n \

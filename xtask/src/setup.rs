@@ -27,9 +27,10 @@ const PACKAGES: &[&str] = &[
     "python3-scapy",
 ];
 
-/// Debian packages of the VM layers (`cargo xtask test --vm`): only QEMU. The guest
-/// kernel and busybox are downloaded as .debs and unpacked, not installed.
-const VM_PACKAGES: &[&str] = &["qemu-system-x86"];
+/// Debian packages of the VM layers (`cargo xtask test --vm`): QEMU, and what
+/// builds the system guest's disk. The guest kernel and busybox are downloaded
+/// as .debs and unpacked, not installed.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "mmdebstrap", "e2fsprogs"];
 
 /// Debian packages of `cargo xtask fuzz inputs`: libfuzzer-sys compiles libFuzzer (C++).
 const FUZZ_PACKAGES: &[&str] = &["g++"];

@@ -168,6 +168,18 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
     } else {
         None
     };
+    // The package test: a clean Debian system, and the two packages it upgrades between.
+    let system = match (layers.contains(&Layer::Guest), &bin, &next) {
+        (true, Some(bin), Some(next)) => {
+            let (deb, deb_next) = crate::deb::upgrade_pair(bin, next)?;
+            Some([
+                ("DATAPATH_GUEST_DISK", vm::system::image()?),
+                ("DATAPATH_DEB", deb),
+                ("DATAPATH_DEB_NEXT", deb_next),
+            ])
+        }
+        _ => None,
+    };
 
     let mut rows = Vec::new();
     for layer in layers {
@@ -176,6 +188,11 @@ pub fn test(only: &[Layer], vm: bool, extra: &[String]) -> Result<bool> {
             (Layer::Neutron, _, _) => {
                 let venv = venv.as_deref().expect("set up when the layer is selected");
                 run_layer(layer, &obj, bin.as_deref(), None, None, &[("DATAPATH_NEUTRON_VENV", venv)], extra)?
+            }
+            (Layer::Guest, _, _) => {
+                let env: Vec<(&str, &Path)> =
+                    system.iter().flatten().map(|(k, v)| (*k, v.as_path())).collect();
+                run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), &env, extra)?
             }
             _ => run_layer(layer, &obj, bin.as_deref(), next.as_deref(), guest.as_ref(), &[], extra)?,
         };

@@ -9,6 +9,7 @@
 //! itself run on this older kernel over the host's root filesystem (9p).
 
 mod cpio;
+pub mod system;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -32,6 +33,10 @@ const MODULES: &[&str] = &[
     "virtio_net",
     "9pnet_virtio",
     "9p",
+    // the system guest's root: a virtio disk with ext4 (which asks the crypto API for crc32c)
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
     // what the test suite builds its topologies from, and the tc fallback of kernels without tcx
     "veth",
     "tun",
