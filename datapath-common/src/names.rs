@@ -45,6 +45,8 @@ pub const CONNTRACK: &str = "CONNTRACK";
 pub const SG_FRAGS: &str = "SG_FRAGS";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
+/// Per-CPU counters of the uplinks' XDP stage, by the uplink's port slot: [`crate::PortCounters`].
+pub const XDP_STATS: &str = "XDP_STATS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 /// What the monitor's listeners asked for (array, index 0): [`crate::MonitorConfig`].
@@ -55,7 +57,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 23] = [
+pub const ALL_MAPS: [&str; 24] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -75,6 +77,7 @@ pub const ALL_MAPS: [&str; 23] = [
     CONNTRACK,
     SG_FRAGS,
     PORT_STATS,
+    XDP_STATS,
     TRACE,
     MONITOR,
     MONITOR_RATE,
@@ -93,15 +96,23 @@ pub const PROG_TUNNEL: &str = "tunnel_in";
 /// the port): the ingress security-group rules.
 pub const PROG_VM_PORT_OUT: &str = "vm_port_out";
 
+/// XDP program for the physical uplink, in the driver before the TC stage:
+/// the drops that need no skb.
+pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
+
 /// All programs of the object.
-pub const ALL_PROGRAMS: [&str; 4] = {
-    let mut all = [""; 4];
+pub const ALL_PROGRAMS: [&str; 5] = {
+    let mut all = [""; 5];
     all[PROG_INDEX_VM_PORT as usize] = PROG_VM_PORT;
     all[PROG_INDEX_UPLINK as usize] = PROG_UPLINK;
     all[PROG_INDEX_TUNNEL as usize] = PROG_TUNNEL;
     all[PROG_INDEX_VM_PORT_OUT as usize] = PROG_VM_PORT_OUT;
+    all[PROG_INDEX_UPLINK_XDP as usize] = PROG_UPLINK_XDP;
     all
 };
+
+/// The XDP programs among `ALL_PROGRAMS`; the others are TC classifiers.
+pub const XDP_PROGRAMS: [&str; 1] = [PROG_UPLINK_XDP];
 
 /// `vm_port`'s index in `ALL_PROGRAMS` (`MonitorEvent::program`).
 pub const PROG_INDEX_VM_PORT: u32 = 0;
@@ -111,6 +122,8 @@ pub const PROG_INDEX_UPLINK: u32 = 1;
 pub const PROG_INDEX_TUNNEL: u32 = 2;
 /// `vm_port_out`'s index in `ALL_PROGRAMS`.
 pub const PROG_INDEX_VM_PORT_OUT: u32 = 3;
+/// `uplink_xdp`'s index in `ALL_PROGRAMS`.
+pub const PROG_INDEX_UPLINK_XDP: u32 = 4;
 
 const _: () = {
     let mut i = 0;

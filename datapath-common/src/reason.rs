@@ -130,6 +130,8 @@ counted_enum! {
         FloodTunnelMtu = 8 => "flood_tunnel_mtu",
         /// Delivered to a port whose security groups (if any) admitted it (the port's egress program).
         Delivered = 9 => "delivered",
+        /// Handed by an uplink's XDP stage to its TC stage (`XDP_PASS`).
+        Passed = 10 => "passed",
     }
 }
 

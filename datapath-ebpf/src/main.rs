@@ -1,4 +1,5 @@
-//! Kernel side of the datapath: TC programs for VM ports and uplinks.
+//! Kernel side of the datapath: TC programs for VM ports and uplinks, and
+//! the uplinks' XDP stage.
 //!
 //! Each entry point is thin: it calls the family's `try_` function and hands
 //! the result to the one exit, `verdict::finish`, which counts it.
@@ -21,10 +22,14 @@ mod stats;
 mod trace;
 mod tunnel;
 mod uplink;
+mod uplink_xdp;
 mod verdict;
 mod vm_port;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use datapath_common::names;
 
 use crate::verdict::Meta;
@@ -52,6 +57,14 @@ pub fn uplink_in(ctx: TcContext) -> i32 {
     let mut meta = Meta::new(&ctx);
     let res = uplink::try_uplink(&ctx, &mut meta);
     verdict::finish(&ctx, &meta, names::PROG_INDEX_UPLINK, res)
+}
+
+/// XDP of a physical uplink, in the driver: the drops that need no skb.
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    let mut slot = 0;
+    let res = uplink_xdp::try_uplink_xdp(&ctx, &mut slot);
+    uplink_xdp::finish(slot, res)
 }
 
 /// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.

@@ -80,6 +80,9 @@ pub static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_ent
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 
 #[map]
+pub static XDP_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
+
+#[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the monitor's listeners asked for; all zero when nobody listens.

@@ -39,6 +39,13 @@ impl Pkt {
         Self { data: ctx.data(), end: ctx.data_end() }
     }
 
+    /// The frame an XDP program sees: always linear (the uplinks run XDP on
+    /// frames of at most one page).
+    #[inline(always)]
+    pub fn xdp(ctx: &aya_ebpf::programs::XdpContext) -> Self {
+        Self { data: ctx.data(), end: ctx.data_end() }
+    }
+
     /// Like `new`, first pulling up to `LINEAR_WANT` bytes of a non-linear skb
     /// (GSO frames from veth/tap may carry headers in fragments).
     #[inline(always)]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::SchedClassifier,
+    programs::{Program, SchedClassifier, Xdp},
 };
 use datapath_common::{ABI_VERSION, names};
 
@@ -64,12 +64,15 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object (maps and programs)")?;
         let started = std::time::Instant::now();
         for name in names::ALL_PROGRAMS {
-            let prog: &mut SchedClassifier = ebpf
+            let prog = ebpf
                 .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not a TC classifier"))?;
-            prog.load().with_context(|| format!("loading program {name} (verifier)"))?;
+                .with_context(|| format!("program {name} missing from the eBPF object"))?;
+            let loaded = match prog {
+                Program::SchedClassifier(p) => p.load(),
+                Program::Xdp(p) => p.load(),
+                _ => bail!("program {name} is neither a TC classifier nor an XDP program"),
+            };
+            loaded.with_context(|| format!("loading program {name} (verifier)"))?;
         }
         // The verifier's time is most of a start-up: worth a line in the log.
         log::info!("programs verified and loaded in {} ms", started.elapsed().as_millis());
@@ -89,6 +92,15 @@ impl Datapath {
             .with_context(|| format!("program {name} missing from the eBPF object"))?
             .try_into()
             .with_context(|| format!("program {name} is not a TC classifier"))
+    }
+
+    /// The loaded XDP program `name` (one of `names::XDP_PROGRAMS`).
+    pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not an XDP program"))
     }
 
     /// The fd of program `name`, for `BPF_PROG_TEST_RUN`.

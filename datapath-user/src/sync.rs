@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use aya::maps::{MapError, PerCpuValues};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuValues};
 use datapath_common::PortCounters;
 
 pub use crate::synced::{Diff, MapDiff};
@@ -94,7 +94,8 @@ pub fn apply(maps: &mut Maps, diff: &Diff) -> Vec<String> {
     for &which in Synced::ORDER {
         if which == Synced::ports {
             for &slot in &fresh_slots {
-                note(format!("PORT_STATS[{slot}]"), zero_slot(maps, slot));
+                note(format!("PORT_STATS[{slot}]"), zero_slot(&mut maps.port_stats, slot));
+                note(format!("XDP_STATS[{slot}]"), zero_slot(&mut maps.xdp_stats, slot));
             }
         }
         maps.synced.add(which, diff, &mut map_errors);
@@ -103,7 +104,8 @@ pub fn apply(maps: &mut Maps, diff: &Diff) -> Vec<String> {
         maps.synced.delete(which, diff, &mut map_errors);
         if which == Synced::ports {
             for &slot in &freed_slots {
-                note(format!("PORT_STATS[{slot}]"), zero_slot(maps, slot));
+                note(format!("PORT_STATS[{slot}]"), zero_slot(&mut maps.port_stats, slot));
+                note(format!("XDP_STATS[{slot}]"), zero_slot(&mut maps.xdp_stats, slot));
             }
         }
     }
@@ -111,10 +113,10 @@ pub fn apply(maps: &mut Maps, diff: &Diff) -> Vec<String> {
     errors
 }
 
-fn zero_slot(maps: &mut Maps, slot: u32) -> Result<(), MapError> {
+fn zero_slot(map: &mut PerCpuArray<MapData, PortCounters>, slot: u32) -> Result<(), MapError> {
     let cpus = aya::util::nr_cpus()
         .map_err(|(_, e)| MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }))?;
     let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
     let zero: PerCpuValues<PortCounters> = zero;
-    maps.port_stats.set(slot, zero, 0)
+    map.set(slot, zero, 0)
 }

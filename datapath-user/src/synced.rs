@@ -332,6 +332,8 @@ declare_maps! {
         sg_frags: HashMap<MapData, FragKey, FragVerdict> = names::SG_FRAGS,
         /// Per-port counters.
         port_stats: PerCpuArray<MapData, PortCounters> = names::PORT_STATS,
+        /// Per-port counters of the uplinks' XDP stage.
+        xdp_stats: PerCpuArray<MapData, PortCounters> = names::XDP_STATS,
         /// The decision record of traced runs.
         trace: PerCpuArray<MapData, TraceRecord> = names::TRACE,
         /// What the monitor's listeners asked for (the agent writes it; the programs read it).

@@ -1,4 +1,4 @@
-//! `BPF_PROG_TEST_RUN` for TC (sched_cls) programs: runs a program once on a
+//! `BPF_PROG_TEST_RUN` for TC (sched_cls) and XDP programs: runs a program once on a
 //! given frame and context and returns the verdict, the frame as the program
 //! left it and the writable context fields.
 //!
@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp};
 
 /// `BPF_PROG_TEST_RUN` in `enum bpf_cmd` (also known as `BPF_PROG_RUN`).
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -86,6 +86,42 @@ pub fn run_prog(prog: &SchedClassifier, input: &SkbRun) -> Result<RunOutput> {
         frame: out,
         cb: ctx_out.cb,
         mark: ctx_out.mark,
+        duration_ns: u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Runs the XDP program `prog` (loaded by aya) once on `frame`, as if it
+/// arrived on `ifindex` (a device of the calling thread's netns), through
+/// aya's `TestRun`. `cb` and `mark` of the output stay zero.
+pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32) -> Result<RunOutput> {
+    let len = len_u32(frame.len())?;
+    let ctx_in = uapi::XdpMd { data: 0, data_end: len, ingress_ifindex: ifindex, ..Default::default() };
+    let mut ctx_out = uapi::XdpMd::default();
+    let mut out = vec![0u8; frame.len() + OUT_HEADROOM];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(bytemuck::bytes_of(&ctx_in)),
+        ctx_out: Some(bytemuck::bytes_of_mut(&mut ctx_out)),
+        // Counters must move exactly once.
+        repeat: 1,
+        ..TestRunOptions::new()
+    };
+    let r = prog.test_run(opts).map_err(|e| match e {
+        ProgramError::SyscallError(e) => anyhow::anyhow!(
+            "BPF_PROG_TEST_RUN of an XDP program ({}-byte frame, ifindex {ifindex}) failed: {} ({})",
+            frame.len(),
+            errno_name(e.io_error.raw_os_error().unwrap_or(0)),
+            e.io_error
+        ),
+        e => anyhow::Error::new(e).context("BPF_PROG_TEST_RUN"),
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunOutput {
+        retval: r.return_value,
+        frame: out,
+        cb: [0; 5],
+        mark: 0,
         duration_ns: u32::try_from(r.duration.as_nanos()).unwrap_or(u32::MAX),
     })
 }
@@ -346,7 +382,20 @@ pub mod uapi {
         pub hwtstamp: u64,
     }
 
+    /// `struct xdp_md`, the XDP program's context.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    pub struct XdpMd {
+        pub data: u32,
+        pub data_end: u32,
+        pub data_meta: u32,
+        pub ingress_ifindex: u32,
+        pub rx_queue_index: u32,
+        pub egress_ifindex: u32,
+    }
+
     const _: () = assert!(size_of::<TestAttr>() == 80);
+    const _: () = assert!(size_of::<XdpMd>() == 24);
     const _: () = assert!(size_of::<SkBuff>() == 192);
 }
 

@@ -84,10 +84,6 @@ fn ipv4_total_len_plus(mut frame: Vec<u8>, delta: i32) -> Vec<u8> {
     frame
 }
 
-fn icmp(src_mac: Mac, dst_mac: Mac, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    eth(dst_mac, src_mac, 0x0800, &ipv4_icmp_echo(src, dst))
-}
-
 fn rows() -> Vec<Row> {
     let a_ip = [10, 10, 10, 2];
     let b_ip = [10, 10, 10, 3];

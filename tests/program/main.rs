@@ -1,4 +1,4 @@
-//! Program tests: the real TC programs run on golden frames through
+//! Program tests: the real TC and XDP programs run on golden frames through
 //! `BPF_PROG_TEST_RUN`, with maps seeded by the agent's own derive + sync.
 //! Each row names the frame, where it enters, and what must happen: the
 //! verdict, the destinations (with the VLAN pushed towards each), the frame
@@ -12,3 +12,4 @@ mod monitor;
 mod scenario;
 mod secgroups;
 mod tunnel;
+mod uplink_xdp;

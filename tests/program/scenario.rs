@@ -82,6 +82,12 @@ pub const MAC_L: [u8; 6] = neutron_mac(0x1a);
 /// A MAC that lives behind the uplink.
 pub const MAC_REMOTE: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x01, 0x0b];
 
+/// An ICMP echo request from `src_mac`/`src` to `dst_mac`/`dst`.
+pub fn icmp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    use datapath_user::frames::{eth, ipv4_icmp_echo};
+    eth(dst_mac, src_mac, 0x0800, &ipv4_icmp_echo(src, dst))
+}
+
 pub fn bench() -> Bench {
     datapath_tests::require_root();
     Bench::new(CONFIG, BINDINGS, DEVICES).expect("building the program-test bench")

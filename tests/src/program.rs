@@ -4,7 +4,7 @@
 //! veth devices stand in for taps and the uplink.
 
 use anyhow::{Context, Result, bail};
-use aya::maps::PerCpuValues;
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use datapath_common::{ACTION_SLOTS, DROP_REASON_SLOTS, PortCounters, TRACE_MAGIC, TraceRecord};
 use datapath_user::{
     bindings::Bindings,
@@ -37,10 +37,19 @@ fn seed(dp: &mut Datapath, devices: &Devices, config: &str, bindings: &str) -> R
     Ok(derived)
 }
 
+/// Slot `slot` of a per-CPU counter map, summed over CPUs.
+fn summed(map: &PerCpuArray<MapData, PortCounters>, slot: u32) -> Result<PortCounters> {
+    let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
+    for c in map.get(&slot, 0)?.iter() {
+        sum.accumulate(c);
+    }
+    Ok(sum)
+}
+
 /// What one run of a program did.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The TC verdict (2 = shot, 7 = redirect).
+    /// The verdict (TC: 2 = shot, 7 = redirect; XDP: 1 = drop, 2 = pass).
     pub retval: u32,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
@@ -112,12 +121,7 @@ impl Bench {
 
     /// The counters of stats slot `slot`, summed over CPUs.
     pub fn counters(&self, slot: u32) -> Result<PortCounters> {
-        let per_cpu = self.dp.maps.port_stats.get(&slot, 0).context("reading PORT_STATS")?;
-        let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
-        for c in per_cpu.iter() {
-            sum.accumulate(c);
-        }
-        Ok(sum)
+        summed(&self.dp.maps.port_stats, slot).context("reading PORT_STATS")
     }
 
     /// Runs program `prog` on `frame` as if it arrived on device `ingress`.
@@ -193,6 +197,28 @@ impl Bench {
             drops: moved.drops,
             actions: moved.actions,
         })
+    }
+
+    /// Runs the XDP program `prog` on `frame` as if it arrived on device
+    /// `ingress`. The counters are the XDP stage's (`XDP_STATS`).
+    pub fn run_xdp(&mut self, prog: &str, ingress: &str, frame: &[u8]) -> Result<Outcome> {
+        let ifindex = self.ifindex(ingress);
+        let slot = self.slot(ifindex);
+        let before = self.xdp_counters(slot)?;
+        let out = testrun::run_xdp(self.dp.xdp_program(prog)?, frame, ifindex)?;
+        let moved = self.xdp_counters(slot)?.since(&before);
+        Ok(Outcome {
+            retval: out.retval,
+            frame: out.frame,
+            trace: None,
+            drops: moved.drops,
+            actions: moved.actions,
+        })
+    }
+
+    /// The XDP stage's counters of stats slot `slot`, summed over CPUs.
+    pub fn xdp_counters(&self, slot: u32) -> Result<PortCounters> {
+        summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")
     }
 
     /// Attaches `prog` for real to the ingress of `dev` (the link lives as long as the bench).
