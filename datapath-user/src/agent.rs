@@ -18,8 +18,8 @@ use tokio::{
 use crate::{
     api::Request,
     attach::{self, Attacher},
-    config::Config,
     config::Source as SourceConfig,
+    config::{Config, XdpChoice},
     conntrack::{self, Recheck, Swept},
     control::{self, Pending},
     desired::{Derived, Engine, Scope},
@@ -60,7 +60,7 @@ pub struct Agent {
     pub(crate) cfg: Config,
     pub(crate) dp: Datapath,
     pub(crate) engine: Engine,
-    attacher: Attacher,
+    pub(crate) attacher: Attacher,
     pub(crate) source: Source,
     /// What the last reconciliation found.
     pub(crate) status: Status,
@@ -111,7 +111,7 @@ impl Agent {
         }
         let features = features::probe(cfg.tc_hook)?;
         log::info!("kernel {}: programs attach with {}", features.kernel, features.describe_hook());
-        let attacher = Attacher::new(features.hook, dp.pin_dir())?;
+        let attacher = Attacher::new(features.hook, cfg.xdp, dp.pin_dir())?;
         let source = match &cfg.source {
             SourceConfig::File(path) => Source::File(BindingSource::new(path.clone())),
             SourceConfig::Neutron(opts) => {
@@ -311,6 +311,11 @@ impl Agent {
             }
         });
         self.reconcile(true)?;
+        if self.cfg.xdp == XdpChoice::Native
+            && let Some((device, why)) = self.attacher.xdp_failures().iter().next()
+        {
+            bail!("xdp = \"native\": {device} cannot run the XDP stage in its driver: {why}");
+        }
         log::info!("agent for host {} running", self.cfg.host);
         loop {
             let due = last_verify.elapsed() >= RESYNC_EVERY;

@@ -224,6 +224,10 @@ pub struct StatusReply {
     pub kernel: String,
     /// How programs are hooked (tcx, or netlink cls_bpf filters, and why).
     pub tc_hook: String,
+    /// Where the uplinks' XDP stage runs, by device (`native`, or `tc only (why)`);
+    /// empty with `xdp = "off"`.
+    #[serde(default)]
+    pub xdp: BTreeMap<String, String>,
     /// The binding source: `file` or `neutron`.
     pub source: String,
     /// Where the bindings come from: the file's path, or the transport URL (passwords masked).
@@ -367,6 +371,20 @@ pub struct PortStats {
     pub ifindex: u32,
     /// The port's counter slot in `PORT_STATS`.
     pub slot: u32,
+    /// Every action counter.
+    pub actions: BTreeMap<String, u64>,
+    /// The drop counters that are not zero.
+    pub drops: BTreeMap<String, u64>,
+    /// Frames dropped, all reasons.
+    pub dropped: u64,
+    /// The counters of the port's XDP stage (uplinks where it runs or ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<StageStats>,
+}
+
+/// The counters of one stage of a port (the XDP stage of an uplink).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
     /// Every action counter.
     pub actions: BTreeMap<String, u64>,
     /// The drop counters that are not zero.

@@ -11,6 +11,12 @@
 //!   `filters/<device>` (or `filters-egress/<device>`) to record that the
 //!   filter is ours. An upgrade replaces the filter in place, which cls_bpf
 //!   does atomically.
+//!
+//! The uplinks' XDP stage (`xdp` in the config) is a native-mode XDP
+//! bpf_link per uplink, pinned at `links-xdp/<device>` and updated in place
+//! the same way. While it runs, the uplink's rx VLAN offload is off (so that
+//! tags stay in the frame); `xdp-rxvlan/<device>` records that the agent
+//! turned it off, and removing the stage turns it back on.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,13 +26,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::programs::{
-    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    xdp::XdpLink,
 };
 use datapath_common::names;
 
-use crate::{desired::Attachment, features::Hook, loader::Datapath};
+use crate::{config::XdpChoice, desired::Attachment, ethtool, features::Hook, loader::Datapath};
 
 /// Priority of our cls_bpf filter on kernels without tcx: first, before any other filter.
 pub const NETLINK_PRIORITY: u16 = 1;
@@ -36,11 +43,44 @@ pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0xda7a);
 /// Keeps the set of attached devices equal to the desired one.
 pub struct Attacher {
     hook: Hook,
+    xdp_choice: XdpChoice,
     /// The versioned pin directory; `None` when nothing is pinned (tests).
     pin_dir: Option<PathBuf>,
     /// Devices whose hook already runs this process's programs.
     current: BTreeMap<u32, Attachment>,
+    /// Where the XDP stage runs, by uplink device.
+    xdp: BTreeMap<String, XdpState>,
+    /// Uplinks whose XDP stage failed to attach, and why.
+    xdp_failed: BTreeMap<String, String>,
 }
+
+/// Whether an uplink runs the XDP stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XdpState {
+    /// In the driver (native mode).
+    Native,
+    /// The TC stage alone, and why.
+    TcOnly(String),
+}
+
+impl std::fmt::Display for XdpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            XdpState::Native => write!(f, "native"),
+            XdpState::TcOnly(why) => write!(f, "tc only ({why})"),
+        }
+    }
+}
+
+/// Pins of the uplinks' XDP links.
+const XDP_LINKS: &str = "links-xdp";
+/// Markers (empty directories) of the uplinks whose rx VLAN offload the agent turned off.
+const XDP_RXVLAN: &str = "xdp-rxvlan";
+
+/// Every directory of attachment pins (and markers) under a versioned pin
+/// directory, which an upgrade across layouts moves into its own.
+pub const ATTACHMENT_DIRS: [&str; 6] =
+    ["links", "filters", "links-egress", "filters-egress", XDP_LINKS, XDP_RXVLAN];
 
 /// The two TC directions a program may run in.
 const DIRECTIONS: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
@@ -64,14 +104,32 @@ fn program_for(att: &Attachment, ty: TcAttachType) -> Option<&'static str> {
 }
 
 impl Attacher {
-    /// An attacher using `hook`, pinning under `pin_dir` when given.
-    pub fn new(hook: Hook, pin_dir: Option<&Path>) -> Result<Self> {
-        for ty in DIRECTIONS {
-            if let Some(dir) = pin_dir.map(|d| hook_dir(d, hook, ty)) {
-                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
+    /// An attacher using `hook` (and `xdp` on uplinks), pinning under `pin_dir` when given.
+    pub fn new(hook: Hook, xdp: XdpChoice, pin_dir: Option<&Path>) -> Result<Self> {
+        let mut dirs: Vec<PathBuf> =
+            DIRECTIONS.iter().filter_map(|&ty| pin_dir.map(|d| hook_dir(d, hook, ty))).collect();
+        dirs.extend(pin_dir.iter().flat_map(|d| [d.join(XDP_LINKS), d.join(XDP_RXVLAN)]));
+        for dir in dirs {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        Ok(Self { hook, pin_dir: pin_dir.map(Path::to_path_buf), current: BTreeMap::new() })
+        Ok(Self {
+            hook,
+            xdp_choice: xdp,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            current: BTreeMap::new(),
+            xdp: BTreeMap::new(),
+            xdp_failed: BTreeMap::new(),
+        })
+    }
+
+    /// Where the XDP stage runs, by uplink device.
+    pub fn xdp_states(&self) -> &BTreeMap<String, XdpState> {
+        &self.xdp
+    }
+
+    /// The uplinks whose XDP stage the last attempt failed to attach, and why.
+    pub fn xdp_failures(&self) -> &BTreeMap<String, String> {
+        &self.xdp_failed
     }
 
     /// Attaches what `desired` names and detaches what it no longer names.
@@ -97,6 +155,30 @@ impl Attacher {
                     ok = false;
                 }
             }
+            match att.xdp {
+                Some(program) => match self.attach_xdp(dp, program, &att.device) {
+                    Ok(state) => {
+                        if self.xdp.get(&att.device) != Some(&state) {
+                            log::info!("{}: XDP stage {state}", att.device);
+                        }
+                        self.xdp.insert(att.device.clone(), state);
+                        self.xdp_failed.remove(&att.device);
+                    }
+                    Err(e) => {
+                        errors.push(format!("attaching {program} to {} (XDP): {e:#}", att.device));
+                        self.xdp_failed.insert(att.device.clone(), format!("{e:#}"));
+                        ok = false;
+                    }
+                },
+                None => {
+                    if self.xdp.remove(&att.device).is_some()
+                        && let Some(pin_dir) = &self.pin_dir
+                        && let Err(e) = detach_xdp(pin_dir, &att.device)
+                    {
+                        errors.push(format!("removing the XDP stage of {}: {e:#}", att.device));
+                    }
+                }
+            }
             if ok {
                 let had_egress = self.current.get(ifindex).is_some_and(|a| a.egress.is_some());
                 self.current.insert(*ifindex, att.clone());
@@ -112,6 +194,8 @@ impl Attacher {
         let before = self.current.len();
         let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
+        self.xdp.retain(|d, _| wanted.contains(d.as_str()));
+        self.xdp_failed.retain(|d, _| wanted.contains(d.as_str()));
         let Some(pin_dir) = &self.pin_dir else { return errors };
         // The pin directories are listed when a device left, and on verify for what others left.
         if self.current.len() == before && !verify {
@@ -123,6 +207,11 @@ impl Attacher {
             if let Err(e) = detach_pinned(pin_dir, self.hook, ty, keep) {
                 errors.push(format!("removing stale attachments: {e:#}"));
             }
+        }
+        let xdp: BTreeSet<&str> =
+            self.xdp.iter().filter(|(_, s)| **s == XdpState::Native).map(|(d, _)| d.as_str()).collect();
+        if let Err(e) = detach_xdp_except(pin_dir, &xdp) {
+            errors.push(format!("removing stale XDP stages: {e:#}"));
         }
         // The hook changed (tc_hook, or a kernel upgrade): ours are in place now,
         // so the other hook's attachments can go.
@@ -254,6 +343,123 @@ impl Attacher {
     }
 }
 
+impl Attacher {
+    /// Runs the XDP stage `program` on uplink `device` where the config
+    /// wants it and the driver has it: the state it ends in, or (with
+    /// `xdp = "native"`) why it cannot.
+    fn attach_xdp(&self, dp: &mut Datapath, program: &'static str, device: &str) -> Result<XdpState> {
+        if self.xdp_choice == XdpChoice::Auto
+            && let Some(why) = auto_skips(device)
+        {
+            if let Some(pin_dir) = &self.pin_dir {
+                detach_xdp(pin_dir, device)?;
+            }
+            return Ok(XdpState::TcOnly(why));
+        }
+        match self.try_attach_xdp(dp, program, device) {
+            Ok(()) => Ok(XdpState::Native),
+            Err(e) if self.xdp_choice == XdpChoice::Auto => {
+                if let Some(pin_dir) = &self.pin_dir {
+                    detach_xdp(pin_dir, device)?;
+                }
+                Ok(XdpState::TcOnly(format!("{e:#}")))
+            }
+            Err(e) => Err(e.context(format!("xdp = \"native\", but {device} cannot run it"))),
+        }
+    }
+
+    fn try_attach_xdp(&self, dp: &mut Datapath, program: &'static str, device: &str) -> Result<()> {
+        if ethtool::rx_vlan_offload(device)? {
+            ethtool::set_rx_vlan_offload(device, false)?;
+            if let Some(pin_dir) = &self.pin_dir {
+                let mark = pin_dir.join(XDP_RXVLAN).join(device);
+                fs::create_dir_all(&mark).with_context(|| format!("creating {}", mark.display()))?;
+            }
+            log::info!("{device}: rx VLAN offload off while the XDP stage runs (on again when it goes)");
+        }
+        let prog = dp.xdp_program(program)?;
+        let Some(pin_dir) = &self.pin_dir else {
+            prog.attach(device, XdpMode::Driver).with_context(|| format!("native XDP attach on {device}"))?;
+            return Ok(());
+        };
+        let pin = pin_dir.join(XDP_LINKS).join(device);
+        if pin.exists() {
+            let old = PinnedLink::from_pin(&pin).with_context(|| format!("opening pin {}", pin.display()))?;
+            let link = XdpLink::try_from(FdLink::from(old)).context("pinned link is not an XDP link")?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    // The pin keeps the link; dropping our handle only closes the fd.
+                    drop(prog.take_link(id)?);
+                    log::info!("{device}: adopted the pinned XDP link, now running this build's {program}");
+                    return Ok(());
+                }
+                // The device was re-created: its old link died with it.
+                Err(e) => {
+                    log::info!("{device}: pinned XDP link is defunct ({e}), attaching anew");
+                    fs::remove_file(&pin)
+                        .with_context(|| format!("removing defunct pin {}", pin.display()))?;
+                }
+            }
+        }
+        let id =
+            prog.attach(device, XdpMode::Driver).with_context(|| format!("native XDP attach on {device}"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .context("the kernel attached XDP through netlink, not a bpf_link (Linux 5.9+ is needed)")?;
+        link.pin(&pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+        Ok(())
+    }
+}
+
+/// Why `xdp = "auto"` leaves `device` on the TC stage alone, if it does.
+fn auto_skips(device: &str) -> Option<String> {
+    match ethtool::driver(device) {
+        // docs/architecture.md, "The XDP stage".
+        Ok(d) if d == "veth" => Some("veth: xdp = \"native\" forces it".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+/// Removes the XDP stage of `device`, and turns its rx VLAN offload back on
+/// if the agent turned it off.
+fn detach_xdp(pin_dir: &Path, device: &str) -> Result<()> {
+    let pin = pin_dir.join(XDP_LINKS).join(device);
+    if pin.exists() {
+        unpin_link(&pin)?;
+    }
+    let mark = pin_dir.join(XDP_RXVLAN).join(device);
+    if mark.exists() {
+        if device_exists(device) {
+            ethtool::set_rx_vlan_offload(device, true)?;
+            log::info!("{device}: rx VLAN offload on again");
+        }
+        fs::remove_dir(&mark).with_context(|| format!("removing {}", mark.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the XDP stage of every device pinned under `pin_dir` but those in `keep`.
+fn detach_xdp_except(pin_dir: &Path, keep: &BTreeSet<&str>) -> Result<()> {
+    let mut devices = BTreeSet::new();
+    for dir in [XDP_LINKS, XDP_RXVLAN] {
+        match fs::read_dir(pin_dir.join(dir)) {
+            Ok(entries) => {
+                for e in entries {
+                    devices.insert(e?.file_name().to_string_lossy().into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("listing {}", pin_dir.join(dir).display())),
+        }
+    }
+    for d in devices.iter().filter(|d| !keep.contains(d.as_str())) {
+        detach_xdp(pin_dir, d)?;
+    }
+    Ok(())
+}
+
 /// One program on one device in one direction.
 struct At<'a> {
     program: &'static str,
@@ -303,7 +509,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<()> {
             detach_pinned(pin_dir, hook, ty, &BTreeSet::new())?;
         }
     }
-    Ok(())
+    detach_xdp_except(pin_dir, &BTreeSet::new())
 }
 
 fn tcx_append() -> TcAttachOptions {

@@ -2,7 +2,7 @@
 //! print a table (or the JSON with `--json`). Also turns `trace --frame`
 //! arguments (hex, a pcap file, or a short spec) into frame bytes.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result, bail};
 use datapath_common::Action;
@@ -105,6 +105,14 @@ pub fn print_status(v: &StatusReply) {
         ("abi_version", v.abi_version.to_string()),
         ("kernel", v.kernel.clone()),
         ("tc_hook", v.tc_hook.clone()),
+        (
+            "xdp",
+            if v.xdp.is_empty() {
+                "-".into()
+            } else {
+                v.xdp.iter().map(|(d, s)| format!("{d} {s}")).collect::<Vec<_>>().join(", ")
+            },
+        ),
         ("source", v.source.clone()),
         ("bindings", v.bindings.clone()),
         ("bindings_error", cell(v.bindings_error.as_deref())),
@@ -217,13 +225,24 @@ pub fn print_fdb(v: &FdbReply) {
 pub fn print_stats(v: &StatsReply) {
     let columns = [Action::Received, Action::ToLocalPort, Action::ToUplink, Action::Flooded, Action::Learned];
     let mut rows = Vec::new();
-    for p in &v.ports {
-        let mut row = vec![p.device.clone(), p.kind.clone()];
-        row.extend(columns.iter().map(|a| cell(p.actions.get(a.label()))));
-        row.push(p.dropped.to_string());
-        let drops: Vec<String> = p.drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    let row = |device: &str,
+               kind: &str,
+               actions: &BTreeMap<String, u64>,
+               dropped: u64,
+               drops: &BTreeMap<String, u64>| {
+        let mut row = vec![device.to_string(), kind.to_string()];
+        row.extend(columns.iter().map(|a| cell(actions.get(a.label()))));
+        row.push(dropped.to_string());
+        let drops: Vec<String> = drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
         row.push(if drops.is_empty() { "-".into() } else { drops.join(" ") });
-        rows.push(row);
+        row
+    };
+    for p in &v.ports {
+        // The XDP stage first: it sees the frames before the TC stage does.
+        if let Some(x) = &p.xdp {
+            rows.push(row(&p.device, "xdp stage", &x.actions, x.dropped, &x.drops));
+        }
+        rows.push(row(&p.device, &p.kind, &p.actions, p.dropped, &p.drops));
     }
     let mut headers = vec!["PORT".to_string(), "KIND".to_string()];
     headers.extend(columns.iter().map(|a| a.label().to_uppercase()));

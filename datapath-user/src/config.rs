@@ -10,6 +10,7 @@
 //! local_ip = "192.0.2.10"
 //! tunnel_types = ["vxlan"]
 //! tc_hook = "auto"        # or "tcx", or "netlink"
+//! xdp = "auto"            # or "native", or "off": the uplinks' XDP stage
 //! metrics_address = "127.0.0.1:9110"   # Prometheus; off unless set
 //! log_format = "text"     # or "json": one object per line
 //! ```
@@ -55,6 +56,8 @@ pub struct Config {
     pub tunnel_types: Vec<String>,
     /// How programs are hooked into TC ingress.
     pub tc_hook: TcHook,
+    /// Where the uplinks' XDP stage runs.
+    pub xdp: XdpChoice,
     /// Where the Prometheus metrics are served (`/metrics`); None: not served.
     pub metrics_address: Option<SocketAddr>,
     /// How the agent writes its log lines.
@@ -128,6 +131,20 @@ pub enum TcHook {
     Netlink,
 }
 
+/// The `xdp` option: the XDP stage on the physical uplinks, in the driver
+/// (native mode) only; generic XDP is slower than the TC stage alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpChoice {
+    /// Native XDP where the driver has it and it pays (not on veth: see
+    /// docs/architecture.md), the TC stage alone elsewhere.
+    #[default]
+    Auto,
+    /// Native XDP on every uplink; refuse to start where a driver lacks it.
+    Native,
+    /// The TC stage alone.
+    Off,
+}
+
 /// One `physical_network:interface` entry of `physical_interface_mappings`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhysnetMapping {
@@ -157,6 +174,7 @@ struct RawConfig {
     #[serde(default)]
     tunnel_types: Vec<String>,
     tc_hook: Option<String>,
+    xdp: Option<String>,
     // A string so that a bad address gets our message naming the field.
     metrics_address: Option<String>,
     log_format: Option<String>,
@@ -283,6 +301,13 @@ impl Config {
             Some(other) => bail!("tc_hook = {other:?} is not one of \"auto\", \"tcx\", \"netlink\""),
         };
 
+        let xdp = match raw.xdp.as_deref() {
+            None | Some("auto") => XdpChoice::Auto,
+            Some("native") => XdpChoice::Native,
+            Some("off") => XdpChoice::Off,
+            Some(other) => bail!("xdp = {other:?} is not one of \"auto\", \"native\", \"off\""),
+        };
+
         let metrics_address = match &raw.metrics_address {
             None => None,
             Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
@@ -306,6 +331,7 @@ impl Config {
             local_ip,
             tunnel_types: raw.tunnel_types,
             tc_hook,
+            xdp,
             metrics_address,
             log_format,
         })
@@ -433,6 +459,7 @@ log_format = "json"
                 local_ip: Some(Ipv4Addr::new(192, 0, 2, 10)),
                 tunnel_types: vec!["vxlan".into()],
                 tc_hook: TcHook::Netlink,
+                xdp: XdpChoice::Auto,
                 metrics_address: Some("[::1]:9110".parse().unwrap()),
                 log_format: LogFormat::Json,
             }
@@ -604,6 +631,15 @@ log_format = "json"
             let e = err(&with(&format!("local_ip = {bad:?}")));
             assert!(e.contains(&format!("local_ip = {bad:?} is not an IPv4 address")), "{e}");
         }
+    }
+
+    #[test]
+    fn xdp_is_auto_unless_named() {
+        assert_eq!(parse(MINIMAL).unwrap().xdp, XdpChoice::Auto);
+        assert_eq!(parse(&with("xdp = \"native\"")).unwrap().xdp, XdpChoice::Native);
+        assert_eq!(parse(&with("xdp = \"off\"")).unwrap().xdp, XdpChoice::Off);
+        let e = err(&with("xdp = \"generic\""));
+        assert!(e.contains("xdp = \"generic\" is not one of \"auto\", \"native\", \"off\""), "{e}");
     }
 
     #[test]

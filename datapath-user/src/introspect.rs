@@ -9,8 +9,9 @@ use crate::{
     api::{
         Answer, ApiError, ConnRow, ConntrackReply, ErrorKind, FdbReply, FdbRow, FlushReply, MetricsReply,
         MonitorStarted, NetworkRow, NetworksReply, PortRow, PortStats, PortsReply, Refused, Request,
-        StatsReply, StatusReply, TraceReply, TraceTarget,
+        StageStats, StatsReply, StatusReply, TraceReply, TraceTarget,
     },
+    attach::XdpState,
     batch,
     bindings::{
         PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, format_mac,
@@ -21,6 +22,7 @@ use crate::{
     learned::monotonic_ns,
     metrics::{self, KERNEL_COUNT_EVERY, MapFill, PortSample, Snapshot},
     monitor::{self, Monitor, Place},
+    synced::summed,
     testrun::{self, SkbRun},
 };
 use anyhow::{Context, Result, bail};
@@ -87,6 +89,7 @@ impl Agent {
             abi_version: ABI_VERSION,
             kernel: self.features.kernel.clone(),
             tc_hook: self.features.describe_hook().to_string(),
+            xdp: self.attacher.xdp_states().iter().map(|(d, s)| (d.clone(), s.to_string())).collect(),
             source: self.source.kind().to_string(),
             bindings: self.source.location(),
             bindings_error: self.source.error(),
@@ -287,12 +290,19 @@ impl Agent {
 
     fn counters(&self, ifindex: u32) -> Result<Option<(u32, PortCounters)>> {
         let Ok(info) = self.dp.maps.synced.ports.get(&ifindex, 0) else { return Ok(None) };
-        let per_cpu = self.dp.maps.port_stats.get(&info.stats_slot, 0).context("reading PORT_STATS")?;
-        let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
-        for c in per_cpu.iter() {
-            sum.accumulate(c);
-        }
+        let sum = summed(&self.dp.maps.port_stats, info.stats_slot).context("reading PORT_STATS")?;
         Ok(Some((info.stats_slot, sum)))
+    }
+
+    /// The XDP stage's counters of `device` (slot `slot`), where it runs or counted anything.
+    fn xdp_counters(&self, device: &str, slot: u32) -> Result<Option<StageStats>> {
+        let c = summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")?;
+        let runs = self.attacher.xdp_states().get(device) == Some(&XdpState::Native);
+        if !runs && c.actions.iter().all(|&n| n == 0) {
+            return Ok(None);
+        }
+        let (actions, drops) = labelled(&c);
+        Ok(Some(StageStats { actions, drops, dropped: c.drops.iter().sum() }))
     }
 
     fn stats_reply(&self, port: Option<&str>) -> Result<StatsReply> {
@@ -314,6 +324,7 @@ impl Agent {
                 actions,
                 drops,
                 dropped: c.drops.iter().sum(),
+                xdp: self.xdp_counters(&p.device, slot)?,
             });
         }
         Ok(StatsReply { ports: out })
@@ -406,15 +417,24 @@ impl Agent {
         let mut node: PortCounters = bytemuck::Zeroable::zeroed();
         for p in &self.status.derived.ports {
             let Some(ifindex) = p.ifindex else { continue };
-            let Some((_, c)) = self.counters(ifindex)? else { continue };
+            let Some((slot, c)) = self.counters(ifindex)? else { continue };
             node.accumulate(&c);
             let (actions, drops) = labelled(&c);
+            let xdp = self.xdp_counters(&p.device, slot)?;
+            if xdp.is_some() {
+                // The XDP stage's drops are the node's too; its rx are the TC stage's rx plus those.
+                let x = summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")?;
+                for (n, d) in node.drops.iter_mut().zip(x.drops) {
+                    *n += d;
+                }
+            }
             ports.push(PortSample {
                 port_id: p.id.clone(),
                 device: p.device.clone(),
                 network: p.network_id.clone(),
                 actions,
                 drops,
+                xdp: xdp.map(|x| (x.actions, x.drops)),
             });
         }
         // Slot 0: frames on devices the agent does not (or no longer) know.
@@ -436,6 +456,12 @@ impl Agent {
                 .map(|d| d.as_secs_f64()),
             maps: self.map_fills()?,
             hook: self.features.hook_name().to_string(),
+            xdp: self
+                .attacher
+                .xdp_states()
+                .iter()
+                .map(|(d, s)| (d.clone(), *s == XdpState::Native))
+                .collect(),
             kernel: self.features.kernel.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             abi_version: ABI_VERSION,

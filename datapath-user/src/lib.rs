@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod desired;
+pub mod ethtool;
 pub mod features;
 pub mod frames;
 pub mod introspect;

@@ -64,6 +64,8 @@ pub struct PortSample {
     /// dropped any: 31 reasons for each of 4,000 ports would be 124,000
     /// series, mostly zeros. The node's totals have every reason.
     pub drops: BTreeMap<String, u64>,
+    /// The XDP stage's actions and drops, on uplinks where it runs.
+    pub xdp: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
 }
 
 /// One map's fill.
@@ -92,6 +94,8 @@ pub struct Snapshot {
     pub maps: Vec<MapFill>,
     /// How programs are hooked: `tcx` or `netlink`.
     pub hook: String,
+    /// Uplink device -> whether its XDP stage runs (native) or not (the TC stage alone).
+    pub xdp: BTreeMap<String, bool>,
     pub kernel: String,
     pub version: String,
     pub abi_version: u32,
@@ -130,18 +134,60 @@ impl Default for Telemetry {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        self.encode_ports(
+        encode_ports(
+            &self.ports,
             &mut encoder,
-            ("datapath_port_frames", "Frames a port's programs handled, by what they did with them (rx, to_local_port, to_uplink, flooded, learned, ...)."),
+            (
+                "datapath_port_frames",
+                "Frames a port's programs handled, by what they did with them (rx, to_local_port, to_uplink, flooded, learned, ...).",
+            ),
             "action",
             |p| &p.actions,
         )?;
-        self.encode_ports(
+        encode_ports(
+            &self.ports,
             &mut encoder,
             ("datapath_port_dropped_frames", "Frames a port's programs dropped, by reason."),
             "reason",
             |p| &p.drops,
         )?;
+        let xdp: Vec<PortSample> = self
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let (actions, drops) = p.xdp.clone()?;
+                Some(PortSample { actions, drops, xdp: None, ..p.clone() })
+            })
+            .collect();
+        encode_ports(
+            &xdp,
+            &mut encoder,
+            (
+                "datapath_port_xdp_frames",
+                "Frames an uplink's XDP stage handled, in the driver: rx, passed (on to the TC stage).",
+            ),
+            "action",
+            |p| &p.actions,
+        )?;
+        encode_ports(
+            &xdp,
+            &mut encoder,
+            (
+                "datapath_port_xdp_dropped_frames",
+                "Frames an uplink's XDP stage dropped in the driver, by reason.",
+            ),
+            "reason",
+            |p| &p.drops,
+        )?;
+        let mut e = encoder.encode_descriptor(
+            "datapath_xdp_stage",
+            "1 where an uplink's XDP stage runs in its driver, 0 where the TC stage runs alone (datapath status says why).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (device, native) in &self.xdp {
+            ConstGauge::new(i64::from(*native)).encode(e.encode_family(&[("device", device.as_str())])?)?;
+        }
         let mut e = encoder.encode_descriptor(
             "datapath_dropped_frames",
             "Frames dropped on this node, by reason: every port's, and those of devices the agent does not know.",
@@ -233,30 +279,28 @@ impl Collector for Snapshot {
     }
 }
 
-impl Snapshot {
-    /// The counter family `(name, help)` of every port, one series per entry
-    /// of `counts`, labelled with the port and `key`.
-    fn encode_ports(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        (name, help): (&str, &str),
-        key: &'static str,
-        counts: impl Fn(&PortSample) -> &BTreeMap<String, u64>,
-    ) -> Result<(), std::fmt::Error> {
-        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for p in &self.ports {
-            for (what, n) in counts(p) {
-                let set = [
-                    ("port_id", p.port_id.as_str()),
-                    ("device", p.device.as_str()),
-                    ("network", p.network.as_str()),
-                    (key, what.as_str()),
-                ];
-                ConstCounter::new(*n).encode(e.encode_family(&set)?)?;
-            }
+/// The counter family `(name, help)` of every port of `ports`, one series
+/// per entry of `counts`, labelled with the port and `key`.
+fn encode_ports(
+    ports: &[PortSample],
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    key: &'static str,
+    counts: impl Fn(&PortSample) -> &BTreeMap<String, u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for p in ports {
+        for (what, n) in counts(p) {
+            let set = [
+                ("port_id", p.port_id.as_str()),
+                ("device", p.device.as_str()),
+                ("network", p.network.as_str()),
+                (key, what.as_str()),
+            ];
+            ConstCounter::new(*n).encode(e.encode_family(&set)?)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The OpenMetrics text of `snapshot`.
@@ -346,13 +390,27 @@ mod tests {
         h.observe(0.002);
         h.observe(0.2);
         Snapshot {
-            ports: vec![PortSample {
-                port_id: "a0000000-0a00-4000-8000-000000000001".into(),
-                device: "tapa0000000-0a".into(),
-                network: "11111111-1111-4111-8111-111111111111".into(),
-                actions: [("rx".to_string(), 7), ("to_uplink".to_string(), 5)].into(),
-                drops: [("src_mac_spoof".to_string(), 2)].into(),
-            }],
+            ports: vec![
+                PortSample {
+                    port_id: "a0000000-0a00-4000-8000-000000000001".into(),
+                    device: "tapa0000000-0a".into(),
+                    network: "11111111-1111-4111-8111-111111111111".into(),
+                    actions: [("rx".to_string(), 7), ("to_uplink".to_string(), 5)].into(),
+                    drops: [("src_mac_spoof".to_string(), 2)].into(),
+                    xdp: None,
+                },
+                PortSample {
+                    port_id: String::new(),
+                    device: "eth2".into(),
+                    network: String::new(),
+                    actions: [("rx".to_string(), 9)].into(),
+                    drops: BTreeMap::new(),
+                    xdp: Some((
+                        [("rx".to_string(), 12), ("passed".to_string(), 9)].into(),
+                        [("unknown_segment".to_string(), 3)].into(),
+                    )),
+                },
+            ],
             node_drops: [("src_mac_spoof".to_string(), 3), ("malformed".to_string(), 0)].into(),
             reconciles: 3,
             reconcile_seconds: h,
@@ -360,6 +418,7 @@ mod tests {
             bindings_last_good: Some(1_765_000_000.5),
             maps: vec![MapFill { name: "PORTS".into(), entries: 3, capacity: 4096 }],
             hook: "tcx".into(),
+            xdp: [("eth2".to_string(), true), ("eth3".to_string(), false)].into(),
             kernel: "6.18.0".into(),
             version: "0.1.0".into(),
             abi_version: 3,
@@ -379,6 +438,10 @@ mod tests {
             format!("datapath_port_frames_total{{{port},action=\"to_uplink\"}} 5"),
             format!("datapath_port_dropped_frames_total{{{port},reason=\"src_mac_spoof\"}} 2"),
             "datapath_dropped_frames_total{reason=\"src_mac_spoof\"} 3".into(),
+            r#"datapath_port_xdp_frames_total{port_id="",device="eth2",network="",action="passed"} 9"#.into(),
+            r#"datapath_port_xdp_dropped_frames_total{port_id="",device="eth2",network="",reason="unknown_segment"} 3"#.into(),
+            "datapath_xdp_stage{device=\"eth2\"} 1".into(),
+            "datapath_xdp_stage{device=\"eth3\"} 0".into(),
             "datapath_dropped_frames_total{reason=\"malformed\"} 0".into(),
             "datapath_reconciles_total 3".into(),
             "datapath_reconcile_duration_seconds_count 2".into(),

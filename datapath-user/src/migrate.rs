@@ -56,11 +56,11 @@ pub fn foreign_versions(pin_path: &Path) -> Result<Vec<(u32, PathBuf)>> {
     Ok(found)
 }
 
-/// Moves the link (tcx) and filter (netlink) pins of another version's
+/// Moves the link (tcx, XDP) and filter (netlink) pins of another version's
 /// directory `from` into ours, `to`. Returns how many moved.
 pub fn adopt_attachments(from: &Path, to: &Path) -> Result<usize> {
     let mut moved = 0;
-    for kind in ["links", "filters", "links-egress", "filters-egress"] {
+    for kind in crate::attach::ATTACHMENT_DIRS {
         let src = from.join(kind);
         let entries = match fs::read_dir(&src) {
             Ok(e) => e,

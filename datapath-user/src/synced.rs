@@ -343,6 +343,18 @@ declare_maps! {
     }
 }
 
+/// Slot `slot` of a per-CPU counter map (`PORT_STATS`, `XDP_STATS`), summed over CPUs.
+pub fn summed(
+    map: &PerCpuArray<MapData, PortCounters>,
+    slot: u32,
+) -> Result<PortCounters, aya::maps::MapError> {
+    let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
+    for c in map.get(&slot, 0)?.iter() {
+        sum.accumulate(c);
+    }
+    Ok(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

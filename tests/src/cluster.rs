@@ -368,6 +368,9 @@ impl Cluster {
         ])?;
         ns.exec(&["ip", "link", "set", "eth2", "up"])?;
         self.phys.exec(&["ip", "link", "set", &up, "master", "br0", "up"])?;
+        // A wire carries the tags in the frame: the switch port writes them in (no tx
+        // VLAN offload towards the node), so that an XDP stage on eth2 sees them.
+        self.phys.exec(&["ethtool", "-K", &up, "txvlan", "off"])?;
         let mut tunnel_cfg = String::new();
         if let Some(ip) = &vtep {
             self.underlay_port(&ns, name, ip)?;

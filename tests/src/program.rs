@@ -4,7 +4,7 @@
 //! veth devices stand in for taps and the uplink.
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use aya::maps::PerCpuValues;
 use datapath_common::{ACTION_SLOTS, DROP_REASON_SLOTS, PortCounters, TRACE_MAGIC, TraceRecord};
 use datapath_user::{
     bindings::Bindings,
@@ -13,6 +13,7 @@ use datapath_user::{
     loader::Datapath,
     netlink::Devices,
     sync,
+    synced::summed,
     testrun::{self, SkbRun},
 };
 
@@ -35,15 +36,6 @@ fn seed(dp: &mut Datapath, devices: &Devices, config: &str, bindings: &str) -> R
         bail!("seeding maps: {errors:?}");
     }
     Ok(derived)
-}
-
-/// Slot `slot` of a per-CPU counter map, summed over CPUs.
-fn summed(map: &PerCpuArray<MapData, PortCounters>, slot: u32) -> Result<PortCounters> {
-    let mut sum: PortCounters = bytemuck::Zeroable::zeroed();
-    for c in map.get(&slot, 0)?.iter() {
-        sum.accumulate(c);
-    }
-    Ok(sum)
 }
 
 /// What one run of a program did.

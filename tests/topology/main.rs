@@ -18,3 +18,4 @@ mod secgroups;
 mod security;
 mod seed;
 mod vxlan;
+mod xdp;

@@ -63,11 +63,24 @@ fn traffic_survives_restart_kill_and_upgrade_without_loss() {
     restart_kill_upgrade("restart", None);
 }
 
+/// The same with the XDP stage in the uplinks' driver: its links are pinned
+/// and adopted like the TC ones, and an upgrade swaps its program in place.
+#[test]
+fn traffic_survives_restart_kill_and_upgrade_with_the_xdp_stage() {
+    let c = restart_kill_upgrade("restart-xdp", Some("xdp = \"native\""));
+    for node in ["node0", "node1"] {
+        let log = c.node(node).agent.as_ref().unwrap().log_text();
+        assert!(log.contains("eth2: adopted the pinned XDP link"), "{node}: {log}");
+        let status = c.cli_json(node, &["status"]).unwrap();
+        assert_eq!(status["xdp"]["eth2"], "native", "{node}: {status}");
+    }
+}
+
 /// The same with the hook of kernels without tcx (cls_bpf filters through
 /// netlink), forced here; the lts-kernel layer runs it where it is the default.
 #[test]
 fn traffic_survives_restart_kill_and_upgrade_with_netlink_filters() {
-    let mut c = restart_kill_upgrade("restart-nl", Some("netlink"));
+    let mut c = restart_kill_upgrade("restart-nl", Some("tc_hook = \"netlink\""));
     let tap = vm1().device();
     let filters = c.node("node0").ns.exec(&["tc", "filter", "show", "dev", &tap, "ingress"]).unwrap();
     assert!(filters.contains("vm_port") && filters.contains("direct-action"), "{filters}");
@@ -77,13 +90,13 @@ fn traffic_survives_restart_kill_and_upgrade_with_netlink_filters() {
     assert!(!filters.contains("vm_port"), "--cleanup leaves no filter behind: {filters}");
 }
 
-/// Runs the three events with `tc_hook` (if given) in both agents' configs;
+/// Runs the three events with the `config` line (if given) in both agents' configs;
 /// returns the cluster, still up.
-fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
+fn restart_kill_upgrade(tag: &str, config: Option<&str>) -> Cluster {
     let mut c = Cluster::new(tag, 2).unwrap();
-    if let Some(h) = hook {
+    if let Some(line) = config {
         for n in ["node0", "node1"] {
-            c.config_line(n, &format!("tc_hook = \"{h}\"")).unwrap();
+            c.config_line(n, line).unwrap();
         }
     }
     let (a, b) = (vm1(), vm2());
@@ -121,8 +134,8 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
     assert_eq!(tx, rx, "packets lost across the upgrade: {tx} sent, {rx} received");
     let log = c.node("node0").agent.as_ref().unwrap().log_text();
     assert!(log.contains("adopting pinned state"), "the new agent adopted the pins: {log}");
-    if let Some(h) = hook {
-        assert!(log.contains(if h == "netlink" { "cls_bpf filters" } else { "tcx links" }), "{log}");
+    if config.is_some_and(|l| l.contains("netlink")) {
+        assert!(log.contains("cls_bpf filters"), "{log}");
     }
     c
 }
@@ -130,10 +143,12 @@ fn restart_kill_upgrade(tag: &str, hook: Option<&str>) -> Cluster {
 /// An upgrade to a build of another map layout, then the downgrade back, on
 /// both nodes, while a fast ping and one long TCP connection run across them.
 /// Both ports are in stateful security groups that admit the replies only as
-/// replies: a connection table not carried over would drop them.
+/// replies: a connection table not carried over would drop them. node1 runs
+/// the XDP stage on its uplink, whose link moves across the layouts too.
 #[test]
 fn an_upgrade_and_a_downgrade_across_map_layouts_lose_nothing() {
     let mut c = Cluster::new("abi", 2).unwrap();
+    c.config_line("node1", "xdp = \"native\"").unwrap();
     let (a, b) = (vm1(), vm2());
     let in_group = |p: &datapath_tests::cluster::PortSpec, g: &str| {
         let mut v = p.to_json();
@@ -200,4 +215,6 @@ fn an_upgrade_and_a_downgrade_across_map_layouts_lose_nothing() {
     let bytes = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(bytes > 10_000_000, "the connection carried data all along: {bytes} bytes");
     assert!(version(v_ours).exists() && !version(v_next).exists(), "back on our layout, alone");
+    let status = c.cli_json("node1", &["status"]).unwrap();
+    assert_eq!(status["xdp"]["eth2"], "native", "node1's XDP stage came along: {status}");
 }

@@ -132,7 +132,8 @@ mod tests {
         d.state.ports.insert(5, port(1, 1));
         d.state.ports.insert(2, port(0, 2));
         for i in [2, 5] {
-            d.attach.insert(i, Attachment { device: format!("dev{i}"), program: "p", egress: None });
+            d.attach
+                .insert(i, Attachment { device: format!("dev{i}"), program: "p", egress: None, xdp: None });
         }
         d.state.fdb.insert(
             FdbKey { net_index: 1, mac: [2, 0, 0, 0, 0, 5], _pad: [0; 2] },

@@ -82,6 +82,8 @@ pub struct Attachment {
     pub program: &'static str,
     /// On its TC egress (what it receives), if any.
     pub egress: Option<&'static str>,
+    /// In its driver (XDP, before the TC ingress), if any: the uplinks' XDP stage.
+    pub xdp: Option<&'static str>,
 }
 
 /// Everything derived in one pass.
@@ -191,6 +193,17 @@ pin_path = "/sys/fs/bpf/t"
         );
         assert_eq!(out.attach[&10].program, names::PROG_VM_PORT);
         assert_eq!(out.attach[&2].program, names::PROG_UPLINK);
+    }
+
+    #[test]
+    fn uplinks_and_only_uplinks_get_the_xdp_stage_unless_it_is_off() {
+        let d = devices(&[("eth2", 2), ("tapaaaaaaaa-00", 10)]);
+        let out = derive_default(&bindings(""), &d);
+        assert_eq!(out.attach[&2].xdp, Some(names::PROG_UPLINK_XDP), "xdp = \"auto\" by default");
+        assert_eq!(out.attach[&10].xdp, None, "VM taps stay on TC");
+        let off = Config::parse_str(&format!("{CONFIG}xdp = \"off\"\n"), "test").unwrap();
+        let out = derive(&off, &bindings(""), &d, &mut Allocations::default());
+        assert_eq!(out.attach[&2].xdp, None);
     }
 
     #[test]

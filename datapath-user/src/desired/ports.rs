@@ -10,7 +10,12 @@ use datapath_common::{
 use super::{
     Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, networks::Plans,
 };
-use crate::{bindings::Port, config::Config, netlink::Devices, tunnel::TUNNEL_DEVICE};
+use crate::{
+    bindings::Port,
+    config::{Config, XdpChoice},
+    netlink::Devices,
+    tunnel::TUNNEL_DEVICE,
+};
 
 fn no_slot() -> PortState {
     PortState::Error(format!("no free stats slot (max {MAX_PORTS} ports)"))
@@ -26,6 +31,8 @@ pub(super) struct Wire {
     pub device: String,
     kind: u8,
     program: &'static str,
+    /// The XDP stage, on uplinks when the config wants it.
+    xdp: Option<&'static str>,
     label: &'static str,
 }
 
@@ -38,6 +45,7 @@ pub(super) fn wire_devices(cfg: &Config) -> Vec<Wire> {
             device: m.interface.clone(),
             kind: PORT_KIND_UPLINK,
             program: names::PROG_UPLINK,
+            xdp: (cfg.xdp != XdpChoice::Off).then_some(names::PROG_UPLINK_XDP),
             label: "uplink",
         })
         .collect();
@@ -46,6 +54,7 @@ pub(super) fn wire_devices(cfg: &Config) -> Vec<Wire> {
             device: TUNNEL_DEVICE.into(),
             kind: PORT_KIND_TUNNEL,
             program: names::PROG_TUNNEL,
+            xdp: None,
             label: "tunnel",
         });
     }
@@ -74,8 +83,10 @@ pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut A
     match alloc.slot(ifindex) {
         Some(slot) => {
             out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, w.kind));
-            out.attach
-                .insert(ifindex, Attachment { device: w.device.clone(), program: w.program, egress: None });
+            out.attach.insert(
+                ifindex,
+                Attachment { device: w.device.clone(), program: w.program, egress: None, xdp: w.xdp },
+            );
         }
         None => report.state = no_slot(),
     }
@@ -160,6 +171,7 @@ pub(super) fn bound(
                 device: device.clone(),
                 program: names::PROG_VM_PORT,
                 egress: Some(names::PROG_VM_PORT_OUT),
+                xdp: None,
             },
         );
         plan.local_ports += 1;
@@ -200,7 +212,12 @@ pub(super) fn unbound(out: &mut Derived, name: &str, ifindex: u32, alloc: &mut A
             // Nothing is delivered to a tap of no network: no egress program.
             out.attach.insert(
                 ifindex,
-                Attachment { device: name.to_string(), program: names::PROG_VM_PORT, egress: None },
+                Attachment {
+                    device: name.to_string(),
+                    program: names::PROG_VM_PORT,
+                    egress: None,
+                    xdp: None,
+                },
             );
         }
         None => report.state = no_slot(),

@@ -1,0 +1,123 @@
+//! The uplinks' XDP stage on a live node (veth's native XDP): floods of
+//! frames this node must never accept die in the driver and the counters say
+//! so; the rx VLAN offload goes off while the stage runs and comes back with
+//! `--cleanup`; `xdp = "native"` refuses a driver without native XDP, and
+//! `auto` falls back to the TC stage alone there.
+
+use std::time::Duration;
+
+use datapath_tests::{cluster::Cluster, raw, wait_for};
+use datapath_user::{bindings::parse_mac, frames::*};
+use serde_json::Value;
+
+use crate::scenario::*;
+
+/// The uplink's counters, both stages: (XDP stage, TC stage).
+fn uplink_stats(c: &Cluster) -> (Value, Value) {
+    let s = c.cli_json("node0", &["stats", "--port", "eth2"]).unwrap();
+    let p = s["ports"][0].clone();
+    (p["xdp"].clone(), p)
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn unknown_segments_and_local_sources_from_the_wire_die_in_the_driver() {
+    let (c, a, b, _) = local_pair("xdp-drops", "xdp = \"native\"\n");
+    let (x0, tc0) = uplink_stats(&c);
+    let delivered = |c: &Cluster| {
+        let s = c.cli_json("node0", &["stats", "--port", &b.device()]).unwrap();
+        n(&s["ports"][0]["actions"]["delivered"])
+    };
+    let delivered0 = delivered(&c);
+    let (mac_a, mac_b) = (parse_mac(&a.mac).unwrap(), parse_mac(&b.mac).unwrap());
+    let ping = ipv4_icmp_echo([10, 10, 10, 99], [10, 10, 10, 12]);
+    // A flood on a VLAN this node does not serve, and frames that claim vm-1's
+    // MAC on its own VLAN: both from the wire (the switch port of node0).
+    const FLOOD: usize = 3000;
+    const SPOOFED: usize = 50;
+    let flood: Vec<Vec<u8>> = (0..FLOOD)
+        .map(|i| {
+            tagged(&eth(mac_b, [0xfa, 0x16, 0x3e, 9, (i >> 8) as u8, i as u8], 0x0800, &ping), 0x8100, 3999)
+        })
+        .collect();
+    let spoofed = vec![tagged(&eth(mac_b, mac_a, 0x0800, &ping), 0x8100, 1000); SPOOFED];
+    raw::send_in(&c.phys, "up-node0", &flood).unwrap();
+    raw::send_in(&c.phys, "up-node0", &spoofed).unwrap();
+
+    let counted = || {
+        let (x, _) = uplink_stats(&c);
+        n(&x["drops"]["uplink_src_is_local"]) >= SPOOFED as u64
+            && n(&x["drops"]["unknown_segment"]) >= n(&x0["drops"]["unknown_segment"]) + FLOOD as u64
+    };
+    wait_for("the XDP stage to count the flood and the spoofs", Duration::from_secs(10), counted);
+    let (x1, tc1) = uplink_stats(&c);
+    assert_eq!(n(&x1["drops"]["uplink_src_is_local"]), SPOOFED as u64, "{x1}");
+    // The fabric's own untagged frames (IPv6 ND of the bridge) may add a few.
+    let unknown = n(&x1["drops"]["unknown_segment"]) - n(&x0["drops"]["unknown_segment"]);
+    assert!((FLOOD as u64..FLOOD as u64 + 20).contains(&unknown), "{unknown} unknown-segment drops: {x1}");
+    // None of them reached the TC stage, nor vm-2.
+    let tc_rx = n(&tc1["actions"]["rx"]) - n(&tc0["actions"]["rx"]);
+    assert!(tc_rx < 20, "the TC stage saw {tc_rx} frames of the flood: {tc1}");
+    assert_eq!(tc1["drops"]["uplink_src_is_local"], Value::Null, "{tc1}");
+    let to_vm2 = delivered(&c) - delivered0;
+    assert!(to_vm2 < 20, "vm-2 received {to_vm2} frames meanwhile: the flood is not among them");
+
+    // The agent's metrics and monitor are the TC stage's; the XDP stage's
+    // counters are in `stats`, which the test read. The VMs still talk.
+    assert!(c.vms[0].ping(&b.ip, 2), "vm-1 still reaches vm-2");
+}
+
+#[test]
+fn rx_vlan_offload_goes_off_with_the_stage_and_comes_back_with_cleanup() {
+    let (mut c, _, _, _) = local_pair("xdp-rxvlan", "xdp = \"native\"\n");
+    let offload = |c: &Cluster| {
+        let k = c.node("node0").ns.exec(&["ethtool", "-k", "eth2"]).unwrap();
+        k.lines().find(|l| l.starts_with("rx-vlan-offload:")).unwrap_or_default().to_string()
+    };
+    assert!(offload(&c).starts_with("rx-vlan-offload: off"), "{}", offload(&c));
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    // Stopping leaves the datapath, XDP stage included, in place.
+    let shown = c.node("node0").ns.exec(&["ip", "link", "show", "eth2"]).unwrap();
+    assert!(shown.contains("prog/xdp"), "the XDP stage outlives the agent: {shown}");
+    c.nodes[0].cleanup().unwrap();
+    let shown = c.node("node0").ns.exec(&["ip", "link", "show", "eth2"]).unwrap();
+    assert!(!shown.contains("prog/xdp"), "--cleanup removed the XDP stage: {shown}");
+    assert!(offload(&c).starts_with("rx-vlan-offload: on"), "{}", offload(&c));
+}
+
+/// A bridge stands for a NIC whose driver has no native XDP.
+fn no_native_xdp(tag: &str, xdp: &str) -> Cluster {
+    let c = Cluster::new(tag, 1).unwrap();
+    let ns = &c.node("node0").ns;
+    ns.exec(&["ip", "link", "add", "br-up", "type", "bridge"]).unwrap();
+    ns.exec(&["ip", "link", "set", "br-up", "up"]).unwrap();
+    let config = std::fs::read_to_string(&c.node("node0").config).unwrap();
+    std::fs::write(&c.node("node0").config, config.replace(":eth2\"", ":br-up\"")).unwrap();
+    c.config_line("node0", &format!("xdp = \"{xdp}\"")).unwrap();
+    c.write_bindings(&bindings(&[&vm1()])).unwrap();
+    c
+}
+
+#[test]
+fn native_refuses_a_driver_without_native_xdp_and_auto_falls_back() {
+    let mut c = no_native_xdp("xdp-native", "native");
+    c.start_agent("node0").unwrap();
+    let agent = c.nodes[0].agent.as_mut().unwrap();
+    wait_for("the agent to refuse to start", Duration::from_secs(10), || !agent.running());
+    let log = agent.log_text();
+    assert!(
+        log.contains("xdp = \"native\": br-up cannot run the XDP stage in its driver"),
+        "the refusal names the device: {log}"
+    );
+
+    let mut c = no_native_xdp("xdp-auto", "auto");
+    c.start_agent("node0").unwrap();
+    wait_for("the agent to answer", Duration::from_secs(10), || c.cli_json("node0", &["status"]).is_ok());
+    let status = c.cli_json("node0", &["status"]).unwrap();
+    let state = status["xdp"]["br-up"].as_str().unwrap_or_default();
+    assert!(state.starts_with("tc only (native XDP attach on br-up"), "{status}");
+    assert_eq!(status["errors"].as_array().map_or(0, Vec::len), 0, "auto is no error: {status}");
+}
