@@ -25,6 +25,8 @@ pub const ALLOWED_V4: &str = "ALLOWED_V4";
 pub const ALLOWED_V6: &str = "ALLOWED_V6";
 /// Remote VTEPs hosting ports of each tunnel network (head-end replication): `u32` -> [`crate::VtepSet`].
 pub const FLOOD_VTEPS: &str = "FLOOD_VTEPS";
+/// The remote VTEPs each tunnel network accepts frames from: [`crate::TunnelPeerKey`] -> `u32`.
+pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
 /// IPv4 -> MAC of every known port, per network, for the ARP responder: [`crate::ArpKey`] -> [`crate::ArpEntry`].
 pub const ARP_TABLE: &str = "ARP_TABLE";
 /// The verdict of each fragmented datagram's first fragment, for its later fragments:
@@ -57,7 +59,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -68,6 +70,7 @@ pub const ALL_MAPS: [&str; 24] = [
     ALLOWED_V4,
     ALLOWED_V6,
     FLOOD_VTEPS,
+    TUNNEL_PEERS,
     ARP_TABLE,
     FRAG_VERDICTS,
     SG_PORTS,

@@ -104,6 +104,9 @@ counted_enum! {
         CtInvalid = 29 => "ct_invalid",
         /// The connection table is full: a new connection is refused.
         CtFull = 30 => "ct_full",
+        /// A tunnel frame from a VTEP that hosts no port of its network (no
+        /// tunnel peer of this node for it, as the OVS agent has none).
+        ForeignVtep = 31 => "foreign_vtep",
     }
 }
 

@@ -67,6 +67,8 @@ pub const FDB_F_REMOTE: u32 = 1 << 1;
 pub const MAX_FLOOD_PORTS: usize = 64;
 /// Bound on remote VTEPs one tunnel network floods to (head-end replication).
 pub const MAX_FLOOD_VTEPS: usize = 64;
+/// Capacity of `TUNNEL_PEERS`: (network, remote VTEP) pairs.
+pub const MAX_TUNNEL_PEERS: u32 = 65536;
 /// Bound on the targets one traced run may record (local ports plus VTEPs or uplink).
 pub const MAX_TRACE_TARGETS: usize = MAX_FLOOD_PORTS + MAX_FLOOD_VTEPS;
 /// Capacity of `ARP_TABLE`.
@@ -321,6 +323,13 @@ shared! {
         pub _pad: u32,
         /// IPv4 addresses, host byte order.
         pub vtep_ipv4: [u32; MAX_FLOOD_VTEPS],
+    }
+
+    /// Key of `TUNNEL_PEERS`: a remote VTEP that hosts ports of a tunnel network.
+    pub struct TunnelPeerKey [8] {
+        pub net_index: u32,
+        /// IPv4 address, host byte order.
+        pub vtep_ipv4: u32,
     }
 
     /// Key of `ARP_TABLE`.

@@ -12,9 +12,9 @@ use aya_ebpf::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MONITOR_RING_BYTES, MacKey,
-    MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort, SgPortKey,
-    SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_TUNNEL_PEERS,
+    MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey,
+    SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, VtepSet,
 };
 
 #[map]
@@ -47,6 +47,10 @@ pub static ALLOWED_V6: LpmTrie<AddrKeyV6, u32> = LpmTrie::with_max_entries(MAX_A
 
 #[map]
 pub static FLOOD_VTEPS: HashMap<u32, VtepSet> = HashMap::with_max_entries(MAX_NETWORKS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static TUNNEL_PEERS: HashMap<TunnelPeerKey, u32> =
+    HashMap::with_max_entries(MAX_TUNNEL_PEERS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static ARP_TABLE: HashMap<ArpKey, ArpEntry> = HashMap::with_max_entries(MAX_ARP, BPF_F_NO_PREALLOC);

@@ -24,7 +24,7 @@ use aya::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort,
-    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, VtepSet, names,
+    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -311,6 +311,7 @@ declare_maps! {
         fdb: HashMap<MapData, FdbKey, FdbEntry> = names::FDB,
         flood_sets: HashMap<MapData, u32, FloodSet> = names::FLOOD_SETS,
         flood_vteps: HashMap<MapData, u32, VtepSet> = names::FLOOD_VTEPS,
+        tunnel_peers: HashMap<MapData, TunnelPeerKey, u32> = names::TUNNEL_PEERS,
         arp: HashMap<MapData, ArpKey, ArpEntry> = names::ARP_TABLE,
         /// (LPM prefix length, data) -> class. A rule table comes before the ports that use it.
         sg_rule_ports: LpmTrie<MapData, SgPortKey, u32> = names::SG_RULE_PORTS,

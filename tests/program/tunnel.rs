@@ -140,4 +140,30 @@ fn tunnel_in_delivers_learns_and_refuses_by_vni_and_source() {
     assert_eq!((out.retval, out.drops[DropReason::UplinkSrcIsLocal as usize]), (2, 1));
     let out = bench.run(names::PROG_TUNNEL, VX, &from_stranger, true).unwrap();
     assert_eq!((out.retval, out.drops[DropReason::TunnelOpFailed as usize]), (2, 1));
+
+    // Only the network's tunnel peers are heard: a VTEP in no agent's
+    // configuration, and this node's own address, are foreign to it.
+    for vtep in [Ipv4Addr::new(192, 0, 2, 99), Ipv4Addr::new(192, 0, 2, 10)] {
+        let out = bench.run_tunnel(VX, &from_stranger, 5000, vtep).unwrap();
+        assert_eq!((out.retval, out.drops[DropReason::ForeignVtep as usize]), (2, 1), "from {vtep}");
+        assert_eq!(out.actions[Action::Learned as usize], 0, "nothing learned from {vtep}");
+    }
+}
+
+/// A peer of the network is one that hosts a port of it: node2 leaves the
+/// network when its only port goes, and is no peer of it any more.
+#[test]
+fn a_vtep_whose_ports_left_the_network_is_no_peer_of_it() {
+    let mut bench = bench();
+    let frame =
+        eth(neutron_mac(0x0a), neutron_mac(0x77), 0x0800, &ipv4_icmp_echo([10, 20, 0, 77], [10, 20, 0, 2]));
+    let out = bench.run_tunnel(VX, &frame, 5000, NODE2).unwrap();
+    assert_eq!(out.actions[Action::ToLocalPort as usize], 1, "node2 hosts port e0000000: a peer");
+    let without_e: String =
+        BINDINGS.lines().filter(|l| !l.contains("e0000000-0e00")).collect::<Vec<_>>().join("\n");
+    bench.reseed(CONFIG, &without_e).unwrap();
+    let out = bench.run_tunnel(VX, &frame, 5000, NODE2).unwrap();
+    assert_eq!((out.retval, out.drops[DropReason::ForeignVtep as usize]), (2, 1));
+    let out = bench.run_tunnel(VX, &frame, 5000, NODE1).unwrap();
+    assert_eq!(out.actions[Action::ToLocalPort as usize], 1, "node1 still is");
 }

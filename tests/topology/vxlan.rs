@@ -146,6 +146,29 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     assert!(c.vms[ia].reaches("10.20.0.51"), "ours -> an endpoint the bindings do not name");
     assert_eq!(c.learned_on("node0", unnamed_mac).as_deref(), Some("vxlan-dp"), "learned from the tunnel");
 
+    // A VTEP in no agent's configuration hosts no port of the network: node0
+    // hears nothing from it, as the OVS agent has no tunnel port towards it.
+    let rogue_mac = "fa:16:3e:0b:ad:01";
+    let rns = Netns::new("rogue").unwrap();
+    c.underlay_port(&rns, "rogue", "192.0.2.98").unwrap();
+    let mut rvx = vx;
+    rvx[11] = "192.0.2.98";
+    rns.exec(&rvx).unwrap();
+    rns.exec(&["ip", "link", "set", "vx0", "address", rogue_mac, "mtu", "1450", "up"]).unwrap();
+    rns.exec(&["ip", "addr", "add", "10.20.0.98/24", "dev", "vx0"]).unwrap();
+    rns.exec(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", "192.0.2.10"]).unwrap();
+    let heard = Capture::start(&c.vms[ia].ns, "eth0", &format!("ether src {rogue_mac}")).unwrap();
+    let foreign_drops = |c: &Cluster| {
+        let s = c.cli_json("node0", &["stats", "--port", "vxlan-dp"]).unwrap();
+        s["ports"][0]["drops"]["foreign_vtep"].as_u64().unwrap_or(0)
+    };
+    let before = foreign_drops(&c);
+    assert!(rns.exec(&["ping", "-c", "2", "-W", "1", &a.ip]).is_err(), "the rogue VTEP reached vm-a");
+    assert!(foreign_drops(&c) >= before + 2, "its ARP requests counted as foreign_vtep");
+    let heard = heard.stop().unwrap();
+    assert!(heard.is_empty(), "vm-a heard the rogue VTEP: {heard:#?}");
+    assert_eq!(c.learned_on("node0", rogue_mac), None, "nothing learned from it");
+
     // The tunnel MTU: a 1500-byte frame cannot enter a 1450 network's tunnel.
     c.vms[ia].exec(&["ip", "link", "set", "eth0", "mtu", "1500"]).unwrap();
     let before = drops(&c, &a, DropReason::MtuExceeded);

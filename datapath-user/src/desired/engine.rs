@@ -394,6 +394,7 @@ fn split(out: Derived) -> BTreeMap<String, Derived> {
     place!(fdb, |k, _v| net(&k.net_index));
     place!(flood_sets, |k, _v| net(&k));
     place!(flood_vteps, |k, _v| net(&k));
+    place!(tunnel_peers, |k, _v| net(&k.net_index));
     place!(arp, |k, _v| net(&k.net_index));
     place!(allowed_macs, |k, _v| port(&k.ifindex));
     place!(allowed_v4, |k, _v| port(&k.1.ifindex));

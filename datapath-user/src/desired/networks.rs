@@ -9,7 +9,7 @@ use std::{
 
 use datapath_common::{
     FDB_F_REMOTE, FdbEntry, FdbKey, FloodSet, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS, MAX_NETWORKS, NET_TYPE_FLAT,
-    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, SEGMENT_UNTAGGED, SegmentKey, VtepSet,
+    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, SEGMENT_UNTAGGED, SegmentKey, TunnelPeerKey, VtepSet,
 };
 
 use super::{
@@ -230,6 +230,7 @@ fn add_tunnel_network(
             continue;
         };
         vteps.insert(u32::from(vtep));
+        state.tunnel_peers.insert(TunnelPeerKey { net_index: plan.index, vtep_ipv4: u32::from(vtep) }, 1);
         if plan.info.uplink_ifindex != 0 {
             state.fdb.insert(
                 FdbKey { net_index: plan.index, mac: port.mac, _pad: [0; 2] },
