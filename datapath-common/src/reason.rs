@@ -133,7 +133,8 @@ counted_enum! {
         FloodTunnelMtu = 8 => "flood_tunnel_mtu",
         /// Delivered to a port whose security groups (if any) admitted it (the port's egress program).
         Delivered = 9 => "delivered",
-        /// Handed by an uplink's XDP stage to its TC stage (`XDP_PASS`).
+        /// Handed on unchanged: by an uplink's XDP stage to its TC stage
+        /// (`XDP_PASS`), or by its TC stage to the host stack (`untagged_to_host`).
         Passed = 10 => "passed",
     }
 }

@@ -47,6 +47,9 @@ pub const PORT_F_ANTI_SPOOF: u32 = 1 << 2;
 /// Security groups apply: the port's `SG_PORTS` entry must exist, else its
 /// traffic drops (fail closed).
 pub const PORT_F_SECGROUPS: u32 = 1 << 3;
+/// On an uplink: untagged frames that no flat network claims go to the host
+/// stack (the node's own address on the uplink) instead of being dropped.
+pub const PORT_F_HOST_UNTAGGED: u32 = 1 << 4;
 
 /// Network type: untagged on the uplink.
 pub const NET_TYPE_FLAT: u32 = 1;

@@ -1,9 +1,12 @@
 //! The uplink family: frames from the physical network. The VLAN tag (or its
 //! absence, for flat networks) selects the network; the source MAC is learned;
-//! the tag is removed and the frame bridged to the local ports only.
+//! the tag is removed and the frame bridged to the local ports only. With
+//! `untagged_to_host`, untagged frames no flat network claims go on to the
+//! host stack (the node's own address on the uplink).
 
+use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::programs::TcContext;
-use datapath_common::{DropReason, SEGMENT_UNTAGGED, SegmentKey};
+use datapath_common::{Action, DropReason, PORT_F_HOST_UNTAGGED, SEGMENT_UNTAGGED, SegmentKey};
 
 use crate::{
     forward::{self, From},
@@ -33,7 +36,13 @@ pub fn try_uplink(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReaso
     };
     let seg_key = SegmentKey { ifindex, segment };
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
-    let net_index = *unsafe { NET_BY_SEGMENT.get(seg_key) }.ok_or(DropReason::UnknownSegment)?;
+    let Some(&net_index) = (unsafe { NET_BY_SEGMENT.get(seg_key) }) else {
+        // The node's own address on the uplink: the host stack takes what no flat network claims.
+        if !tagged && port.flags & PORT_F_HOST_UNTAGGED != 0 {
+            return Ok(Verdict { action: Action::Passed, ret: TC_ACT_OK });
+        }
+        return Err(DropReason::UnknownSegment);
+    };
     meta.net_index = net_index;
     // SAFETY: as above.
     let net = *unsafe { NETWORKS.get(net_index) }.ok_or(DropReason::NoNetwork)?;

@@ -2,7 +2,8 @@
 //! exists. It drops what this node must never accept (frames of a segment
 //! it does not serve, frames that claim a local port's MAC or an invalid
 //! source, malformed frames) and passes everything else to the TC stage
-//! (`uplink_in`) unchanged, which bridges it as before.
+//! (`uplink_in`) unchanged, which bridges it as before, or hands the node's
+//! own untagged traffic to the host (`untagged_to_host`).
 //!
 //! The agent turns the uplink's rx VLAN offload off while this stage runs,
 //! so the tag is in the frame: an untagged frame here is untagged on the wire.
@@ -11,7 +12,9 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::XdpContext,
 };
-use datapath_common::{Action, DropReason, FDB_F_LOCAL, FdbKey, SEGMENT_UNTAGGED, SegmentKey};
+use datapath_common::{
+    Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_HOST_UNTAGGED, SEGMENT_UNTAGGED, SegmentKey,
+};
 
 use crate::{
     maps::{FDB, NET_BY_SEGMENT, PORTS},
@@ -44,8 +47,13 @@ pub fn try_uplink_xdp(ctx: &XdpContext, slot: &mut u32) -> Result<Action, DropRe
         _ => SEGMENT_UNTAGGED,
     };
     // SAFETY: as above.
-    let net_index =
-        *unsafe { NET_BY_SEGMENT.get(SegmentKey { ifindex, segment }) }.ok_or(DropReason::UnknownSegment)?;
+    let Some(&net_index) = (unsafe { NET_BY_SEGMENT.get(SegmentKey { ifindex, segment }) }) else {
+        // The node's own address on the uplink: the host stack takes what no flat network claims.
+        if segment == SEGMENT_UNTAGGED && port.flags & PORT_F_HOST_UNTAGGED != 0 {
+            return Ok(Action::Passed);
+        }
+        return Err(DropReason::UnknownSegment);
+    };
     if is_multicast(&eth.src) || is_zero(&eth.src) {
         return Err(DropReason::SrcMacInvalid);
     }

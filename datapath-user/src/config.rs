@@ -11,6 +11,7 @@
 //! tunnel_types = ["vxlan"]
 //! tc_hook = "auto"        # or "tcx", or "netlink"
 //! xdp = "auto"            # or "native", or "off": the uplinks' XDP stage
+//! untagged_to_host = false  # true: the uplinks' unclaimed untagged frames go to the host
 //! metrics_address = "127.0.0.1:9110"   # Prometheus; off unless set
 //! log_format = "text"     # or "json": one object per line
 //! ```
@@ -58,6 +59,9 @@ pub struct Config {
     pub tc_hook: TcHook,
     /// Where the uplinks' XDP stage runs.
     pub xdp: XdpChoice,
+    /// Untagged frames no flat network claims go to the host stack (the
+    /// node's address on the uplink), not dropped.
+    pub untagged_to_host: bool,
     /// Where the Prometheus metrics are served (`/metrics`); None: not served.
     pub metrics_address: Option<SocketAddr>,
     /// How the agent writes its log lines.
@@ -175,6 +179,8 @@ struct RawConfig {
     tunnel_types: Vec<String>,
     tc_hook: Option<String>,
     xdp: Option<String>,
+    #[serde(default)]
+    untagged_to_host: bool,
     // A string so that a bad address gets our message naming the field.
     metrics_address: Option<String>,
     log_format: Option<String>,
@@ -332,6 +338,7 @@ impl Config {
             tunnel_types: raw.tunnel_types,
             tc_hook,
             xdp,
+            untagged_to_host: raw.untagged_to_host,
             metrics_address,
             log_format,
         })
@@ -460,6 +467,7 @@ log_format = "json"
                 tunnel_types: vec!["vxlan".into()],
                 tc_hook: TcHook::Netlink,
                 xdp: XdpChoice::Auto,
+                untagged_to_host: false,
                 metrics_address: Some("[::1]:9110".parse().unwrap()),
                 log_format: LogFormat::Json,
             }
@@ -640,6 +648,14 @@ log_format = "json"
         assert_eq!(parse(&with("xdp = \"off\"")).unwrap().xdp, XdpChoice::Off);
         let e = err(&with("xdp = \"generic\""));
         assert!(e.contains("xdp = \"generic\" is not one of \"auto\", \"native\", \"off\""), "{e}");
+    }
+
+    #[test]
+    fn untagged_frames_go_to_the_host_only_when_asked() {
+        assert!(!parse(MINIMAL).unwrap().untagged_to_host);
+        assert!(parse(&with("untagged_to_host = true")).unwrap().untagged_to_host);
+        let e = err(&with("untagged_to_host = \"yes\""));
+        assert!(e.contains("untagged_to_host"), "{e}");
     }
 
     #[test]

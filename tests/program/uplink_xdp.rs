@@ -117,23 +117,17 @@ fn the_xdp_stage_drops_what_the_node_must_not_accept_and_passes_the_rest() {
     check(&mut b, rows);
 }
 
-#[test]
-fn without_a_flat_network_untagged_frames_are_dropped_in_the_driver() {
-    datapath_tests::require_root();
-    let config = r#"
+/// The VLAN-only node: its uplink carries no flat network.
+const VLAN_ONLY: &str = r#"
 host = "node0"
 physical_interface_mappings = ["default:eth2"]
 bindings = "/unused/in/program/tests.json"
 pin_path = "/sys/fs/bpf/unused"
 "#;
-    let bindings = r#"{
- "networks": [{"id": "11111111-1111-4111-8111-111111111111", "name": "net1", "provider:network_type": "vlan",
-               "provider:physical_network": "default", "provider:segmentation_id": 1000, "mtu": 1500}],
- "ports": [{"id": "a0000000-0a00-4000-8000-000000000001", "network_id": "11111111-1111-4111-8111-111111111111",
-            "mac_address": "fa:16:3e:00:00:0a", "fixed_ips": [{"ip_address": "10.10.10.2"}],
-            "device_owner": "compute:nova", "binding:host_id": "node0"}]
-}"#;
-    let mut b = Bench::new(config, bindings, &["eth2", A]).unwrap();
+
+#[test]
+fn without_a_flat_network_untagged_frames_are_dropped_in_the_driver() {
+    let mut b = vlan_only(VLAN_ONLY);
     let to_a = icmp(MAC_REMOTE, MAC_A, [10, 10, 10, 30], [10, 10, 10, 2]);
     check(
         &mut b,
@@ -146,4 +140,44 @@ pin_path = "/sys/fs/bpf/unused"
             pass("the same frame on VLAN 1000", tagged(&to_a, 0x8100, 1000)),
         ],
     );
+    let tc = b.run(names::PROG_UPLINK, UPLINK, &to_a, false).unwrap();
+    assert_eq!((tc.retval, tc.drops[DropReason::UnknownSegment as usize]), (2, 1), "and at the TC stage");
+}
+
+/// `untagged_to_host`: the node's own address lives on the uplink, so both
+/// stages hand the untagged frames no flat network claims to the host.
+#[test]
+fn with_untagged_to_host_both_stages_hand_unclaimed_untagged_frames_to_the_host() {
+    let mut b = vlan_only(&format!("{VLAN_ONLY}untagged_to_host = true\n"));
+    let to_host = icmp(MAC_REMOTE, [0x02, 0, 0, 0, 0, 1], [192, 0, 2, 11], [192, 0, 2, 10]);
+    check(
+        &mut b,
+        vec![
+            pass("an untagged frame for the host", to_host.clone()),
+            drop(
+                "a tagged frame of an unknown VLAN still",
+                tagged(&to_host, 0x8100, 1234),
+                DropReason::UnknownSegment,
+            ),
+        ],
+    );
+    let tc = b.run(names::PROG_UPLINK, UPLINK, &to_host, false).unwrap();
+    const TC_ACT_OK: u32 = 0;
+    assert_eq!(tc.retval, TC_ACT_OK, "the TC stage lets the host have it");
+    assert_eq!(tc.frame, to_host, "unchanged");
+    assert_eq!(tc.actions[Action::Passed as usize], 1);
+    assert_eq!(tc.drops.iter().sum::<u64>(), 0);
+}
+
+/// A bench whose node has only VLAN networks on eth2, with `config`.
+fn vlan_only(config: &str) -> Bench {
+    datapath_tests::require_root();
+    let bindings = r#"{
+ "networks": [{"id": "11111111-1111-4111-8111-111111111111", "name": "net1", "provider:network_type": "vlan",
+               "provider:physical_network": "default", "provider:segmentation_id": 1000, "mtu": 1500}],
+ "ports": [{"id": "a0000000-0a00-4000-8000-000000000001", "network_id": "11111111-1111-4111-8111-111111111111",
+            "mac_address": "fa:16:3e:00:00:0a", "fixed_ips": [{"ip_address": "10.10.10.2"}],
+            "device_owner": "compute:nova", "binding:host_id": "node0"}]
+}"#;
+    Bench::new(config, bindings, &["eth2", A]).unwrap()
 }

@@ -6,6 +6,7 @@ mod aging;
 mod chaos;
 mod events;
 mod hardening;
+mod host_uplink;
 mod introspection;
 mod isolation;
 mod lifecycle;

@@ -61,6 +61,8 @@ pub const CONFIG: &str = "\
 # control_socket = \"/run/datapath/datapath.sock\"
 # mac_age_seconds = 300
 # tc_hook = \"auto\"
+# xdp = \"auto\"
+# untagged_to_host = false
 # metrics_address = \"127.0.0.1:9110\"
 # log_format = \"text\"
 ";

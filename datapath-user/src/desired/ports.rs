@@ -3,8 +3,8 @@
 
 use datapath_common::{
     FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
-    PORT_F_BOUND, PORT_F_SECGROUPS, PORT_KIND_NETWORK, PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM,
-    PortInfo, names,
+    PORT_F_BOUND, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS, PORT_KIND_NETWORK, PORT_KIND_TUNNEL,
+    PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, names,
 };
 
 use super::{
@@ -34,6 +34,8 @@ pub(super) struct Wire {
     /// The XDP stage, on uplinks when the config wants it.
     xdp: Option<&'static str>,
     label: &'static str,
+    /// `PORT_F_*` flags beyond bound and up.
+    flags: u32,
 }
 
 /// Every mapped interface (an uplink), and the tunnel device, in config order.
@@ -47,6 +49,7 @@ pub(super) fn wire_devices(cfg: &Config) -> Vec<Wire> {
             program: names::PROG_UPLINK,
             xdp: (cfg.xdp != XdpChoice::Off).then_some(names::PROG_UPLINK_XDP),
             label: "uplink",
+            flags: if cfg.untagged_to_host { PORT_F_HOST_UNTAGGED } else { 0 },
         })
         .collect();
     if cfg.tunnel_ip().is_some() {
@@ -56,6 +59,7 @@ pub(super) fn wire_devices(cfg: &Config) -> Vec<Wire> {
             program: names::PROG_TUNNEL,
             xdp: None,
             label: "tunnel",
+            flags: 0,
         });
     }
     wires
@@ -82,7 +86,9 @@ pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut A
     report.ifindex = Some(ifindex);
     match alloc.slot(ifindex) {
         Some(slot) => {
-            out.state.ports.insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP, slot, w.kind));
+            out.state
+                .ports
+                .insert(ifindex, networkless(PORT_F_BOUND | PORT_F_ADMIN_UP | w.flags, slot, w.kind));
             out.attach.insert(
                 ifindex,
                 Attachment { device: w.device.clone(), program: w.program, egress: None, xdp: w.xdp },
