@@ -62,9 +62,9 @@ pub fn uplink_in(ctx: TcContext) -> i32 {
 /// XDP of a physical uplink, in the driver: the drops that need no skb.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    let mut slot = 0;
-    let res = uplink_xdp::try_uplink_xdp(&ctx, &mut slot);
-    uplink_xdp::finish(slot, res)
+    let mut meta = uplink_xdp::XdpMeta::new(&ctx);
+    let res = uplink_xdp::try_uplink_xdp(&ctx, &mut meta);
+    uplink_xdp::finish(&meta, res)
 }
 
 /// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.

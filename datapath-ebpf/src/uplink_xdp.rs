@@ -14,25 +14,58 @@ use aya_ebpf::{
 };
 use datapath_common::{
     Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_HOST_UNTAGGED, SEGMENT_UNTAGGED, SegmentKey,
+    TRACE_DRY_RUN, TRACE_MAGIC,
 };
 
 use crate::{
     maps::{FDB, NET_BY_SEGMENT, PORTS},
     parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, Eth, Pkt, is_multicast, is_zero},
-    stats,
+    stats, trace,
 };
 
 /// The 802.1Q tag: TCI and the inner ethertype.
 const VLAN_TAG_LEN: usize = 4;
 
-/// Checks a frame from the wire; `Ok` passes it to the TC stage. `slot` gets
-/// the uplink's stats slot once known.
+/// What the stage learned about a frame on its way to a verdict.
+#[derive(Default)]
+pub struct XdpMeta {
+    /// Stats slot of the uplink (0: unknown device).
+    pub slot: u32,
+    /// Network the frame was classified into (0: none).
+    pub net_index: u32,
+    /// `datapath trace` runs this: record the verdict, count nothing.
+    pub traced: bool,
+}
+
+impl XdpMeta {
+    /// The state of a fresh run on `ctx`.
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self { traced: traced(ctx), ..Self::default() }
+    }
+}
+
+/// Whether `datapath trace` runs the stage: `TRACE_MAGIC` and `TRACE_DRY_RUN`
+/// in the frame's metadata, which `BPF_PROG_TEST_RUN` can set and a driver
+/// never does (no other program runs before this one on the uplink).
 #[inline(always)]
-pub fn try_uplink_xdp(ctx: &XdpContext, slot: &mut u32) -> Result<Action, DropReason> {
+fn traced(ctx: &XdpContext) -> bool {
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + 12 > data {
+        return false;
+    }
+    // SAFETY: the 12 bytes lie between data_meta and data, checked above.
+    let words = unsafe { core::ptr::read_unaligned(meta as *const [u32; 3]) };
+    words[0] == TRACE_MAGIC[0] && words[1] == TRACE_MAGIC[1] && words[2] == TRACE_DRY_RUN
+}
+
+/// Checks a frame from the wire; `Ok` passes it to the TC stage.
+#[inline(always)]
+pub fn try_uplink_xdp(ctx: &XdpContext, meta: &mut XdpMeta) -> Result<Action, DropReason> {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
-    *slot = port.stats_slot;
+    meta.slot = port.stats_slot;
 
     let pkt = Pkt::xdp(ctx);
     let eth = Eth::parse(&pkt)?;
@@ -54,6 +87,7 @@ pub fn try_uplink_xdp(ctx: &XdpContext, slot: &mut u32) -> Result<Action, DropRe
         }
         return Err(DropReason::UnknownSegment);
     };
+    meta.net_index = net_index;
     if is_multicast(&eth.src) || is_zero(&eth.src) {
         return Err(DropReason::SrcMacInvalid);
     }
@@ -68,18 +102,21 @@ pub fn try_uplink_xdp(ctx: &XdpContext, slot: &mut u32) -> Result<Action, DropRe
 }
 
 /// The XDP stage's one exit: counts the outcome under the uplink's slot in
-/// `XDP_STATS` and returns the XDP verdict.
+/// `XDP_STATS` (or, traced, records it instead) and returns the XDP verdict.
 #[inline(always)]
-pub fn finish(slot: u32, res: Result<Action, DropReason>) -> u32 {
-    stats::count_xdp_action(slot, Action::Received);
-    match res {
-        Ok(action) => {
-            stats::count_xdp_action(slot, action);
-            XDP_PASS
-        }
-        Err(reason) => {
-            stats::count_xdp_drop(slot, reason);
-            XDP_DROP
-        }
+pub fn finish(meta: &XdpMeta, res: Result<Action, DropReason>) -> u32 {
+    let (action, reason, verdict) = match res {
+        Ok(action) => (action as u32, 0, XDP_PASS),
+        Err(reason) => (0, reason as u32, XDP_DROP),
+    };
+    if meta.traced {
+        trace::verdict(action, reason, meta.net_index);
+        return verdict;
     }
+    stats::count_xdp_action(meta.slot, Action::Received);
+    match res {
+        Ok(action) => stats::count_xdp_action(meta.slot, action),
+        Err(reason) => stats::count_xdp_drop(meta.slot, reason),
+    }
+    verdict
 }

@@ -397,6 +397,8 @@ pub struct StageStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceReply {
     pub port: String,
+    /// The program that decided; on an uplink with the XDP stage,
+    /// `uplink_xdp` (it dropped the frame) or `uplink_xdp -> uplink_in`.
     pub program: String,
     /// `forward` or `drop`.
     pub verdict: String,
@@ -407,7 +409,7 @@ pub struct TraceReply {
     pub network: String,
     pub local_index: u32,
     pub targets: Vec<TraceTarget>,
-    /// The TC return code.
+    /// The deciding program's return code (TC; or XDP when `uplink_xdp` dropped it).
     pub tc_verdict: u32,
     /// The frame as the program left it, hex.
     pub frame_out: String,

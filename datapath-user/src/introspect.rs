@@ -558,9 +558,18 @@ impl Agent {
             }
         };
 
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
-        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
+        // An uplink with the XDP stage: the frame meets it first, and may end there.
+        let mut stages = program.to_string();
+        if program == names::PROG_UPLINK
+            && self.attacher.xdp_states().get(&report.device) == Some(&XdpState::Native)
+        {
+            let reply = self.trace_xdp(&report, ifindex, &frame)?;
+            if reply.verdict == "drop" {
+                return Ok(reply);
+            }
+            stages = format!("{} -> {program}", names::PROG_UPLINK_XDP);
+        }
+        self.clear_trace()?;
         let cb = [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN, tunnel[0], tunnel[1]];
         let out = {
             let prog = self.dp.program(program)?;
@@ -579,11 +588,26 @@ impl Agent {
                 vni: t.vni,
             })
             .collect();
-        let reason = DropReason::from_index(rec.reason);
         let security_group = self.sg_judgement(program, ifindex, &rec);
-        Ok(TraceReply {
-            port: report.device,
-            program: program.to_string(),
+        Ok(self.decision(report.device, stages, &rec, &out, targets, security_group))
+    }
+}
+
+impl Agent {
+    /// The reply of a traced run: the record `rec` the program left and its output `out`.
+    fn decision(
+        &self,
+        port: String,
+        program: String,
+        rec: &TraceRecord,
+        out: &testrun::RunOutput,
+        targets: Vec<TraceTarget>,
+        security_group: Option<String>,
+    ) -> TraceReply {
+        let reason = DropReason::from_index(rec.reason);
+        TraceReply {
+            port,
+            program,
             verdict: if reason.is_some() { "drop" } else { "forward" }.into(),
             reason: reason.map(|r| r.label().to_string()),
             action: if reason.is_none() {
@@ -597,7 +621,25 @@ impl Agent {
             tc_verdict: out.retval,
             frame_out: out.frame.iter().map(|b| format!("{b:02x}")).collect(),
             security_group,
-        })
+        }
+    }
+
+    fn clear_trace(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
+        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")
+    }
+
+    /// `trace` through an uplink's XDP stage, dry: its verdict on `frame`.
+    fn trace_xdp(&mut self, report: &PortReport, ifindex: u32, frame: &[u8]) -> Result<TraceReply> {
+        self.clear_trace()?;
+        let meta: Vec<u8> =
+            [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let out = testrun::run_xdp(self.dp.xdp_program(names::PROG_UPLINK_XDP)?, frame, ifindex, &meta)?;
+        let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
+        let rec =
+            per_cpu.iter().find(|r| r.valid == 1).copied().context("the XDP stage wrote no trace record")?;
+        Ok(self.decision(report.device.clone(), names::PROG_UPLINK_XDP.into(), &rec, &out, Vec::new(), None))
     }
 }
 

@@ -91,15 +91,25 @@ pub fn run_prog(prog: &SchedClassifier, input: &SkbRun) -> Result<RunOutput> {
 }
 
 /// Runs the XDP program `prog` (loaded by aya) once on `frame`, as if it
-/// arrived on `ifindex` (a device of the calling thread's netns), through
-/// aya's `TestRun`. `cb` and `mark` of the output stay zero.
-pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32) -> Result<RunOutput> {
-    let len = len_u32(frame.len())?;
-    let ctx_in = uapi::XdpMd { data: 0, data_end: len, ingress_ifindex: ifindex, ..Default::default() };
+/// arrived on `ifindex` (a device of the calling thread's netns) with `meta`
+/// in front of it as XDP metadata (at most 32 bytes, a multiple of 4),
+/// through aya's `TestRun`. The output frame is without the metadata; `cb`
+/// and `mark` stay zero.
+pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32, meta: &[u8]) -> Result<RunOutput> {
+    if meta.len() > 32 || !meta.len().is_multiple_of(4) {
+        bail!("XDP metadata is {} bytes; the kernel takes a multiple of 4 up to 32", meta.len());
+    }
+    let data: Vec<u8> = meta.iter().chain(frame).copied().collect();
+    let ctx_in = uapi::XdpMd {
+        data: meta.len() as u32,
+        data_end: len_u32(data.len())?,
+        ingress_ifindex: ifindex,
+        ..Default::default()
+    };
     let mut ctx_out = uapi::XdpMd::default();
-    let mut out = vec![0u8; frame.len() + OUT_HEADROOM];
+    let mut out = vec![0u8; data.len() + OUT_HEADROOM];
     let opts = TestRunOptions {
-        data_in: Some(frame),
+        data_in: Some(&data),
         data_out: Some(&mut out),
         ctx_in: Some(bytemuck::bytes_of(&ctx_in)),
         ctx_out: Some(bytemuck::bytes_of_mut(&mut ctx_out)),
@@ -117,6 +127,8 @@ pub fn run_xdp(prog: &Xdp, frame: &[u8], ifindex: u32) -> Result<RunOutput> {
         e => anyhow::Error::new(e).context("BPF_PROG_TEST_RUN"),
     })?;
     out.truncate(r.data_size_out as usize);
+    // The output starts with the metadata as the program left it.
+    out.drain(..(ctx_out.data as usize).min(out.len()));
     Ok(RunOutput {
         retval: r.return_value,
         frame: out,

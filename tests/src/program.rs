@@ -197,7 +197,7 @@ impl Bench {
         let ifindex = self.ifindex(ingress);
         let slot = self.slot(ifindex);
         let before = self.xdp_counters(slot)?;
-        let out = testrun::run_xdp(self.dp.xdp_program(prog)?, frame, ifindex)?;
+        let out = testrun::run_xdp(self.dp.xdp_program(prog)?, frame, ifindex, &[])?;
         let moved = self.xdp_counters(slot)?.since(&before);
         Ok(Outcome {
             retval: out.retval,

@@ -121,3 +121,43 @@ fn native_refuses_a_driver_without_native_xdp_and_auto_falls_back() {
     assert!(state.starts_with("tc only (native XDP attach on br-up"), "{status}");
     assert_eq!(status["errors"].as_array().map_or(0, Vec::len), 0, "auto is no error: {status}");
 }
+
+#[test]
+fn trace_on_an_uplink_runs_the_xdp_stage_then_the_tc_stage_and_counts_nothing() {
+    let (c, a, b, _) = local_pair("xdp-trace", "xdp = \"native\"\n");
+    let (x0, tc0) = uplink_stats(&c);
+    let stranger = "fa:16:3e:99:00:01";
+    let trace = |spec: &str| c.cli_json("node0", &["trace", "--port", "eth2", "--frame", spec]).unwrap();
+
+    let t = trace(&format!("vlan 3999 icmp from {stranger} 10.10.10.99 to {} {}", b.mac, b.ip));
+    assert_eq!(t["program"], "uplink_xdp", "{t}");
+    assert_eq!((t["verdict"].as_str(), t["reason"].as_str()), (Some("drop"), Some("unknown_segment")), "{t}");
+    let t = trace(&format!("vlan 1000 icmp from {} {} to {} {}", a.mac, a.ip, b.mac, b.ip));
+    assert_eq!(
+        (t["program"].as_str(), t["reason"].as_str()),
+        (Some("uplink_xdp"), Some("uplink_src_is_local")),
+        "{t}"
+    );
+
+    let t = trace(&format!("vlan 1000 icmp from {stranger} 10.10.10.99 to {} {}", b.mac, b.ip));
+    assert_eq!(t["program"], "uplink_xdp -> uplink_in", "both stages: {t}");
+    assert_eq!(
+        (t["verdict"].as_str(), t["action"].as_str()),
+        (Some("forward"), Some("to_local_port")),
+        "{t}"
+    );
+    assert_eq!(t["targets"][0]["device"], b.device().as_str(), "{t}");
+
+    // A trace is dry: neither stage counted anything, nor learned the stranger.
+    let (x1, tc1) = uplink_stats(&c);
+    assert_eq!(n(&x1["actions"]["rx"]), n(&x0["actions"]["rx"]) + fabric_noise(&x0, &x1), "{x0} {x1}");
+    assert_eq!(x1["drops"]["uplink_src_is_local"], Value::Null, "{x1}");
+    assert_eq!(tc1["actions"]["to_local_port"], tc0["actions"]["to_local_port"], "{tc1}");
+    assert_eq!(c.learned_on("node0", stranger), None);
+}
+
+/// Frames the fabric itself sent meanwhile (IPv6 ND and MLD of the bridge,
+/// untagged): the XDP stage's unknown-segment drops between two readings.
+fn fabric_noise(before: &Value, after: &Value) -> u64 {
+    n(&after["drops"]["unknown_segment"]) - n(&before["drops"]["unknown_segment"])
+}
