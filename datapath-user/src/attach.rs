@@ -170,9 +170,10 @@ impl Attacher {
                         ok = false;
                     }
                 },
+                // Also a stage an earlier agent left (`xdp` turned off since): its pins say so.
                 None => {
-                    if self.xdp.remove(&att.device).is_some()
-                        && let Some(pin_dir) = &self.pin_dir
+                    self.xdp.remove(&att.device);
+                    if let Some(pin_dir) = &self.pin_dir
                         && let Err(e) = detach_xdp(pin_dir, &att.device)
                     {
                         errors.push(format!("removing the XDP stage of {}: {e:#}", att.device));

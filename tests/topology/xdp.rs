@@ -1,8 +1,9 @@
 //! The uplinks' XDP stage on a live node (veth's native XDP): floods of
 //! frames this node must never accept die in the driver and the counters say
-//! so; the rx VLAN offload goes off while the stage runs and comes back with
-//! `--cleanup`; `xdp = "native"` refuses a driver without native XDP, and
-//! `auto` falls back to the TC stage alone there.
+//! so; the rx VLAN offload goes off while the stage runs and comes back when
+//! it goes (`xdp = "off"`, `--cleanup`); `xdp = "native"` refuses a driver
+//! without native XDP, and `auto` falls back to the TC stage alone there;
+//! `trace` runs both stages, dry.
 
 use std::time::Duration;
 
@@ -71,12 +72,25 @@ fn unknown_segments_and_local_sources_from_the_wire_die_in_the_driver() {
 }
 
 #[test]
-fn rx_vlan_offload_goes_off_with_the_stage_and_comes_back_with_cleanup() {
+fn rx_vlan_offload_goes_off_with_the_stage_and_comes_back_when_it_goes() {
     let (mut c, _, _, _) = local_pair("xdp-rxvlan", "xdp = \"native\"\n");
     let offload = |c: &Cluster| {
         let k = c.node("node0").ns.exec(&["ethtool", "-k", "eth2"]).unwrap();
         k.lines().find(|l| l.starts_with("rx-vlan-offload:")).unwrap_or_default().to_string()
     };
+    assert!(offload(&c).starts_with("rx-vlan-offload: off"), "{}", offload(&c));
+    // The next agent with `xdp = "off"` removes the stage the last one left.
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    set_xdp(&c, "native", "off");
+    c.start_agent("node0").unwrap();
+    let gone =
+        |c: &Cluster| !c.node("node0").ns.exec(&["ip", "link", "show", "eth2"]).unwrap().contains("prog/xdp");
+    wait_for("xdp = off to remove the stage", Duration::from_secs(10), || gone(&c));
+    assert!(offload(&c).starts_with("rx-vlan-offload: on"), "{}", offload(&c));
+    c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
+    set_xdp(&c, "off", "native");
+    c.start_agent("node0").unwrap();
+    wait_for("xdp = native to bring it back", Duration::from_secs(10), || !gone(&c));
     assert!(offload(&c).starts_with("rx-vlan-offload: off"), "{}", offload(&c));
     c.nodes[0].agent.as_mut().unwrap().stop(libc::SIGTERM).unwrap();
     // Stopping leaves the datapath, XDP stage included, in place.
@@ -86,6 +100,14 @@ fn rx_vlan_offload_goes_off_with_the_stage_and_comes_back_with_cleanup() {
     let shown = c.node("node0").ns.exec(&["ip", "link", "show", "eth2"]).unwrap();
     assert!(!shown.contains("prog/xdp"), "--cleanup removed the XDP stage: {shown}");
     assert!(offload(&c).starts_with("rx-vlan-offload: on"), "{}", offload(&c));
+}
+
+/// Changes node0's `xdp` from `from` to `to`.
+fn set_xdp(c: &Cluster, from: &str, to: &str) {
+    let path = &c.node("node0").config;
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(&format!("xdp = \"{from}\"")), "{text}");
+    std::fs::write(path, text.replace(&format!("xdp = \"{from}\""), &format!("xdp = \"{to}\""))).unwrap();
 }
 
 /// A bridge stands for a NIC whose driver has no native XDP.
