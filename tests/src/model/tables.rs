@@ -60,6 +60,11 @@ impl Model {
         self.state.segments.get(&SegmentKey { ifindex, segment }).copied()
     }
 
+    /// Whether `vtep` hosts a port of network `net_index` (a tunnel peer of it).
+    pub fn tunnel_peer(&self, net_index: u32, vtep: u32) -> bool {
+        self.state.tunnel_peers.contains_key(&datapath_common::TunnelPeerKey { net_index, vtep_ipv4: vtep })
+    }
+
     pub fn fdb(&self, net_index: u32, mac: [u8; 6]) -> Option<FdbEntry> {
         self.state.fdb.get(&FdbKey { net_index, mac, _pad: [0; 2] }).copied()
     }

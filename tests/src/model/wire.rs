@@ -1,7 +1,9 @@
-//! The wire families (architecture.md, "Uplink ingress", "Tunnels"): the tag
-//! or the VNI selects the network, the source MAC is learned behind the wire
-//! (never a local port's), the tag is removed, and the frame bridged to the
-//! local ports only.
+//! The wire families (architecture.md, "Uplink ingress", "Tunnels", "Tunnel
+//! peers"): the tag or the VNI selects the network, a tunnel frame must come
+//! from a peer of it, the source MAC is learned behind the wire (never a
+//! local port's), the tag is removed, and the frame bridged to the local
+//! ports only. (`untagged_to_host` is not modelled: the fuzzer's configs
+//! never set it; the program and topology tests cover it.)
 
 use datapath_common::{DropReason, FDB_F_LOCAL, SEGMENT_UNTAGGED};
 
@@ -29,6 +31,10 @@ pub(super) fn uplink(run: &mut Run, skb: &mut Skb) -> Decision {
 pub(super) fn tunnel(run: &mut Run, skb: &mut Skb) -> Decision {
     run.model.port(run.ingress.ifindex).ok_or(DropReason::PortUnknown)?;
     let (vni, remote) = run.ingress.tunnel.ok_or(DropReason::TunnelOpFailed)?;
+    run.net_index = run.model.segment(run.ingress.ifindex, vni).ok_or(DropReason::UnknownSegment)?;
+    if !run.model.tunnel_peer(run.net_index, remote) {
+        return Err(DropReason::ForeignVtep);
+    }
     deliver(run, skb, vni, remote, false)
 }
 
