@@ -32,8 +32,8 @@ fn restart_all(c: &mut Cluster, bin: &std::path::Path) {
     }
 }
 
-/// Starts `ping -i 0.005` for `secs` seconds in VM `from`, runs `event`, then
-/// returns (transmitted, received).
+/// Starts `ping -i 0.005` for about `secs` seconds in VM `from`, runs `event`,
+/// then returns (transmitted, received).
 fn ping_through(
     c: &mut Cluster,
     from: usize,
@@ -41,12 +41,14 @@ fn ping_through(
     secs: u32,
     event: impl FnOnce(&mut Cluster),
 ) -> (u64, u64) {
-    let w = secs.to_string();
-    let mut ping = c.vms[from].ns.spawn(&["ping", "-i", "0.005", "-w", &w, "-W", "1", to]).unwrap();
+    // A count, not a deadline: ping then waits (-W) for the last replies, where a
+    // deadline would cut off the one in flight and count it lost (on a slow guest, often).
+    let count = (secs * 200).to_string();
+    let mut ping = c.vms[from].ns.spawn(&["ping", "-i", "0.005", "-c", &count, "-W", "1", to]).unwrap();
     // The event must hit a stream that flows, not one still starting.
     wait_for("the ping stream to flow", Duration::from_secs(5), || ping.output().contains("bytes from"));
     event(c);
-    let status = ping.wait_timeout(Duration::from_secs(secs as u64 + 5)).unwrap();
+    let status = ping.wait_timeout(Duration::from_secs(2 * secs as u64 + 5)).unwrap();
     assert!(status.is_some(), "ping did not finish");
     let out = ping.output();
     let summary = out
