@@ -114,9 +114,6 @@ pub const ALL_PROGRAMS: [&str; 5] = {
     all
 };
 
-/// The XDP programs among `ALL_PROGRAMS`; the others are TC classifiers.
-pub const XDP_PROGRAMS: [&str; 1] = [PROG_UPLINK_XDP];
-
 /// `vm_port`'s index in `ALL_PROGRAMS` (`MonitorEvent::program`).
 pub const PROG_INDEX_VM_PORT: u32 = 0;
 /// `uplink_in`'s index in `ALL_PROGRAMS`.

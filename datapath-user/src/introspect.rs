@@ -295,14 +295,13 @@ impl Agent {
     }
 
     /// The XDP stage's counters of `device` (slot `slot`), where it runs or counted anything.
-    fn xdp_counters(&self, device: &str, slot: u32) -> Result<Option<StageStats>> {
+    fn xdp_counters(&self, device: &str, slot: u32) -> Result<Option<PortCounters>> {
         let c = summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")?;
         let runs = self.attacher.xdp_states().get(device) == Some(&XdpState::Native);
         if !runs && c.actions.iter().all(|&n| n == 0) {
             return Ok(None);
         }
-        let (actions, drops) = labelled(&c);
-        Ok(Some(StageStats { actions, drops, dropped: c.drops.iter().sum() }))
+        Ok(Some(c))
     }
 
     fn stats_reply(&self, port: Option<&str>) -> Result<StatsReply> {
@@ -324,7 +323,10 @@ impl Agent {
                 actions,
                 drops,
                 dropped: c.drops.iter().sum(),
-                xdp: self.xdp_counters(&p.device, slot)?,
+                xdp: self.xdp_counters(&p.device, slot)?.map(|x| {
+                    let (actions, drops) = labelled(&x);
+                    StageStats { actions, drops, dropped: x.drops.iter().sum() }
+                }),
             });
         }
         Ok(StatsReply { ports: out })
@@ -421,9 +423,8 @@ impl Agent {
             node.accumulate(&c);
             let (actions, drops) = labelled(&c);
             let xdp = self.xdp_counters(&p.device, slot)?;
-            if xdp.is_some() {
+            if let Some(x) = &xdp {
                 // The XDP stage's drops are the node's too; its rx are the TC stage's rx plus those.
-                let x = summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")?;
                 for (n, d) in node.drops.iter_mut().zip(x.drops) {
                     *n += d;
                 }
@@ -434,7 +435,7 @@ impl Agent {
                 network: p.network_id.clone(),
                 actions,
                 drops,
-                xdp: xdp.map(|x| (x.actions, x.drops)),
+                xdp: xdp.map(|x| labelled(&x)),
             });
         }
         // Slot 0: frames on devices the agent does not (or no longer) know.

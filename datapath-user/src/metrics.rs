@@ -134,50 +134,38 @@ impl Default for Telemetry {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        encode_ports(
-            &self.ports,
+        self.encode_ports(
             &mut encoder,
             (
                 "datapath_port_frames",
                 "Frames a port's programs handled, by what they did with them (rx, to_local_port, to_uplink, flooded, learned, ...).",
             ),
             "action",
-            |p| &p.actions,
+            |p| Some(&p.actions),
         )?;
-        encode_ports(
-            &self.ports,
+        self.encode_ports(
             &mut encoder,
             ("datapath_port_dropped_frames", "Frames a port's programs dropped, by reason."),
             "reason",
-            |p| &p.drops,
+            |p| Some(&p.drops),
         )?;
-        let xdp: Vec<PortSample> = self
-            .ports
-            .iter()
-            .filter_map(|p| {
-                let (actions, drops) = p.xdp.clone()?;
-                Some(PortSample { actions, drops, xdp: None, ..p.clone() })
-            })
-            .collect();
-        encode_ports(
-            &xdp,
+        self.encode_ports(
             &mut encoder,
             (
                 "datapath_port_xdp_frames",
                 "Frames an uplink's XDP stage handled, in the driver: rx, passed (on to the TC stage).",
             ),
             "action",
-            |p| &p.actions,
+            |p| p.xdp.as_ref().map(|x| &x.0),
         )?;
-        encode_ports(
-            &xdp,
+        self.encode_ports(
             &mut encoder,
             (
                 "datapath_port_xdp_dropped_frames",
                 "Frames an uplink's XDP stage dropped in the driver, by reason.",
             ),
             "reason",
-            |p| &p.drops,
+            |p| p.xdp.as_ref().map(|x| &x.1),
         )?;
         let mut e = encoder.encode_descriptor(
             "datapath_xdp_stage",
@@ -279,28 +267,30 @@ impl Collector for Snapshot {
     }
 }
 
-/// The counter family `(name, help)` of every port of `ports`, one series
-/// per entry of `counts`, labelled with the port and `key`.
-fn encode_ports(
-    ports: &[PortSample],
-    encoder: &mut DescriptorEncoder,
-    (name, help): (&str, &str),
-    key: &'static str,
-    counts: impl Fn(&PortSample) -> &BTreeMap<String, u64>,
-) -> Result<(), std::fmt::Error> {
-    let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for p in ports {
-        for (what, n) in counts(p) {
-            let set = [
-                ("port_id", p.port_id.as_str()),
-                ("device", p.device.as_str()),
-                ("network", p.network.as_str()),
-                (key, what.as_str()),
-            ];
-            ConstCounter::new(*n).encode(e.encode_family(&set)?)?;
+impl Snapshot {
+    /// The counter family `(name, help)` of every port that `counts` has
+    /// counters of, one series per entry, labelled with the port and `key`.
+    fn encode_ports(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help): (&str, &str),
+        key: &'static str,
+        counts: impl Fn(&PortSample) -> Option<&BTreeMap<String, u64>>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for p in &self.ports {
+            for (what, n) in counts(p).into_iter().flatten() {
+                let set = [
+                    ("port_id", p.port_id.as_str()),
+                    ("device", p.device.as_str()),
+                    ("network", p.network.as_str()),
+                    (key, what.as_str()),
+                ];
+                ConstCounter::new(*n).encode(e.encode_family(&set)?)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The OpenMetrics text of `snapshot`.
