@@ -148,13 +148,8 @@ impl Attacher {
                 continue;
             }
             let mut ok = true;
-            for ty in DIRECTIONS {
-                let Some(program) = program_for(att, ty) else { continue };
-                if let Err(e) = self.attach(dp, program, &att.device, ty) {
-                    errors.push(format!("attaching {program} to {} ({ty:?}): {e:#}", att.device));
-                    ok = false;
-                }
-            }
+            // The driver's stage first: once the TC stage runs, nothing that
+            // stage drops reaches it.
             match att.xdp {
                 Some(program) => match self.attach_xdp(dp, program, &att.device) {
                     Ok(state) => {
@@ -178,6 +173,13 @@ impl Attacher {
                     {
                         errors.push(format!("removing the XDP stage of {}: {e:#}", att.device));
                     }
+                }
+            }
+            for ty in DIRECTIONS {
+                let Some(program) = program_for(att, ty) else { continue };
+                if let Err(e) = self.attach(dp, program, &att.device, ty) {
+                    errors.push(format!("attaching {program} to {} ({ty:?}): {e:#}", att.device));
+                    ok = false;
                 }
             }
             if ok {
