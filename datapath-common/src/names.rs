@@ -49,6 +49,8 @@ pub const SG_FRAGS: &str = "SG_FRAGS";
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU counters of the uplinks' XDP stage, by the uplink's port slot: [`crate::PortCounters`].
 pub const XDP_STATS: &str = "XDP_STATS";
+/// Taps the uplinks' XDP stage may hand frames to (devmap hash): ifindex -> the tap.
+pub const XDP_TAPS: &str = "XDP_TAPS";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 /// What the monitor's listeners asked for (array, index 0): [`crate::MonitorConfig`].
@@ -59,7 +61,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -81,6 +83,7 @@ pub const ALL_MAPS: [&str; 25] = [
     SG_FRAGS,
     PORT_STATS,
     XDP_STATS,
+    XDP_TAPS,
     TRACE,
     MONITOR,
     MONITOR_RATE,

@@ -136,6 +136,9 @@ counted_enum! {
         /// Handed on unchanged: by an uplink's XDP stage to its TC stage
         /// (`XDP_PASS`), or by its TC stage to the host stack (`untagged_to_host`).
         Passed = 10 => "passed",
+        /// Sent by an uplink's XDP stage straight to a local tap (the fast
+        /// path), its tag removed: known unicast that needs nothing else.
+        Redirected = 11 => "xdp_redirected",
     }
 }
 

@@ -88,12 +88,13 @@ pub fn forward(
     flood(ctx, meta, net, ingress, from)
 }
 
+/// A learned entry is rewritten at most this often per MAC, to keep writes off the fast path.
+pub const LEARN_REFRESH_NS: u64 = 1_000_000_000;
+
 /// Learns (or refreshes) `src` as living behind `ifindex` (and `vtep` for tunnels).
 /// A local port's MAC is never learned from the wire: such a frame is a spoof or a loop.
 #[inline(always)]
 pub fn learn(meta: &Meta, ifindex: u32, vtep_ipv4: u32, src: &[u8; 6]) -> Result<(), DropReason> {
-    /// A learned entry is rewritten at most this often per MAC, to keep writes off the fast path.
-    const LEARN_REFRESH_NS: u64 = 1_000_000_000;
     let key = FdbKey { net_index: meta.net_index, mac: *src, _pad: [0; 2] };
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected for this run.
     if let Some(entry) = unsafe { FDB.get(key) } {

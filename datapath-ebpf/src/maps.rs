@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
@@ -85,6 +85,12 @@ pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries
 
 #[map]
 pub static XDP_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
+
+/// Written by the agent for the bound taps (tun devices, which take XDP
+/// frames); an entry says a tap can, not that a frame may: `uplink_xdp`
+/// checks the port's flags for that.
+#[map]
+pub static XDP_TAPS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);

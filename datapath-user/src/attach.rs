@@ -17,6 +17,11 @@
 //! the same way. While it runs, the uplink's rx VLAN offload is off (so that
 //! tags stay in the frame); `xdp-rxvlan/<device>` records that the agent
 //! turned it off, and removing the stage turns it back on.
+//!
+//! The bound ports that are tun devices (VM taps), which take frames an XDP
+//! program redirects, go into `XDP_TAPS`, where the XDP stage's fast path
+//! finds them; namespace ports (veth) do not: veth takes XDP frames only
+//! when its peer runs NAPI, which is the guest side's business.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,6 +30,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::MapError;
 use aya::programs::{
     LinkOrder, ProgramError, SchedClassifier, TcAttachType, XdpMode,
     links::{FdLink, LinkError, PinnedLink},
@@ -52,6 +58,8 @@ pub struct Attacher {
     xdp: BTreeMap<String, XdpState>,
     /// Uplinks whose XDP stage failed to attach, and why.
     xdp_failed: BTreeMap<String, String>,
+    /// The taps this process put into `XDP_TAPS`, by ifindex.
+    taps: BTreeSet<u32>,
 }
 
 /// Whether an uplink runs the XDP stage.
@@ -119,6 +127,7 @@ impl Attacher {
             current: BTreeMap::new(),
             xdp: BTreeMap::new(),
             xdp_failed: BTreeMap::new(),
+            taps: BTreeSet::new(),
         })
     }
 
@@ -182,6 +191,10 @@ impl Attacher {
                     ok = false;
                 }
             }
+            if let Err(e) = self.set_tap(dp, *ifindex, att) {
+                errors.push(format!("{}: {e:#}", att.device));
+                ok = false;
+            }
             if ok {
                 let had_egress = self.current.get(ifindex).is_some_and(|a| a.egress.is_some());
                 self.current.insert(*ifindex, att.clone());
@@ -197,6 +210,20 @@ impl Attacher {
         let before = self.current.len();
         let wanted: BTreeSet<&str> = desired.values().map(|a| a.device.as_str()).collect();
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
+        let gone: Vec<u32> = self.taps.iter().filter(|i| !desired.contains_key(i)).copied().collect();
+        for ifindex in gone {
+            // A deleted device left the map with it (the kernel's notifier): not found is fine.
+            if let Err(e) = dp.maps.xdp_taps.remove(ifindex)
+                && !matches!(e, MapError::KeyNotFound)
+            {
+                errors.push(format!("removing ifindex {ifindex} from {}: {e}", names::XDP_TAPS));
+                continue;
+            }
+            self.taps.remove(&ifindex);
+        }
+        if verify && let Err(e) = self.prune_taps(dp) {
+            errors.push(format!("{e:#}"));
+        }
         self.xdp.retain(|d, _| wanted.contains(d.as_str()));
         self.xdp_failed.retain(|d, _| wanted.contains(d.as_str()));
         let Some(pin_dir) = &self.pin_dir else { return errors };
@@ -347,6 +374,42 @@ impl Attacher {
 }
 
 impl Attacher {
+    /// Puts the device of `att` into `XDP_TAPS` when the fast path may use
+    /// it (a bound port, a tun, `xdp` not off), and takes it out otherwise.
+    fn set_tap(&mut self, dp: &mut Datapath, ifindex: u32, att: &Attachment) -> Result<()> {
+        let want = self.xdp_choice != XdpChoice::Off
+            && att.egress.is_some()
+            && ethtool::driver(&att.device).is_ok_and(|d| d == "tun");
+        if want {
+            dp.maps
+                .xdp_taps
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("adding ifindex {ifindex} to {}", names::XDP_TAPS))?;
+            self.taps.insert(ifindex);
+        } else if self.taps.remove(&ifindex) || self.xdp_choice == XdpChoice::Off {
+            match dp.maps.xdp_taps.remove(ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing ifindex {ifindex} from {}", names::XDP_TAPS));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes from `XDP_TAPS` what an earlier agent left there and this one did not put.
+    fn prune_taps(&self, dp: &mut Datapath) -> Result<()> {
+        let keys: Vec<u32> = dp.maps.xdp_taps.keys().collect::<Result<_, _>>().context("listing XDP_TAPS")?;
+        for key in keys.into_iter().filter(|k| !self.taps.contains(k)) {
+            match dp.maps.xdp_taps.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing ifindex {key} from XDP_TAPS")),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the XDP stage `program` on uplink `device` where the config
     /// wants it and the driver has it: the state it ends in, or (with
     /// `xdp = "native"`) why it cannot.

@@ -565,7 +565,8 @@ impl Agent {
             && self.attacher.xdp_states().get(&report.device) == Some(&XdpState::Native)
         {
             let reply = self.trace_xdp(&report, ifindex, &frame)?;
-            if reply.verdict == "drop" {
+            // Dropped in the driver, or sent to a tap from there (the fast path): TC never sees it.
+            if reply.verdict == "drop" || reply.action.as_deref() == Some(Action::Redirected.label()) {
                 return Ok(reply);
             }
             stages = format!("{} -> {program}", names::PROG_UPLINK_XDP);
@@ -579,16 +580,7 @@ impl Agent {
         let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
         let rec =
             per_cpu.iter().find(|r| r.valid == 1).copied().context("the program wrote no trace record")?;
-        let targets = rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
-            .iter()
-            .map(|t| TraceTarget {
-                device: self.device_of(t.ifindex),
-                ifindex: t.ifindex,
-                vlan: t.vlan,
-                vtep: (t.vtep_ipv4 != 0).then(|| std::net::Ipv4Addr::from(t.vtep_ipv4).to_string()),
-                vni: t.vni,
-            })
-            .collect();
+        let targets = self.targets_of(&rec);
         let security_group = self.sg_judgement(program, ifindex, &rec);
         Ok(self.decision(report.device, stages, &rec, &out, targets, security_group))
     }
@@ -625,6 +617,20 @@ impl Agent {
         }
     }
 
+    /// The destinations a traced run recorded.
+    fn targets_of(&self, rec: &TraceRecord) -> Vec<TraceTarget> {
+        rec.targets[..(rec.target_count as usize).min(rec.targets.len())]
+            .iter()
+            .map(|t| TraceTarget {
+                device: self.device_of(t.ifindex),
+                ifindex: t.ifindex,
+                vlan: t.vlan,
+                vtep: (t.vtep_ipv4 != 0).then(|| std::net::Ipv4Addr::from(t.vtep_ipv4).to_string()),
+                vni: t.vni,
+            })
+            .collect()
+    }
+
     fn clear_trace(&mut self) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
         let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
@@ -640,7 +646,8 @@ impl Agent {
         let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
         let rec =
             per_cpu.iter().find(|r| r.valid == 1).copied().context("the XDP stage wrote no trace record")?;
-        Ok(self.decision(report.device.clone(), names::PROG_UPLINK_XDP.into(), &rec, &out, Vec::new(), None))
+        let targets = self.targets_of(&rec);
+        Ok(self.decision(report.device.clone(), names::PROG_UPLINK_XDP.into(), &rec, &out, targets, None))
     }
 }
 

@@ -19,7 +19,9 @@ use std::{collections::BTreeMap, fmt::Debug};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, DevMapHash, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key,
+    },
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
@@ -335,6 +337,8 @@ declare_maps! {
         port_stats: PerCpuArray<MapData, PortCounters> = names::PORT_STATS,
         /// Per-port counters of the uplinks' XDP stage.
         xdp_stats: PerCpuArray<MapData, PortCounters> = names::XDP_STATS,
+        /// The taps the XDP stage's fast path may send to (the attacher keeps it).
+        xdp_taps: DevMapHash<MapData> = names::XDP_TAPS,
         /// The decision record of traced runs.
         trace: PerCpuArray<MapData, TraceRecord> = names::TRACE,
         /// What the monitor's listeners asked for (the agent writes it; the programs read it).

@@ -4,6 +4,7 @@
 //! verdict, the destinations (with the VLAN pushed towards each), the frame
 //! the program leaves behind, and the counter that moves.
 
+mod fast_path;
 mod full_maps;
 mod golden;
 mod injected;

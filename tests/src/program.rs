@@ -68,7 +68,16 @@ impl Bench {
     /// Creates `devices` (each a veth whose peer is `<name>p`, all up) in a new
     /// namespace, loads the programs, and seeds the maps from `config` + `bindings`.
     pub fn new(config: &str, bindings: &str, devices: &[&str]) -> Result<Self> {
+        Self::with_taps(config, bindings, devices, &[])
+    }
+
+    /// Like `new`, with tap devices `taps` (tun, as a VM's) besides the veths `devices`.
+    pub fn with_taps(config: &str, bindings: &str, devices: &[&str], taps: &[&str]) -> Result<Self> {
         let ns = Netns::new("prog")?;
+        for tap in taps {
+            ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"])?;
+            ns.exec(&["ip", "link", "set", tap, "up"])?;
+        }
         // No IPv6 autoconfiguration noise (MLD, RS) on the devices: the flood test counts frames.
         for key in ["all", "default"] {
             ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")])?;
@@ -155,9 +164,7 @@ impl Bench {
         let ifindex = self.ifindex(ingress);
         let slot = self.slot(ifindex);
         let before = self.counters(slot)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
-        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")?;
+        self.clear_trace()?;
         let mut cb = [0u32; 5];
         if traced {
             cb[0] = TRACE_MAGIC[0];
@@ -206,6 +213,44 @@ impl Bench {
             drops: moved.drops,
             actions: moved.actions,
         })
+    }
+
+    /// Runs the XDP program `prog` as `datapath trace` does: traced and dry
+    /// (the trace request rides in the frame's metadata).
+    pub fn run_xdp_dry(&mut self, prog: &str, ingress: &str, frame: &[u8]) -> Result<Outcome> {
+        use datapath_common::TRACE_DRY_RUN;
+        let ifindex = self.ifindex(ingress);
+        let slot = self.slot(ifindex);
+        let before = self.xdp_counters(slot)?;
+        self.clear_trace()?;
+        let meta: Vec<u8> =
+            [TRACE_MAGIC[0], TRACE_MAGIC[1], TRACE_DRY_RUN].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let out = testrun::run_xdp(self.dp.xdp_program(prog)?, frame, ifindex, &meta)?;
+        let per_cpu = self.dp.maps.trace.get(&0, 0).context("reading TRACE")?;
+        let moved = self.xdp_counters(slot)?.since(&before);
+        Ok(Outcome {
+            retval: out.retval,
+            frame: out.frame,
+            trace: per_cpu.iter().find(|r| r.valid == 1).copied(),
+            drops: moved.drops,
+            actions: moved.actions,
+        })
+    }
+
+    fn clear_trace(&mut self) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zero = PerCpuValues::try_from(vec![bytemuck::Zeroable::zeroed(); cpus])?;
+        self.dp.maps.trace.set(0, zero, 0).context("clearing TRACE")
+    }
+
+    /// Puts `dev` into `XDP_TAPS`, as the agent's attacher does for the bound taps.
+    pub fn allow_xdp_tap(&mut self, dev: &str) -> Result<()> {
+        let ifindex = self.ifindex(dev);
+        self.dp
+            .maps
+            .xdp_taps
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {dev} to XDP_TAPS"))
     }
 
     /// The XDP stage's counters of stats slot `slot`, summed over CPUs.

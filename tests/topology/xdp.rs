@@ -3,11 +3,16 @@
 //! so; the rx VLAN offload goes off while the stage runs and comes back when
 //! it goes (`xdp = "off"`, `--cleanup`); `xdp = "native"` refuses a driver
 //! without native XDP, and `auto` falls back to the TC stage alone there;
-//! `trace` runs both stages, dry.
+//! `trace` runs both stages, dry; known unicast for a tap goes from the
+//! driver to the tap (the fast path).
 
 use std::time::Duration;
 
-use datapath_tests::{cluster::Cluster, raw, wait_for};
+use datapath_tests::{
+    cluster::{Cluster, PortSpec},
+    link::TapFd,
+    raw, wait_for,
+};
 use datapath_user::{bindings::parse_mac, frames::*};
 use serde_json::Value;
 
@@ -182,4 +187,87 @@ fn trace_on_an_uplink_runs_the_xdp_stage_then_the_tc_stage_and_counts_nothing() 
 /// untagged): the XDP stage's unknown-segment drops between two readings.
 fn fabric_noise(before: &Value, after: &Value) -> u64 {
     n(&after["drops"]["unknown_segment"]) - n(&before["drops"]["unknown_segment"])
+}
+
+/// The fast path on a live pair of nodes: vm-1 on node0 sends UDP across the
+/// wire to a tap on node1, whose uplink runs the XDP stage in its driver. The
+/// first frame goes through the TC stage, which learns vm-1's MAC; from then
+/// on the frames go from the driver to the tap. The tap's reader (the VM)
+/// gets every frame, untagged and as sent, and the counters say which way
+/// they went.
+#[test]
+fn known_unicast_from_the_wire_goes_from_the_driver_to_a_tap() {
+    let mut c = Cluster::new("xdp-fast", 2).unwrap();
+    let a = vm1();
+    let t = PortSpec::vm(
+        "0d0d0d0d-0000-4000-8000-00000000000d",
+        NET1,
+        "fa:16:3e:0d:00:0d",
+        "10.10.10.13",
+        "node1",
+    );
+    c.write_bindings(&bindings(&[&a, &t])).unwrap();
+    let ia = c.add_vm("node0", a.clone()).unwrap();
+    c.vms[ia].set_static_ip().unwrap();
+    let tap = TapFd::open(Some(&c.node("node1").ns), &t.device()).unwrap();
+    tap.up().unwrap();
+    c.append_config("node1", "xdp = \"native\"\n").unwrap();
+    c.start_agent("node0").unwrap();
+    c.start_agent("node1").unwrap();
+    let stats = |dev: &str| c.cli_json("node1", &["stats", "--port", dev]).unwrap()["ports"][0].clone();
+    wait_for("node1 to run the XDP stage and program the tap", Duration::from_secs(10), || {
+        c.cli_json("node1", &["status"]).is_ok_and(|s| s["xdp"]["eth2"] == "native")
+            && c.cli_json("node1", &["ports"]).is_ok_and(|p| {
+                p["ports"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|r| r["device"] == t.device() && r["state"] == "up"))
+            })
+    });
+
+    let (mac_a, mac_t) = (parse_mac(&a.mac).unwrap(), parse_mac(&t.mac).unwrap());
+    let frame = |seq: u16| {
+        let udp = ipv4_udp([10, 10, 10, 2], [10, 10, 10, 13], 4000 + seq, 9, &seq.to_be_bytes().repeat(16));
+        eth(mac_t, mac_a, 0x0800, &udp)
+    };
+    let ours = |f: &[u8]| f.len() > 36 && f[12..14] == [0x08, 0x00] && f[0..6] == mac_t && f[6..12] == mac_a;
+    // The first frame: node0 floods it (vm-1 does not know where t is), node1's TC stage learns vm-1.
+    raw::send_in(&c.vms[ia].ns, "eth0", &[frame(0)]).unwrap();
+    let got = tap.read_frame_where(Duration::from_secs(5), ours).unwrap();
+    assert_eq!(got, Some(frame(0)), "the first frame reaches the tap, untagged");
+    let (up0, t0) = (stats("eth2"), stats(&t.device()));
+    let x0 = up0["xdp"].clone();
+
+    const N: u16 = 300;
+    let burst: Vec<Vec<u8>> = (1..=N).map(frame).collect();
+    raw::send_in(&c.vms[ia].ns, "eth0", &burst).unwrap();
+    for want in &burst {
+        let got = tap.read_frame_where(Duration::from_secs(5), ours).unwrap();
+        assert_eq!(got.as_ref(), Some(want), "every frame reaches the tap in order, untagged and as sent");
+    }
+    let redirected = |x: &Value| n(&x["actions"]["xdp_redirected"]);
+    wait_for("the counters to show the burst", Duration::from_secs(5), || {
+        redirected(&stats("eth2")["xdp"]) >= redirected(&x0) + u64::from(N)
+    });
+    let (x1, t1) = (stats("eth2")["xdp"].clone(), stats(&t.device()));
+    // The fabric's own frames (untagged IPv6 noise) are dropped there, never redirected.
+    assert_eq!(redirected(&x1) - redirected(&x0), u64::from(N), "all the burst took the fast path: {x1}");
+    let delivered = n(&t1["actions"]["delivered"]) - n(&t0["actions"]["delivered"]);
+    assert_eq!(delivered, u64::from(N), "and is counted as delivered at the tap: {t1}");
+    let up1 = stats("eth2");
+    assert_eq!(
+        n(&up1["actions"]["rx"]),
+        n(&up0["actions"]["rx"]),
+        "the TC stage saw none of the burst: {up1}"
+    );
+    assert_eq!(n(&up1["dropped"]), 0, "nor dropped anything: {up1}");
+
+    // `trace` shows the same way, and stops at the XDP stage.
+    let spec = format!("vlan 1000 udp from {} {}:4000 to {} {}:9", a.mac, a.ip, t.mac, t.ip);
+    let tr = c.cli_json("node1", &["trace", "--port", "eth2", "--frame", &spec]).unwrap();
+    assert_eq!(
+        (tr["program"].as_str(), tr["action"].as_str()),
+        (Some("uplink_xdp"), Some("xdp_redirected")),
+        "{tr}"
+    );
+    assert_eq!(tr["targets"][0]["device"], t.device().as_str(), "{tr}");
 }

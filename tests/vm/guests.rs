@@ -3,6 +3,9 @@
 //! a tap named as Nova names it. Every guest leases its address from dnsmasq
 //! (and the VXLAN guests their 1450 MTU), pings its peer across nodes and the
 //! DHCP port, and the pair moves 4 MiB over TCP. The guests' consoles say so.
+//! node1's uplink runs the XDP stage in its driver (`xdp = "native"`), so
+//! what its VLAN guest receives from the wire takes the fast path, straight
+//! from the driver to the tap; node0's takes the TC stage.
 
 use std::time::Duration;
 
@@ -59,6 +62,7 @@ fn guests_on_taps_lease_ping_and_move_tcp_on_vlan_and_vxlan_networks() {
     .unwrap();
     c.add_dhcp("node0", d.clone(), &[(&a.mac, &a.ip), (&b.mac, &b.ip)], None).unwrap();
     c.add_dhcp("node0", e.clone(), &[(&x.mac, &x.ip), (&y.mac, &y.ip)], Some(1450)).unwrap();
+    c.append_config("node1", "xdp = \"native\"\n").unwrap();
     c.start_agent("node0").unwrap();
     c.start_agent("node1").unwrap();
 
@@ -113,4 +117,15 @@ fn guests_on_taps_lease_ping_and_move_tcp_on_vlan_and_vxlan_networks() {
         );
         assert_eq!(s["dropped"], 0, "{}: a guest's own traffic is never dropped: {s}", p.device());
     }
+
+    // What node1's VLAN guest received from the wire (ping replies, TCP
+    // ACKs, DHCP answers) went from the driver to its tap, and its tap counts
+    // it as delivered; node0 has no XDP stage (veth: `auto` leaves it to TC).
+    let xdp = |node: &str| c.cli_json(node, &["stats", "--port", "eth2"]).unwrap()["ports"][0]["xdp"].clone();
+    let fast = xdp("node1")["actions"]["xdp_redirected"].as_u64().unwrap_or(0);
+    assert!(fast > 30, "node1's XDP stage sent the guest its frames: {}", xdp("node1"));
+    let b_tap = c.cli_json("node1", &["stats", "--port", &b.device()]).unwrap();
+    let delivered = b_tap["ports"][0]["actions"]["delivered"].as_u64().unwrap_or(0);
+    assert!(delivered >= fast, "{} counts what the fast path delivered ({fast}): {b_tap}", b.device());
+    assert_eq!(xdp("node0"), Value::Null, "node0 runs the TC stage alone");
 }
