@@ -64,7 +64,7 @@ pub fn uplink_in(ctx: TcContext) -> i32 {
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     let mut meta = uplink_xdp::XdpMeta::new(&ctx);
     let res = uplink_xdp::try_uplink_xdp(&ctx, &mut meta);
-    uplink_xdp::finish(&meta, res)
+    uplink_xdp::finish(&ctx, &meta, res)
 }
 
 /// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.

@@ -9,7 +9,10 @@
 //! counted in `MonitorRate::suppressed`, as are records the full ring refused.
 
 use aya_ebpf::{
-    bindings::__sk_buff, cty::c_void, helpers::generated::bpf_skb_load_bytes, programs::TcContext,
+    bindings::{__sk_buff, xdp_md},
+    cty::c_void,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
 };
 use datapath_common::{
     MONITOR_EVENTS_PER_SEC, MONITOR_F_DECISIONS, MONITOR_F_DROPS, MONITOR_SNAP, MonitorEvent,
@@ -45,6 +48,45 @@ pub fn observe(ctx: &TcContext, slot: u32, net_index: u32, program: u32, (reason
     }
 }
 
+/// `observe` for the uplinks' XDP stage (program `PROG_INDEX_UPLINK_XDP`).
+#[inline(always)]
+pub fn observe_xdp(ctx: &XdpContext, slot: u32, net_index: u32, program: u32, (reason, action): (u32, u32)) {
+    let Some(cfg) = MONITOR.get(0) else { return };
+    let flags = cfg.flags;
+    if flags == 0 {
+        return;
+    }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let wanted = (reason != 0 && flags & MONITOR_F_DROPS != 0)
+        || (flags & MONITOR_F_DECISIONS != 0 && cfg.ifindex == ifindex);
+    if wanted {
+        dp_monitor_report_xdp(
+            ctx.ctx,
+            slot,
+            net_index << 8 | program,
+            u64::from(reason) << 32 | u64::from(action),
+        );
+    }
+}
+
+/// `dp_monitor_report` for an XDP frame; returns 0. Global for the same reason.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dp_monitor_report_xdp(md: *mut xdp_md, slot: u32, net_program: u32, outcome: u64) -> u32 {
+    if md.is_null() {
+        return 0;
+    }
+    let ctx = XdpContext::new(md);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the helper reads the length of the frame this program runs on.
+    let len = unsafe { bpf_xdp_get_buff_len(md) } as u32;
+    emit(ifindex, slot, net_program, outcome, len, |snap, n| {
+        // SAFETY: `snap` has MONITOR_SNAP bytes and `n` is at most that; the helper bounds-checks the frame.
+        unsafe { bpf_xdp_load_bytes(md, 0, snap, n) == 0 }
+    });
+    0
+}
+
 /// Sends one event, within this CPU's rate; returns 0. A global function: the verifier
 /// checks it once, not once per state that reaches a program's exit (which
 /// multiplied the uplink program's verification by ten on 6.1). Its
@@ -64,9 +106,27 @@ pub extern "C" fn dp_monitor_report(skb: *mut __sk_buff, slot: u32, net_program:
 #[inline(always)]
 fn report(skb: *mut __sk_buff, slot: u32, net_program: u32, outcome: u64) {
     let ctx = TcContext::new(skb);
-    let ctx = &ctx;
+    let ifindex = skb::ifindex(&ctx);
+    let len = ctx.len();
+    let skb = ctx.skb.skb as *const c_void;
+    emit(ifindex, slot, net_program, outcome, len, |snap, n| {
+        // SAFETY: `snap` has MONITOR_SNAP bytes and `n` is at most that; the helper bounds-checks the skb.
+        unsafe { bpf_skb_load_bytes(skb, 0, snap, n) == 0 }
+    });
+}
+
+/// Writes one event (its first bytes through `load(snap, n)`) to the ring,
+/// within this CPU's rate.
+#[inline(always)]
+fn emit(
+    ifindex: u32,
+    slot: u32,
+    net_program: u32,
+    outcome: u64,
+    len: u32,
+    load: impl FnOnce(*mut c_void, u32) -> bool,
+) {
     let (reason, action) = ((outcome >> 32) as u32, outcome as u32);
-    let ifindex = skb::ifindex(ctx);
     let Some(rate) = MONITOR_RATE.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU value, only this CPU writes it while this program runs.
     let rate = unsafe { &mut *rate };
@@ -85,7 +145,6 @@ fn report(skb: *mut __sk_buff, slot: u32, net_program: u32, outcome: u64) {
         return;
     };
     rate.sent += 1;
-    let len = ctx.len();
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is the reserved record, MonitorEvent-sized; every field is written before submit.
     unsafe {
@@ -99,15 +158,13 @@ fn report(skb: *mut __sk_buff, slot: u32, net_program: u32, outcome: u64) {
         (*ev).net_index = net_program >> 8;
         (*ev).snap = [0; MONITOR_SNAP];
         let snap = (*ev).snap.as_mut_ptr() as *mut c_void;
-        let skb = ctx.skb.skb as *const c_void;
         // The size in a form that the 6.1 verifier bounds to 1..=MONITOR_SNAP
-        // (the helper refuses 0): a test against 0 alone does not raise its
+        // (the helpers refuse 0): a test against 0 alone does not raise its
         // lower bound there, an addition of 1 does.
         let copied = if len as usize >= MONITOR_SNAP {
-            bpf_skb_load_bytes(skb, 0, snap, MONITOR_SNAP as u32) == 0
+            load(snap, MONITOR_SNAP as u32)
         } else if len > 0 {
-            let n = ((len - 1) & (MONITOR_SNAP as u32 - 1)) + 1;
-            bpf_skb_load_bytes(skb, 0, snap, n) == 0
+            load(snap, ((len - 1) & (MONITOR_SNAP as u32 - 1)) + 1)
         } else {
             false
         };

@@ -26,12 +26,13 @@ use aya_ebpf::{
 };
 use datapath_common::{
     Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_ADMIN_UP, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS,
-    SEGMENT_UNTAGGED, SegmentKey, TRACE_DRY_RUN, TRACE_MAGIC,
+    SEGMENT_UNTAGGED, SegmentKey, TRACE_DRY_RUN, TRACE_MAGIC, names::PROG_INDEX_UPLINK_XDP,
 };
 
 use crate::{
     forward::LEARN_REFRESH_NS,
     maps::{FDB, FDB_LEARNED, NET_BY_SEGMENT, PORTS, XDP_TAPS},
+    monitor,
     parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, Eth, Pkt, is_multicast, is_zero},
     stats, trace,
 };
@@ -186,9 +187,10 @@ fn pop_tag(ctx: &XdpContext) -> Result<(), DropReason> {
 }
 
 /// The XDP stage's one exit: counts the outcome under the uplink's slot in
-/// `XDP_STATS` (or, traced, records it instead) and returns the XDP verdict.
+/// `XDP_STATS` (or, traced, records it instead), reports it to a monitor that
+/// wants it, and returns the XDP verdict.
 #[inline(always)]
-pub fn finish(meta: &XdpMeta, res: Result<Action, DropReason>) -> u32 {
+pub fn finish(ctx: &XdpContext, meta: &XdpMeta, res: Result<Action, DropReason>) -> u32 {
     let (action, reason, verdict) = match res {
         Ok(Action::Redirected) => (Action::Redirected as u32, 0, XDP_REDIRECT),
         Ok(action) => (action as u32, 0, XDP_PASS),
@@ -203,6 +205,7 @@ pub fn finish(meta: &XdpMeta, res: Result<Action, DropReason>) -> u32 {
         Ok(action) => stats::count_xdp_action(meta.slot, action),
         Err(reason) => stats::count_xdp_drop(meta.slot, reason),
     }
+    monitor::observe_xdp(ctx, meta.slot, meta.net_index, PROG_INDEX_UPLINK_XDP, (reason, action));
     // What the tap's egress program would have counted, had the frame passed there.
     if verdict == XDP_REDIRECT {
         stats::count_action(meta.tap_slot, Action::Delivered, 1);

@@ -26,6 +26,8 @@ struct Row {
     follow: Option<&'static str>,
     /// Run as `datapath trace` does.
     dry: bool,
+    /// Through the uplink's XDP stage (else through A's `vm_port`).
+    xdp: bool,
     frame: Vec<u8>,
     want: Want,
 }
@@ -45,6 +47,15 @@ fn clean() -> Vec<u8> {
     eth(MAC_B, MAC_A, 0x0800, &ipv4_udp([10, 10, 10, 2], [10, 10, 10, 3], 40000, 9, b"hello"))
 }
 
+/// A frame of VLAN 1000 from the wire, from `src` to A.
+fn from_wire(src: [u8; 6]) -> Vec<u8> {
+    tagged(
+        &eth(MAC_A, src, 0x0800, &ipv4_udp([10, 10, 10, 30], [10, 10, 10, 2], 40000, 9, b"hi")),
+        0x8100,
+        1000,
+    )
+}
+
 #[test]
 fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
     let mut b = bench();
@@ -54,6 +65,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: 0,
             follow: None,
             dry: false,
+            xdp: false,
             frame: spoofed(20),
             want: Want::Nothing,
         },
@@ -62,6 +74,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS,
             follow: None,
             dry: false,
+            xdp: false,
             frame: spoofed(20),
             want: Want::Drop(A, DropReason::SrcMacSpoof),
         },
@@ -70,6 +83,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS,
             follow: None,
             dry: false,
+            xdp: false,
             frame: spoofed(400),
             want: Want::Drop(A, DropReason::SrcMacSpoof),
         },
@@ -78,6 +92,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS,
             follow: None,
             dry: false,
+            xdp: false,
             frame: clean(),
             want: Want::Nothing,
         },
@@ -86,6 +101,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS | MONITOR_F_DECISIONS,
             follow: Some(A),
             dry: false,
+            xdp: false,
             frame: clean(),
             want: Want::Forward(A, Action::ToLocalPort),
         },
@@ -94,6 +110,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS | MONITOR_F_DECISIONS,
             follow: Some(B),
             dry: false,
+            xdp: false,
             frame: clean(),
             want: Want::Nothing,
         },
@@ -102,7 +119,44 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
             flags: MONITOR_F_DROPS,
             follow: None,
             dry: true,
+            xdp: false,
             frame: spoofed(20),
+            want: Want::Nothing,
+        },
+        Row {
+            what: "the XDP stage's drop, with its reason",
+            flags: MONITOR_F_DROPS,
+            follow: None,
+            dry: false,
+            xdp: true,
+            frame: from_wire(MAC_A),
+            want: Want::Drop(UPLINK, DropReason::UplinkSrcIsLocal),
+        },
+        Row {
+            what: "drops wanted: what the XDP stage passes sends nothing",
+            flags: MONITOR_F_DROPS,
+            follow: None,
+            dry: false,
+            xdp: true,
+            frame: from_wire(MAC_REMOTE),
+            want: Want::Nothing,
+        },
+        Row {
+            what: "the uplink's decisions followed: the XDP stage's pass",
+            flags: MONITOR_F_DROPS | MONITOR_F_DECISIONS,
+            follow: Some(UPLINK),
+            dry: false,
+            xdp: true,
+            frame: from_wire(MAC_REMOTE),
+            want: Want::Forward(UPLINK, Action::Passed),
+        },
+        Row {
+            what: "a dry run of the XDP stage is never reported",
+            flags: MONITOR_F_DROPS,
+            follow: None,
+            dry: true,
+            xdp: true,
+            frame: from_wire(MAC_A),
             want: Want::Nothing,
         },
     ];
@@ -110,10 +164,11 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
     for row in rows {
         let follow = row.follow.map_or(0, |d| b.ifindex(d));
         b.dp.maps.monitor.set(0, MonitorConfig { flags: row.flags, ifindex: follow }, 0).unwrap();
-        let out = if row.dry {
-            b.run_dry(names::PROG_VM_PORT, A, &row.frame).unwrap()
-        } else {
-            b.run(names::PROG_VM_PORT, A, &row.frame, false).unwrap()
+        let out = match (row.xdp, row.dry) {
+            (false, true) => b.run_dry(names::PROG_VM_PORT, A, &row.frame).unwrap(),
+            (false, false) => b.run(names::PROG_VM_PORT, A, &row.frame, false).unwrap(),
+            (true, true) => b.run_xdp_dry(names::PROG_UPLINK_XDP, UPLINK, &row.frame).unwrap(),
+            (true, false) => b.run_xdp(names::PROG_UPLINK_XDP, UPLINK, &row.frame).unwrap(),
         };
         let mut got = Vec::new();
         let ring = b.dp.events.as_mut().expect("the ring buffer");
@@ -135,7 +190,7 @@ fn monitor_events_are_sent_when_asked_for_and_never_otherwise() {
                 action,
                 row.frame.len() as u32,
                 snap as u32,
-                names::PROG_INDEX_VM_PORT,
+                if row.xdp { names::PROG_INDEX_UPLINK_XDP } else { names::PROG_INDEX_VM_PORT },
             );
             let have = (e.ifindex, e.reason, e.action, e.len, e.snap_len, e.program);
             if have != want {

@@ -71,8 +71,7 @@ fn unknown_segments_and_local_sources_from_the_wire_die_in_the_driver() {
     let to_vm2 = delivered(&c) - delivered0;
     assert!(to_vm2 < 20, "vm-2 received {to_vm2} frames meanwhile: the flood is not among them");
 
-    // The agent's metrics and monitor are the TC stage's; the XDP stage's
-    // counters are in `stats`, which the test read. The VMs still talk.
+    // The XDP stage's counters are in `stats`, which the test read. The VMs still talk.
     assert!(c.vms[0].ping(&b.ip, 2), "vm-1 still reaches vm-2");
 }
 

@@ -21,6 +21,7 @@ use super::{
     stats::median,
     traffic::{self, Flow, Sender},
     wiring,
+    xdp::{Side, XdpPair},
 };
 use crate::util::{secs, step};
 
@@ -52,6 +53,8 @@ pub struct Outcome {
 }
 
 type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
+/// The XDP clusters' samples, by (metric, `xdp` of node1).
+type XdpSamples = BTreeMap<(&'static str, String), Vec<f64>>;
 
 /// Samples key of the datapath's TCP without groups, taken right after the 100-rule pair's.
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
@@ -75,6 +78,10 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     step("bench: datapath cluster", "building (2 nodes, 2 agents)");
     let ours = Ours::new().context("building the datapath cluster")?;
     step("bench: datapath cluster", &format!("up in {}", secs(start)));
+    let start = Instant::now();
+    step("bench: XDP stage", "building (2 clusters of 2 nodes: node1 with xdp native, and off)");
+    let xdp = XdpPair::build().context("building the XDP stage's clusters")?;
+    step("bench: XDP stage", &format!("up in {}", secs(start)));
     let floor = Floor::veth_pair().context("building the veth pair floor")?;
     floor.flow().prepare("veth pair")?;
     let bridge = Floor::linux_bridge().context("building the plain Linux bridge reference")?;
@@ -96,6 +103,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     let mut floor_pps = Vec::new();
     let mut floor_rtt = Vec::new();
     let mut no_traffic = Vec::new();
+    let mut xdp_samples = XdpSamples::new();
     for round in 0..plan.rounds {
         interrupt::check()?;
         let label = format!("bench: round {}/{}", round + 1, plan.rounds);
@@ -231,9 +239,11 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 samples.entry((sg, p, key)).or_default().push(t.gbps);
             }
         }
+        let sides = if round % 2 == 0 { [&xdp.off, &xdp.native] } else { [&xdp.native, &xdp.off] };
+        measure_xdp(plan, &label, sides, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
-    drop((floor, bridge, ours, legacy));
+    drop((floor, bridge, ours, legacy, xdp));
 
     let start = Instant::now();
     step("bench: control plane", "10,000 ports on 4,000 networks into private maps");
@@ -319,6 +329,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             metric: m,
             datapath: med(Path::Datapath),
             legacy: med(Path::PlainBridge),
+        });
+    }
+    // The XDP stage against the TC stage alone.
+    for m in [report::FLOOD_DROPS, report::TAP_PPS, report::TCP, report::RTT_P50, report::RTT_P99] {
+        let med = |side: &str| xdp_samples.get(&(m.name, side.to_string())).and_then(|v| median(v));
+        records.push(Record {
+            scenario: report::XDP_VS_TC.into(),
+            metric: m,
+            datapath: med("native"),
+            legacy: med("off"),
         });
     }
     let control = |metric: Metric, v: f64| Record {
@@ -440,4 +460,55 @@ fn push(samples: &mut Samples, sc: Scenario, p: Path, m: Metric, v: Option<f64>)
 
 fn ns(v: Option<f64>) -> String {
     v.map_or("CPU cost not measured".into(), |v| format!("{v:.0} ns/frame of CPU"))
+}
+
+/// One round of the XDP stage against the TC stage alone, `sides` in the
+/// order they go: the flood's drop rate, the 64-byte rate into a tap, TCP and
+/// RTT between the namespace VMs.
+fn measure_xdp(
+    plan: &Plan,
+    label: &str,
+    sides: [&Side; 2],
+    samples: &mut XdpSamples,
+    no_traffic: &mut Vec<String>,
+) -> Result<()> {
+    let mut keep =
+        |m: &'static str, side: &Side, v: f64| samples.entry((m, side.xdp.to_string())).or_default().push(v);
+    for side in sides {
+        let tag = format!("xdp-{}", side.xdp);
+        let d = side.flood_drops(plan.pps_window).with_context(|| format!("flood, {tag}"))?;
+        step(label, &format!("{tag}: {d:.0} frames of an unknown VLAN dropped per second"));
+        if d == 0.0 {
+            no_traffic.push(format!("{tag}: no frame of the flood was dropped (counted)"));
+        }
+        keep(report::FLOOD_DROPS.name, side, d);
+    }
+    for side in sides {
+        let tag = format!("xdp-{}", side.xdp);
+        let before = side.redirected()?;
+        let p = side.tap_pps(plan.pps_window).with_context(|| format!("into a tap, {tag}"))?;
+        let fast = side.redirected()? - before;
+        step(label, &format!("{tag}: {p:.0} pps into a tap ({fast} frames took the fast path)"));
+        if p == 0.0 {
+            no_traffic.push(format!("{tag}: no 64-byte frame reached the tap"));
+        }
+        keep(report::TAP_PPS.name, side, p);
+    }
+    for side in sides {
+        let tag = format!("xdp-{}", side.xdp);
+        let t = side.flow().tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
+        step(label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
+        if t.bytes == 0 {
+            no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
+        }
+        keep(report::TCP.name, side, t.gbps);
+    }
+    for side in sides {
+        let tag = format!("xdp-{}", side.xdp);
+        let r = side.flow().rtt(plan.rtt_secs, true).with_context(|| format!("RTT, {tag}"))?;
+        step(label, &format!("{tag}: RTT (polling) p50 {:.1} us, p99 {:.1} us", r.p50_us, r.p99_us));
+        keep(report::RTT_P50.name, side, r.p50_us);
+        keep(report::RTT_P99.name, side, r.p99_us);
+    }
+    Ok(())
 }

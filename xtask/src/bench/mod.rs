@@ -35,6 +35,8 @@ mod traffic;
 #[cfg(feature = "bench")]
 mod wiring;
 #[cfg(feature = "bench")]
+mod xdp;
+#[cfg(feature = "bench")]
 mod xdpgen;
 
 use std::path::Path;

@@ -1,0 +1,252 @@
+//! The uplinks' XDP stage against the TC stage alone: two datapath clusters
+//! built alike (two nodes on the physical bridge, one VLAN network), node1's
+//! uplink running the stage in its driver in one (`xdp = "native"`) and not
+//! at all in the other (`xdp = "off"`), measured back to back:
+//!
+//! - a flood of frames of a VLAN no node serves, into node1's uplink from
+//!   its switch port (the XDP live-frames generator in the fabric): frames
+//!   dropped per second, as the datapath counts them;
+//! - 64-byte frames from a VM on node0 to a VM's tap on node1: the fast
+//!   path against TC. A thread reads the tap, as QEMU does; what counts is
+//!   what the tap took (its tx packets, plus what its full queue refused:
+//!   the reader's limit, the same on both);
+//! - TCP and RTT between two VMs (namespace ports) across the nodes.
+//!
+//! The uplinks are veths. Their native XDP is real driver XDP, but it takes
+//! GSO away from the peer, which the TCP figure shows (docs/performance.md).
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use datapath_tests::{
+    cluster::{Cluster, PortSpec, network_json},
+    link::TapFd,
+};
+use datapath_user::{bindings::parse_mac, frames};
+use serde_json::{Value, json};
+
+use super::{
+    interrupt,
+    plan::{SINK_PORT, VLAN_SEGMENT},
+    traffic::{Endpoint, Flow, cpus, napi_for_generator, pin_thread},
+    xdpgen::XdpGen,
+};
+
+const NET: &str = "b0b0b0b0-0000-4000-8000-00000000b0d0";
+/// A VLAN no node serves: the flood's.
+const FOREIGN_VLAN: u16 = 3999;
+const WARMUP: Duration = Duration::from_millis(500);
+
+/// VM a on node0 sends; VM b (a namespace) and tap t (a VM's tap) on node1 receive.
+fn ports() -> [PortSpec; 3] {
+    [
+        PortSpec::vm("b0d00001-0a00-4000-8000-0000000000d1", NET, "fa:16:3e:d0:00:01", "10.40.0.1", "node0"),
+        PortSpec::vm("b0d00002-0a00-4000-8000-0000000000d2", NET, "fa:16:3e:d0:00:02", "10.40.0.2", "node1"),
+        PortSpec::vm("b0d00003-0a00-4000-8000-0000000000d3", NET, "fa:16:3e:d0:00:03", "10.40.0.3", "node1"),
+    ]
+}
+
+/// One of the two clusters.
+pub struct Side {
+    pub xdp: &'static str,
+    cluster: Cluster,
+    tap: Arc<TapFd>,
+    tap_port: PortSpec,
+    drain: Option<Drain>,
+}
+
+/// Both sides.
+pub struct XdpPair {
+    pub native: Side,
+    pub off: Side,
+}
+
+impl XdpPair {
+    /// Builds both clusters and waits until their flows work.
+    pub fn build() -> Result<Self> {
+        Ok(Self { native: Side::build("bench-xdp", "native")?, off: Side::build("bench-tc", "off")? })
+    }
+}
+
+impl Side {
+    fn build(tag: &str, xdp: &'static str) -> Result<Self> {
+        let mut c = Cluster::new(tag, 2)?;
+        let [a, b, t] = ports();
+        c.write_bindings(&json!({
+            "networks": [network_json(NET, "bench-xdp", "vlan", Some(VLAN_SEGMENT))],
+            "ports": [a.to_json(), b.to_json(), t.to_json()],
+        }))?;
+        for p in [&a, &b] {
+            let i = c.add_vm(&p.host, p.clone())?;
+            napi_for_generator(&c.node(&p.host).ns, &p.device())?;
+            c.vms[i].set_static_ip()?;
+        }
+        let tap = TapFd::open(Some(&c.node("node1").ns), &t.device())?;
+        tap.up()?;
+        // The flood's generator hands frames to node1's uplink through its XDP
+        // ring, which needs NAPI: the stage gives it, GRO gives it without.
+        napi_for_generator(&c.node("node1").ns, "eth2")?;
+        c.append_config("node1", &format!("xdp = \"{xdp}\""))?;
+        c.start_agent("node0")?;
+        c.start_agent("node1")?;
+        let want = if xdp == "off" { Value::Null } else { json!("native") };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.cli_json("node1", &["status"]).map_or(true, |s| s["xdp"]["eth2"] != want) {
+            interrupt::check()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{tag}: node1's XDP stage is not {want} after 10 s: {:?}",
+                    c.cli_json("node1", &["status"])
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let tap = Arc::new(tap);
+        let drain = Some(Drain::start(tap.clone())?);
+        let side = Self { xdp, cluster: c, tap, tap_port: t, drain };
+        side.flow().prepare(&format!("{tag}: vm a to vm b"))?;
+        Ok(side)
+    }
+
+    /// VM a to VM b: the namespace ports.
+    pub fn flow(&self) -> Flow<'_> {
+        let end = |i: usize| {
+            let vm = &self.cluster.vms[i];
+            Endpoint { ns: &vm.ns, ip: &vm.port.ip, mac: &vm.port.mac }
+        };
+        Flow { src: end(0), dst: end(1) }
+    }
+
+    /// The frames of a flood of `FOREIGN_VLAN` into node1's uplink dropped per second.
+    pub fn flood_drops(&self, window: Duration) -> Result<f64> {
+        let udp = frames::ipv4_udp([10, 40, 0, 99], [10, 40, 0, 2], SINK_PORT, SINK_PORT, &[0; 18]);
+        let frame =
+            frames::eth([0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x02], [0xfa, 0x16, 0x3e, 0xee, 0, 1], 0x0800, &udp);
+        let frame = frames::tagged(&frame, 0x8100, FOREIGN_VLAN);
+        self.rate(self.cluster.phys.path(), "up-node1", frame, window, || self.unknown_segment_drops())
+    }
+
+    /// What `count` counted per second while the generator sent `frame` out
+    /// of `dev` in the namespace at `netns` for `window` (after a warm-up).
+    fn rate(
+        &self,
+        netns: &std::path::Path,
+        dev: &str,
+        frame: Vec<u8>,
+        window: Duration,
+        count: impl Fn() -> Result<u64>,
+    ) -> Result<f64> {
+        let (sender_cpu, _) = cpus();
+        let generator = XdpGen::start(netns, dev, frame, sender_cpu)?;
+        interrupt::sleep(WARMUP)?;
+        let (n0, t0) = (count()?, Instant::now());
+        interrupt::sleep(window)?;
+        let (n1, t1) = (count()?, Instant::now());
+        // A sender that died early would make a low count look like a slow path.
+        if !generator.running() {
+            bail!("{}: the generator stopped early", self.xdp);
+        }
+        drop(generator);
+        Ok(n1.saturating_sub(n0) as f64 / (t1 - t0).as_secs_f64())
+    }
+
+    /// node1's uplink's unknown-segment drops, both stages.
+    fn unknown_segment_drops(&self) -> Result<u64> {
+        let s = self.cluster.cli_json("node1", &["stats", "--port", "eth2"])?;
+        let p = &s["ports"][0];
+        let n = |v: &Value| v["drops"]["unknown_segment"].as_u64().unwrap_or(0);
+        Ok(n(p) + n(&p["xdp"]))
+    }
+
+    /// 64-byte frames per second from VM a into the tap on node1.
+    pub fn tap_pps(&self, window: Duration) -> Result<f64> {
+        let a = &self.cluster.vms[0].port;
+        let t = &self.tap_port;
+        let ip = |s: &str| -> Result<[u8; 4]> { Ok(s.parse::<std::net::Ipv4Addr>()?.octets()) };
+        // The tap speaks first, so that node0 knows where its MAC is and sends, not floods.
+        let hello = frames::ipv4_udp(ip(&t.ip)?, ip(&a.ip)?, SINK_PORT, SINK_PORT, &[0; 18]);
+        self.tap.write_frame(&frames::eth(parse_mac(&a.mac)?, parse_mac(&t.mac)?, 0x0800, &hello))?;
+        let udp = frames::ipv4_udp(ip(&a.ip)?, ip(&t.ip)?, SINK_PORT, SINK_PORT, &[0; 18]);
+        let frame = frames::eth(parse_mac(&t.mac)?, parse_mac(&a.mac)?, 0x0800, &udp);
+        self.rate(self.cluster.vms[0].ns.path(), "eth0", frame, window, || self.tap_took())
+    }
+
+    /// Frames the tap took: queued for its reader, or refused by its full queue.
+    fn tap_took(&self) -> Result<u64> {
+        let s = self.tap.stats()?;
+        Ok(s.tx_packets + s.tx_dropped)
+    }
+
+    /// node1's uplink's XDP counters (what took the fast path), for the log.
+    pub fn redirected(&self) -> Result<u64> {
+        let s = self.cluster.cli_json("node1", &["stats", "--port", "eth2"])?;
+        Ok(s["ports"][0]["xdp"]["actions"]["xdp_redirected"].as_u64().unwrap_or(0))
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        // The reader goes before the tap it reads.
+        drop(self.drain.take());
+    }
+}
+
+/// A thread that reads the tap as fast as it can, as a VM's NIC would.
+struct Drain {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drain {
+    fn start(tap: Arc<TapFd>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (_, reader_cpu) = cpus();
+        let raw = tap.as_fd().as_raw_fd();
+        // Non-blocking, so that a read with nothing left returns and the stop flag is seen.
+        // SAFETY: fcntl on an fd the tap keeps open.
+        if unsafe { libc::fcntl(raw, libc::F_SETFL, libc::fcntl(raw, libc::F_GETFL) | libc::O_NONBLOCK) } != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("making the tap's fd non-blocking");
+        }
+        let thread = std::thread::Builder::new()
+            .name("tap-drain".into())
+            .spawn(move || {
+                let _ = pin_thread(reader_cpu);
+                let fd = tap.as_fd().as_raw_fd();
+                let mut buf = vec![0u8; 65536];
+                while !flag.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                        continue;
+                    }
+                    // SAFETY: reading into a valid buffer of buf.len() bytes.
+                    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+                        if flag.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .context("starting the tap's reader")?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
