@@ -25,7 +25,19 @@ fn tun_port(id: &str, mac: &str, ip: &str, host: &str) -> PortSpec {
 
 #[test]
 fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
-    let mut c = Cluster::with_tunnels("vxlan", 3).unwrap();
+    three_nodes("vxlan", None);
+}
+
+/// The same with the uplinks' XDP stage in the driver on every node: the
+/// VLAN network's frames cross it, the tunnels' do not, and nothing changes.
+#[test]
+fn vxlan_network_across_three_nodes_with_the_xdp_stage_native() {
+    three_nodes("vxlan-xdp", Some("native"));
+}
+
+/// The three-node VXLAN scenario, with `xdp` in every agent's config if given.
+fn three_nodes(tag: &str, xdp: Option<&str>) {
+    let mut c = Cluster::with_tunnels(tag, 3).unwrap();
     let a = tun_port("a1a1a1a1-1111-4111-8111-111111111111", "fa:16:3e:a1:00:02", "10.20.0.2", "node0");
     let b = tun_port("b1b1b1b1-1111-4111-8111-111111111111", "fa:16:3e:b1:00:03", "10.20.0.3", "node1");
     let mut d = tun_port("d1d1d1d1-1111-4111-8111-111111111111", "fa:16:3e:d1:00:0a", "10.20.0.10", "node0");
@@ -98,6 +110,9 @@ fn vxlan_network_across_three_nodes_with_l2pop_arp_responder_and_interop() {
     let in_vlan_vm = Capture::start(&c.vms[iv0].ns, "eth0", "").unwrap();
     let ul2 = Capture::start(&c.phys, "ul-node2", "udp port 4789").unwrap();
     for n in ["node0", "node1", "node2"] {
+        if let Some(x) = xdp {
+            c.config_line(n, &format!("xdp = \"{x}\"")).unwrap();
+        }
         c.start_agent(n).unwrap();
     }
 
