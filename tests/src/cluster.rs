@@ -445,6 +445,22 @@ impl Cluster {
         serde_json::from_str(&out).with_context(|| format!("datapath {args:?} printed no JSON: {out}"))
     }
 
+    /// Waits until `node`'s agent answers on its control socket, which it
+    /// serves once its first reconcile is done (maps written, programs
+    /// attached). On the 6.1 guest the verifier alone takes seconds.
+    pub fn wait_agent(&self, node: &str, timeout: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.cli_json(node, &["status"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(e.context(format!("{node}'s agent does not answer after {timeout:?}")));
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// The value of the series `series` (name and labels, as printed) in
     /// `datapath metrics` of `node`; None when the series is not there.
     pub fn metric(&self, node: &str, series: &str) -> Result<Option<f64>> {

@@ -1,6 +1,8 @@
 //! The seed walkthrough on two nodes: DHCP from a qdhcp namespace, pings
 //! within and across nodes, only tag 1000 on the wire, and TCP across nodes.
 
+use std::time::Duration;
+
 use datapath_tests::{capture::Capture, cluster::Cluster};
 
 use crate::scenario::*;
@@ -64,6 +66,10 @@ fn seed(tag: &str, xdp: Option<&str>) -> Cluster {
     let wire = Capture::start(&c.phys, "up-node0", "").unwrap();
     c.start_agent("node0").unwrap();
     c.start_agent("node1").unwrap();
+    // DHCP gives up after 8 s: on the slow 6.1 guest the agents may not have attached by then.
+    for n in ["node0", "node1"] {
+        c.wait_agent(n, Duration::from_secs(60)).unwrap();
+    }
 
     let script = c.udhcpc_script().unwrap();
     assert_eq!(c.vms[a].dhcp(&script).unwrap(), p1.ip, "vm-1 (node0) leases its fixed IP");

@@ -115,6 +115,10 @@ fn three_nodes(tag: &str, xdp: Option<&str>) {
         }
         c.start_agent(n).unwrap();
     }
+    // DHCP gives up after 8 s: on the slow 6.1 guest the agents may not have attached by then.
+    for n in ["node0", "node1", "node2"] {
+        c.wait_agent(n, Duration::from_secs(60)).unwrap();
+    }
 
     let script = c.udhcpc_script().unwrap();
     assert_eq!(c.vms[ia].dhcp(&script).unwrap(), a.ip, "vm on node0 leases over the local port");
