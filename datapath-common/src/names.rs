@@ -51,6 +51,8 @@ pub const PORT_STATS: &str = "PORT_STATS";
 pub const XDP_STATS: &str = "XDP_STATS";
 /// Taps the uplinks' XDP stage may hand frames to (devmap hash): ifindex -> the tap.
 pub const XDP_TAPS: &str = "XDP_TAPS";
+/// The underlay device whose XDP stage checks tunnel traffic: ifindex -> [`crate::UnderlayInfo`].
+pub const XDP_UNDERLAY: &str = "XDP_UNDERLAY";
 /// Per-CPU decision record of the last traced run: [`crate::TraceRecord`].
 pub const TRACE: &str = "TRACE";
 /// What the monitor's listeners asked for (array, index 0): [`crate::MonitorConfig`].
@@ -61,7 +63,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 26] = [
+pub const ALL_MAPS: [&str; 27] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -84,6 +86,7 @@ pub const ALL_MAPS: [&str; 26] = [
     PORT_STATS,
     XDP_STATS,
     XDP_TAPS,
+    XDP_UNDERLAY,
     TRACE,
     MONITOR,
     MONITOR_RATE,
@@ -106,14 +109,19 @@ pub const PROG_VM_PORT_OUT: &str = "vm_port_out";
 /// the drops that need no skb.
 pub const PROG_UPLINK_XDP: &str = "uplink_xdp";
 
+/// XDP program for the underlay device (the one holding `local_ip`): tunnel
+/// traffic of no served VNI, or from no tunnel peer, dropped in the driver.
+pub const PROG_UNDERLAY_XDP: &str = "underlay_xdp";
+
 /// All programs of the object.
-pub const ALL_PROGRAMS: [&str; 5] = {
-    let mut all = [""; 5];
+pub const ALL_PROGRAMS: [&str; 6] = {
+    let mut all = [""; 6];
     all[PROG_INDEX_VM_PORT as usize] = PROG_VM_PORT;
     all[PROG_INDEX_UPLINK as usize] = PROG_UPLINK;
     all[PROG_INDEX_TUNNEL as usize] = PROG_TUNNEL;
     all[PROG_INDEX_VM_PORT_OUT as usize] = PROG_VM_PORT_OUT;
     all[PROG_INDEX_UPLINK_XDP as usize] = PROG_UPLINK_XDP;
+    all[PROG_INDEX_UNDERLAY_XDP as usize] = PROG_UNDERLAY_XDP;
     all
 };
 
@@ -127,6 +135,8 @@ pub const PROG_INDEX_TUNNEL: u32 = 2;
 pub const PROG_INDEX_VM_PORT_OUT: u32 = 3;
 /// `uplink_xdp`'s index in `ALL_PROGRAMS`.
 pub const PROG_INDEX_UPLINK_XDP: u32 = 4;
+/// `underlay_xdp`'s index in `ALL_PROGRAMS`.
+pub const PROG_INDEX_UNDERLAY_XDP: u32 = 5;
 
 const _: () = {
     let mut i = 0;

@@ -72,6 +72,8 @@ pub const MAX_FLOOD_PORTS: usize = 64;
 pub const MAX_FLOOD_VTEPS: usize = 64;
 /// Capacity of `TUNNEL_PEERS`: (network, remote VTEP) pairs.
 pub const MAX_TUNNEL_PEERS: u32 = 65536;
+/// Underlay devices (`XDP_UNDERLAY`): the one that holds `local_ip`.
+pub const MAX_UNDERLAYS: u32 = 8;
 /// Bound on the targets one traced run may record (local ports plus VTEPs or uplink).
 pub const MAX_TRACE_TARGETS: usize = MAX_FLOOD_PORTS + MAX_FLOOD_VTEPS;
 /// Capacity of `ARP_TABLE`.
@@ -217,7 +219,7 @@ pub const MONITOR_EVENTS_PER_SEC: u32 = 2000;
 /// Size of the `MONITOR_EVENTS` ring buffer in bytes (a power of two, a multiple of the page).
 pub const MONITOR_RING_BYTES: u32 = 1 << 20;
 /// `MonitorEvent::program`: the index of the program in `names::ALL_PROGRAMS`.
-pub const MONITOR_PROGRAMS: usize = 4;
+pub const MONITOR_PROGRAMS: usize = crate::names::ALL_PROGRAMS.len();
 
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
@@ -333,6 +335,15 @@ shared! {
         pub net_index: u32,
         /// IPv4 address, host byte order.
         pub vtep_ipv4: u32,
+    }
+
+    /// Value of `XDP_UNDERLAY` (key: the underlay device's ifindex `u32`):
+    /// what its XDP stage needs to tell this node's tunnel traffic.
+    pub struct UnderlayInfo [8] {
+        /// The VXLAN device's ifindex: its networks' `NET_BY_SEGMENT` keys, and its stats slot.
+        pub tunnel_ifindex: u32,
+        /// This node's VTEP address (`local_ip`), host byte order.
+        pub local_ipv4: u32,
     }
 
     /// Key of `ARP_TABLE`.
@@ -534,7 +545,7 @@ shared! {
         pub len: u32,
         /// Bytes of the frame in `snap`.
         pub snap_len: u32,
-        /// `MONITOR_PROGRAMS` index: vm_port, uplink_in, tunnel_in, vm_port_out.
+        /// Index of the program in `names::ALL_PROGRAMS` (`PROG_INDEX_*`).
         pub program: u32,
         /// The network index the frame was classified into (0: not yet).
         pub net_index: u32,

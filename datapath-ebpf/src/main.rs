@@ -21,10 +21,12 @@ mod skb;
 mod stats;
 mod trace;
 mod tunnel;
+mod underlay_xdp;
 mod uplink;
 mod uplink_xdp;
 mod verdict;
 mod vm_port;
+mod xdp_verdict;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -59,12 +61,24 @@ pub fn uplink_in(ctx: TcContext) -> i32 {
     verdict::finish(&ctx, &meta, names::PROG_INDEX_UPLINK, res)
 }
 
-/// XDP of a physical uplink, in the driver: the drops that need no skb.
+/// XDP of a physical uplink, in the driver: the drops that need no skb, and the fast path to the taps.
 #[xdp]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-    let mut meta = uplink_xdp::XdpMeta::new(&ctx);
+    let mut meta = xdp_verdict::XdpMeta::new(&ctx);
     let res = uplink_xdp::try_uplink_xdp(&ctx, &mut meta);
-    uplink_xdp::finish(&ctx, &meta, res)
+    xdp_verdict::finish(&ctx, &meta, names::PROG_INDEX_UPLINK_XDP, res)
+}
+
+/// XDP of the underlay device (the one holding `local_ip`): tunnel traffic of
+/// no served VNI, or from no peer, dropped in the driver; the host's own passes uncounted.
+#[xdp]
+pub fn underlay_xdp(ctx: XdpContext) -> u32 {
+    let mut meta = xdp_verdict::XdpMeta::new(&ctx);
+    let seen = underlay_xdp::try_underlay_xdp(&ctx, &mut meta);
+    match underlay_xdp::counted(seen) {
+        Some(res) => xdp_verdict::finish(&ctx, &meta, names::PROG_INDEX_UNDERLAY_XDP, res),
+        None => aya_ebpf::bindings::xdp_action::XDP_PASS,
+    }
 }
 
 /// TC ingress of the collect-metadata VXLAN device: what the tunnels deliver.

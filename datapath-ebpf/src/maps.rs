@@ -12,9 +12,9 @@ use aya_ebpf::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_TUNNEL_PEERS,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_TUNNEL_PEERS, MAX_UNDERLAYS,
     MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey,
-    SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, VtepSet,
+    SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, UnderlayInfo, VtepSet,
 };
 
 #[map]
@@ -91,6 +91,10 @@ pub static XDP_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(
 /// checks the port's flags for that.
 #[map]
 pub static XDP_TAPS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+#[map]
+pub static XDP_UNDERLAY: HashMap<u32, UnderlayInfo> =
+    HashMap::with_max_entries(MAX_UNDERLAYS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);

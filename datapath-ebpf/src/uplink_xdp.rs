@@ -20,60 +20,25 @@
 //! so the tag is in the frame: an untagged frame here is untagged on the wire.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    bindings::xdp_action::{XDP_PASS, XDP_REDIRECT},
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use datapath_common::{
     Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_ADMIN_UP, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS,
-    SEGMENT_UNTAGGED, SegmentKey, TRACE_DRY_RUN, TRACE_MAGIC, names::PROG_INDEX_UPLINK_XDP,
+    SEGMENT_UNTAGGED, SegmentKey,
 };
 
 use crate::{
     forward::LEARN_REFRESH_NS,
-    maps::{FDB, FDB_LEARNED, NET_BY_SEGMENT, PORTS, XDP_TAPS},
-    monitor,
-    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, Eth, Pkt, is_multicast, is_zero},
-    stats, trace,
+    maps::{FDB, FDB_LEARNED, NET_BY_SEGMENT, PORTS, XDP_TAPS, XDP_UNDERLAY},
+    parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, Eth, Pkt, is_multicast, is_zero},
+    trace, underlay_xdp,
+    xdp_verdict::XdpMeta,
 };
 
 /// The 802.1Q tag: TCI and the inner ethertype.
 const VLAN_TAG_LEN: usize = 4;
-
-/// What the stage learned about a frame on its way to a verdict.
-#[derive(Default)]
-pub struct XdpMeta {
-    /// Stats slot of the uplink (0: unknown device).
-    pub slot: u32,
-    /// Network the frame was classified into (0: none).
-    pub net_index: u32,
-    /// `datapath trace` runs this: record the verdict, count nothing.
-    pub traced: bool,
-    /// Stats slot of the tap the fast path sent the frame to.
-    pub tap_slot: u32,
-}
-
-impl XdpMeta {
-    /// The state of a fresh run on `ctx`.
-    #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
-        Self { traced: traced(ctx), ..Self::default() }
-    }
-}
-
-/// Whether `datapath trace` runs the stage: `TRACE_MAGIC` and `TRACE_DRY_RUN`
-/// in the frame's metadata, which `BPF_PROG_TEST_RUN` can set and a driver
-/// never does (no other program runs before this one on the uplink).
-#[inline(always)]
-fn traced(ctx: &XdpContext) -> bool {
-    let (meta, data) = (ctx.metadata(), ctx.data());
-    if meta + 12 > data {
-        return false;
-    }
-    // SAFETY: the 12 bytes lie between data_meta and data, checked above.
-    let words = unsafe { core::ptr::read_unaligned(meta as *const [u32; 3]) };
-    words[0] == TRACE_MAGIC[0] && words[1] == TRACE_MAGIC[1] && words[2] == TRACE_DRY_RUN
-}
 
 /// Checks a frame from the wire; `Ok` passes it to the TC stage.
 #[inline(always)]
@@ -99,6 +64,17 @@ pub fn try_uplink_xdp(ctx: &XdpContext, meta: &mut XdpMeta) -> Result<Action, Dr
     let Some(&net_index) = (unsafe { NET_BY_SEGMENT.get(SegmentKey { ifindex, segment }) }) else {
         // The node's own address on the uplink: the host stack takes what no flat network claims.
         if segment == SEGMENT_UNTAGGED && port.flags & PORT_F_HOST_UNTAGGED != 0 {
+            // And maybe its VTEP: tunnel traffic is checked here as on an underlay of its own.
+            // SAFETY: as above.
+            if eth.ethertype == ETH_P_IPV4
+                && let Some(info) = unsafe { XDP_UNDERLAY.get(ifindex) }.copied()
+            {
+                let uplink_slot = meta.slot;
+                let seen = underlay_xdp::check_tunnel(&pkt, ETH_LEN, &info, meta);
+                // Counted as the uplink's, whose stage this is.
+                meta.slot = uplink_slot;
+                seen?;
+            }
             return Ok(Action::Passed);
         }
         return Err(DropReason::UnknownSegment);
@@ -184,31 +160,4 @@ fn pop_tag(ctx: &XdpContext) -> Result<(), DropReason> {
         return Err(DropReason::VlanOpFailed);
     }
     Ok(())
-}
-
-/// The XDP stage's one exit: counts the outcome under the uplink's slot in
-/// `XDP_STATS` (or, traced, records it instead), reports it to a monitor that
-/// wants it, and returns the XDP verdict.
-#[inline(always)]
-pub fn finish(ctx: &XdpContext, meta: &XdpMeta, res: Result<Action, DropReason>) -> u32 {
-    let (action, reason, verdict) = match res {
-        Ok(Action::Redirected) => (Action::Redirected as u32, 0, XDP_REDIRECT),
-        Ok(action) => (action as u32, 0, XDP_PASS),
-        Err(reason) => (0, reason as u32, XDP_DROP),
-    };
-    if meta.traced {
-        trace::verdict(action, reason, meta.net_index);
-        return verdict;
-    }
-    stats::count_xdp_action(meta.slot, Action::Received);
-    match res {
-        Ok(action) => stats::count_xdp_action(meta.slot, action),
-        Err(reason) => stats::count_xdp_drop(meta.slot, reason),
-    }
-    monitor::observe_xdp(ctx, meta.slot, meta.net_index, PROG_INDEX_UPLINK_XDP, (reason, action));
-    // What the tap's egress program would have counted, had the frame passed there.
-    if verdict == XDP_REDIRECT {
-        stats::count_action(meta.tap_slot, Action::Delivered, 1);
-    }
-    verdict
 }

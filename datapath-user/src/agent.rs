@@ -111,7 +111,7 @@ impl Agent {
         }
         let features = features::probe(cfg.tc_hook)?;
         log::info!("kernel {}: programs attach with {}", features.kernel, features.describe_hook());
-        let attacher = Attacher::new(features.hook, cfg.xdp, dp.pin_dir())?;
+        let attacher = Attacher::new(features.hook, cfg.xdp, dp.pin_dir())?.with_underlay(cfg.tunnel_ip());
         let source = match &cfg.source {
             SourceConfig::File(path) => Source::File(BindingSource::new(path.clone())),
             SourceConfig::Neutron(opts) => {

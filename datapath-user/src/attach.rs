@@ -26,6 +26,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -37,7 +38,7 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     xdp::XdpLink,
 };
-use datapath_common::names;
+use datapath_common::{UnderlayInfo, names};
 
 use crate::{config::XdpChoice, desired::Attachment, ethtool, features::Hook, loader::Datapath};
 
@@ -60,6 +61,20 @@ pub struct Attacher {
     xdp_failed: BTreeMap<String, String>,
     /// The taps this process put into `XDP_TAPS`, by ifindex.
     taps: BTreeSet<u32>,
+    /// This node's VTEP address (`local_ip`), when it has tunnels.
+    local_ip: Option<Ipv4Addr>,
+    /// The device that holds `local_ip`, where the underlay's XDP stage runs.
+    underlay: Option<Underlay>,
+}
+
+/// The underlay device as the attacher last set it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Underlay {
+    device: String,
+    ifindex: u32,
+    info: UnderlayInfo,
+    /// It is an uplink, whose own stage checks the tunnel traffic: no stage of its own.
+    uplink: bool,
 }
 
 /// Whether an uplink runs the XDP stage.
@@ -128,10 +143,24 @@ impl Attacher {
             xdp: BTreeMap::new(),
             xdp_failed: BTreeMap::new(),
             taps: BTreeSet::new(),
+            local_ip: None,
+            underlay: None,
         })
     }
 
-    /// Where the XDP stage runs, by uplink device.
+    /// Checks this node's tunnel traffic in the driver of the device that
+    /// holds `local_ip` (the underlay's XDP stage), where `xdp` allows.
+    pub fn with_underlay(mut self, local_ip: Option<Ipv4Addr>) -> Self {
+        self.local_ip = local_ip;
+        self
+    }
+
+    /// The underlay device and where its XDP stage runs, when the node has tunnels.
+    pub fn underlay(&self) -> Option<(&str, Option<&XdpState>)> {
+        self.underlay.as_ref().map(|u| (u.device.as_str(), self.xdp.get(&u.device)))
+    }
+
+    /// Where the XDP stage runs, by uplink (and underlay) device.
     pub fn xdp_states(&self) -> &BTreeMap<String, XdpState> {
         &self.xdp
     }
@@ -160,20 +189,12 @@ impl Attacher {
             // The driver's stage first: once the TC stage runs, nothing that
             // stage drops reaches it.
             match att.xdp {
-                Some(program) => match self.attach_xdp(dp, program, &att.device) {
-                    Ok(state) => {
-                        if self.xdp.get(&att.device) != Some(&state) {
-                            log::info!("{}: XDP stage {state}", att.device);
-                        }
-                        self.xdp.insert(att.device.clone(), state);
-                        self.xdp_failed.remove(&att.device);
-                    }
-                    Err(e) => {
+                Some(program) => {
+                    if let Err(e) = self.stage(dp, program, &att.device) {
                         errors.push(format!("attaching {program} to {} (XDP): {e:#}", att.device));
-                        self.xdp_failed.insert(att.device.clone(), format!("{e:#}"));
                         ok = false;
                     }
-                },
+                }
                 // Also a stage an earlier agent left (`xdp` turned off since): its pins say so.
                 None => {
                     self.xdp.remove(&att.device);
@@ -224,11 +245,19 @@ impl Attacher {
         if verify && let Err(e) = self.prune_taps(dp) {
             errors.push(format!("{e:#}"));
         }
-        self.xdp.retain(|d, _| wanted.contains(d.as_str()));
-        self.xdp_failed.retain(|d, _| wanted.contains(d.as_str()));
+        let underlay = self.underlay.as_ref().map(|u| u.device.clone());
+        self.xdp.retain(|d, _| wanted.contains(d.as_str()) || Some(d) == underlay.as_ref());
+        self.xdp_failed.retain(|d, _| wanted.contains(d.as_str()) || Some(d) == underlay.as_ref());
+        let moved = match self.reconcile_underlay(dp, desired) {
+            Ok(moved) => moved,
+            Err(e) => {
+                errors.push(format!("the underlay's XDP stage: {e:#}"));
+                false
+            }
+        };
         let Some(pin_dir) = &self.pin_dir else { return errors };
         // The pin directories are listed when a device left, and on verify for what others left.
-        if self.current.len() == before && !verify {
+        if self.current.len() == before && !verify && !moved {
             return errors;
         }
         let egress: BTreeSet<&str> =
@@ -374,6 +403,70 @@ impl Attacher {
 }
 
 impl Attacher {
+    /// Finds the device that holds `local_ip`, runs the underlay's stage
+    /// there (unless it is an uplink, whose stage checks tunnel traffic
+    /// itself) and tells the stage in `XDP_UNDERLAY`; removes what an earlier
+    /// underlay had. Returns whether the underlay moved.
+    fn reconcile_underlay(&mut self, dp: &mut Datapath, desired: &BTreeMap<u32, Attachment>) -> Result<bool> {
+        let tunnel = desired.iter().find(|(_, a)| a.program == names::PROG_TUNNEL).map(|(i, _)| *i);
+        let want = match (self.local_ip, tunnel) {
+            (Some(ip), Some(tunnel_ifindex)) if self.xdp_choice != XdpChoice::Off => {
+                crate::netlink::device_with_ipv4(ip)?.map(|(device, ifindex)| Underlay {
+                    uplink: desired.get(&ifindex).is_some_and(|a| a.xdp.is_some()),
+                    device,
+                    ifindex,
+                    info: UnderlayInfo { tunnel_ifindex, local_ipv4: u32::from(ip) },
+                })
+            }
+            _ => None,
+        };
+        if want == self.underlay && want.as_ref().is_none_or(|u| u.uplink || self.xdp.contains_key(&u.device))
+        {
+            return Ok(false);
+        }
+        if let Some(old) = self.underlay.take() {
+            match dp.maps.xdp_underlay.remove(&old.ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing the old underlay from XDP_UNDERLAY"),
+            }
+            if !old.uplink && want.as_ref().is_none_or(|u| u.device != old.device) {
+                self.xdp.remove(&old.device);
+                self.xdp_failed.remove(&old.device);
+                if let Some(pin_dir) = &self.pin_dir {
+                    detach_xdp(pin_dir, &old.device)?;
+                }
+            }
+        }
+        let Some(u) = want else { return Ok(true) };
+        if !u.uplink
+            && let Err(e) = self.stage(dp, names::PROG_UNDERLAY_XDP, &u.device)
+        {
+            self.underlay = Some(u);
+            return Err(e);
+        }
+        dp.maps.xdp_underlay.insert(u.ifindex, u.info, 0).context("writing XDP_UNDERLAY")?;
+        self.underlay = Some(u);
+        Ok(true)
+    }
+
+    /// Runs the XDP stage `program` on `device` (`attach_xdp`) and records where it runs, or why not.
+    fn stage(&mut self, dp: &mut Datapath, program: &'static str, device: &str) -> Result<()> {
+        match self.attach_xdp(dp, program, device) {
+            Ok(state) => {
+                if self.xdp.get(device) != Some(&state) {
+                    log::info!("{device}: XDP stage ({program}) {state}");
+                }
+                self.xdp.insert(device.to_string(), state);
+                self.xdp_failed.remove(device);
+                Ok(())
+            }
+            Err(e) => {
+                self.xdp_failed.insert(device.to_string(), format!("{e:#}"));
+                Err(e)
+            }
+        }
+    }
+
     /// Puts the device of `att` into `XDP_TAPS` when the fast path may use
     /// it (a bound port, a tun, `xdp` not off), and takes it out otherwise.
     fn set_tap(&mut self, dp: &mut Datapath, ifindex: u32, att: &Attachment) -> Result<()> {

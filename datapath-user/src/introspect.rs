@@ -297,7 +297,10 @@ impl Agent {
     /// The XDP stage's counters of `device` (slot `slot`), where it runs or counted anything.
     fn xdp_counters(&self, device: &str, slot: u32) -> Result<Option<PortCounters>> {
         let c = summed(&self.dp.maps.xdp_stats, slot).context("reading XDP_STATS")?;
-        let runs = self.attacher.xdp_states().get(device) == Some(&XdpState::Native);
+        // The VXLAN device's stage runs on the underlay device.
+        let runs = self.attacher.xdp_states().get(device) == Some(&XdpState::Native)
+            || (device == crate::tunnel::TUNNEL_DEVICE
+                && self.attacher.underlay().is_some_and(|(_, s)| s == Some(&XdpState::Native)));
         if !runs && c.actions.iter().all(|&n| n == 0) {
             return Ok(None);
         }

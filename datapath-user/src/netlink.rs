@@ -38,6 +38,36 @@ pub fn list_devices() -> Result<Devices> {
     Ok(devices)
 }
 
+/// The device (name, ifindex) that holds IPv4 address `addr`, if one does.
+pub fn device_with_ipv4(addr: std::net::Ipv4Addr) -> Result<Option<(String, u32)>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error()).context("listing addresses (getifaddrs)");
+    }
+    let mut found = None;
+    let mut cur = head;
+    // SAFETY: walking the list getifaddrs returned; every name is NUL-terminated and
+    // an AF_INET address is a sockaddr_in.
+    unsafe {
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = &*(a as *const libc::sockaddr_in);
+                if u32::from_be(sin.sin_addr.s_addr) == u32::from(addr) {
+                    let name = CStr::from_ptr((*cur).ifa_name).to_string_lossy().into_owned();
+                    let index = libc::if_nametoindex((*cur).ifa_name);
+                    found = Some((name, index));
+                    break;
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(found.filter(|(_, i)| *i != 0))
+}
+
 /// What link events said since the last call.
 #[derive(Debug, Default, PartialEq)]
 pub struct LinkChanges {

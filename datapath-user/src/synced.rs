@@ -26,7 +26,7 @@ use aya::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort,
-    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, VtepSet, names,
+    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, UnderlayInfo, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -339,6 +339,8 @@ declare_maps! {
         xdp_stats: PerCpuArray<MapData, PortCounters> = names::XDP_STATS,
         /// The taps the XDP stage's fast path may send to (the attacher keeps it).
         xdp_taps: DevMapHash<MapData> = names::XDP_TAPS,
+        /// The underlay device, for its XDP stage (the attacher keeps it).
+        xdp_underlay: HashMap<MapData, u32, UnderlayInfo> = names::XDP_UNDERLAY,
         /// The decision record of traced runs.
         trace: PerCpuArray<MapData, TraceRecord> = names::TRACE,
         /// What the monitor's listeners asked for (the agent writes it; the programs read it).

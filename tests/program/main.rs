@@ -13,4 +13,5 @@ mod monitor;
 mod scenario;
 mod secgroups;
 mod tunnel;
+mod underlay_xdp;
 mod uplink_xdp;

@@ -7,7 +7,8 @@ use datapath_common::{Action, DropReason, names};
 use datapath_tests::program::Bench;
 use datapath_user::frames::*;
 
-const CONFIG: &str = r#"
+/// A node with tunnels (VTEP 192.0.2.10) and no uplink.
+pub const CONFIG: &str = r#"
 host = "node0"
 bindings = "/unused.json"
 pin_path = "/sys/fs/bpf/unused"

@@ -201,8 +201,20 @@ impl Bench {
     /// Runs the XDP program `prog` on `frame` as if it arrived on device
     /// `ingress`. The counters are the XDP stage's (`XDP_STATS`).
     pub fn run_xdp(&mut self, prog: &str, ingress: &str, frame: &[u8]) -> Result<Outcome> {
+        self.run_xdp_counted_at(prog, ingress, ingress, frame)
+    }
+
+    /// `run_xdp`, with the counters of the port on `counted_at` (the
+    /// underlay's stage counts under the VXLAN device).
+    pub fn run_xdp_counted_at(
+        &mut self,
+        prog: &str,
+        ingress: &str,
+        counted_at: &str,
+        frame: &[u8],
+    ) -> Result<Outcome> {
         let ifindex = self.ifindex(ingress);
-        let slot = self.slot(ifindex);
+        let slot = self.slot(self.ifindex(counted_at));
         let before = self.xdp_counters(slot)?;
         let out = testrun::run_xdp(self.dp.xdp_program(prog)?, frame, ifindex, &[])?;
         let moved = self.xdp_counters(slot)?.since(&before);
@@ -251,6 +263,17 @@ impl Bench {
             .xdp_taps
             .insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("adding {dev} to XDP_TAPS"))
+    }
+
+    /// Tells the underlay's XDP stage that `dev` holds `local_ip`, for the
+    /// tunnel device `tunnel`, as the agent's attacher does.
+    pub fn set_underlay(&mut self, dev: &str, tunnel: &str, local_ip: std::net::Ipv4Addr) -> Result<()> {
+        let info = datapath_common::UnderlayInfo {
+            tunnel_ifindex: self.ifindex(tunnel),
+            local_ipv4: u32::from(local_ip),
+        };
+        let ifindex = self.ifindex(dev);
+        self.dp.maps.xdp_underlay.insert(ifindex, info, 0).context("writing XDP_UNDERLAY")
     }
 
     /// The XDP stage's counters of stats slot `slot`, summed over CPUs.

@@ -118,6 +118,10 @@ fn three_nodes(tag: &str, xdp: Option<&str>) {
     // DHCP gives up after 8 s: on the slow 6.1 guest the agents may not have attached by then.
     for n in ["node0", "node1", "node2"] {
         c.wait_agent(n, Duration::from_secs(60)).unwrap();
+        if let Some(x) = xdp {
+            let status = c.cli_json(n, &["status"]).unwrap();
+            assert_eq!(status["xdp"]["eth1"], x, "{n}: the underlay's stage runs on eth1: {status}");
+        }
     }
 
     let script = c.udhcpc_script().unwrap();
@@ -177,13 +181,21 @@ fn three_nodes(tag: &str, xdp: Option<&str>) {
     rns.exec(&["ip", "addr", "add", "10.20.0.98/24", "dev", "vx0"]).unwrap();
     rns.exec(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", "192.0.2.10"]).unwrap();
     let heard = Capture::start(&c.vms[ia].ns, "eth0", &format!("ether src {rogue_mac}")).unwrap();
+    // (TC stage, the underlay's XDP stage): both count under the VXLAN device.
     let foreign_drops = |c: &Cluster| {
         let s = c.cli_json("node0", &["stats", "--port", "vxlan-dp"]).unwrap();
-        s["ports"][0]["drops"]["foreign_vtep"].as_u64().unwrap_or(0)
+        let n = |v: &serde_json::Value| v["drops"]["foreign_vtep"].as_u64().unwrap_or(0);
+        (n(&s["ports"][0]), n(&s["ports"][0]["xdp"]))
     };
-    let before = foreign_drops(&c);
+    let (tc0, xdp0) = foreign_drops(&c);
     assert!(rns.exec(&["ping", "-c", "2", "-W", "1", &a.ip]).is_err(), "the rogue VTEP reached vm-a");
-    assert!(foreign_drops(&c) >= before + 2, "its ARP requests counted as foreign_vtep");
+    let (tc1, xdp1) = foreign_drops(&c);
+    if xdp.is_some() {
+        assert!(xdp1 >= xdp0 + 2, "its ARP requests died in the underlay's driver as foreign_vtep");
+        assert_eq!(tc1, tc0, "and never reached the VXLAN device");
+    } else {
+        assert!(tc1 >= tc0 + 2, "its ARP requests counted as foreign_vtep");
+    }
     let heard = heard.stop().unwrap();
     assert!(heard.is_empty(), "vm-a heard the rogue VTEP: {heard:#?}");
     assert_eq!(c.learned_on("node0", rogue_mac), None, "nothing learned from it");

@@ -251,7 +251,9 @@ fn known_unicast_from_the_wire_goes_from_the_driver_to_a_tap() {
     // The fabric's own frames (untagged IPv6 noise) are dropped there, never redirected.
     assert_eq!(redirected(&x1) - redirected(&x0), u64::from(N), "all the burst took the fast path: {x1}");
     let delivered = n(&t1["actions"]["delivered"]) - n(&t0["actions"]["delivered"]);
-    assert_eq!(delivered, u64::from(N), "and is counted as delivered at the tap: {t1}");
+    // vm-1's own IPv6 noise (router solicitations, MLD) is flooded to the tap through TC meanwhile.
+    let noise = delivered.checked_sub(u64::from(N));
+    assert!(noise.is_some_and(|x| x < 20), "the burst is counted as delivered at the tap: {delivered}, {t1}");
     let up1 = stats("eth2");
     assert_eq!(
         n(&up1["actions"]["rx"]),
