@@ -332,7 +332,14 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         });
     }
     // The XDP stage against the TC stage alone.
-    for m in [report::FLOOD_DROPS, report::TAP_PPS, report::TCP, report::RTT_P50, report::RTT_P99] {
+    for m in [
+        report::FLOOD_DROPS,
+        report::FOREIGN_VTEP_DROPS,
+        report::TAP_PPS,
+        report::TCP,
+        report::RTT_P50,
+        report::RTT_P99,
+    ] {
         let med = |side: &str| xdp_samples.get(&(m.name, side.to_string())).and_then(|v| median(v));
         records.push(Record {
             scenario: report::XDP_VS_TC.into(),
@@ -482,6 +489,15 @@ fn measure_xdp(
             no_traffic.push(format!("{tag}: no frame of the flood was dropped (counted)"));
         }
         keep(report::FLOOD_DROPS.name, side, d);
+    }
+    for side in sides {
+        let tag = format!("xdp-{}", side.xdp);
+        let d = side.foreign_vtep_drops(plan.pps_window).with_context(|| format!("foreign VTEP, {tag}"))?;
+        step(label, &format!("{tag}: {d:.0} VXLAN frames from a foreign VTEP dropped per second"));
+        if d == 0.0 {
+            no_traffic.push(format!("{tag}: no frame of the foreign VTEP's flood was dropped (counted)"));
+        }
+        keep(report::FOREIGN_VTEP_DROPS.name, side, d);
     }
     for side in sides {
         let tag = format!("xdp-{}", side.xdp);

@@ -95,6 +95,9 @@ pub const SG_VS_NO_SG: &str = "datapath-sg100-vs-no-sg";
 pub const XDP_VS_TC: &str = "xdp-vs-tc";
 /// Frames of a VLAN no node serves, flooded into an uplink, dropped per second.
 pub const FLOOD_DROPS: Metric = Metric { name: "flood_drops_per_s", unit: "pps", better: Better::Higher };
+/// VXLAN frames from a host that is no tunnel peer, flooded into the underlay, dropped per second.
+pub const FOREIGN_VTEP_DROPS: Metric =
+    Metric { name: "foreign_vtep_drops_per_s", unit: "pps", better: Better::Higher };
 /// 64-byte frames per second from a VM on the other node into a VM's tap.
 pub const TAP_PPS: Metric = Metric { name: "pps_64b_to_tap", unit: "pps", better: Better::Higher };
 
@@ -141,7 +144,7 @@ impl Record {
             ("cross-node-vlan", "pps_64b") => Some(2.0),
             // Issue 16: drops in the driver at 4x the TC stage's rate, the fast
             // path at 1.5x TC's into a tap, and no latency lost.
-            (XDP_VS_TC, "flood_drops_per_s") => Some(4.0),
+            (XDP_VS_TC, "flood_drops_per_s" | "foreign_vtep_drops_per_s") => Some(4.0),
             (XDP_VS_TC, "pps_64b_to_tap") => Some(1.5),
             (XDP_VS_TC, "rtt_p99_us") => Some(1.0),
             // "no lower than the legacy chain's"

@@ -1,15 +1,19 @@
 //! The uplinks' XDP stage against the TC stage alone: two datapath clusters
-//! built alike (two nodes on the physical bridge, one VLAN network), node1's
-//! uplink running the stage in its driver in one (`xdp = "native"`) and not
-//! at all in the other (`xdp = "off"`), measured back to back:
+//! built alike (two nodes on the physical bridge and the underlay, a VLAN and
+//! a VXLAN network), node1's uplink and underlay device running the stages
+//! in their drivers in one (`xdp = "native"`) and not at all in the other
+//! (`xdp = "off"`), measured back to back:
 //!
 //! - a flood of frames of a VLAN no node serves, into node1's uplink from
-//!   its switch port (the XDP live-frames generator in the fabric): frames
-//!   dropped per second, as the datapath counts them;
-//! - 64-byte frames from a VM on node0 to a VM's tap on node1: the fast
-//!   path against TC. A thread reads the tap, as QEMU does; what counts is
-//!   what the tap took (its tx packets, plus what its full queue refused:
-//!   the reader's limit, the same on both);
+//!   its switch port (the XDP live-frames generator in the fabric), and a
+//!   flood of VXLAN from a host that is no tunnel peer, into node1's
+//!   underlay device: frames dropped per second, as the datapath counts them;
+//! - 64-byte frames from the wire (node1's switch port, VLAN 1000, from a
+//!   host behind it) to a VM's tap on node1: the fast path against TC. A
+//!   thread reads the tap, as QEMU does; what counts is what the tap took:
+//!   what its reader got, plus what its full queue refused (tun counts each
+//!   refused skb, but one per refused batch of XDP frames, so the XDP figure
+//!   is a lower bound);
 //! - TCP and RTT between two VMs (namespace ports) across the nodes.
 //!
 //! The uplinks are veths. Their native XDP is real driver XDP, but it takes
@@ -27,7 +31,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use datapath_tests::{
-    cluster::{Cluster, PortSpec, network_json},
+    cluster::{Cluster, PortSpec, agents_json, network_json, vtep_ip},
     link::TapFd,
 };
 use datapath_user::{bindings::parse_mac, frames};
@@ -41,6 +45,13 @@ use super::{
 };
 
 const NET: &str = "b0b0b0b0-0000-4000-8000-00000000b0d0";
+const VXLAN_NET: &str = "b0b0b0b0-0000-4000-8000-00000000b0d1";
+/// The VXLAN network's VNI, served on both nodes.
+const VNI: u32 = 5100;
+/// A host behind node1's switch port on the VLAN network: the fast path's sender.
+const REMOTE_HOST: [u8; 6] = [0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x77];
+/// A host on the underlay that is in no agent list: no tunnel peer.
+const STRANGER_VTEP: [u8; 4] = [192, 0, 2, 99];
 /// A VLAN no node serves: the flood's.
 const FOREIGN_VLAN: u16 = 3999;
 const WARMUP: Duration = Duration::from_millis(500);
@@ -78,13 +89,20 @@ impl XdpPair {
 
 impl Side {
     fn build(tag: &str, xdp: &'static str) -> Result<Self> {
-        let mut c = Cluster::new(tag, 2)?;
+        let mut c = Cluster::with_tunnels(tag, 2)?;
         let [a, b, t] = ports();
+        // A VM of the VXLAN network on each node, so that node1 serves it and has node0 as its peer.
+        let vx = |id: &str, mac: &str, ip: &str, host: &str| PortSpec::vm(id, VXLAN_NET, mac, ip, host);
+        let v0 = vx("b0d10001-0a00-4000-8000-0000000000e1", "fa:16:3e:d1:00:01", "10.41.0.1", "node0");
+        let v1 = vx("b0d10002-0a00-4000-8000-0000000000e2", "fa:16:3e:d1:00:02", "10.41.0.2", "node1");
+        let mut vxlan = network_json(VXLAN_NET, "bench-xdp-vxlan", "vxlan", Some(VNI));
+        vxlan["provider:physical_network"] = Value::Null;
         c.write_bindings(&json!({
-            "networks": [network_json(NET, "bench-xdp", "vlan", Some(VLAN_SEGMENT))],
-            "ports": [a.to_json(), b.to_json(), t.to_json()],
+            "networks": [network_json(NET, "bench-xdp", "vlan", Some(VLAN_SEGMENT)), vxlan],
+            "ports": [a.to_json(), b.to_json(), t.to_json(), v0.to_json(), v1.to_json()],
+            "agents": agents_json(2),
         }))?;
-        for p in [&a, &b] {
+        for p in [&a, &b, &v0, &v1] {
             let i = c.add_vm(&p.host, p.clone())?;
             napi_for_generator(&c.node(&p.host).ns, &p.device())?;
             c.vms[i].set_static_ip()?;
@@ -94,12 +112,14 @@ impl Side {
         // The flood's generator hands frames to node1's uplink through its XDP
         // ring, which needs NAPI: the stage gives it, GRO gives it without.
         napi_for_generator(&c.node("node1").ns, "eth2")?;
+        napi_for_generator(&c.node("node1").ns, "eth1")?;
         c.append_config("node1", &format!("xdp = \"{xdp}\""))?;
         c.start_agent("node0")?;
         c.start_agent("node1")?;
         let want = if xdp == "off" { Value::Null } else { json!("native") };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while c.cli_json("node1", &["status"]).map_or(true, |s| s["xdp"]["eth2"] != want) {
+        let ready = |s: &Value| s["xdp"]["eth2"] == want && s["xdp"]["eth1"] == want;
+        while c.cli_json("node1", &["status"]).map_or(true, |s| !ready(&s)) {
             interrupt::check()?;
             if Instant::now() > deadline {
                 bail!(
@@ -131,21 +151,11 @@ impl Side {
         let frame =
             frames::eth([0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x02], [0xfa, 0x16, 0x3e, 0xee, 0, 1], 0x0800, &udp);
         let frame = frames::tagged(&frame, 0x8100, FOREIGN_VLAN);
-        self.rate(self.cluster.phys.path(), "up-node1", frame, window, || self.unknown_segment_drops())
+        self.rate(self.switch_sends("up-node1", frame)?, window, || self.unknown_segment_drops())
     }
 
-    /// What `count` counted per second while the generator sent `frame` out
-    /// of `dev` in the namespace at `netns` for `window` (after a warm-up).
-    fn rate(
-        &self,
-        netns: &std::path::Path,
-        dev: &str,
-        frame: Vec<u8>,
-        window: Duration,
-        count: impl Fn() -> Result<u64>,
-    ) -> Result<f64> {
-        let (sender_cpu, _) = cpus();
-        let generator = XdpGen::start(netns, dev, frame, sender_cpu)?;
+    /// What `count` counted per second while `generator` ran, for `window` after a warm-up.
+    fn rate(&self, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<f64> {
         interrupt::sleep(WARMUP)?;
         let (n0, t0) = (count()?, Instant::now());
         interrupt::sleep(window)?;
@@ -158,6 +168,34 @@ impl Side {
         Ok(n1.saturating_sub(n0) as f64 / (t1 - t0).as_secs_f64())
     }
 
+    /// The generator, on CPU 0, sending `frame` out of node1's switch port `port`.
+    fn switch_sends(&self, port: &str, frame: Vec<u8>) -> Result<XdpGen> {
+        let (sender_cpu, _) = cpus();
+        XdpGen::start(self.cluster.phys.path(), port, frame, sender_cpu)
+    }
+
+    /// The frames of a flood of VXLAN (VNI `VNI`, served here) from a host
+    /// that is no tunnel peer, into node1's underlay device, dropped per second.
+    pub fn foreign_vtep_drops(&self, window: Duration) -> Result<f64> {
+        let ns = &self.cluster.node("node1").ns;
+        let shown: Value = serde_json::from_str(&ns.exec(&["ip", "-j", "link", "show", "eth1"])?)?;
+        let mac = parse_mac(shown[0]["address"].as_str().context("eth1 has no address")?)?;
+        let local: std::net::Ipv4Addr = vtep_ip(1).parse()?;
+        let inner =
+            frames::eth([0xfa, 0x16, 0x3e, 0xd1, 0, 1], [0xfa, 0x16, 0x3e, 0xee, 0, 2], 0x0800, &[0; 46]);
+        let udp = frames::ipv4_udp(STRANGER_VTEP, local.octets(), 49152, 4789, &frames::vxlan(VNI, &inner));
+        let frame = frames::eth(mac, [0x02, 0, 0, 0, 0, 0x99], 0x0800, &udp);
+        self.rate(self.switch_sends("ul-node1", frame)?, window, || self.foreign_vtep_count())
+    }
+
+    /// node1's VXLAN device's foreign-VTEP drops, both stages (the TC stage's and the underlay's).
+    fn foreign_vtep_count(&self) -> Result<u64> {
+        let s = self.cluster.cli_json("node1", &["stats", "--port", "vxlan-dp"])?;
+        let p = &s["ports"][0];
+        let n = |v: &Value| v["drops"]["foreign_vtep"].as_u64().unwrap_or(0);
+        Ok(n(p) + n(&p["xdp"]))
+    }
+
     /// node1's uplink's unknown-segment drops, both stages.
     fn unknown_segment_drops(&self) -> Result<u64> {
         let s = self.cluster.cli_json("node1", &["stats", "--port", "eth2"])?;
@@ -166,17 +204,18 @@ impl Side {
         Ok(n(p) + n(&p["xdp"]))
     }
 
-    /// 64-byte frames per second from VM a into the tap on node1.
+    /// 64-byte frames per second from the wire (node1's switch port, VLAN
+    /// `VLAN_SEGMENT`, from a host behind it) into the tap on node1.
     pub fn tap_pps(&self, window: Duration) -> Result<f64> {
-        let a = &self.cluster.vms[0].port;
         let t = &self.tap_port;
-        let ip = |s: &str| -> Result<[u8; 4]> { Ok(s.parse::<std::net::Ipv4Addr>()?.octets()) };
-        // The tap speaks first, so that node0 knows where its MAC is and sends, not floods.
-        let hello = frames::ipv4_udp(ip(&t.ip)?, ip(&a.ip)?, SINK_PORT, SINK_PORT, &[0; 18]);
-        self.tap.write_frame(&frames::eth(parse_mac(&a.mac)?, parse_mac(&t.mac)?, 0x0800, &hello))?;
-        let udp = frames::ipv4_udp(ip(&a.ip)?, ip(&t.ip)?, SINK_PORT, SINK_PORT, &[0; 18]);
-        let frame = frames::eth(parse_mac(&t.mac)?, parse_mac(&a.mac)?, 0x0800, &udp);
-        self.rate(self.cluster.vms[0].ns.path(), "eth0", frame, window, || self.tap_took())
+        let t_ip: std::net::Ipv4Addr = t.ip.parse()?;
+        let udp = frames::ipv4_udp([10, 40, 0, 77], t_ip.octets(), SINK_PORT, SINK_PORT, &[0; 18]);
+        let frame = frames::eth(parse_mac(&t.mac)?, REMOTE_HOST, 0x0800, &udp);
+        let frame = frames::tagged(&frame, 0x8100, VLAN_SEGMENT as u16);
+        // The stage removes the tag in place: each frame is written anew.
+        let (sender_cpu, _) = cpus();
+        let generator = XdpGen::start_restoring(self.cluster.phys.path(), "up-node1", frame, sender_cpu)?;
+        self.rate(generator, window, || self.tap_took())
     }
 
     /// Frames the tap took: queued for its reader, or refused by its full queue.

@@ -62,6 +62,30 @@ fn load_xdp_tx() -> Result<OwnedFd> {
     load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_xmit").context("loading the XDP_TX generator program")
 }
 
+/// Loads a program that writes `head` over the frame's first 16 bytes, then
+/// `XDP_TX`. Live-frames mode recycles each page without copying the frame
+/// in again, so a receiver that edits the frame in place (an XDP stage that
+/// removes the VLAN tag moves the MACs over it) would otherwise edit every
+/// later frame from that page.
+fn load_xdp_tx_restoring(head: [u8; 16]) -> Result<OwnedFd> {
+    let word = |i: usize| i32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let insns: [Insn; 11] = [
+        (0x61, 0x12, 0, 0),  // r2 = ctx->data
+        (0x61, 0x13, 4, 0),  // r3 = ctx->data_end
+        (0xbf, 0x24, 0, 0),  // r4 = r2
+        (0x07, 0x04, 0, 16), // r4 += 16
+        (0x2d, 0x34, 4, 0),  // if r4 > r3 goto tx
+        (0x62, 0x02, 0, word(0)),
+        (0x62, 0x02, 4, word(4)),
+        (0x62, 0x02, 8, word(8)),
+        (0x62, 0x02, 12, word(12)),
+        (0xb7, 0, 0, 3), // tx: r0 = XDP_TX
+        (0x95, 0, 0, 0), // exit
+    ];
+    load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_xmit_rst")
+        .context("loading the restoring XDP_TX generator program")
+}
+
 extern "C" fn on_wakeup(_: libc::c_int) {}
 
 /// Installs a no-op handler for `WAKEUP`, so the signal interrupts a run instead of killing us.
@@ -107,6 +131,19 @@ impl XdpGen {
     /// Starts sending `frame` out of `dev` in the namespace at `netns`, from a
     /// thread pinned to `cpu`. Fails here (not later) if the first run fails.
     pub fn start(netns: &Path, dev: &str, frame: Vec<u8>, cpu: usize) -> Result<Self> {
+        Self::spawn(netns, dev, frame, cpu, false)
+    }
+
+    /// Like `start`, writing the frame's first 16 bytes again before each
+    /// transmission, for receivers that edit them in place (a tag removed).
+    pub fn start_restoring(netns: &Path, dev: &str, frame: Vec<u8>, cpu: usize) -> Result<Self> {
+        if frame.len() < 16 {
+            bail!("a restored frame needs 16 bytes at least, not {}", frame.len());
+        }
+        Self::spawn(netns, dev, frame, cpu, true)
+    }
+
+    fn spawn(netns: &Path, dev: &str, frame: Vec<u8>, cpu: usize, restoring: bool) -> Result<Self> {
         install_wakeup()?;
         let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
         let dev = std::ffi::CString::new(dev)?;
@@ -125,7 +162,13 @@ impl XdpGen {
                 if ifindex == 0 {
                     bail!("no device {dev:?} in the sender's namespace");
                 }
-                let prog = load_xdp_tx()?;
+                let prog = if restoring {
+                    let mut head = [0u8; 16];
+                    head.copy_from_slice(&frame[..16]);
+                    load_xdp_tx_restoring(head)?
+                } else {
+                    load_xdp_tx()?
+                };
                 send(&prog, &frame, ifindex, 1).context(
                     "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",
                 )?;
