@@ -336,6 +336,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         report::FLOOD_DROPS,
         report::FOREIGN_VTEP_DROPS,
         report::TAP_PPS,
+        report::TAP_READ,
         report::TCP,
         report::RTT_P50,
         report::RTT_P99,
@@ -504,11 +505,18 @@ fn measure_xdp(
         let before = side.redirected()?;
         let p = side.tap_pps(plan.pps_window).with_context(|| format!("into a tap, {tag}"))?;
         let fast = side.redirected()? - before;
-        step(label, &format!("{tag}: {p:.0} pps into a tap ({fast} frames took the fast path)"));
-        if p == 0.0 {
-            no_traffic.push(format!("{tag}: no 64-byte frame reached the tap"));
+        step(
+            label,
+            &format!(
+                "{tag}: {:.0} pps delivered to a tap, {:.0} read ({fast} frames took the fast path)",
+                p.delivered, p.read
+            ),
+        );
+        if p.read == 0.0 {
+            no_traffic.push(format!("{tag}: no 64-byte frame reached the tap's reader"));
         }
-        keep(report::TAP_PPS.name, side, p);
+        keep(report::TAP_PPS.name, side, p.delivered);
+        keep(report::TAP_READ.name, side, p.read);
     }
     for side in sides {
         let tag = format!("xdp-{}", side.xdp);

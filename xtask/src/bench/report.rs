@@ -98,8 +98,10 @@ pub const FLOOD_DROPS: Metric = Metric { name: "flood_drops_per_s", unit: "pps",
 /// VXLAN frames from a host that is no tunnel peer, flooded into the underlay, dropped per second.
 pub const FOREIGN_VTEP_DROPS: Metric =
     Metric { name: "foreign_vtep_drops_per_s", unit: "pps", better: Better::Higher };
-/// 64-byte frames per second from a VM on the other node into a VM's tap.
+/// 64-byte frames per second from the wire that the datapath delivered to a VM's tap.
 pub const TAP_PPS: Metric = Metric { name: "pps_64b_to_tap", unit: "pps", better: Better::Higher };
+/// What the tap's reader (the VM's side) got of those.
+pub const TAP_READ: Metric = Metric { name: "pps_64b_tap_read", unit: "pps", better: Better::Higher };
 
 /// One figure: the datapath's and the legacy chain's (None where it makes no sense).
 #[derive(Debug, Clone, PartialEq)]

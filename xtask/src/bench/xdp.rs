@@ -10,10 +10,10 @@
 //!   underlay device: frames dropped per second, as the datapath counts them;
 //! - 64-byte frames from the wire (node1's switch port, VLAN 1000, from a
 //!   host behind it) to a VM's tap on node1: the fast path against TC. A
-//!   thread reads the tap, as QEMU does; what counts is what the tap took:
-//!   what its reader got, plus what its full queue refused (tun counts each
-//!   refused skb, but one per refused batch of XDP frames, so the XDP figure
-//!   is a lower bound);
+//!   thread reads the tap, as QEMU does. Two figures: what the datapath
+//!   handed to the tap (its own `delivered` count, which both paths keep),
+//!   and what the reader got of it (the tap's tx packets), which one reader
+//!   thread on this 2-CPU machine caps;
 //! - TCP and RTT between two VMs (namespace ports) across the nodes.
 //!
 //! The uplinks are veths. Their native XDP is real driver XDP, but it takes
@@ -63,6 +63,14 @@ fn ports() -> [PortSpec; 3] {
         PortSpec::vm("b0d00002-0a00-4000-8000-0000000000d2", NET, "fa:16:3e:d0:00:02", "10.40.0.2", "node1"),
         PortSpec::vm("b0d00003-0a00-4000-8000-0000000000d3", NET, "fa:16:3e:d0:00:03", "10.40.0.3", "node1"),
     ]
+}
+
+/// 64-byte frames per second into the tap.
+pub struct TapRates {
+    /// What the datapath handed to the tap (its `delivered` count).
+    pub delivered: f64,
+    /// What the tap's reader got of that (its tx packets).
+    pub read: f64,
 }
 
 /// One of the two clusters.
@@ -156,6 +164,17 @@ impl Side {
 
     /// What `count` counted per second while `generator` ran, for `window` after a warm-up.
     fn rate(&self, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<f64> {
+        let [r] = self.rates(generator, window, || Ok([count()?]))?;
+        Ok(r)
+    }
+
+    /// `rate` for several counters read together.
+    fn rates<const N: usize>(
+        &self,
+        generator: XdpGen,
+        window: Duration,
+        count: impl Fn() -> Result<[u64; N]>,
+    ) -> Result<[f64; N]> {
         interrupt::sleep(WARMUP)?;
         let (n0, t0) = (count()?, Instant::now());
         interrupt::sleep(window)?;
@@ -165,7 +184,8 @@ impl Side {
             bail!("{}: the generator stopped early", self.xdp);
         }
         drop(generator);
-        Ok(n1.saturating_sub(n0) as f64 / (t1 - t0).as_secs_f64())
+        let secs = (t1 - t0).as_secs_f64();
+        Ok(std::array::from_fn(|i| n1[i].saturating_sub(n0[i]) as f64 / secs))
     }
 
     /// The generator, on CPU 0, sending `frame` out of node1's switch port `port`.
@@ -206,7 +226,7 @@ impl Side {
 
     /// 64-byte frames per second from the wire (node1's switch port, VLAN
     /// `VLAN_SEGMENT`, from a host behind it) into the tap on node1.
-    pub fn tap_pps(&self, window: Duration) -> Result<f64> {
+    pub fn tap_pps(&self, window: Duration) -> Result<TapRates> {
         let t = &self.tap_port;
         let t_ip: std::net::Ipv4Addr = t.ip.parse()?;
         let udp = frames::ipv4_udp([10, 40, 0, 77], t_ip.octets(), SINK_PORT, SINK_PORT, &[0; 18]);
@@ -215,13 +235,16 @@ impl Side {
         // The stage removes the tag in place: each frame is written anew.
         let (sender_cpu, _) = cpus();
         let generator = XdpGen::start_restoring(self.cluster.phys.path(), "up-node1", frame, sender_cpu)?;
-        self.rate(generator, window, || self.tap_took())
+        let [delivered, read] =
+            self.rates(generator, window, || Ok([self.delivered()?, self.tap.stats()?.tx_packets]))?;
+        Ok(TapRates { delivered, read })
     }
 
-    /// Frames the tap took: queued for its reader, or refused by its full queue.
-    fn tap_took(&self) -> Result<u64> {
-        let s = self.tap.stats()?;
-        Ok(s.tx_packets + s.tx_dropped)
+    /// What the datapath delivered to the tap: its `delivered` counter, which
+    /// the tap's TC egress program and the fast path both count.
+    fn delivered(&self) -> Result<u64> {
+        let s = self.cluster.cli_json("node1", &["stats", "--port", &self.tap_port.device()])?;
+        s["ports"][0]["actions"]["delivered"].as_u64().context("the tap has no delivered counter")
     }
 
     /// node1's uplink's XDP counters (what took the fast path), for the log.
