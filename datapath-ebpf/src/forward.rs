@@ -89,7 +89,16 @@ pub fn forward(
 }
 
 /// A learned entry is rewritten at most this often per MAC, to keep writes off the fast path.
-pub const LEARN_REFRESH_NS: u64 = 1_000_000_000;
+const LEARN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Whether `seen` (at `now`) already says what learning a frame from
+/// `ifindex` (and `vtep_ipv4`) would write: then nothing is rewritten.
+#[inline(always)]
+pub fn learned_fresh(seen: &LearnedEntry, ifindex: u32, vtep_ipv4: u32, now: u64) -> bool {
+    seen.ifindex == ifindex
+        && seen.vtep_ipv4 == vtep_ipv4
+        && now.wrapping_sub(seen.last_seen_ns) < LEARN_REFRESH_NS
+}
 
 /// Learns (or refreshes) `src` as living behind `ifindex` (and `vtep` for tunnels).
 /// A local port's MAC is never learned from the wire: such a frame is a spoof or a loop.
@@ -111,9 +120,7 @@ pub fn learn(meta: &Meta, ifindex: u32, vtep_ipv4: u32, src: &[u8; 6]) -> Result
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // SAFETY: LRU value read; a racing writer only refreshes the same entry.
     if let Some(seen) = unsafe { FDB_LEARNED.get(key) }
-        && seen.ifindex == ifindex
-        && seen.vtep_ipv4 == vtep_ipv4
-        && now.wrapping_sub(seen.last_seen_ns) < LEARN_REFRESH_NS
+        && learned_fresh(seen, ifindex, vtep_ipv4, now)
     {
         return Ok(());
     }

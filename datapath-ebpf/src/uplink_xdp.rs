@@ -13,7 +13,7 @@
 //! network, up, without security groups (whose ingress rules run on the
 //! tap's egress, which an XDP redirect bypasses), on a device in `XDP_TAPS`
 //! (a tun, which takes XDP frames); and the source needs no learning (known,
-//! or learned through this uplink less than `LEARN_REFRESH_NS` ago). A frame
+//! or learned through this uplink recently enough that TC would not refresh it). A frame
 //! that misses any of these goes to TC, which learns, floods, filters.
 //!
 //! The agent turns the uplink's rx VLAN offload off while this stage runs,
@@ -30,7 +30,7 @@ use datapath_common::{
 };
 
 use crate::{
-    forward::LEARN_REFRESH_NS,
+    forward::learned_fresh,
     maps::{FDB, FDB_LEARNED, NET_BY_SEGMENT, PORTS, XDP_TAPS, XDP_UNDERLAY},
     parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, Eth, Pkt, is_multicast, is_zero},
     trace, underlay_xdp,
@@ -134,10 +134,8 @@ fn fast_path_target(meta: &mut XdpMeta, eth: &Eth, ingress: u32, src_static: boo
         let seen = *unsafe { FDB_LEARNED.get(FdbKey { net_index, mac: eth.src, _pad: [0; 2] }) }?;
         // SAFETY: reading the time has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        if seen.ifindex != ingress
-            || seen.vtep_ipv4 != 0
-            || now.wrapping_sub(seen.last_seen_ns) >= LEARN_REFRESH_NS
-        {
+        // What TC would refresh goes there, so that learning stays in one place.
+        if !learned_fresh(&seen, ingress, 0, now) {
             return None;
         }
     }
