@@ -30,15 +30,7 @@ const WINDOW_NS: u64 = 1_000_000_000;
 /// listener wants it.
 #[inline(always)]
 pub fn observe(ctx: &TcContext, slot: u32, net_index: u32, program: u32, (reason, action): (u32, u32)) {
-    let Some(cfg) = MONITOR.get(0) else { return };
-    let flags = cfg.flags;
-    if flags == 0 {
-        return;
-    }
-    let ifindex = skb::ifindex(ctx);
-    let wanted = (reason != 0 && flags & MONITOR_F_DROPS != 0)
-        || (flags & MONITOR_F_DECISIONS != 0 && cfg.ifindex == ifindex);
-    if wanted {
+    if wanted(reason, || skb::ifindex(ctx)) {
         dp_monitor_report(
             ctx.skb.skb,
             slot,
@@ -48,18 +40,23 @@ pub fn observe(ctx: &TcContext, slot: u32, net_index: u32, program: u32, (reason
     }
 }
 
-/// `observe` for the uplinks' XDP stage (program `PROG_INDEX_UPLINK_XDP`).
+/// Whether a listener wants the outcome (`reason`: the drop reason or 0) of
+/// a run at the device `ifindex()` names, which is read only when someone listens.
 #[inline(always)]
-pub fn observe_xdp(ctx: &XdpContext, slot: u32, net_index: u32, program: u32, (reason, action): (u32, u32)) {
-    let Some(cfg) = MONITOR.get(0) else { return };
+fn wanted(reason: u32, ifindex: impl FnOnce() -> u32) -> bool {
+    let Some(cfg) = MONITOR.get(0) else { return false };
     let flags = cfg.flags;
     if flags == 0 {
-        return;
+        return false;
     }
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let wanted = (reason != 0 && flags & MONITOR_F_DROPS != 0)
-        || (flags & MONITOR_F_DECISIONS != 0 && cfg.ifindex == ifindex);
-    if wanted {
+    (reason != 0 && flags & MONITOR_F_DROPS != 0)
+        || (flags & MONITOR_F_DECISIONS != 0 && cfg.ifindex == ifindex())
+}
+
+/// `observe` for the XDP stages (programs `PROG_INDEX_UPLINK_XDP`, `PROG_INDEX_UNDERLAY_XDP`).
+#[inline(always)]
+pub fn observe_xdp(ctx: &XdpContext, slot: u32, net_index: u32, program: u32, (reason, action): (u32, u32)) {
+    if wanted(reason, || ctx.ingress_ifindex() as u32) {
         dp_monitor_report_xdp(
             ctx.ctx,
             slot,
