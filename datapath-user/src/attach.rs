@@ -181,10 +181,12 @@ impl Attacher {
         verify: bool,
     ) -> Vec<String> {
         let mut errors = Vec::new();
+        let mut touched = false;
         for (ifindex, att) in desired {
             if self.current.get(ifindex) == Some(att) && self.still_attached(att, verify) {
                 continue;
             }
+            touched = true;
             let mut ok = true;
             // The driver's stage first: once the TC stage runs, nothing that
             // stage drops reaches it.
@@ -233,14 +235,10 @@ impl Attacher {
         self.current.retain(|_, a| wanted.contains(a.device.as_str()));
         let gone: Vec<u32> = self.taps.iter().filter(|i| !desired.contains_key(i)).copied().collect();
         for ifindex in gone {
-            // A deleted device left the map with it (the kernel's notifier): not found is fine.
-            if let Err(e) = dp.maps.xdp_taps.remove(ifindex)
-                && !matches!(e, MapError::KeyNotFound)
-            {
-                errors.push(format!("removing ifindex {ifindex} from {}: {e}", names::XDP_TAPS));
-                continue;
+            match untap(dp, ifindex) {
+                Ok(()) => _ = self.taps.remove(&ifindex),
+                Err(e) => errors.push(format!("{e:#}")),
             }
-            self.taps.remove(&ifindex);
         }
         if verify && let Err(e) = self.prune_taps(dp) {
             errors.push(format!("{e:#}"));
@@ -248,11 +246,17 @@ impl Attacher {
         let underlay = self.underlay.as_ref().map(|u| u.device.clone());
         self.xdp.retain(|d, _| wanted.contains(d.as_str()) || Some(d) == underlay.as_ref());
         self.xdp_failed.retain(|d, _| wanted.contains(d.as_str()) || Some(d) == underlay.as_ref());
-        let moved = match self.reconcile_underlay(dp, desired) {
-            Ok(moved) => moved,
-            Err(e) => {
-                errors.push(format!("the underlay's XDP stage: {e:#}"));
-                false
+        // Finding the underlay lists every device's addresses: only when a
+        // device came or went, and on verify (which also sees an address move).
+        let moved = if !(touched || verify || self.current.len() != before) {
+            false
+        } else {
+            match self.reconcile_underlay(dp, desired) {
+                Ok(moved) => moved,
+                Err(e) => {
+                    errors.push(format!("the underlay's XDP stage: {e:#}"));
+                    false
+                }
             }
         };
         let Some(pin_dir) = &self.pin_dir else { return errors };
@@ -480,13 +484,7 @@ impl Attacher {
                 .with_context(|| format!("adding ifindex {ifindex} to {}", names::XDP_TAPS))?;
             self.taps.insert(ifindex);
         } else if self.taps.remove(&ifindex) || self.xdp_choice == XdpChoice::Off {
-            match dp.maps.xdp_taps.remove(ifindex) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("removing ifindex {ifindex} from {}", names::XDP_TAPS));
-                }
-            }
+            untap(dp, ifindex)?;
         }
         Ok(())
     }
@@ -495,10 +493,7 @@ impl Attacher {
     fn prune_taps(&self, dp: &mut Datapath) -> Result<()> {
         let keys: Vec<u32> = dp.maps.xdp_taps.keys().collect::<Result<_, _>>().context("listing XDP_TAPS")?;
         for key in keys.into_iter().filter(|k| !self.taps.contains(k)) {
-            match dp.maps.xdp_taps.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).with_context(|| format!("removing ifindex {key} from XDP_TAPS")),
-            }
+            untap(dp, key)?;
         }
         Ok(())
     }
@@ -568,6 +563,15 @@ impl Attacher {
             .context("the kernel attached XDP through netlink, not a bpf_link (Linux 5.9+ is needed)")?;
         link.pin(&pin).with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
         Ok(())
+    }
+}
+
+/// Takes `ifindex` out of `XDP_TAPS`. Not found is fine: a deleted device
+/// leaves the map with it (the kernel's notifier).
+fn untap(dp: &mut Datapath, ifindex: u32) -> Result<()> {
+    match dp.maps.xdp_taps.remove(ifindex) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing ifindex {ifindex} from {}", names::XDP_TAPS)),
     }
 }
 

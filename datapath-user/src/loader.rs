@@ -94,7 +94,7 @@ impl Datapath {
             .with_context(|| format!("program {name} is not a TC classifier"))
     }
 
-    /// The loaded XDP program `name` (`names::PROG_UPLINK_XDP`).
+    /// The loaded XDP program `name` (`names::PROG_UPLINK_XDP`, `names::PROG_UNDERLAY_XDP`).
     pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp> {
         self.ebpf
             .program_mut(name)
