@@ -482,23 +482,21 @@ fn measure_xdp(
 ) -> Result<()> {
     let mut keep =
         |m: &'static str, side: &Side, v: f64| samples.entry((m, side.xdp.to_string())).or_default().push(v);
-    for side in sides {
-        let tag = format!("xdp-{}", side.xdp);
-        let d = side.flood_drops(plan.pps_window).with_context(|| format!("flood, {tag}"))?;
-        step(label, &format!("{tag}: {d:.0} frames of an unknown VLAN dropped per second"));
-        if d == 0.0 {
-            no_traffic.push(format!("{tag}: no frame of the flood was dropped (counted)"));
+    type Flood = fn(&Side, Duration) -> Result<f64>;
+    let floods: [(Metric, &str, Flood); 2] = [
+        (report::FLOOD_DROPS, "frames of an unknown VLAN", Side::flood_drops),
+        (report::FOREIGN_VTEP_DROPS, "VXLAN frames from a foreign VTEP", Side::foreign_vtep_drops),
+    ];
+    for (metric, what, flood) in floods {
+        for side in sides {
+            let tag = format!("xdp-{}", side.xdp);
+            let d = flood(side, plan.pps_window).with_context(|| format!("{what}, {tag}"))?;
+            step(label, &format!("{tag}: {d:.0} {what} dropped per second"));
+            if d == 0.0 {
+                no_traffic.push(format!("{tag}: none of the {what} was dropped (counted)"));
+            }
+            keep(metric.name, side, d);
         }
-        keep(report::FLOOD_DROPS.name, side, d);
-    }
-    for side in sides {
-        let tag = format!("xdp-{}", side.xdp);
-        let d = side.foreign_vtep_drops(plan.pps_window).with_context(|| format!("foreign VTEP, {tag}"))?;
-        step(label, &format!("{tag}: {d:.0} VXLAN frames from a foreign VTEP dropped per second"));
-        if d == 0.0 {
-            no_traffic.push(format!("{tag}: no frame of the foreign VTEP's flood was dropped (counted)"));
-        }
-        keep(report::FOREIGN_VTEP_DROPS.name, side, d);
     }
     for side in sides {
         let tag = format!("xdp-{}", side.xdp);
