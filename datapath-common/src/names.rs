@@ -45,6 +45,10 @@ pub const CONNTRACK: &str = "CONNTRACK";
 /// The security-group verdict of fragmented datagrams' first fragments, for
 /// the later ones (LRU): [`crate::FragKey`] -> [`crate::FragVerdict`].
 pub const SG_FRAGS: &str = "SG_FRAGS";
+/// Each subport's parent tap and VLAN id: `u32` (subport id) -> [`crate::TrunkVid`].
+pub const SUBPORTS: &str = "SUBPORTS";
+/// The subport a VLAN id of a trunk's parent tap carries: [`crate::TrunkVid`] -> `u32` (subport id).
+pub const TRUNK_VIDS: &str = "TRUNK_VIDS";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU counters of the uplinks' XDP stage, by the uplink's port slot: [`crate::PortCounters`].
@@ -63,7 +67,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 27] = [
+pub const ALL_MAPS: [&str; 29] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -83,6 +87,8 @@ pub const ALL_MAPS: [&str; 27] = [
     SG_REMOTE_V6,
     CONNTRACK,
     SG_FRAGS,
+    SUBPORTS,
+    TRUNK_VIDS,
     PORT_STATS,
     XDP_STATS,
     XDP_TAPS,

@@ -72,6 +72,20 @@ pub const MAX_FLOOD_PORTS: usize = 64;
 pub const MAX_FLOOD_VTEPS: usize = 64;
 /// Capacity of `TUNNEL_PEERS`: (network, remote VTEP) pairs.
 pub const MAX_TUNNEL_PEERS: u32 = 65536;
+/// The first id of subports (trunk ports' VLAN subinterfaces, which have no
+/// device): above every kernel ifindex (a positive `int`), so that a subport
+/// takes an ifindex's place in `PORTS`, the FDB, flood sets and every
+/// per-port key without meeting a device's.
+pub const SUBPORT_ID_BASE: u32 = 0x8000_0000;
+/// Capacity of `SUBPORTS` and `TRUNK_VIDS`: subports on one node.
+pub const MAX_SUBPORTS: u32 = 4096;
+
+/// Whether `ifindex` is a subport's id rather than a device's.
+#[inline(always)]
+pub const fn is_subport(ifindex: u32) -> bool {
+    ifindex >= SUBPORT_ID_BASE
+}
+
 /// Underlay devices (`XDP_UNDERLAY`): the one that holds `local_ip`.
 pub const MAX_UNDERLAYS: u32 = 8;
 /// Bound on the targets one traced run may record (local ports plus VTEPs or uplink).
@@ -344,6 +358,15 @@ shared! {
         pub tunnel_ifindex: u32,
         /// This node's VTEP address (`local_ip`), host byte order.
         pub local_ipv4: u32,
+    }
+
+    /// Value of `SUBPORTS` (key: the subport's id) and key of `TRUNK_VIDS`
+    /// (value: the subport's id): a subport is its parent's tap and a VLAN id.
+    pub struct TrunkVid [8] {
+        /// The parent port's tap.
+        pub parent_ifindex: u32,
+        /// The VLAN id the VM uses for the subport (1..=4094).
+        pub vid: u32,
     }
 
     /// Key of `ARP_TABLE`.

@@ -6,9 +6,9 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{Action, ArpKey, DropReason};
 
 use crate::{
+    forward,
     maps::ARP_TABLE,
     parse::{ETH_LEN, ETH_P_IPV4, Eth, Pkt},
-    skb, trace,
     verdict::{Meta, Verdict},
 };
 
@@ -52,10 +52,8 @@ pub fn respond(
     store(ctx, off + 14, &tpa)?;
     store(ctx, off + 18, &sha)?;
     store(ctx, off + 24, &spa)?;
-    if meta.trace {
-        trace::target(ingress, 0, 0, 0);
-    }
-    Ok(Some(Verdict { action: Action::ArpReplied, ret: skb::redirect(ingress)? }))
+    // Back to the asker: a subport's reply gets its VLAN id.
+    forward::send_to_port(ctx, meta, ingress, Action::ArpReplied).map(Some)
 }
 
 /// Writes bytes into the frame (un-cloning it first if needed). Moves packet data.

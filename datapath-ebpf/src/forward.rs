@@ -10,11 +10,11 @@
 use aya_ebpf::{bindings::TC_ACT_REDIRECT, cty::c_void, helpers::generated::bpf_loop, programs::TcContext};
 use datapath_common::{
     Action, DropReason, FDB_F_LOCAL, FdbKey, FloodSet, LearnedEntry, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS,
-    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, VtepSet,
+    NET_TYPE_VLAN, NET_TYPE_VXLAN, NetInfo, VtepSet, is_subport,
 };
 
 use crate::{
-    maps::{FDB, FDB_LEARNED, FLOOD_SETS, FLOOD_VTEPS},
+    maps::{FDB, FDB_LEARNED, FLOOD_SETS, FLOOD_VTEPS, SUBPORTS},
     parse::{ETH_LEN, is_multicast},
     skb, stats, trace,
     verdict::{Meta, Verdict},
@@ -43,8 +43,16 @@ struct Target {
 impl Target {
     const NONE: Target = Target { ifindex: 0, vlan: 0, vtep: 0, vni: 0 };
 
-    const fn port(ifindex: u32) -> Self {
-        Target { ifindex, vlan: 0, vtep: 0, vni: 0 }
+    /// Local port `ifindex`: its device, or for a subport its parent's tap
+    /// with the subport's VLAN id pushed (the VM's own tag, never on the wire).
+    #[inline(always)]
+    fn port(ifindex: u32) -> Result<Self, DropReason> {
+        if !is_subport(ifindex) {
+            return Ok(Target { ifindex, vlan: 0, vtep: 0, vni: 0 });
+        }
+        // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+        let sub = *unsafe { SUBPORTS.get(ifindex) }.ok_or(DropReason::RedirectFailed)?;
+        Ok(Target { ifindex: sub.parent_ifindex, vlan: sub.vid, vtep: 0, vni: 0 })
     }
 
     /// The wire target of `net` towards `vtep` (ignored for VLAN/flat networks).
@@ -77,7 +85,7 @@ pub fn forward(
             if entry.ifindex == ingress {
                 return Err(DropReason::Hairpin);
             }
-            return send(ctx, meta, Target::port(entry.ifindex), Action::ToLocalPort);
+            return send(ctx, meta, Target::port(entry.ifindex)?, Action::ToLocalPort);
         }
         return to_wire(ctx, meta, net, from, entry.vtep_ipv4);
     }
@@ -179,6 +187,17 @@ fn prepare(ctx: &TcContext, t: &Target) -> Result<(), DropReason> {
     Ok(())
 }
 
+/// Sends the frame itself to local port `ifindex` (a device or a subport).
+#[inline(always)]
+pub fn send_to_port(
+    ctx: &TcContext,
+    meta: &Meta,
+    ifindex: u32,
+    action: Action,
+) -> Result<Verdict, DropReason> {
+    send(ctx, meta, Target::port(ifindex)?, action)
+}
+
 /// Sends the frame itself to `t`.
 #[inline(always)]
 fn send(ctx: &TcContext, meta: &Meta, t: Target, action: Action) -> Result<Verdict, DropReason> {
@@ -197,7 +216,19 @@ fn copy(ctx: &TcContext, meta: &Meta, t: &Target) {
         trace::target(t.ifindex, t.vlan, t.vtep, t.vni);
         return;
     }
-    let done = prepare(ctx, t).is_ok() && ctx.clone_redirect(t.ifindex, 0).is_ok();
+    let prepared = prepare(ctx, t).is_ok();
+    let mut done = prepared && ctx.clone_redirect(t.ifindex, 0).is_ok();
+    // Only a subport's copy carries a tag (a VLAN wire target takes the
+    // original, last): it comes off again before the next target's copy.
+    if prepared && t.vlan != 0 && skb::vlan_pop(ctx).is_err() {
+        done = false;
+    }
+    count_copy(meta, done);
+}
+
+/// Counts one flood copy, made or failed.
+#[inline(always)]
+fn count_copy(meta: &Meta, done: bool) {
     if !meta.dry_run {
         stats::count_action(meta.slot, if done { Action::FloodCopies } else { Action::FloodCopyFailed }, 1);
     }
@@ -230,7 +261,11 @@ extern "C" fn flood_port(i: u64, flood: *mut c_void) -> i64 {
     let set = unsafe { &*f.ports };
     let Some(target) = at(&set.ifindex, i as usize) else { return 1 };
     if target != 0 && target != f.ingress && target != f.original {
-        copy(f.ctx, f.meta, &Target::port(target));
+        match Target::port(target) {
+            Ok(t) => copy(f.ctx, f.meta, &t),
+            Err(_) if !f.meta.dry_run => count_copy(f.meta, false),
+            Err(_) => {}
+        }
     }
     0
 }
@@ -330,7 +365,9 @@ fn flood(
         && let Some(set) = ports
     {
         original = last_member(set, ingress);
-        last = Target::port(original);
+        if original != 0 {
+            last = Target::port(original)?;
+        }
     }
     if last.ifindex == 0 {
         return Err(DropReason::FloodNoTarget);

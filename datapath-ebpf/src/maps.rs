@@ -12,9 +12,10 @@ use aya_ebpf::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_TUNNEL_PEERS, MAX_UNDERLAYS,
-    MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey,
-    SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, UnderlayInfo, VtepSet,
+    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_SUBPORTS, MAX_TUNNEL_PEERS,
+    MAX_UNDERLAYS, MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo,
+    SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey,
+    UnderlayInfo, VtepSet,
 };
 
 #[map]
@@ -79,6 +80,12 @@ pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(MAX_CO
 
 #[map]
 pub static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(MAX_SG_FRAGS, 0);
+
+#[map]
+pub static SUBPORTS: HashMap<u32, TrunkVid> = HashMap::with_max_entries(MAX_SUBPORTS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static TRUNK_VIDS: HashMap<TrunkVid, u32> = HashMap::with_max_entries(MAX_SUBPORTS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

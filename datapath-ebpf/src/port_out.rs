@@ -4,11 +4,11 @@
 //! copy), so this is where the port's ingress security-group rules apply.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS};
+use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS, TrunkVid};
 
 use crate::{
-    maps::PORTS,
-    parse::{ETH_LEN, Eth, Pkt},
+    maps::{PORTS, TRUNK_VIDS},
+    parse::{ETH_LEN, ETH_P_8021Q, Eth, Pkt},
     secgroup::{self, At},
     skb,
     verdict::{Meta, Verdict},
@@ -18,17 +18,30 @@ const PASS: Verdict = Verdict { action: Action::Delivered, ret: TC_ACT_OK };
 
 #[inline(always)]
 pub fn try_vm_port_out(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReason> {
-    let ifindex = skb::ifindex(ctx);
+    let mut ifindex = skb::ifindex(ctx);
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
-    let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+    let mut port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+    // The datapath delivers untagged frames, but a subport's get its VLAN id
+    // (offloaded): it is the subport's delivery, to count and filter as its own.
+    let tag = skb::hw_vlan(ctx);
+    if let Some((ETH_P_8021Q, vid)) = tag
+        && vid != 0
+        // SAFETY: as above.
+        && let Some(&sub) = unsafe { TRUNK_VIDS.get(TrunkVid { parent_ifindex: ifindex, vid: vid as u32 }) }
+    {
+        ifindex = sub;
+        // SAFETY: as above.
+        port = *unsafe { PORTS.get(sub) }.ok_or(DropReason::PortUnknown)?;
+    } else if tag.is_some() {
+        // Not from the datapath (nor a subport's); the filter looks at IP
+        // only, and a tagged frame is not IP to it.
+        meta.slot = port.stats_slot;
+        meta.net_index = port.net_index;
+        return Ok(PASS);
+    }
     meta.slot = port.stats_slot;
     meta.net_index = port.net_index;
     if port.flags & PORT_F_SECGROUPS == 0 {
-        return Ok(PASS);
-    }
-    // An offloaded tag never comes from the datapath, which delivers
-    // untagged frames; the filter looks at IP only, so a tagged frame is not IP.
-    if skb::hw_vlan(ctx).is_some() {
         return Ok(PASS);
     }
     let eth = Eth::parse(&Pkt::linear(ctx))?;

@@ -4,14 +4,14 @@
 
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
-    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_SECGROUPS,
-    SG_DIR_EGRESS,
+    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_SECGROUPS, PortInfo,
+    SG_DIR_EGRESS, TrunkVid,
 };
 
 use crate::{
     antispoof, arp,
     forward::{self, From},
-    maps::{NETWORKS, PORTS},
+    maps::{NETWORKS, PORTS, TRUNK_VIDS},
     parse::{
         self, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero,
     },
@@ -21,37 +21,36 @@ use crate::{
 
 #[inline(always)]
 pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReason> {
-    let ifindex = skb::ifindex(ctx);
+    let mut ifindex = skb::ifindex(ctx);
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
-    let port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+    let mut port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
     meta.slot = port.stats_slot;
-    if port.flags & PORT_F_BOUND == 0 {
-        return Err(DropReason::PortUnbound);
-    }
-    if port.flags & PORT_F_ADMIN_UP == 0 {
-        return Err(DropReason::PortAdminDown);
-    }
+    check_state(&port)?;
     meta.net_index = port.net_index;
 
-    // A VM owns no VLANs: only an 802.1Q priority tag (VID 0) is accepted, and
-    // stripped. Popping a tag moves the next one (if any) into the skb's
-    // offloaded tag, so the checks after the pops catch double tags too.
-    if let Some((tpid, vid)) = skb::hw_vlan(ctx) {
-        if vid != 0 || tpid != ETH_P_8021Q {
+    // A VM owns no VLANs but its trunk's: a frame tagged with one of its
+    // subports' VLAN ids is that subport's, from here on as if it came from a
+    // port of its own. Otherwise only an 802.1Q priority tag (VID 0) is
+    // accepted. Either is stripped; popping a tag moves the next one (if any)
+    // into the skb's offloaded tag, so the checks after the pop catch double tags.
+    if let Some((tpid, vid)) = outer_tag(ctx)? {
+        if tpid != ETH_P_8021Q {
             return Err(DropReason::VmTagged);
+        }
+        if vid != 0 {
+            let key = TrunkVid { parent_ifindex: ifindex, vid: vid as u32 };
+            // SAFETY: as above.
+            ifindex = *unsafe { TRUNK_VIDS.get(key) }.ok_or(DropReason::VmTagged)?;
+            // SAFETY: as above.
+            port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
+            meta.slot = port.stats_slot;
+            check_state(&port)?;
+            meta.net_index = port.net_index;
         }
         skb::vlan_pop(ctx)?;
     }
-    let mut pkt = Pkt::linear(ctx);
-    let mut eth = Eth::parse(&pkt)?;
-    if eth.ethertype == ETH_P_8021Q || eth.ethertype == ETH_P_8021AD {
-        if eth.ethertype == ETH_P_8021AD || pkt.be16_at(ETH_LEN)? & 0x0fff != 0 {
-            return Err(DropReason::VmTagged);
-        }
-        skb::vlan_pop(ctx)?;
-        pkt = Pkt::linear(ctx);
-        eth = Eth::parse(&pkt)?;
-    }
+    let pkt = Pkt::linear(ctx);
+    let eth = Eth::parse(&pkt)?;
     if skb::hw_vlan(ctx).is_some() || eth.ethertype == ETH_P_8021Q || eth.ethertype == ETH_P_8021AD {
         return Err(DropReason::VmTagged);
     }
@@ -74,6 +73,34 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
         secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
     }
     bridge(ctx, meta, port.net_index, ifindex, &eth)
+}
+
+/// A port's frames pass only when it is bound here and up.
+#[inline(always)]
+fn check_state(port: &PortInfo) -> Result<(), DropReason> {
+    if port.flags & PORT_F_BOUND == 0 {
+        return Err(DropReason::PortUnbound);
+    }
+    if port.flags & PORT_F_ADMIN_UP == 0 {
+        return Err(DropReason::PortAdminDown);
+    }
+    Ok(())
+}
+
+/// The frame's outer tag, offloaded or in the frame: (TPID, VID).
+#[inline(always)]
+fn outer_tag(ctx: &TcContext) -> Result<Option<(u16, u16)>, DropReason> {
+    if let Some(tag) = skb::hw_vlan(ctx) {
+        return Ok(Some(tag));
+    }
+    let pkt = Pkt::linear(ctx);
+    let eth = Eth::parse(&pkt)?;
+    match eth.ethertype {
+        ETH_P_8021Q => Ok(Some((ETH_P_8021Q, pkt.be16_at(ETH_LEN)? & 0x0fff))),
+        // Refused whatever it holds, so its VID is not read.
+        ETH_P_8021AD => Ok(Some((ETH_P_8021AD, 0))),
+        _ => Ok(None),
+    }
 }
 
 /// Delivers a frame the port may send: the ARP responder of tunnel

@@ -26,7 +26,8 @@ use aya::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort,
-    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TunnelPeerKey, UnderlayInfo, VtepSet, names,
+    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey, UnderlayInfo, VtepSet,
+    names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -303,6 +304,8 @@ macro_rules! declare_maps {
 
 declare_maps! {
     synced {
+        /// A subport's parent and VLAN id, before anything names the subport.
+        subports: HashMap<MapData, u32, TrunkVid> = names::SUBPORTS,
         networks: HashMap<MapData, u32, NetInfo> = names::NETWORKS,
         segments: HashMap<MapData, SegmentKey, u32> = names::NET_BY_SEGMENT,
         allowed_macs: HashMap<MapData, MacKey, u32> = names::ALLOWED_MACS,
@@ -323,6 +326,8 @@ declare_maps! {
         sg_remote_v6: LpmTrie<MapData, SgRemoteKeyV6, u32> = names::SG_REMOTE_V6,
         sg_ports: HashMap<MapData, u32, SgPort> = names::SG_PORTS,
         ports: HashMap<MapData, u32, PortInfo> = names::PORTS,
+        /// The trunks' VLAN ids, once their subports' entries are there.
+        trunk_vids: HashMap<MapData, TrunkVid, u32> = names::TRUNK_VIDS,
     }
     kernel {
         /// MACs learned from the wire (LRU; aged by the agent).
@@ -419,6 +424,14 @@ mod tests {
             assert!(at(table) < at(names::SG_PORTS), "a policy is whole before a port points at it");
         }
         assert!(at(names::SG_PORTS) < at(names::PORTS), "a port's policy exists before the port does");
-        assert_eq!(synced.last(), Some(&names::PORTS), "a port's entries exist before the port does");
+        assert_eq!(synced[synced.len() - 2], names::PORTS, "a port's entries exist before the port does");
+        for named in [names::FDB, names::FLOOD_SETS, names::PORTS] {
+            assert!(at(names::SUBPORTS) < at(named), "a subport's parent is known before {named} names it");
+        }
+        assert_eq!(
+            synced.last(),
+            Some(&names::TRUNK_VIDS),
+            "a VLAN leads to a subport only once it is whole"
+        );
     }
 }

@@ -12,6 +12,7 @@ mod learning;
 mod monitor;
 mod scenario;
 mod secgroups;
+mod trunk;
 mod tunnel;
 mod underlay_xdp;
 mod uplink_xdp;

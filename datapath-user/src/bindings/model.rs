@@ -63,6 +63,35 @@ pub struct Port {
     /// says nothing about groups (no `security_groups` key): the port is not
     /// filtered. Neutron always sends the key, an empty list denies all.
     pub security_groups: Option<Vec<String>>,
+    /// Set when the port is a subport of a trunk: it has no device of its
+    /// own and lives on its parent's tap, under a VLAN id.
+    pub subport: Option<SubportOf>,
+    /// Set when the port is a trunk's parent: the trunk's id.
+    pub trunk: Option<String>,
+}
+
+/// Where a subport lives: on its parent's tap, under the VM's VLAN id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubportOf {
+    /// The trunk's id.
+    pub trunk_id: String,
+    /// The parent port's id (its tap is the subport's device).
+    pub parent_id: String,
+    /// The VLAN id the VM tags the subport's frames with (1..=4094); never on the wire.
+    pub vid: u16,
+}
+
+/// A trunk (Neutron's `GET /v2.0/trunks`), validated: its parent and subports are accepted ports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trunk {
+    /// The trunk's UUID.
+    pub id: String,
+    /// The parent port's id.
+    pub port_id: String,
+    /// The accepted subports: (port id, VLAN id), in document order.
+    pub sub_ports: Vec<(String, u16)>,
+    /// Neutron locks a trunk that is down against changes; traffic is not affected.
+    pub admin_state_up: bool,
 }
 
 /// One allowed address pair of a port.
@@ -109,6 +138,8 @@ pub struct Bindings {
     pub security_groups: Vec<SecurityGroup>,
     /// Address groups.
     pub address_groups: Vec<AddressGroup>,
+    /// Accepted trunks (their ports carry `trunk` and `subport`).
+    pub trunks: Vec<Trunk>,
     /// Entries that were refused.
     pub refused: Vec<Refusal>,
 }
@@ -126,9 +157,15 @@ impl Bindings {
 }
 
 impl Port {
-    /// The device name Nova/Neutron give the port: "tap" + the first 11 characters of the id.
+    /// The device name Nova/Neutron give the port: "tap" + the first 11
+    /// characters of the id. A subport has no device: its name is the
+    /// parent's tap and the VLAN id, as a VLAN subinterface's would be
+    /// ("tap0123abcd-ef.101"), which no real device name matches.
     pub fn device_name(&self) -> String {
-        device_name(&self.id)
+        match &self.subport {
+            Some(s) => subport_device_name(&s.parent_id, s.vid),
+            None => device_name(&self.id),
+        }
     }
 
     /// Whether Neutron exempts the port from anti-spoofing: port_security_enabled false, or a "network:*" owner.
@@ -141,4 +178,9 @@ impl Port {
     pub fn is_network_owned(&self) -> bool {
         self.device_owner.starts_with("network:")
     }
+}
+
+/// The name of a subport's (virtual) device: its parent's tap, a dot and the VLAN id.
+pub fn subport_device_name(parent_id: &str, vid: u16) -> String {
+    format!("{}.{vid}", device_name(parent_id))
 }

@@ -1,5 +1,7 @@
 //! Reading a binding document: entry by entry, each field checked, a
 //! broken entry refused on its own with a reason that names the field.
+//! Trunks are read after the ports they name, and mark them as parents and
+//! subports; a bad subport costs only itself, not its trunk.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 
 use super::{
-    AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal,
+    AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal, SubportOf, Trunk,
     addr::{DEVICE_ID_CHARS, device_name, format_mac, parse_cidr, parse_mac},
     secgroups,
 };
@@ -55,7 +57,15 @@ impl Bindings {
 
         let mut out = Bindings::default();
         let refused_nets = out.read_networks(networks);
-        out.read_ports(ports, &refused_nets);
+        let refused_ports = out.read_ports(ports, &refused_nets);
+        // Trunks name ports, so they come after them; like agents, a broken list costs only itself.
+        match doc.get("trunks") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(trunks)) => out.read_trunks(trunks, &refused_ports),
+            Some(other) => {
+                out.refuse("trunks".into(), format!("\"trunks\" is {}, not an array", kind(other)))
+            }
+        }
         // Like agents, security groups are optional, and a broken list costs only itself.
         for key in ["security_groups", "address_groups"] {
             match doc.get(key) {
@@ -110,7 +120,9 @@ impl Bindings {
         refused
     }
 
-    fn read_ports(&mut self, entries: &[Value], refused_nets: &HashSet<String>) {
+    // Returns the ids of the ports it refused.
+    fn read_ports(&mut self, entries: &[Value], refused_nets: &HashSet<String>) -> HashSet<String> {
+        let mut refused = HashSet::new();
         let accepted_nets: HashSet<String> = self.networks.iter().map(|n| n.id.clone()).collect();
         let mut seen: HashMap<String, usize> = HashMap::new();
         // (network id, MAC) -> the port that claimed it first.
@@ -129,6 +141,7 @@ impl Bindings {
             let port = match as_object(entry).and_then(port_from) {
                 Ok(port) => port,
                 Err(reason) => {
+                    refused.extend(id.map(str::to_string));
                     self.refuse(what, reason);
                     continue;
                 }
@@ -141,6 +154,7 @@ impl Bindings {
                     "is not among the networks"
                 };
                 self.refuse(what, format!("network_id {:?}: unknown network (it {why})", port.network_id));
+                refused.insert(port.id);
                 continue;
             }
             // Two ports of one host with one tap name (the first 11 characters of
@@ -151,19 +165,23 @@ impl Bindings {
                     what,
                     format!("its device {} is already the device of port {other}", port.device_name()),
                 );
+                refused.insert(port.id);
                 continue;
             }
             // Two ports with one MAC on one network would steal each other's
             // traffic in the FDB; the first in file order keeps it.
             match macs.get(&(port.network_id.clone(), port.mac)) {
-                Some(other) => self.refuse(
-                    what,
-                    format!(
-                        "mac_address {} is already used on network {} by port {other}",
-                        format_mac(&port.mac),
-                        port.network_id
-                    ),
-                ),
+                Some(other) => {
+                    self.refuse(
+                        what,
+                        format!(
+                            "mac_address {} is already used on network {} by port {other}",
+                            format_mac(&port.mac),
+                            port.network_id
+                        ),
+                    );
+                    refused.insert(port.id);
+                }
                 None => {
                     macs.insert((port.network_id.clone(), port.mac), port.id.clone());
                     devices.insert((port.host.clone(), port.device_name()), port.id.clone());
@@ -171,6 +189,7 @@ impl Bindings {
                 }
             }
         }
+        refused
     }
 
     fn read_agents(&mut self, entries: &[Value]) {
@@ -180,6 +199,179 @@ impl Bindings {
                 Ok(agent) => self.agents.push(agent),
                 Err(reason) => self.refuse(what, reason),
             }
+        }
+    }
+
+    // Reads the trunks, after the ports: a trunk's parent and subports must
+    // be accepted ports, and each port belongs to one trunk at most (the
+    // first in file order). A bad subport is refused on its own; its trunk
+    // keeps the others.
+    fn read_trunks(&mut self, entries: &[Value], refused_ports: &HashSet<String>) {
+        let mut refs = PortRefs {
+            index: self.ports.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect(),
+            refused: refused_ports,
+            claimed: HashMap::new(),
+        };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let (what, id) = label(entry, "trunks", "trunk", "id", i);
+            if let Some(id) = id {
+                if let Some(j) = seen.get(id) {
+                    self.refuse(what, format!("duplicate id: trunks[{j}] has the same id"));
+                    continue;
+                }
+                seen.insert(id.to_string(), i);
+            }
+            let parsed = as_object(entry).and_then(trunk_from).and_then(|t| {
+                let parent = self.trunk_parent(&t, &refs)?;
+                Ok((t, parent))
+            });
+            let (t, parent) = match parsed {
+                Ok(ok) => ok,
+                Err(reason) => {
+                    self.refuse(what, reason);
+                    continue;
+                }
+            };
+            refs.claimed.insert(t.port_id.to_string(), format!("the parent of trunk {}", t.id));
+            // VLAN id -> the index of the accepted subport that has it.
+            let mut vids: HashMap<u16, usize> = HashMap::new();
+            let mut sub_ports = Vec::new();
+            for (k, sub) in t.sub_ports.iter().enumerate() {
+                let checked = subport_from(k, sub)
+                    .and_then(|(port_id, vid)| self.trunk_subport(k, port_id, vid, parent, &refs, &vids));
+                match checked {
+                    Ok((p, vid)) => {
+                        let port = &mut self.ports[p];
+                        refs.claimed.insert(port.id.clone(), format!("a subport of trunk {}", t.id));
+                        vids.insert(vid, k);
+                        port.subport = Some(SubportOf {
+                            trunk_id: t.id.to_string(),
+                            parent_id: t.port_id.to_string(),
+                            vid,
+                        });
+                        sub_ports.push((port.id.clone(), vid));
+                    }
+                    Err(reason) => self.refuse(what.clone(), reason),
+                }
+            }
+            self.ports[parent].trunk = Some(t.id.to_string());
+            self.trunks.push(Trunk {
+                id: t.id.to_string(),
+                port_id: t.port_id.to_string(),
+                sub_ports,
+                admin_state_up: t.admin_state_up,
+            });
+        }
+    }
+
+    // The index of a trunk's parent port, if it may be one.
+    fn trunk_parent(&self, t: &TrunkEntry, refs: &PortRefs) -> Result<usize, String> {
+        let parent = refs.unclaimed("port_id", t.port_id)?;
+        // The subports live on the parent's tap, and they are bound where it is.
+        if self.ports[parent].host.is_empty() {
+            return Err(format!(
+                "port_id {:?}: the parent port is bound to no host (its binding:host_id is empty)",
+                t.port_id
+            ));
+        }
+        Ok(parent)
+    }
+
+    // Checks a trunk's k-th subport against the ports and the trunks read so
+    // far (`vids`: the VLAN ids its trunk's earlier subports took); returns
+    // its port's index and its VLAN id.
+    fn trunk_subport(
+        &self,
+        k: usize,
+        port_id: &str,
+        vid: u16,
+        parent: usize,
+        refs: &PortRefs,
+        vids: &HashMap<u16, usize>,
+    ) -> Result<(usize, u16), String> {
+        let field = format!("sub_ports[{k}].port_id");
+        if refs.index.get(port_id) == Some(&parent) {
+            return Err(format!("{field} {port_id:?} is the trunk's parent port"));
+        }
+        let p = refs.unclaimed(&field, port_id)?;
+        if let Some(j) = vids.get(&vid) {
+            return Err(format!("sub_ports[{k}].segmentation_id {vid} is already subport sub_ports[{j}]'s"));
+        }
+        // Neutron binds a subport to its parent's host; elsewhere it would have no tap to live on.
+        let (host, parent_host) = (&self.ports[p].host, &self.ports[parent].host);
+        if host != parent_host {
+            let bound = if host.is_empty() {
+                "is bound to no host".to_string()
+            } else {
+                format!("is bound to host {host:?}")
+            };
+            return Err(format!("{field} {port_id:?} {bound}, not to its parent's host {parent_host:?}"));
+        }
+        Ok((p, vid))
+    }
+}
+
+// A trunk entry's own fields, before its ports are looked up.
+struct TrunkEntry<'a> {
+    id: &'a str,
+    port_id: &'a str,
+    admin_state_up: bool,
+    sub_ports: &'a [Value],
+}
+
+fn trunk_from(obj: &Object) -> Result<TrunkEntry<'_>, String> {
+    Ok(TrunkEntry {
+        id: required_str(obj, "id")?,
+        port_id: required_str(obj, "port_id")?,
+        admin_state_up: opt_bool(obj, "admin_state_up")?.unwrap_or(true),
+        sub_ports: opt_array(obj, "sub_ports")?,
+    })
+}
+
+// The k-th subport's own fields: its port id and VLAN id.
+fn subport_from(k: usize, entry: &Value) -> Result<(&str, u16), String> {
+    let field = format!("sub_ports[{k}]");
+    let obj = entry.as_object().ok_or_else(|| format!("{field} is {}, not an object", kind(entry)))?;
+    let port_id = required_str(obj, "port_id").map_err(|e| format!("{field}.{e}"))?;
+    match opt_str(obj, "segmentation_type").map_err(|e| format!("{field}.{e}"))? {
+        Some("vlan") => {}
+        // "inherit" would take the subport network's segmentation id; Neutron's
+        // OVS and Linux bridge trunk drivers refuse it too.
+        Some(other) => {
+            return Err(format!(
+                "{field}.segmentation_type {other:?} is not supported: only \"vlan\" is, \
+                 as with Neutron's OVS and Linux bridge drivers"
+            ));
+        }
+        None => return Err(format!("{field}.segmentation_type is missing; it must be \"vlan\"")),
+    }
+    let vid = opt_uint(obj, "segmentation_id").map_err(|e| format!("{field}.{e}"))?;
+    let vid = in_range(vid, &format!("{field}.segmentation_id"), VLAN_RANGE, "VLAN id")?;
+    // In range, so it fits.
+    Ok((port_id, vid as u16))
+}
+
+// What the trunks read so far know of the ports.
+struct PortRefs<'a> {
+    // Accepted port id -> its index in `Bindings::ports`.
+    index: HashMap<String, usize>,
+    // The ids of the refused ports, to say why a reference to one fails.
+    refused: &'a HashSet<String>,
+    // Port id -> its place in the trunk that took it first: "the parent of trunk t1".
+    claimed: HashMap<String, String>,
+}
+
+impl PortRefs<'_> {
+    // The index of the accepted port `id`, if no trunk has it yet; `field` names the reference in reasons.
+    fn unclaimed(&self, field: &str, id: &str) -> Result<usize, String> {
+        let Some(&p) = self.index.get(id) else {
+            let why = if self.refused.contains(id) { "was refused" } else { "is not among the ports" };
+            return Err(format!("{field} {id:?} is not an accepted port (it {why})"));
+        };
+        match self.claimed.get(id) {
+            Some(place) => Err(format!("{field} {id:?} is already {place}")),
+            None => Ok(p),
         }
     }
 }
@@ -346,6 +538,8 @@ fn port_from(obj: &Object) -> Result<Port, String> {
         port_security_enabled: opt_bool(obj, "port_security_enabled")?.unwrap_or(true),
         allowed_address_pairs,
         security_groups,
+        subport: None,
+        trunk: None,
     })
 }
 
@@ -548,6 +742,8 @@ mod tests {
                         mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
                     }],
                     security_groups: None,
+                    subport: None,
+                    trunk: None,
                 }],
                 agents: vec![Agent {
                     host: "node1".into(),
@@ -556,6 +752,7 @@ mod tests {
                 }],
                 security_groups: vec![],
                 address_groups: vec![],
+                trunks: vec![],
                 refused: vec![],
             }
         );
@@ -606,6 +803,8 @@ mod tests {
                 port_security_enabled: true,
                 allowed_address_pairs: vec![],
                 security_groups: None,
+                subport: None,
+                trunk: None,
             }
         );
     }
@@ -1057,6 +1256,277 @@ mod tests {
         b["binding:host_id"] = json!("node2");
         let got = parse(&json!({"networks": [vlan("net-a", 10)], "ports": [a, b]}));
         assert_eq!((got.ports.len(), got.refused.len()), (2, 0), "{:?}", got.refused);
+    }
+
+    // A document for the trunk tests: ports 1..=5 on node0, 6 unbound, 7 on
+    // node1, 8 refused (unknown network); trunk t0 (parent 1, subport 2 on
+    // VLAN 100) before `trunks`.
+    fn with_trunks(trunks: &[Value]) -> Bindings {
+        let mut ports: Vec<Value> = (1..=5).map(|n| port(&pid(n), "net-a", &mac(n))).collect();
+        let mut unbound = port(&pid(6), "net-a", &mac(6));
+        unbound["binding:host_id"] = json!("");
+        let mut elsewhere = port(&pid(7), "net-b", &mac(7));
+        elsewhere["binding:host_id"] = json!("node1");
+        ports.extend([unbound, elsewhere, port(&pid(8), "net-zz", &mac(8))]);
+        let mut all = vec![json!({"id": "t0", "port_id": pid(1), "sub_ports": [
+            {"port_id": pid(2), "segmentation_type": "vlan", "segmentation_id": 100}]})];
+        all.extend(trunks.iter().cloned());
+        let b = parse(
+            &json!({"networks": [vlan("net-a", 10), vlan("net-b", 11)], "ports": ports, "trunks": all}),
+        );
+        assert_eq!(b.ports.len(), 7, "{:?}", b.refused);
+        assert_refusal(&b.refused[0], &format!("port {}", pid(8)), "unknown network");
+        assert_eq!(b.trunks[0].sub_ports, [(pid(2), 100)], "{:?}", b.refused);
+        b
+    }
+
+    fn sub(port_id: &str, vid: u16) -> Value {
+        json!({"port_id": port_id, "segmentation_type": "vlan", "segmentation_id": vid})
+    }
+
+    // (trunk id, parent, subport) annotations of the ports, for the ones that have any.
+    fn annotations(b: &Bindings) -> Vec<(String, Option<String>, Option<SubportOf>)> {
+        b.ports
+            .iter()
+            .filter(|p| p.trunk.is_some() || p.subport.is_some())
+            .map(|p| (p.id.clone(), p.trunk.clone(), p.subport.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn trunk_parses_exactly() {
+        let mut other_net = port(&pid(2), "net-b", &mac(2));
+        other_net["device_owner"] = json!("trunk:subport");
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10), vlan("net-b", 11)],
+            "ports": [port(&pid(1), "net-a", &mac(1)), other_net, port(&pid(3), "net-a", &mac(3)),
+                port(&pid(4), "net-a", &mac(4)), port(&pid(5), "net-a", &mac(5))],
+            "trunks": [
+                {"id": "t1", "port_id": pid(1), "admin_state_up": false, "name": "x", "status": "ACTIVE",
+                 "sub_ports": [
+                    {"port_id": pid(2), "segmentation_type": "vlan", "segmentation_id": 101},
+                    {"port_id": pid(3), "segmentation_type": "vlan", "segmentation_id": 4094,
+                     "mac_address": "x"},
+                ]},
+                {"id": "t2", "port_id": pid(4), "sub_ports": null, "admin_state_up": null},
+            ],
+        }));
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        assert_eq!(
+            b.trunks,
+            [
+                Trunk {
+                    id: "t1".into(),
+                    port_id: pid(1),
+                    sub_ports: vec![(pid(2), 101), (pid(3), 4094)],
+                    admin_state_up: false,
+                },
+                Trunk { id: "t2".into(), port_id: pid(4), sub_ports: vec![], admin_state_up: true },
+            ]
+        );
+        let of = |vid| Some(SubportOf { trunk_id: "t1".into(), parent_id: pid(1), vid });
+        assert_eq!(
+            annotations(&b),
+            [
+                (pid(1), Some("t1".into()), None),
+                (pid(2), None, of(101)),
+                (pid(3), None, of(4094)),
+                (pid(4), Some("t2".into()), None),
+            ]
+        );
+        assert_eq!(b.ports[4].subport, None);
+        assert_eq!(b.ports[4].trunk, None);
+        // A subport lives on its parent's tap.
+        assert_eq!(b.ports[0].device_name(), "tap00000001-00");
+        assert_eq!(b.ports[1].device_name(), "tap00000001-00.101");
+        assert_eq!(b.ports[2].device_name(), "tap00000001-00.4094");
+        // The trunks change no other field of the ports.
+        let plain =
+            parse(&json!({"networks": [vlan("net-a", 10)], "ports": [port(&pid(3), "net-a", &mac(3))]}));
+        assert_eq!(Port { subport: None, ..b.ports[2].clone() }, plain.ports[0]);
+    }
+
+    #[test]
+    fn no_trunks() {
+        for trunks in [json!(null), json!([])] {
+            let b = parse(&json!({
+                "networks": [vlan("net-a", 10)],
+                "ports": [port(&pid(1), "net-a", &mac(1))],
+                "trunks": trunks,
+            }));
+            assert!(b.refused.is_empty(), "{:?}", b.refused);
+            assert!(b.trunks.is_empty());
+            assert!(annotations(&b).is_empty());
+        }
+    }
+
+    #[test]
+    fn trunk_refusals() {
+        let not_accepted =
+            |n: u8, why: &str| format!("port_id {:?} is not an accepted port (it {why})", pid(n));
+        let cases: Vec<(Value, &str, String)> = vec![
+            (json!("t9"), "trunks[1]", "the entry is a string, not an object".into()),
+            (json!({"port_id": pid(3)}), "trunks[1]", "id is missing".into()),
+            (json!({"id": "", "port_id": pid(3)}), "trunks[1]", "id is empty".into()),
+            (
+                json!({"id": "t0", "port_id": pid(3)}),
+                "trunk t0",
+                "duplicate id: trunks[0] has the same id".into(),
+            ),
+            (json!({"id": "t9"}), "trunk t9", "port_id is missing".into()),
+            (json!({"id": "t9", "port_id": 3}), "trunk t9", "port_id must be a string, not 3".into()),
+            (
+                json!({"id": "t9", "port_id": pid(3), "admin_state_up": "yes"}),
+                "trunk t9",
+                "admin_state_up must be true or false, not \"yes\"".into(),
+            ),
+            (
+                json!({"id": "t9", "port_id": pid(3), "sub_ports": {}}),
+                "trunk t9",
+                "sub_ports must be an array, not {}".into(),
+            ),
+            (json!({"id": "t9", "port_id": pid(9)}), "trunk t9", not_accepted(9, "is not among the ports")),
+            (json!({"id": "t9", "port_id": pid(8)}), "trunk t9", not_accepted(8, "was refused")),
+            (
+                json!({"id": "t9", "port_id": pid(6)}),
+                "trunk t9",
+                format!(
+                    "port_id {:?}: the parent port is bound to no host (its binding:host_id is empty)",
+                    pid(6)
+                ),
+            ),
+            (
+                json!({"id": "t9", "port_id": pid(1)}),
+                "trunk t9",
+                format!("port_id {:?} is already the parent of trunk t0", pid(1)),
+            ),
+            (
+                json!({"id": "t9", "port_id": pid(2)}),
+                "trunk t9",
+                format!("port_id {:?} is already a subport of trunk t0", pid(2)),
+            ),
+        ];
+        for (trunk, what, reason) in cases {
+            let b = with_trunks(std::slice::from_ref(&trunk));
+            assert_eq!(b.trunks.len(), 1, "{trunk}: {:?}", b.refused);
+            assert_eq!(b.refused.len(), 2, "{trunk}: {:?}", b.refused);
+            assert_refusal(&b.refused[1], what, &reason);
+            assert_eq!(annotations(&b).len(), 2, "{trunk}");
+        }
+    }
+
+    #[test]
+    fn subport_refusals() {
+        let p = |n: u8| format!("sub_ports[1].port_id {:?}", pid(n));
+        let cases: Vec<(Value, String)> = vec![
+            (json!(5), "sub_ports[1] is a number, not an object".into()),
+            (
+                json!({"segmentation_type": "vlan", "segmentation_id": 201}),
+                "sub_ports[1].port_id is missing".into(),
+            ),
+            (sub(&pid(9), 201), format!("{} is not an accepted port (it is not among the ports)", p(9))),
+            (sub(&pid(8), 201), format!("{} is not an accepted port (it was refused)", p(8))),
+            (sub(&pid(3), 201), format!("{} is the trunk's parent port", p(3))),
+            (sub(&pid(1), 201), format!("{} is already the parent of trunk t0", p(1))),
+            (sub(&pid(2), 201), format!("{} is already a subport of trunk t0", p(2))),
+            (sub(&pid(4), 201), format!("{} is already a subport of trunk t9", p(4))),
+            (
+                json!({"port_id": pid(5), "segmentation_type": "inherit"}),
+                "sub_ports[1].segmentation_type \"inherit\" is not supported: only \"vlan\" is, \
+                 as with Neutron's OVS and Linux bridge drivers"
+                    .into(),
+            ),
+            (
+                json!({"port_id": pid(5), "segmentation_type": "vxlan", "segmentation_id": 201}),
+                "sub_ports[1].segmentation_type \"vxlan\" is not supported".into(),
+            ),
+            (
+                json!({"port_id": pid(5), "segmentation_id": 201}),
+                "sub_ports[1].segmentation_type is missing; it must be \"vlan\"".into(),
+            ),
+            (
+                json!({"port_id": pid(5), "segmentation_type": "vlan"}),
+                "sub_ports[1].segmentation_id is missing; it must be a VLAN id in 1..=4094".into(),
+            ),
+            (
+                json!({"port_id": pid(5), "segmentation_type": "vlan", "segmentation_id": "7"}),
+                "sub_ports[1].segmentation_id must be a non-negative integer, not \"7\"".into(),
+            ),
+            (sub(&pid(5), 0), "sub_ports[1].segmentation_id 0 is outside the VLAN id range 1..=4094".into()),
+            (
+                sub(&pid(5), 4095),
+                "sub_ports[1].segmentation_id 4095 is outside the VLAN id range 1..=4094".into(),
+            ),
+            (sub(&pid(5), 200), "sub_ports[1].segmentation_id 200 is already subport sub_ports[0]'s".into()),
+            (
+                sub(&pid(7), 201),
+                format!("{} is bound to host \"node1\", not to its parent's host \"node0\"", p(7)),
+            ),
+            (sub(&pid(6), 201), format!("{} is bound to no host, not to its parent's host \"node0\"", p(6))),
+        ];
+        for (bad, reason) in cases {
+            let b = with_trunks(&[
+                json!({"id": "t9", "port_id": pid(3), "sub_ports": [sub(&pid(4), 200), bad.clone()]}),
+            ]);
+            assert_eq!(b.refused.len(), 2, "{bad}: {:?}", b.refused);
+            assert_refusal(&b.refused[1], "trunk t9", &reason);
+            assert_eq!(
+                b.trunks[1],
+                Trunk {
+                    id: "t9".into(),
+                    port_id: pid(3),
+                    sub_ports: vec![(pid(4), 200)],
+                    admin_state_up: true
+                },
+                "{bad}"
+            );
+            assert_eq!(annotations(&b).len(), 4, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trunk_with_a_bad_subport_keeps_its_good_ones() {
+        let b = with_trunks(&[
+            // Refused whole: claims neither its parent nor its subports.
+            json!({"id": "t8", "port_id": pid(3), "admin_state_up": 1, "sub_ports": [sub(&pid(4), 5)]}),
+            json!({"id": "t9", "port_id": pid(3), "sub_ports": [
+                sub(&pid(7), 101), // bound elsewhere: refused, claims neither port nor VLAN
+                sub(&pid(4), 101),
+                sub(&pid(6), 102), // unbound: refused
+                sub(&pid(5), 102),
+                sub(&pid(7), 103), // still refused
+            ]}),
+        ]);
+        let reasons: Vec<(&str, &str)> =
+            b.refused.iter().map(|r| (r.what.as_str(), r.reason.as_str())).collect();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert_refusal(&b.refused[1], "trunk t8", "admin_state_up must be true or false, not 1");
+        assert_refusal(&b.refused[2], "trunk t9", "sub_ports[0].port_id");
+        assert_refusal(&b.refused[3], "trunk t9", "sub_ports[2].port_id");
+        assert_refusal(&b.refused[4], "trunk t9", "sub_ports[4].port_id");
+        assert_eq!(b.trunks[1].sub_ports, [(pid(4), 101), (pid(5), 102)]);
+        let of = |vid| Some(SubportOf { trunk_id: "t9".into(), parent_id: pid(3), vid });
+        assert_eq!(
+            annotations(&b)[2..],
+            [(pid(3), Some("t9".into()), None), (pid(4), None, of(101)), (pid(5), None, of(102))]
+        );
+    }
+
+    #[test]
+    fn bad_trunks_list_spares_the_rest() {
+        let b = parse(&json!({
+            "networks": [vlan("net-a", 10)],
+            "ports": [port(&pid(1), "net-a", &mac(1)), port(&pid(2), "net-a", &mac(2))],
+            "trunks": {"id": "t1", "port_id": pid(1), "sub_ports": [sub(&pid(2), 101)]},
+        }));
+        assert_eq!(b.networks.len(), 1);
+        assert_eq!(b.ports.len(), 2);
+        assert!(b.trunks.is_empty());
+        assert!(annotations(&b).is_empty());
+        assert_eq!(
+            b.refused,
+            [Refusal { what: "trunks".into(), reason: "\"trunks\" is an object, not an array".into() }]
+        );
     }
 
     #[test]

@@ -100,6 +100,8 @@ mod tests {
             admin_state_up: true,
             port_security_enabled: true,
             security_groups: None,
+            subport: None,
+            trunk: None,
             allowed_address_pairs: pairs
                 .iter()
                 .map(|(ip, prefix_len, mac)| AddressPair {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use datapath_common::{MAX_NETWORKS, MAX_PORTS, NetInfo};
+use datapath_common::{MAX_NETWORKS, MAX_PORTS, MAX_SUBPORTS, NetInfo, SUBPORT_ID_BASE, TrunkVid};
 
 use super::MapState;
 
@@ -21,8 +21,11 @@ pub struct WireId {
 pub struct Allocations {
     net_index: BTreeMap<WireId, u32>,
     slots: BTreeMap<u32, u32>,
+    /// Subports' ids by (parent tap, VLAN id).
+    subports: BTreeMap<(u32, u32), u32>,
     free_nets: Pool,
     free_slots: Pool,
+    free_subports: Pool,
     /// Devices that were in a flood list after the last derivation: they keep
     /// their place when a network is full, so a new port cannot push one out.
     flooding: BTreeSet<u32>,
@@ -33,9 +36,11 @@ impl Default for Allocations {
         Self {
             net_index: BTreeMap::new(),
             slots: BTreeMap::new(),
+            subports: BTreeMap::new(),
             // Index 0 means "no network"; slot 0 counts frames on devices the agent does not know.
             free_nets: Pool::new(1..MAX_NETWORKS),
             free_slots: Pool::new(1..MAX_PORTS),
+            free_subports: Pool::new(SUBPORT_ID_BASE + 1..SUBPORT_ID_BASE + 1 + MAX_SUBPORTS),
             flooding: BTreeSet::new(),
         }
     }
@@ -75,6 +80,10 @@ impl Allocations {
         for (ifindex, p) in &current.ports {
             a.slots.insert(*ifindex, p.stats_slot);
             a.free_slots.0.remove(&p.stats_slot);
+        }
+        for (id, sub) in &current.subports {
+            a.subports.insert((sub.parent_ifindex, sub.vid), *id);
+            a.free_subports.0.remove(id);
         }
         for set in current.flood_sets.values() {
             let n = (set.count as usize).min(set.ifindex.len());
@@ -132,12 +141,37 @@ impl Allocations {
         Some(slot)
     }
 
+    /// Frees the id of a subport no longer programmed.
+    pub(super) fn release_subport(&mut self, sub: &TrunkVid) {
+        if let Some(id) = self.subports.remove(&(sub.parent_ifindex, sub.vid)) {
+            self.free_subports.0.insert(id);
+        }
+    }
+
+    /// The id of the subport `vid` of the trunk on tap `parent_ifindex`: kept
+    /// while the pair is in use (connections and counters are keyed by it).
+    pub(super) fn subport_id(&mut self, parent_ifindex: u32, vid: u32) -> Option<u32> {
+        if let Some(id) = self.subports.get(&(parent_ifindex, vid)) {
+            return Some(*id);
+        }
+        let id = self.free_subports.take()?;
+        self.subports.insert((parent_ifindex, vid), id);
+        Some(id)
+    }
+
+    /// The id a subport already has, without numbering it.
+    pub(super) fn subport_of(&self, parent_ifindex: u32, vid: u32) -> Option<u32> {
+        self.subports.get(&(parent_ifindex, vid)).copied()
+    }
+
     /// Forgets numbers no longer in use, so they can be reused.
     pub(super) fn retain(&mut self, nets: &BTreeSet<WireId>, ports: &BTreeSet<u32>) {
         let free = &mut self.free_nets;
         self.net_index.retain(|id, idx| free.keep_or_free(nets.contains(id), *idx));
         let free = &mut self.free_slots;
         self.slots.retain(|ifindex, slot| free.keep_or_free(ports.contains(ifindex), *slot));
+        let free = &mut self.free_subports;
+        self.subports.retain(|_, id| free.keep_or_free(ports.contains(id), *id));
     }
 
     /// Stats slot of a device, if it has one.

@@ -68,6 +68,8 @@ pub struct Engine {
     attach: BTreeMap<u32, Attachment>,
     /// The device of every port bound here -> its network.
     device_net: BTreeMap<String, String>,
+    /// Subport id -> the subport's device name ("tap...-xx.101"), for subports numbered here.
+    subport_devices: BTreeMap<u32, String>,
     /// (network type, segment) -> the shards that claim it.
     claims: BTreeMap<(u32, u32), BTreeSet<String>>,
     /// Each shard's claim and place in the source's order.
@@ -105,6 +107,7 @@ impl Engine {
             state: MapState::default(),
             attach: BTreeMap::new(),
             device_net: BTreeMap::new(),
+            subport_devices: BTreeMap::new(),
             claims: BTreeMap::new(),
             shard_meta: BTreeMap::new(),
             security,
@@ -187,6 +190,11 @@ impl Engine {
             }
         };
         nets.extend(moved.iter().filter_map(|d| self.device_net.get(d)).cloned());
+        // A trunk's subports live on its parent's tap ("tap...-xx.101"): they follow it.
+        for d in moved {
+            let subports = self.device_net.range(format!("{d}.")..format!("{d}/"));
+            nets.extend(subports.map(|(_, net)| net.clone()));
+        }
         let wires = ports::wire_devices(cfg);
         if wires.iter().any(|w| moved.contains(&w.device)) {
             // An uplink or the tunnel device came, went or was renumbered: every
@@ -210,6 +218,9 @@ impl Engine {
         for id in &nets {
             if let Some(old) = self.shards.remove(id) {
                 for p in &old.ports {
+                    if let Some(i) = p.ifindex.filter(|_| p.kind == "subport") {
+                        self.subport_devices.remove(&i);
+                    }
                     self.device_net.remove(&p.device);
                     node_devices.insert(p.device.clone());
                 }
@@ -220,6 +231,9 @@ impl Engine {
             }
             if let Some(new) = fresh.remove(id) {
                 for p in &new.ports {
+                    if let Some(i) = p.ifindex.filter(|_| p.kind == "subport") {
+                        self.subport_devices.insert(i, p.device.clone());
+                    }
                     self.device_net.insert(p.device.clone(), id.clone());
                     node_devices.insert(p.device.clone());
                 }
@@ -260,7 +274,13 @@ impl Engine {
         // The ports' policies follow the ports: those whose entry after this
         // update asks for security groups.
         let ports = (&gone.state.ports, &came.state.ports);
-        let sg = self.security.update(&cfg.host, catalog, devices, ports, &self.device_net);
+        let sg = self.security.update(
+            &cfg.host,
+            catalog,
+            (devices, &self.subport_devices),
+            ports,
+            &self.device_net,
+        );
         gone.state.merge(&sg.gone);
         came.state.merge(&sg.came);
 
@@ -306,6 +326,11 @@ impl Engine {
 
     /// Frees the numbers of what left the union.
     fn release(&mut self, gone: &MapState) {
+        for (id, sub) in &gone.subports {
+            if !self.state.subports.contains_key(id) {
+                self.alloc.release_subport(sub);
+            }
+        }
         for ifindex in gone.ports.keys() {
             if !self.state.ports.contains_key(ifindex) {
                 self.alloc.release_slot(*ifindex);
@@ -400,6 +425,8 @@ fn split(out: Derived) -> BTreeMap<String, Derived> {
     place!(allowed_v4, |k, _v| port(&k.1.ifindex));
     place!(allowed_v6, |k, _v| port(&k.1.ifindex));
     place!(ports, |_k, v| net(&v.net_index));
+    place!(subports, |k, _v| port(&k));
+    place!(trunk_vids, |_k, v| port(&v));
     for (ifindex, a) in out.attach {
         shards.entry(port(&ifindex)).or_default().attach.insert(ifindex, a);
     }
@@ -456,6 +483,8 @@ mod tests {
             port_security_enabled: rng.below(5) != 0,
             allowed_address_pairs: Vec::new(),
             security_groups: None,
+            subport: None,
+            trunk: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use datapath_common::{
     FDB_F_LOCAL, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
+    is_subport,
 };
 
 use super::{Derived, wire_id_of};
@@ -32,9 +33,27 @@ pub fn check(d: &Derived) -> Result<(), String> {
         if p.net_index != 0 && !s.networks.contains_key(&p.net_index) {
             return Err(format!("port {ifindex} points at network {}, which does not exist", p.net_index));
         }
-        if !d.attach.contains_key(ifindex) {
+        if is_subport(*ifindex) {
+            // A subport's programs are its parent's.
+            let Some(sub) = s.subports.get(ifindex) else {
+                return Err(format!("subport {ifindex} is programmed without its parent and VLAN id"));
+            };
+            if s.trunk_vids.get(sub) != Some(ifindex) || !d.attach.contains_key(&sub.parent_ifindex) {
+                return Err(format!(
+                    "subport {ifindex} ({sub:?}) is not its trunk's VLAN, or its parent has no program"
+                ));
+            }
+        } else if !d.attach.contains_key(ifindex) {
             return Err(format!("port {ifindex} is programmed but no program attaches to it"));
         }
+    }
+    for (sub, id) in &s.trunk_vids {
+        if s.subports.get(id) != Some(sub) || !s.ports.contains_key(id) {
+            return Err(format!("trunk VLAN {sub:?} names subport {id}, which is not that subport"));
+        }
+    }
+    if s.subports.len() != s.trunk_vids.len() {
+        return Err(format!("{} subports but {} trunk VLANs", s.subports.len(), s.trunk_vids.len()));
     }
     if let Some(ifindex) = d.attach.keys().find(|i| !s.ports.contains_key(i)) {
         return Err(format!("a program attaches to {ifindex}, which has no port entry"));

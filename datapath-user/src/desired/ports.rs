@@ -2,16 +2,16 @@
 //! bound to this host, and taps nobody bound here.
 
 use datapath_common::{
-    FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
-    PORT_F_BOUND, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS, PORT_KIND_NETWORK, PORT_KIND_TUNNEL,
-    PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, names,
+    FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, MAX_SUBPORTS, PORT_F_ADMIN_UP,
+    PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS, PORT_KIND_NETWORK,
+    PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, TrunkVid, names,
 };
 
 use super::{
     Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, networks::Plans,
 };
 use crate::{
-    bindings::Port,
+    bindings::{Port, device_name},
     config::{Config, XdpChoice},
     netlink::Devices,
     tunnel::TUNNEL_DEVICE,
@@ -111,21 +111,32 @@ pub(super) fn bound(
     // Ports already flooding go first (stable otherwise): when a network is
     // full, a port new to it is the one refused, never one that works.
     let mut order: Vec<(usize, &Port)> = local.iter().copied().enumerate().collect();
-    order.sort_by_key(|(_, p)| !devices.get(&p.device_name()).is_some_and(|i| alloc.was_flooding(*i)));
+    order.sort_by_key(|(_, p)| !known_ifindex(p, devices, alloc).is_some_and(|i| alloc.was_flooding(i)));
     // One report per port; put back in the bindings' order afterwards, so that
     // the reports do not depend on what was flooding before.
     let first_report = out.ports.len();
     let positions: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
     for (_, port) in order {
         let device = port.device_name();
-        let ifindex = devices.get(&device).copied();
+        // A subport's device is its parent's tap; its id is numbered here.
+        let parent = port.subport.as_ref().map(|s| (devices.get(&device_name(&s.parent_id)).copied(), s.vid));
+        let mut ifindex = match parent {
+            Some((parent, vid)) => parent.and_then(|p| alloc.subport_of(p, vid as u32)),
+            None => devices.get(&device).copied(),
+        };
         let mut report = PortReport {
             id: port.id.clone(),
             device: device.clone(),
             ifindex,
             network_id: port.network_id.clone(),
             net_index: None,
-            kind: if port.is_network_owned() { "network" } else { "vm" },
+            kind: if port.subport.is_some() {
+                "subport"
+            } else if port.is_network_owned() {
+                "network"
+            } else {
+                "vm"
+            },
             state: PortState::Up,
         };
         let Some(plan) = plans.planned.get_mut(port.network_id.as_str()) else {
@@ -139,6 +150,15 @@ pub(super) fn bound(
             continue;
         };
         report.net_index = Some(plan.index);
+        if let Some((Some(parent), vid)) = parent {
+            ifindex = alloc.subport_id(parent, vid as u32);
+            if ifindex.is_none() {
+                report.state = PortState::Error(format!("no free subport id (max {MAX_SUBPORTS} subports)"));
+                out.ports.push(report);
+                continue;
+            }
+            report.ifindex = ifindex;
+        }
         let Some(ifindex) = ifindex else {
             report.state = PortState::NoDevice;
             out.ports.push(report);
@@ -171,15 +191,25 @@ pub(super) fn bound(
         out.state
             .ports
             .insert(ifindex, PortInfo { net_index: plan.index, flags, stats_slot: slot, kind, _pad: [0; 3] });
-        out.attach.insert(
-            ifindex,
-            Attachment {
-                device: device.clone(),
-                program: names::PROG_VM_PORT,
-                egress: Some(names::PROG_VM_PORT_OUT),
-                xdp: None,
-            },
-        );
+        match parent {
+            // The parent's tap carries it: its programs are the parent's.
+            Some((Some(parent), vid)) => {
+                let tv = TrunkVid { parent_ifindex: parent, vid: vid as u32 };
+                out.state.subports.insert(ifindex, tv);
+                out.state.trunk_vids.insert(tv, ifindex);
+            }
+            _ => {
+                out.attach.insert(
+                    ifindex,
+                    Attachment {
+                        device: device.clone(),
+                        program: names::PROG_VM_PORT,
+                        egress: Some(names::PROG_VM_PORT_OUT),
+                        xdp: None,
+                    },
+                );
+            }
+        }
         plan.local_ports += 1;
         if admin_up {
             plan.members.push(ifindex);
@@ -199,6 +229,14 @@ pub(super) fn bound(
         positions.into_iter().zip(out.ports.drain(first_report..)).collect();
     reports.sort_by_key(|(i, _)| *i);
     out.ports.extend(reports.into_iter().map(|(_, r)| r));
+}
+
+/// The ifindex (or subport id) `port` already has, numbering nothing.
+fn known_ifindex(port: &Port, devices: &Devices, alloc: &Allocations) -> Option<u32> {
+    match &port.subport {
+        Some(s) => devices.get(&device_name(&s.parent_id)).and_then(|p| alloc.subport_of(*p, s.vid as u32)),
+        None => devices.get(&port.device_name()).copied(),
+    }
 }
 
 /// A tap nobody bound to this host: attached so that its frames are dropped and counted.
@@ -348,5 +386,172 @@ mod tests {
             let r = out.ports.iter().find(|p| p.device == dev).unwrap_or_else(|| panic!("{dev} not listed"));
             assert_eq!((r.kind, &r.state, r.ifindex), ("uplink", &PortState::NoDevice, None), "{dev}");
         }
+    }
+}
+
+#[cfg(test)]
+mod trunk_tests {
+    use std::collections::BTreeSet;
+
+    use datapath_common::{
+        FDB_F_LOCAL, FdbKey, PORT_F_SECGROUPS, PORT_KIND_VM, SUBPORT_ID_BASE, TrunkVid, is_subport,
+    };
+    use serde_json::{Value, json};
+
+    use crate::{
+        bindings::{Bindings, Catalog},
+        config::Config,
+        desired::{Allocations, Engine, PortState, Scope, check_invariants, derive, tests::CONFIG},
+        netlink::Devices,
+    };
+
+    const PARENT: &str = "aaaaaaaa-0001-4000-8000-000000000000";
+    const SUB_A: &str = "bbbbbbbb-0002-4000-8000-000000000000";
+    const SUB_B: &str = "cccccccc-0003-4000-8000-000000000000";
+    const MAC: &str = "fa:16:3e:00:00:01";
+
+    fn doc(subports: &[(&str, u16)]) -> Value {
+        let port = |id: &str, net: &str| {
+            json!({"id": id, "network_id": net, "mac_address": MAC, "binding:host_id": "node0",
+                   "device_owner": "compute:nova", "fixed_ips": [{"ip_address": "10.9.0.5"}]})
+        };
+        json!({
+            "networks": [
+                {"id": "n1", "provider:network_type": "vlan", "provider:physical_network": "default", "provider:segmentation_id": 100},
+                {"id": "n2", "provider:network_type": "vlan", "provider:physical_network": "default", "provider:segmentation_id": 200},
+                {"id": "n3", "provider:network_type": "flat", "provider:physical_network": "default"}],
+            "ports": [port(PARENT, "n1"), port(SUB_A, "n2"), port(SUB_B, "n3")],
+            "trunks": [{"id": "t1", "port_id": PARENT, "sub_ports": subports.iter().map(|(p, vid)|
+                json!({"port_id": p, "segmentation_type": "vlan", "segmentation_id": vid})).collect::<Vec<_>>()}]
+        })
+    }
+
+    fn parse(v: &Value) -> Bindings {
+        let b = Bindings::parse_str(&v.to_string(), "test").unwrap();
+        assert!(b.refused.is_empty(), "{:?}", b.refused);
+        b
+    }
+
+    fn devices(parent: u32) -> Devices {
+        [("eth2".to_string(), 2), ("tapaaaaaaaa-00".to_string(), parent)].into()
+    }
+
+    fn cfg() -> Config {
+        Config::parse_str(CONFIG, "test").unwrap()
+    }
+
+    #[test]
+    fn subports_are_ports_of_their_networks_on_the_parents_tap() {
+        let out = derive(
+            &cfg(),
+            &parse(&doc(&[(SUB_A, 101), (SUB_B, 102)])),
+            &devices(10),
+            &mut Allocations::default(),
+        );
+        check_invariants(&out).unwrap();
+        let subs: Vec<_> = out.ports.iter().filter(|p| p.kind == "subport").collect();
+        assert_eq!(subs.len(), 2);
+        for (r, vid, net) in [(subs[0], 101, "n2"), (subs[1], 102, "n3")] {
+            assert_eq!(r.device, format!("tapaaaaaaaa-00.{vid}"));
+            assert_eq!((r.state.clone(), r.network_id.as_str()), (PortState::Up, net));
+            let id = r.ifindex.unwrap();
+            assert!(is_subport(id) && id > SUBPORT_ID_BASE, "{id:#x}");
+            let info = out.state.ports[&id];
+            assert_eq!((info.net_index, info.kind), (r.net_index.unwrap(), PORT_KIND_VM));
+            let tv = TrunkVid { parent_ifindex: 10, vid };
+            assert_eq!((out.state.subports[&id], out.state.trunk_vids[&tv]), (tv, id));
+            assert!(!out.attach.contains_key(&id), "a subport has no device to attach to");
+            // Its MAC (the parent's) is a local destination of its own network, and it floods there.
+            let fdb = out.state.fdb
+                [&FdbKey { net_index: info.net_index, mac: [0xfa, 0x16, 0x3e, 0, 0, 1], _pad: [0; 2] }];
+            assert_eq!((fdb.ifindex, fdb.flags), (id, FDB_F_LOCAL));
+            let set = out.state.flood_sets[&info.net_index];
+            assert_eq!(&set.ifindex[..set.count as usize], &[id]);
+            // Anti-spoofing applies to the subport under its own id.
+            assert!(out.state.allowed_macs.keys().any(|k| k.ifindex == id));
+        }
+        assert_eq!(out.attach[&10].device, "tapaaaaaaaa-00", "the parent keeps its programs");
+    }
+
+    #[test]
+    fn subports_wait_for_their_parents_tap() {
+        let b = parse(&doc(&[(SUB_A, 101)]));
+        let out = derive(&cfg(), &b, &[("eth2".to_string(), 2)].into(), &mut Allocations::default());
+        let sub = out.ports.iter().find(|p| p.kind == "subport").unwrap();
+        assert_eq!((&sub.state, sub.ifindex), (&PortState::NoDevice, None));
+        assert!(out.state.subports.is_empty() && out.state.trunk_vids.is_empty());
+        assert!(out.state.ports.keys().all(|i| !is_subport(*i)));
+    }
+
+    /// Adding a subport re-derives its network only, keeps the other
+    /// subport's id and entries, and removing it frees its id.
+    #[test]
+    fn subports_come_and_go_without_touching_the_others() {
+        let cfg = cfg();
+        let devices = devices(10);
+        let mut e = Engine::new(Allocations::default());
+        let one = Catalog::split(parse(&doc(&[(SUB_A, 101)])));
+        e.update(&cfg, &one, &devices, Scope::Full);
+        let before = e.state().clone();
+        let two = Catalog::split(parse(&doc(&[(SUB_A, 101), (SUB_B, 102)])));
+        let changed = two.changed_since(&one);
+        assert_eq!(changed, BTreeSet::from(["n3".to_string()]), "only the new subport's network changed");
+        let none = BTreeSet::new();
+        let c = e.update(&cfg, &two, &devices, Scope::Changed { networks: &changed, devices: &none });
+        assert!(c.diff.ports.deletes.is_empty() && c.diff.subports.deletes.is_empty());
+        assert_eq!(c.diff.subports.upserts.len(), 1);
+        let new_id = c.diff.subports.upserts[0].0;
+        for (id, sub) in &before.subports {
+            assert_eq!(e.state().subports.get(id), Some(sub), "the first subport keeps its id");
+        }
+        let full =
+            derive(&cfg, &parse(&doc(&[(SUB_A, 101), (SUB_B, 102)])), &devices, &mut e.alloc().clone());
+        assert_eq!(&full.state, e.state(), "the incremental update matches a full derivation");
+        // Removed again: its entries go, and its id is free for the next one.
+        let c = e.update(&cfg, &one, &devices, Scope::Changed { networks: &changed, devices: &none });
+        assert!(c.diff.subports.deletes.contains(&new_id) && c.diff.trunk_vids.deletes.len() == 1);
+        assert_eq!(e.state(), &before);
+        check_invariants(&e.derived(&cfg)).unwrap();
+    }
+
+    #[test]
+    fn subport_ids_survive_a_restart_and_follow_a_recreated_parent() {
+        let cfg = cfg();
+        let b = parse(&doc(&[(SUB_A, 101), (SUB_B, 102)]));
+        let mut alloc = Allocations::default();
+        // A subport numbered earlier keeps its id even when it is listed second now.
+        let first = derive(&cfg, &parse(&doc(&[(SUB_B, 102)])), &devices(10), &mut alloc);
+        let out = derive(&cfg, &b, &devices(10), &mut alloc);
+        let id_b =
+            |d: &crate::desired::Derived| d.state.trunk_vids[&TrunkVid { parent_ifindex: 10, vid: 102 }];
+        assert_eq!(id_b(&out), id_b(&first));
+        let again = derive(&cfg, &b, &devices(10), &mut Allocations::recover(&out.state));
+        assert_eq!(again.state, out.state, "the numbering is recovered from the maps");
+        // The VM rebooted: its tap came back under another ifindex, and the subports follow it.
+        let mut e = Engine::recover(&out.state);
+        let cat = Catalog::split(b);
+        e.update(&cfg, &cat, &devices(10), Scope::Full);
+        let moved = BTreeSet::from(["tapaaaaaaaa-00".to_string()]);
+        let none = BTreeSet::new();
+        e.update(&cfg, &cat, &devices(11), Scope::Changed { networks: &none, devices: &moved });
+        let parents: BTreeSet<u32> = e.state().subports.values().map(|s| s.parent_ifindex).collect();
+        assert_eq!(parents, BTreeSet::from([11]));
+        assert_eq!(e.state().trunk_vids.len(), 2);
+        check_invariants(&e.derived(&cfg)).unwrap();
+    }
+
+    #[test]
+    fn a_subports_security_groups_are_its_own() {
+        let mut v = doc(&[(SUB_A, 101)]);
+        v["ports"][1]["security_groups"] = json!(["sg1"]);
+        v["security_groups"] = json!([{"id": "sg1", "security_group_rules": [
+            {"id": "r1", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+             "port_range_min": 22, "port_range_max": 22}]}]);
+        let mut e = Engine::new(Allocations::default());
+        e.update(&cfg(), &Catalog::split(parse(&v)), &devices(10), Scope::Full);
+        let id = e.state().trunk_vids[&TrunkVid { parent_ifindex: 10, vid: 101 }];
+        assert_ne!(e.state().ports[&id].flags & PORT_F_SECGROUPS, 0);
+        assert_eq!(e.state().ports[&10].flags & PORT_F_SECGROUPS, 0, "the parent has no groups");
+        assert_eq!(e.state().sg_ports.keys().copied().collect::<Vec<_>>(), vec![id]);
     }
 }

@@ -24,7 +24,7 @@ use datapath_common::{
 
 use super::MapState;
 use crate::{
-    bindings::{Catalog, Direction, Family, NetBindings, Port, Security, device_name},
+    bindings::{Catalog, Direction, Family, NetBindings, Port, Security},
     netlink::Devices,
     policy::{
         Members, Packet, PortPolicy, compile::compile, expand_groups, reference::first_admitting, stateful,
@@ -129,7 +129,7 @@ impl SecurityLayer {
         &mut self,
         host: &str,
         catalog: &Catalog,
-        devices: &Devices,
+        (devices, subports): (&Devices, &BTreeMap<u32, String>),
         (gone, came): (&BTreeMap<u32, PortInfo>, &BTreeMap<u32, PortInfo>),
         device_net: &BTreeMap<String, String>,
     ) -> Delta {
@@ -141,8 +141,9 @@ impl SecurityLayer {
             return Delta::default();
         }
         let flagged = &self.flagged;
-        let names: BTreeMap<u32, &String> =
+        let mut names: BTreeMap<u32, &String> =
             devices.iter().filter(|(_, i)| flagged.contains(i)).map(|(n, i)| (*i, n)).collect();
+        names.extend(subports.iter().filter(|(i, _)| flagged.contains(i)).map(|(i, n)| (*i, n)));
         self.refresh_members(catalog);
         self.security = catalog.security.clone();
         let mut wanted: BTreeMap<u32, PortTables> = BTreeMap::new();
@@ -162,7 +163,7 @@ impl SecurityLayer {
                 let mut m = HashMap::new();
                 // Two ports whose ids share the device name's prefix: the first wins, as it always did.
                 for p in net.bindings.ports.iter().filter(|p| p.host == host) {
-                    m.entry(device_name(&p.id)).or_insert(p);
+                    m.entry(p.device_name()).or_insert(p);
                 }
                 m
             });
