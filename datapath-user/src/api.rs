@@ -267,8 +267,9 @@ pub struct PortRow {
     pub device: String,
     /// Neutron port id ("" for unbound taps and uplinks).
     pub port_id: String,
-    /// `vm`, `network`, `uplink`, `tunnel` or `unbound`.
+    /// `vm`, `network`, `subport`, `uplink`, `tunnel` or `unbound`.
     pub kind: String,
+    /// The device's ifindex; a subport's id (at least `SUBPORT_ID_BASE`, no device's).
     pub ifindex: Option<u32>,
     /// Neutron network id ("" when none).
     pub network: String,
@@ -277,6 +278,15 @@ pub struct PortRow {
     pub state: String,
     /// Why, for `error`.
     pub detail: String,
+    /// The trunk the port is the parent or a subport of (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk_id: Option<String>,
+    /// A subport's parent port's device: the tap that carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A subport's VLAN id on that tap (the VM's tag, never on the wire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vid: Option<u16>,
 }
 
 /// `networks`: the networks with ports on this node.
@@ -471,6 +481,32 @@ mod tests {
         let text = serde_json::to_string(&err).unwrap();
         assert_eq!(text, r#"{"version":1,"ok":false,"error":{"kind":"not_found","message":"no port x"}}"#);
         assert_eq!(serde_json::from_str::<Reply<PortsReply>>(&text).unwrap(), err);
+    }
+
+    /// The trunk fields came after version 1's rows: a row without them reads
+    /// and writes as before, and a subport's carry its trunk, parent and VLAN id.
+    #[test]
+    fn port_rows_name_their_trunk_only_when_they_have_one() {
+        let v1 = serde_json::json!({"device": "tapa0000000-0a", "port_id": "a0000000-0a", "kind": "vm",
+            "ifindex": 7, "network": "n1", "local_index": 1, "state": "up", "detail": ""});
+        let row: PortRow = serde_json::from_value(v1.clone()).unwrap();
+        assert_eq!((&row.trunk_id, &row.parent, row.vid), (&None, &None, None));
+        assert_eq!(serde_json::to_value(&row).unwrap(), v1, "no trunk, no trunk fields");
+        let sub = PortRow {
+            device: "tapa0000000-0a.101".into(),
+            kind: "subport".into(),
+            ifindex: Some(0x8000_0001),
+            trunk_id: Some("t1".into()),
+            parent: Some("tapa0000000-0a".into()),
+            vid: Some(101),
+            ..row
+        };
+        let v = serde_json::to_value(&sub).unwrap();
+        assert_eq!(
+            (&v["trunk_id"], &v["parent"], &v["vid"]),
+            (&"t1".into(), &"tapa0000000-0a".into(), &101.into())
+        );
+        assert_eq!(serde_json::from_value::<PortRow>(v).unwrap(), sub);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use datapath_common::Action;
 
 use crate::{
     api::{
-        ConntrackReply, FdbReply, FlushReply, MonitorLine, MonitorStarted, NetworksReply, PortsReply,
-        Request, StatsReply, StatusReply, TraceReply,
+        ConntrackReply, FdbReply, FlushReply, MonitorLine, MonitorStarted, NetworksReply, PortRow,
+        PortsReply, Request, StatsReply, StatusReply, TraceReply,
     },
     bindings::parse_mac,
     control, frames,
@@ -147,11 +147,24 @@ pub fn print_ports(v: &PortsReply) {
                 cell(Some(&p.network)),
                 cell(p.local_index),
                 p.state.clone(),
+                trunk_cell(p),
                 cell(Some(&p.detail)),
             ]
         })
         .collect();
-    print_table(&["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "DETAIL"], &rows);
+    print_table(
+        &["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "TRUNK", "DETAIL"],
+        &rows,
+    );
+}
+
+/// A port's place in a trunk, in words: `parent of T`, `T vlan V on TAP`, or `-`.
+fn trunk_cell(p: &PortRow) -> String {
+    match (&p.trunk_id, &p.parent, p.vid) {
+        (Some(t), Some(parent), Some(vid)) => format!("{t} vlan {vid} on {parent}"),
+        (Some(t), _, _) => format!("parent of {t}"),
+        _ => "-".into(),
+    }
 }
 
 /// `networks` as a table.
@@ -403,6 +416,29 @@ mod tests {
         let bad = frame_arg(&format!("tcp from {a} 10.0.0.2 to {b} 10.0.0.3:22")).unwrap_err();
         assert!(bad.to_string().contains("IP:PORT"), "{bad}");
         assert!(frame_arg("vlan 5000 arp").unwrap_err().to_string().contains("VLAN"));
+    }
+
+    #[test]
+    fn the_trunk_column_says_parent_or_subport() {
+        let row = |trunk_id: Option<&str>, parent: Option<&str>, vid| PortRow {
+            device: "tapa0000000-0a".into(),
+            port_id: String::new(),
+            kind: "vm".into(),
+            ifindex: None,
+            network: String::new(),
+            local_index: None,
+            state: "up".into(),
+            detail: String::new(),
+            trunk_id: trunk_id.map(Into::into),
+            parent: parent.map(Into::into),
+            vid,
+        };
+        assert_eq!(trunk_cell(&row(None, None, None)), "-");
+        assert_eq!(trunk_cell(&row(Some("t1"), None, None)), "parent of t1");
+        assert_eq!(
+            trunk_cell(&row(Some("t1"), Some("tapa0000000-0a"), Some(101))),
+            "t1 vlan 101 on tapa0000000-0a"
+        );
     }
 
     #[test]

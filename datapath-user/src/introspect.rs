@@ -18,7 +18,8 @@ use crate::{
         has_ports,
     },
     conntrack,
-    desired::{PortReport, PortState},
+    desired::{PortReport, PortState, TrunkRole},
+    frames,
     learned::monotonic_ns,
     metrics::{self, KERNEL_COUNT_EVERY, MapFill, PortSample, Snapshot},
     monitor::{self, Monitor, Place},
@@ -356,6 +357,8 @@ impl Agent {
             }
             None => (None, String::new()),
         };
+        // A subport's frames run on its parent's tap: the programs report that device's.
+        let on = ifindex.map(|i| self.engine.state().subports.get(&i).map_or(i, |s| s.parent_ifindex));
         if decisions && ifindex.is_none() {
             return Err(ApiError::new(ErrorKind::BadRequest, "decisions need a port (--port)"));
         }
@@ -369,7 +372,7 @@ impl Agent {
             ));
         }
         let kernel_now = monitor::suppressed(&self.dp.maps).map_err(api_error)?;
-        let listener = Monitor::listener(ifindex, reason.clone(), decisions, lines, kernel_now);
+        let listener = Monitor::listener((ifindex, on), reason.clone(), decisions, lines, kernel_now);
         let m = self.monitor.as_mut().expect("the monitor is back");
         m.add(&mut self.dp.maps, listener).map_err(|e| ApiError::new(ErrorKind::Busy, e))?;
         log::info!(
@@ -390,7 +393,10 @@ impl Agent {
     pub fn drain_events(&mut self) {
         self.refresh_status();
         let Some(mut m) = self.monitor.take() else { return };
-        m.drain(|ifindex| self.place(ifindex));
+        m.drain(|ev| {
+            let port = self.port_at(ev.ifindex, ev.slot);
+            (port, self.place(port))
+        });
         self.monitor = Some(m);
     }
 
@@ -407,6 +413,19 @@ impl Agent {
     }
 
     /// The device, port and network at `ifindex`, as the agent knows them.
+    /// The port whose frame at device `ifindex` was counted in `slot`: the
+    /// device's, or one of the subports its tap carries (their frames run
+    /// on the parent's tap, under their own counter slots).
+    fn port_at(&self, ifindex: u32, slot: u32) -> u32 {
+        let state = self.engine.state();
+        state
+            .subports
+            .iter()
+            .filter(|(_, tv)| tv.parent_ifindex == ifindex)
+            .find(|(id, _)| state.ports.get(id).is_some_and(|p| p.stats_slot == slot))
+            .map_or(ifindex, |(id, _)| *id)
+    }
+
     fn place(&self, ifindex: u32) -> Place {
         match self.status.derived.ports.iter().find(|p| p.ifindex == Some(ifindex)) {
             Some(p) => {
@@ -532,6 +551,18 @@ impl Agent {
         let report = self.find_port(port)?.clone();
         let ifindex = report.ifindex.with_context(|| format!("port {port} has no device on this node"))?;
         let kind = self.dp.maps.synced.ports.get(&ifindex, 0).map(|p| p.kind).unwrap_or(0);
+        // A subport has no device: what it sends is what the VM tags with its
+        // VLAN id on the parent's tap, where the program runs.
+        let (ifindex, frame) = match self.engine.state().subports.get(&ifindex) {
+            Some(_) if receive => {
+                return Err(bad_request(format!(
+                    "{port} is a subport: what it receives leaves its parent's tap with the VLAN id \
+                     as the skb's tag, which a traced run cannot carry; trace what the sender sends"
+                )));
+            }
+            Some(sub) => (sub.parent_ifindex, frames::tagged(&frame, 0x8100, sub.vid as u16)),
+            None => (ifindex, frame),
+        };
         let program = match (kind, receive) {
             (PORT_KIND_UPLINK | PORT_KIND_TUNNEL, true) => {
                 return Err(bad_request(format!(
@@ -679,6 +710,13 @@ fn port_row(p: &PortReport) -> PortRow {
         PortState::Error(e) => e.clone(),
         _ => String::new(),
     };
+    let (trunk_id, parent, vid) = match &p.trunk {
+        Some(TrunkRole::Parent { trunk_id }) => (Some(trunk_id.clone()), None, None),
+        Some(TrunkRole::Subport { trunk_id, parent, vid }) => {
+            (Some(trunk_id.clone()), Some(parent.clone()), Some(*vid))
+        }
+        None => (None, None, None),
+    };
     PortRow {
         device: p.device.clone(),
         port_id: p.id.clone(),
@@ -688,6 +726,9 @@ fn port_row(p: &PortReport) -> PortRow {
         local_index: p.net_index,
         state: state_name(&p.state).to_string(),
         detail,
+        trunk_id,
+        parent,
+        vid,
     }
 }
 

@@ -24,8 +24,11 @@ use crate::{
 /// One listener: what it follows, and where its lines go.
 #[derive(Debug)]
 pub struct Listener {
-    /// The port's device, or None for every port.
+    /// The port (its device's ifindex, or a subport's id), or None for every port.
     pub ifindex: Option<u32>,
+    /// The device whose decisions the programs report for it: the port's
+    /// own, or a subport's parent tap (events are then told apart by port).
+    pub device: Option<u32>,
     /// The drop reason's label, or None for every reason.
     pub reason: Option<String>,
     /// Every decision at `ifindex`, not only the drops.
@@ -86,7 +89,7 @@ impl Monitor {
     /// another listener follows another port's: the programs follow one.
     pub fn add(&mut self, maps: &mut Maps, listener: Listener) -> Result<(), String> {
         if listener.decisions
-            && let Some(other) = self.listeners.iter().find(|l| l.decisions && l.ifindex != listener.ifindex)
+            && let Some(other) = self.listeners.iter().find(|l| l.decisions && l.device != listener.device)
         {
             return Err(format!(
                 "another monitor follows every decision of ifindex {}; one port at a time can be followed",
@@ -97,15 +100,25 @@ impl Monitor {
         self.configure(maps).map_err(|e| format!("{e:#}"))
     }
 
-    /// A listener for `ifindex`/`reason`, sending to `lines`, counting suppression from `kernel_now`.
+    /// A listener for port `ifindex` on `device` (see [`Listener`]) and
+    /// `reason`, sending to `lines`, counting suppression from `kernel_now`.
     pub fn listener(
-        ifindex: Option<u32>,
+        (ifindex, device): (Option<u32>, Option<u32>),
         reason: Option<String>,
         decisions: bool,
         lines: mpsc::Sender<String>,
         kernel_now: u64,
     ) -> Listener {
-        Listener { ifindex, reason, decisions, lines, lagged: 0, kernel_base: kernel_now, told: (0, 0) }
+        Listener {
+            ifindex,
+            device,
+            reason,
+            decisions,
+            lines,
+            lagged: 0,
+            kernel_base: kernel_now,
+            told: (0, 0),
+        }
     }
 
     /// Writes what the listeners want into `MONITOR`: zero when nobody listens.
@@ -116,7 +129,7 @@ impl Monitor {
         }
         if let Some(l) = self.listeners.iter().find(|l| l.decisions) {
             cfg.flags |= MONITOR_F_DECISIONS;
-            cfg.ifindex = l.ifindex.unwrap_or(0);
+            cfg.ifindex = l.device.unwrap_or(0);
         }
         maps.monitor.set(0, cfg, 0).context("writing MONITOR")
     }
@@ -135,8 +148,9 @@ impl Monitor {
     }
 
     /// Takes every waiting event and sends it to the listeners that want it;
-    /// `place` names an event's device.
-    pub fn drain(&mut self, place: impl Fn(u32) -> Place) {
+    /// `locate` says whose it is: the port (the device, or a subport on it:
+    /// the event's counter slot tells) and where that is.
+    pub fn drain(&mut self, locate: impl Fn(&MonitorEvent) -> (u32, Place)) {
         let Some(ring) = &mut self.ring else { return };
         let ring = ring.get_mut();
         let mut events = Vec::new();
@@ -147,10 +161,11 @@ impl Monitor {
             }
         }
         for ev in events {
-            let row = row(&ev, &place(ev.ifindex), self.epoch_offset_ns);
+            let (port, place) = locate(&ev);
+            let row = row(&ev, &place, self.epoch_offset_ns);
             let Ok(text) = serde_json::to_string(&MonitorLine::Event(row.clone())) else { continue };
             for l in &mut self.listeners {
-                if wants(l, &ev, &row) && l.lines.try_send(text.clone()).is_err() {
+                if wants(l, port, &ev, &row) && l.lines.try_send(text.clone()).is_err() {
                     l.lagged += 1;
                 }
             }
@@ -190,8 +205,9 @@ pub fn suppressed(maps: &Maps) -> Result<u64> {
     Ok(per_cpu.iter().map(|r| r.suppressed).sum())
 }
 
-fn wants(l: &Listener, ev: &MonitorEvent, row: &MonitorEventRow) -> bool {
-    if l.ifindex.is_some_and(|i| i != ev.ifindex) {
+/// Whether `l` wants event `ev` of port `port`.
+fn wants(l: &Listener, port: u32, ev: &MonitorEvent, row: &MonitorEventRow) -> bool {
+    if l.ifindex.is_some_and(|i| i != port) {
         return false;
     }
     if ev.reason == 0 {
@@ -258,7 +274,7 @@ mod tests {
 
     fn listener(ifindex: Option<u32>, reason: Option<&str>, decisions: bool) -> Listener {
         let (tx, _rx) = mpsc::channel(1);
-        Monitor::listener(ifindex, reason.map(str::to_owned), decisions, tx, 0)
+        Monitor::listener((ifindex, ifindex), reason.map(str::to_owned), decisions, tx, 0)
     }
 
     #[test]
@@ -281,13 +297,31 @@ mod tests {
         let fwd7 = event(0, Action::ToUplink as u32, 7);
         let drop8 = event(DropReason::ArpSpoof as u32, 0, 8);
         let r = |e: &MonitorEvent| row(e, &place, 0);
+        let wants = |l: &Listener, e: &MonitorEvent| wants(l, e.ifindex, e, &r(e));
         let all = listener(None, None, false);
-        assert!(wants(&all, &drop7, &r(&drop7)) && wants(&all, &drop8, &r(&drop8)));
-        assert!(!wants(&all, &fwd7, &r(&fwd7)), "decisions only on request");
+        assert!(wants(&all, &drop7) && wants(&all, &drop8));
+        assert!(!wants(&all, &fwd7), "decisions only on request");
         let port7 = listener(Some(7), None, true);
-        assert!(wants(&port7, &drop7, &r(&drop7)) && wants(&port7, &fwd7, &r(&fwd7)));
-        assert!(!wants(&port7, &drop8, &r(&drop8)));
+        assert!(wants(&port7, &drop7) && wants(&port7, &fwd7));
+        assert!(!wants(&port7, &drop8));
         let arp = listener(None, Some("arp_spoof"), false);
-        assert!(!wants(&arp, &drop7, &r(&drop7)) && wants(&arp, &drop8, &r(&drop8)));
+        assert!(!wants(&arp, &drop7) && wants(&arp, &drop8));
+    }
+
+    /// A subport's events happen on its parent's tap: they are its by port
+    /// (the agent tells them apart by counter slot), not by device.
+    #[test]
+    fn a_subports_listener_follows_its_parents_tap_and_gets_the_subports_events_only() {
+        const SUB: u32 = datapath_common::SUBPORT_ID_BASE + 1;
+        let place = Place::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let sub = Monitor::listener((Some(SUB), Some(7)), None, true, tx, 0);
+        let parent = listener(Some(7), None, true);
+        let fwd = event(0, Action::ToUplink as u32, 7);
+        let r = row(&fwd, &place, 0);
+        assert!(wants(&sub, SUB, &fwd, &r) && !wants(&sub, 7, &fwd, &r));
+        assert!(wants(&parent, 7, &fwd, &r) && !wants(&parent, SUB, &fwd, &r));
+        // Both follow one device's decisions: the programs can report them together.
+        assert_eq!(sub.device, parent.device);
     }
 }

@@ -18,5 +18,6 @@ mod secgroup_scenarios;
 mod secgroups;
 mod security;
 mod seed;
+mod trunk;
 mod vxlan;
 mod xdp;

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::scenario::*;
 
 /// `datapath monitor ARGS --json` of `node`, running; its lines come on the receiver.
-fn monitor(c: &Cluster, node: &str, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
+pub(crate) fn monitor(c: &Cluster, node: &str, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
     let mut child = Command::new(datapath_bin())
         .arg("monitor")
         .args(args)
@@ -45,7 +45,7 @@ fn monitor(c: &Cluster, node: &str, args: &[&str]) -> (Child, mpsc::Receiver<Val
 }
 
 /// Waits until `node` has `n` monitor listeners.
-fn listeners(c: &Cluster, node: &str, n: f64) -> bool {
+pub(crate) fn listeners(c: &Cluster, node: &str, n: f64) -> bool {
     datapath_tests::wait_until(Duration::from_secs(10), || {
         c.metric(node, "datapath_monitor_listeners").ok().flatten() == Some(n)
     })

@@ -55,9 +55,20 @@ pub struct PortReport {
     /// Neutron network id ("" when none).
     pub network_id: String,
     pub net_index: Option<u32>,
-    /// "vm", "network", "uplink" or "unbound".
+    /// "vm", "network", "subport", "uplink" or "unbound".
     pub kind: &'static str,
     pub state: PortState,
+    /// The port's place in a trunk, if it has one.
+    pub trunk: Option<TrunkRole>,
+}
+
+/// A port's place in a trunk (Neutron's VLAN-aware VMs), for `datapath ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrunkRole {
+    /// The trunk's parent port: its tap carries the subports' VLANs.
+    Parent { trunk_id: String },
+    /// A subport: what the VM tags `vid` on the parent's tap `parent` is its.
+    Subport { trunk_id: String, parent: String, vid: u16 },
 }
 
 /// A network's place on this node.

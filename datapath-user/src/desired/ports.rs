@@ -8,7 +8,8 @@ use datapath_common::{
 };
 
 use super::{
-    Allocations, Attachment, Derived, PortReport, PortState, addresses::add_allowed, networks::Plans,
+    Allocations, Attachment, Derived, PortReport, PortState, TrunkRole, addresses::add_allowed,
+    networks::Plans,
 };
 use crate::{
     bindings::{Port, device_name},
@@ -75,6 +76,7 @@ pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut A
         net_index: None,
         kind: w.label,
         state: PortState::Up,
+        trunk: None,
     };
     // A mapped interface that is missing (deleted, renamed, not yet created) is
     // listed, so that `datapath ports` shows why its networks do not reach the wire.
@@ -138,6 +140,7 @@ pub(super) fn bound(
                 "vm"
             },
             state: PortState::Up,
+            trunk: trunk_role(port),
         };
         let Some(plan) = plans.planned.get_mut(port.network_id.as_str()) else {
             let why = plans
@@ -231,6 +234,19 @@ pub(super) fn bound(
     out.ports.extend(reports.into_iter().map(|(_, r)| r));
 }
 
+/// Where `port` stands in a trunk: its parent, one of its subports, or neither.
+fn trunk_role(port: &Port) -> Option<TrunkRole> {
+    match (&port.subport, &port.trunk) {
+        (Some(s), _) => Some(TrunkRole::Subport {
+            trunk_id: s.trunk_id.clone(),
+            parent: device_name(&s.parent_id),
+            vid: s.vid,
+        }),
+        (None, Some(id)) => Some(TrunkRole::Parent { trunk_id: id.clone() }),
+        (None, None) => None,
+    }
+}
+
 /// The ifindex (or subport id) `port` already has, numbering nothing.
 fn known_ifindex(port: &Port, devices: &Devices, alloc: &Allocations) -> Option<u32> {
     match &port.subport {
@@ -249,6 +265,7 @@ pub(super) fn unbound(out: &mut Derived, name: &str, ifindex: u32, alloc: &mut A
         net_index: None,
         kind: "unbound",
         state: PortState::Unbound,
+        trunk: None,
     };
     match alloc.slot(ifindex) {
         Some(slot) => {
@@ -401,7 +418,9 @@ mod trunk_tests {
     use crate::{
         bindings::{Bindings, Catalog},
         config::Config,
-        desired::{Allocations, Engine, PortState, Scope, check_invariants, derive, tests::CONFIG},
+        desired::{
+            Allocations, Engine, PortState, Scope, TrunkRole, check_invariants, derive, tests::CONFIG,
+        },
         netlink::Devices,
     };
 
@@ -471,6 +490,18 @@ mod trunk_tests {
             assert!(out.state.allowed_macs.keys().any(|k| k.ifindex == id));
         }
         assert_eq!(out.attach[&10].device, "tapaaaaaaaa-00", "the parent keeps its programs");
+    }
+
+    #[test]
+    fn reports_name_the_trunk_of_its_parent_and_subports() {
+        let out = derive(&cfg(), &parse(&doc(&[(SUB_A, 101)])), &devices(10), &mut Allocations::default());
+        let role = |id: &str| out.ports.iter().find(|p| p.id == id).unwrap().trunk.clone();
+        assert_eq!(role(PARENT), Some(TrunkRole::Parent { trunk_id: "t1".into() }));
+        assert_eq!(
+            role(SUB_A),
+            Some(TrunkRole::Subport { trunk_id: "t1".into(), parent: "tapaaaaaaaa-00".into(), vid: 101 })
+        );
+        assert_eq!(role(SUB_B), None, "a port of no trunk");
     }
 
     #[test]
