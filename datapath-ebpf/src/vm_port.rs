@@ -25,27 +25,29 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     let mut port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
     meta.slot = port.stats_slot;
+    if port.flags & PORT_F_BOUND == 0 {
+        return Err(DropReason::PortUnbound);
+    }
+    // A VM owns no VLANs but its trunk's: a frame tagged with one of its
+    // subports' VLAN ids is that subport's, from here on as if it came from a
+    // port of its own, whatever the parent's state (as in the OVS agent, an
+    // admin-down parent stops its own traffic only).
+    let sub = subport_of(ctx, ifindex);
+    if let Some(id) = sub {
+        ifindex = id;
+        // SAFETY: as above.
+        port = *unsafe { PORTS.get(id) }.ok_or(DropReason::PortUnknown)?;
+        meta.slot = port.stats_slot;
+    }
     check_state(&port)?;
     meta.net_index = port.net_index;
 
-    // A VM owns no VLANs but its trunk's: a frame tagged with one of its
-    // subports' VLAN ids is that subport's, from here on as if it came from a
-    // port of its own. Otherwise only an 802.1Q priority tag (VID 0) is
-    // accepted. Either is stripped; popping a tag moves the next one (if any)
-    // into the skb's offloaded tag, so the checks after the pop catch double tags.
+    // Otherwise only an 802.1Q priority tag (VID 0) is accepted. Either is
+    // stripped; popping a tag moves the next one (if any) into the skb's
+    // offloaded tag, so the checks after the pop catch double tags.
     if let Some((tpid, vid)) = outer_tag(ctx)? {
-        if tpid != ETH_P_8021Q {
+        if tpid != ETH_P_8021Q || (vid != 0 && sub.is_none()) {
             return Err(DropReason::VmTagged);
-        }
-        if vid != 0 {
-            let key = TrunkVid { parent_ifindex: ifindex, vid: vid as u32 };
-            // SAFETY: as above.
-            ifindex = *unsafe { TRUNK_VIDS.get(key) }.ok_or(DropReason::VmTagged)?;
-            // SAFETY: as above.
-            port = *unsafe { PORTS.get(ifindex) }.ok_or(DropReason::PortUnknown)?;
-            meta.slot = port.stats_slot;
-            check_state(&port)?;
-            meta.net_index = port.net_index;
         }
         skb::vlan_pop(ctx)?;
     }
@@ -85,6 +87,28 @@ fn check_state(port: &PortInfo) -> Result<(), DropReason> {
         return Err(DropReason::PortAdminDown);
     }
     Ok(())
+}
+
+/// The subport whose VLAN id tags the frame on trunk parent `parent`, if any.
+/// A peek that never fails: a frame it cannot read is judged later.
+#[inline(always)]
+fn subport_of(ctx: &TcContext, parent: u32) -> Option<u32> {
+    let vid = match skb::hw_vlan(ctx) {
+        Some((ETH_P_8021Q, vid)) => vid,
+        Some(_) => return None,
+        None => {
+            let pkt = Pkt::linear(ctx);
+            if Eth::parse(&pkt).ok()?.ethertype != ETH_P_8021Q {
+                return None;
+            }
+            pkt.be16_at(ETH_LEN).ok()? & 0x0fff
+        }
+    };
+    if vid == 0 {
+        return None;
+    }
+    // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
+    unsafe { TRUNK_VIDS.get(TrunkVid { parent_ifindex: parent, vid: vid as u32 }) }.copied()
 }
 
 /// The frame's outer tag, offloaded or in the frame: (TPID, VID).

@@ -270,3 +270,32 @@ fn a_removed_subport_takes_its_vlan_id_with_it() {
     let o = b.run(names::PROG_VM_PORT, P, &flat, true).unwrap();
     assert_eq!(b.targets(&o), vec![(UPLINK.to_string(), 0)], "subport 102 still works");
 }
+
+/// An admin-down parent stops its own traffic, not its subports': as in the
+/// OVS agent, where each subport has a patch port of its own.
+#[test]
+fn an_admin_down_parent_stops_its_own_traffic_only() {
+    let mut b = trunk_bench();
+    let mut v: serde_json::Value = serde_json::from_str(BINDINGS).unwrap();
+    v["ports"][0]["admin_state_up"] = serde_json::json!(false);
+    b.reseed(CONFIG, &v.to_string()).unwrap();
+    let to_b = udp(MAC_P, MAC_B, [10, 10, 10, 2], [10, 10, 10, 3]);
+    let o = b.run(names::PROG_VM_PORT, P, &to_b, true).unwrap();
+    assert_eq!(
+        (o.retval, o.drops[DropReason::PortAdminDown as usize]),
+        (TC_ACT_SHOT, 1),
+        "untagged: the parent's"
+    );
+    let to_c = tagged(&udp(MAC_P, MAC_C, [10, 20, 0, 2], [10, 20, 0, 3]), 0x8100, 101);
+    let o = b.run(names::PROG_VM_PORT, P, &to_c, true).unwrap();
+    assert_eq!(b.targets(&o), vec![(C.to_string(), 0)], "VLAN 101: the subport's, which is up");
+    let o = b.run(names::PROG_VM_PORT, P, &tagged(&to_b, 0x8100, 103), true).unwrap();
+    assert_eq!(o.retval, TC_ACT_SHOT, "a tag of no subport is still refused");
+    // Towards the VM: the subport still gets its frames; the parent is no destination.
+    let to_vm = udp(MAC_C, MAC_P, [10, 20, 0, 3], [10, 20, 0, 2]);
+    let o = b.run(names::PROG_VM_PORT, C, &to_vm, true).unwrap();
+    assert_eq!(b.targets(&o), vec![(P.to_string(), 101)]);
+    let from_b = udp(MAC_B, MAC_P, [10, 10, 10, 3], [10, 10, 10, 2]);
+    let o = b.run(names::PROG_VM_PORT, B, &from_b, true).unwrap();
+    assert_eq!(b.targets(&o), vec![(UPLINK.to_string(), 1000)], "unknown on net1: only the wire");
+}
