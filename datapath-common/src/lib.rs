@@ -16,8 +16,8 @@ pub use types::*;
 
 /// Version of the map layouts below; part of every pin path.
 #[cfg(not(feature = "abi-next"))]
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// Version of the map layouts below; part of every pin path. The `abi-next`
 /// test build is one ahead, with a layout of its own.
 #[cfg(feature = "abi-next")]
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;

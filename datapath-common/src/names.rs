@@ -49,6 +49,10 @@ pub const SG_FRAGS: &str = "SG_FRAGS";
 pub const SUBPORTS: &str = "SUBPORTS";
 /// The subport a VLAN id of a trunk's parent tap carries: [`crate::TrunkVid`] -> `u32` (subport id).
 pub const TRUNK_VIDS: &str = "TRUNK_VIDS";
+/// Each policed or marked port's QoS limits: `u32` (ifindex or subport id) -> [`crate::QosPort`].
+pub const QOS_PORTS: &str = "QOS_PORTS";
+/// The policers' state per port (LRU, kernel-owned): `u32` -> [`crate::QosBucket`].
+pub const QOS_BUCKETS: &str = "QOS_BUCKETS";
 /// Per-CPU counters per port slot: [`crate::PortCounters`].
 pub const PORT_STATS: &str = "PORT_STATS";
 /// Per-CPU counters of the uplinks' XDP stage, by the uplink's port slot: [`crate::PortCounters`].
@@ -67,7 +71,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 29] = [
+pub const ALL_MAPS: [&str; 31] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -89,6 +93,8 @@ pub const ALL_MAPS: [&str; 29] = [
     SG_FRAGS,
     SUBPORTS,
     TRUNK_VIDS,
+    QOS_PORTS,
+    QOS_BUCKETS,
     PORT_STATS,
     XDP_STATS,
     XDP_TAPS,

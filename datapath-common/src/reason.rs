@@ -107,6 +107,9 @@ counted_enum! {
         /// A tunnel frame from a VTEP that hosts no port of its network (no
         /// tunnel peer of this node for it, as the OVS agent has none).
         ForeignVtep = 31 => "foreign_vtep",
+        /// Over the port's QoS limit (bandwidth or packet rate), in the
+        /// direction the frame goes.
+        QosPoliced = 32 => "qos_policed",
     }
 }
 
@@ -139,11 +142,13 @@ counted_enum! {
         /// Sent by an uplink's XDP stage straight to a local tap (the fast
         /// path), its tag removed: known unicast that needs nothing else.
         Redirected = 11 => "xdp_redirected",
+        /// A frame the port sent whose DSCP the port's QoS policy rewrote.
+        DscpMarked = 12 => "dscp_marked",
     }
 }
 
 /// Number of drop counters per port (index 0 is unused).
-pub const DROP_REASON_SLOTS: usize = 32;
+pub const DROP_REASON_SLOTS: usize = 48;
 /// Number of action counters per port.
 pub const ACTION_SLOTS: usize = 16;
 

@@ -51,6 +51,10 @@ pub const PORT_F_SECGROUPS: u32 = 1 << 3;
 /// stack (the node's own address on the uplink) instead of being dropped.
 pub const PORT_F_HOST_UNTAGGED: u32 = 1 << 4;
 
+/// The port has a QoS policy that limits or marks its traffic: its
+/// `QOS_PORTS` entry says how (none: nothing is enforced).
+pub const PORT_F_QOS: u32 = 1 << 5;
+
 /// Network type: untagged on the uplink.
 pub const NET_TYPE_FLAT: u32 = 1;
 /// Network type: 802.1Q tag = segmentation id on the uplink.
@@ -235,6 +239,15 @@ pub const MONITOR_RING_BYTES: u32 = 1 << 20;
 /// `MonitorEvent::program`: the index of the program in `names::ALL_PROGRAMS`.
 pub const MONITOR_PROGRAMS: usize = crate::names::ALL_PROGRAMS.len();
 
+/// `QosPort` and `QosBucket` index of what a port sends (Neutron's "egress").
+pub const QOS_DIR_EGRESS: usize = 0;
+/// `QosPort` and `QosBucket` index of what a port receives (Neutron's "ingress").
+pub const QOS_DIR_INGRESS: usize = 1;
+/// `QosPort::flags`: rewrite the DSCP of the IPv4 and IPv6 packets the port sends.
+pub const QOS_F_DSCP: u32 = 1 << 0;
+/// Capacity of the LRU `QOS_BUCKETS` (ports and subports).
+pub const MAX_QOS_BUCKETS: u32 = MAX_PORTS + MAX_SUBPORTS;
+
 /// Capacity of `PORTS` and of the stats slots (slot 0 is "no port").
 pub const MAX_PORTS: u32 = 4096;
 /// Capacity of `NETWORKS`; local indices are 1..MAX_NETWORKS.
@@ -369,6 +382,35 @@ shared! {
         pub vid: u32,
     }
 
+    /// Value of `QOS_PORTS` (key: the port's ifindex or subport id): the
+    /// limits of its QoS policy, by direction (`QOS_DIR_*`), as the costs a
+    /// GCRA policer charges. A cost of 0: no limit of that kind.
+    pub struct QosPort [72] {
+        /// Picoseconds each byte costs (8e9 / the rate in kbit/s).
+        pub ps_per_byte: [u64; 2],
+        /// How far ahead of now the byte limit may run, in ns: the burst.
+        pub byte_burst_ns: [u64; 2],
+        /// Picoseconds each packet costs (1e9 / the rate in kpps).
+        pub ps_per_packet: [u64; 2],
+        /// How far ahead of now the packet limit may run, in ns.
+        pub packet_burst_ns: [u64; 2],
+        /// `QOS_F_*`.
+        pub flags: u32,
+        /// The DSCP value (0..=63) to mark with (`QOS_F_DSCP`).
+        pub dscp: u8,
+        pub _pad: [u8; 3],
+    }
+
+    /// Value of `QOS_BUCKETS` (key: as `QOS_PORTS`): each limit's
+    /// theoretical arrival time (GCRA) and the cost it was computed with,
+    /// so that a changed policy starts afresh.
+    pub struct QosBucket [64] {
+        /// Bytes: [egress, ingress]; then packets: [egress, ingress].
+        pub tat_ns: [u64; 4],
+        /// The `ps_per_byte`/`ps_per_packet` each `tat_ns` was charged at.
+        pub cost_ps: [u64; 4],
+    }
+
     /// Key of `ARP_TABLE`.
     pub struct ArpKey [8] {
         pub net_index: u32,
@@ -405,7 +447,7 @@ shared! {
     }
 
     /// Value of `PORT_STATS` (per CPU, index: stats slot).
-    pub struct PortCounters [384] {
+    pub struct PortCounters [512] {
         /// Packets dropped, by `DropReason`.
         pub drops: [u64; DROP_REASON_SLOTS],
         /// Packets handled, by `Action`.

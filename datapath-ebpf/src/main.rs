@@ -16,6 +16,7 @@ mod maps;
 mod monitor;
 mod parse;
 mod port_out;
+mod qos;
 mod secgroup;
 mod skb;
 mod stats;

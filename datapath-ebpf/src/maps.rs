@@ -12,10 +12,10 @@ use aya_ebpf::{
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
     LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_SUBPORTS, MAX_TUNNEL_PEERS,
-    MAX_UNDERLAYS, MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo,
-    SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey,
-    UnderlayInfo, VtepSet,
+    MAX_NETWORKS, MAX_PORTS, MAX_QOS_BUCKETS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_SUBPORTS,
+    MAX_TUNNEL_PEERS, MAX_UNDERLAYS, MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo,
+    PortCounters, PortInfo, QosBucket, QosPort, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6,
+    TraceRecord, TrunkVid, TunnelPeerKey, UnderlayInfo, VtepSet,
 };
 
 #[map]
@@ -86,6 +86,16 @@ pub static SUBPORTS: HashMap<u32, TrunkVid> = HashMap::with_max_entries(MAX_SUBP
 
 #[map]
 pub static TRUNK_VIDS: HashMap<TrunkVid, u32> = HashMap::with_max_entries(MAX_SUBPORTS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static QOS_PORTS: HashMap<u32, QosPort> =
+    HashMap::with_max_entries(MAX_PORTS + MAX_SUBPORTS, BPF_F_NO_PREALLOC);
+
+/// Kernel-owned: a bucket is made by the first frame it polices, and one of
+/// a port gone is evicted in time; a port that takes its key over starts
+/// afresh, as its policy's costs differ or its time is long past.
+#[map]
+pub static QOS_BUCKETS: LruHashMap<u32, QosBucket> = LruHashMap::with_max_entries(MAX_QOS_BUCKETS, 0);
 
 #[map]
 pub static PORT_STATS: PerCpuArray<PortCounters> = PerCpuArray::with_max_entries(MAX_PORTS, 0);

@@ -4,11 +4,14 @@
 //! copy), so this is where the port's ingress security-group rules apply.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use datapath_common::{Action, DropReason, PORT_F_SECGROUPS, SG_DIR_INGRESS, TrunkVid};
+use datapath_common::{
+    Action, DropReason, PORT_F_QOS, PORT_F_SECGROUPS, QOS_DIR_INGRESS, SG_DIR_INGRESS, TrunkVid,
+};
 
 use crate::{
     maps::{PORTS, TRUNK_VIDS},
     parse::{ETH_LEN, ETH_P_8021Q, Eth, Pkt},
+    qos,
     secgroup::{self, At},
     skb,
     verdict::{Meta, Verdict},
@@ -41,11 +44,15 @@ pub fn try_vm_port_out(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, Drop
     }
     meta.slot = port.stats_slot;
     meta.net_index = port.net_index;
-    if port.flags & PORT_F_SECGROUPS == 0 {
-        return Ok(PASS);
+    if port.flags & PORT_F_SECGROUPS != 0 {
+        let eth = Eth::parse(&Pkt::linear(ctx))?;
+        let mut at = At::new(ifindex, SG_DIR_INGRESS, meta);
+        secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
     }
-    let eth = Eth::parse(&Pkt::linear(ctx))?;
-    let mut at = At::new(ifindex, SG_DIR_INGRESS, meta);
-    secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
+    if port.flags & PORT_F_QOS != 0
+        && let Some(q) = qos::of(ifindex)
+    {
+        qos::police(ctx, ifindex, q, QOS_DIR_INGRESS, meta.dry_run)?;
+    }
     Ok(PASS)
 }

@@ -42,6 +42,13 @@ pub fn gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
 }
 
+/// Segments of a GSO super-frame, 0 for a frame that is not one.
+#[inline(always)]
+pub fn gso_segs(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).gso_segs }
+}
+
 /// Tunnel TTL of encapsulated frames.
 const TUNNEL_TTL: u8 = 64;
 

@@ -25,8 +25,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use datapath_common::{
-    Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_ADMIN_UP, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS,
-    SEGMENT_UNTAGGED, SegmentKey,
+    Action, DropReason, FDB_F_LOCAL, FdbKey, PORT_F_ADMIN_UP, PORT_F_HOST_UNTAGGED, PORT_F_QOS,
+    PORT_F_SECGROUPS, SEGMENT_UNTAGGED, SegmentKey,
 };
 
 use crate::{
@@ -126,7 +126,10 @@ fn fast_path_target(meta: &mut XdpMeta, eth: &Eth, ingress: u32, src_static: boo
     }
     // SAFETY: as above.
     let port = *unsafe { PORTS.get(dst.ifindex) }?;
-    if port.net_index != net_index || port.flags & (PORT_F_ADMIN_UP | PORT_F_SECGROUPS) != PORT_F_ADMIN_UP {
+    // Its security groups and QoS limits run in TC, on the tap's egress.
+    if port.net_index != net_index
+        || port.flags & (PORT_F_ADMIN_UP | PORT_F_SECGROUPS | PORT_F_QOS) != PORT_F_ADMIN_UP
+    {
         return None;
     }
     if !src_static {

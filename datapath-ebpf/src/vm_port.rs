@@ -4,8 +4,8 @@
 
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
-    DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_SECGROUPS, PortInfo,
-    SG_DIR_EGRESS, TrunkVid,
+    Action, DropReason, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_QOS,
+    PORT_F_SECGROUPS, PortInfo, QOS_DIR_EGRESS, QOS_F_DSCP, SG_DIR_EGRESS, TrunkVid,
 };
 
 use crate::{
@@ -15,7 +15,7 @@ use crate::{
     parse::{
         self, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, Eth, Pkt, is_l2_control, is_multicast, is_zero,
     },
-    secgroup, skb,
+    qos, secgroup, skb, stats,
     verdict::{Meta, Verdict},
 };
 
@@ -73,6 +73,16 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     if port.flags & PORT_F_SECGROUPS != 0 {
         let mut at = secgroup::At::new(ifindex, SG_DIR_EGRESS, meta);
         secgroup::check(ctx, eth.ethertype, ETH_LEN, &mut at)?;
+    }
+    // What the groups admitted counts against the port's limits (as the
+    // hybrid chain's OVS policing came after iptables), then gets its mark.
+    if port.flags & PORT_F_QOS != 0
+        && let Some(q) = qos::of(ifindex)
+    {
+        qos::police(ctx, ifindex, q, QOS_DIR_EGRESS, meta.dry_run)?;
+        if q.flags & QOS_F_DSCP != 0 && qos::mark(ctx, eth.ethertype, ETH_LEN, q.dscp)? && !meta.dry_run {
+            stats::count_action(meta.slot, Action::DscpMarked, 1);
+        }
     }
     bridge(ctx, meta, port.net_index, ifindex, &eth)
 }

@@ -25,9 +25,9 @@ use aya::{
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
-    LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, SegmentKey, SgPort,
-    SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey, UnderlayInfo, VtepSet,
-    names,
+    LearnedEntry, MacKey, MonitorConfig, MonitorRate, NetInfo, PortCounters, PortInfo, QosBucket, QosPort,
+    SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey,
+    UnderlayInfo, VtepSet, names,
 };
 
 /// A kernel map the agent owns: read whole, written and deleted entry by entry.
@@ -325,6 +325,8 @@ declare_maps! {
         /// (LPM prefix length, data) -> rule.
         sg_remote_v6: LpmTrie<MapData, SgRemoteKeyV6, u32> = names::SG_REMOTE_V6,
         sg_ports: HashMap<MapData, u32, SgPort> = names::SG_PORTS,
+        /// A port's QoS limits, before its entry says it has some.
+        qos_ports: HashMap<MapData, u32, QosPort> = names::QOS_PORTS,
         ports: HashMap<MapData, u32, PortInfo> = names::PORTS,
         /// The trunks' VLAN ids, once their subports' entries are there.
         trunk_vids: HashMap<MapData, TrunkVid, u32> = names::TRUNK_VIDS,
@@ -332,6 +334,8 @@ declare_maps! {
     kernel {
         /// MACs learned from the wire (LRU; aged by the agent).
         fdb_learned: HashMap<MapData, FdbKey, LearnedEntry> = names::FDB_LEARNED,
+        /// The QoS policers' state (LRU).
+        qos_buckets: HashMap<MapData, u32, QosBucket> = names::QOS_BUCKETS,
         /// First-fragment verdicts (LRU).
         frag_verdicts: HashMap<MapData, FragKey, FragVerdict> = names::FRAG_VERDICTS,
         /// Tracked connections (the agent deletes expired ones and cuts what a policy no longer admits).

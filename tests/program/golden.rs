@@ -644,6 +644,7 @@ const TESTED_ELSEWHERE: &[(DropReason, &str)] = &[
     (DropReason::MtuExceeded, "tunnel.rs: the tunnel MTU"),
     (DropReason::TunnelOpFailed, "tunnel.rs: a frame on the VXLAN device without tunnel metadata"),
     (DropReason::ForeignVtep, "tunnel.rs: only a network's tunnel peers are heard"),
+    (DropReason::QosPoliced, "qos.rs: a policer needs a run of frames, not one"),
     // A MAC learned (or known) with no uplink or VTEP behind it needs a learned table that
     // the bindings cannot make; the differential fuzzer seeds and checks both.
     (DropReason::NoUplink, "the differential fuzzer (fuzz layer)"),

@@ -10,6 +10,7 @@ mod golden;
 mod injected;
 mod learning;
 mod monitor;
+mod qos;
 mod scenario;
 mod secgroups;
 mod trunk;

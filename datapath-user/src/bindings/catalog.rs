@@ -11,7 +11,10 @@ use std::{
     sync::Arc,
 };
 
-use super::{AddressGroup, Bindings, Network, Refusal, SecurityGroup};
+use super::{AddressGroup, Bindings, Network, QosPolicy, Refusal, SecurityGroup};
+
+/// The QoS policies by id: global, not per network.
+pub type QosPolicies = BTreeMap<String, QosPolicy>;
 
 /// The security groups and address groups, by id: global, not per network.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -53,6 +56,8 @@ pub struct Catalog {
     pub networks: BTreeMap<String, Arc<NetBindings>>,
     /// Security groups and address groups (replaced whole when they change).
     pub security: Arc<Security>,
+    /// QoS policies (replaced whole when they change).
+    pub qos: Arc<QosPolicies>,
     /// Entries refused by the source, for the logs and `datapath status`.
     pub refused: Vec<Refusal>,
 }
@@ -63,6 +68,8 @@ pub struct CatalogDelta {
     pub networks: Vec<(String, Option<Arc<NetBindings>>)>,
     /// The new security groups and address groups; None: unchanged.
     pub security: Option<Arc<Security>>,
+    /// The new QoS policies; None: unchanged.
+    pub qos: Option<Arc<QosPolicies>>,
     pub refused: Vec<Refusal>,
 }
 
@@ -100,6 +107,9 @@ impl Catalog {
         if let Some(s) = d.security {
             self.security = s;
         }
+        if let Some(q) = d.qos {
+            self.qos = q;
+        }
         self.refused = d.refused;
         changed
     }
@@ -114,6 +124,8 @@ impl Catalog {
                 .collect(),
             members: None,
         });
+        let qos =
+            Arc::new(std::mem::take(&mut b.qos_policies).into_iter().map(|p| (p.id.clone(), p)).collect());
         let mut nets: BTreeMap<String, NetBindings> = b
             .networks
             .into_iter()
@@ -138,6 +150,7 @@ impl Catalog {
         Self {
             networks: nets.into_iter().map(|(id, n)| (id, Arc::new(n))).collect(),
             security,
+            qos,
             refused: b.refused,
         }
     }

@@ -13,13 +13,15 @@ mod addr;
 mod catalog;
 mod model;
 mod parse;
+mod qos;
 mod secgroups;
 
 pub use addr::{device_name, format_mac, masked, parse_cidr, parse_mac};
-pub use catalog::{Catalog, CatalogDelta, Changed, NetBindings, Security};
+pub use catalog::{Catalog, CatalogDelta, Changed, NetBindings, QosPolicies, Security};
 pub use model::{
     AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal, SubportOf, Trunk, subport_device_name,
 };
+pub use qos::{QosDirection, QosPolicy, QosRule, VALID_DSCP_MARKS};
 pub use secgroups::{
     AddressGroup, Direction, Family, PROTO_DCCP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
     PROTO_UDPLITE, Ports, Remote, SecurityGroup, SgRule, has_ports, parse_rule,

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{
+    QosPolicy,
     addr::device_name,
     secgroups::{AddressGroup, SecurityGroup},
 };
@@ -36,6 +37,9 @@ pub struct Network {
     pub mtu: u32,
     /// Whether the network is administratively up.
     pub admin_state_up: bool,
+    /// The network's QoS policy: it applies to its ports that have none of
+    /// their own (but not to `network:*` owners, as in Neutron).
+    pub qos_policy_id: Option<String>,
 }
 
 /// A Neutron port, validated.
@@ -68,6 +72,8 @@ pub struct Port {
     pub subport: Option<SubportOf>,
     /// Set when the port is a trunk's parent: the trunk's id.
     pub trunk: Option<String>,
+    /// The port's own QoS policy (it wins over its network's).
+    pub qos_policy_id: Option<String>,
 }
 
 /// Where a subport lives: on its parent's tap, under the VM's VLAN id.
@@ -140,6 +146,8 @@ pub struct Bindings {
     pub address_groups: Vec<AddressGroup>,
     /// Accepted trunks (their ports carry `trunk` and `subport`).
     pub trunks: Vec<Trunk>,
+    /// QoS policies with their accepted rules.
+    pub qos_policies: Vec<QosPolicy>,
     /// Entries that were refused.
     pub refused: Vec<Refusal>,
 }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::{
     AddressPair, Agent, Bindings, Network, NetworkType, Port, Refusal, SubportOf, Trunk,
     addr::{DEVICE_ID_CHARS, device_name, format_mac, parse_cidr, parse_mac},
-    secgroups,
+    qos, secgroups,
 };
 use crate::config::check_ifname;
 
@@ -79,6 +79,13 @@ impl Bindings {
                 Some(other) => out.refuse(key.into(), format!("\"{key}\" is {}, not an array", kind(other))),
             }
         }
+        match doc.get("qos_policies") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(list)) => out.qos_policies = qos::read_qos_policies(list, &mut out.refused),
+            Some(other) => out
+                .refuse("qos_policies".into(), format!("\"qos_policies\" is {}, not an array", kind(other))),
+        }
+        out.check_qos_references();
         // Agents only matter for tunnels, so a broken list must not cost the node its L2 ports.
         match doc.get("agents") {
             None | Some(Value::Null) => {}
@@ -88,6 +95,26 @@ impl Bindings {
             }
         }
         Ok(out)
+    }
+
+    // A port or network that names no accepted policy keeps working without
+    // QoS, and says so: what its policy would enforce is unknown.
+    fn check_qos_references(&mut self) {
+        let known: HashSet<&str> = self.qos_policies.iter().map(|p| p.id.as_str()).collect();
+        let mut notes = Vec::new();
+        for n in &mut self.networks {
+            if let Some(q) = n.qos_policy_id.take_if(|q| !known.contains(q.as_str())) {
+                notes.push((format!("network {}", n.id), q));
+            }
+        }
+        for p in &mut self.ports {
+            if let Some(q) = p.qos_policy_id.take_if(|q| !known.contains(q.as_str())) {
+                notes.push((format!("port {}", p.id), q));
+            }
+        }
+        for (what, q) in notes {
+            self.refuse(what, format!("qos_policy_id {q:?} is no accepted QoS policy: no QoS applies"));
+        }
     }
 
     fn refuse(&mut self, what: String, reason: String) {
@@ -452,6 +479,7 @@ fn network_from(obj: &Object) -> Result<Network, String> {
         // In range above, so it fits.
         mtu: mtu as u32,
         admin_state_up: opt_bool(obj, "admin_state_up")?.unwrap_or(true),
+        qos_policy_id: opt_str(obj, "qos_policy_id")?.filter(|s| !s.is_empty()).map(str::to_string),
     })
 }
 
@@ -540,6 +568,7 @@ fn port_from(obj: &Object) -> Result<Port, String> {
         security_groups,
         subport: None,
         trunk: None,
+        qos_policy_id: opt_str(obj, "qos_policy_id")?.filter(|s| !s.is_empty()).map(str::to_string),
     })
 }
 
@@ -726,6 +755,7 @@ mod tests {
                     segmentation_id: Some(1000),
                     mtu: 1500,
                     admin_state_up: true,
+                    qos_policy_id: None,
                 }],
                 ports: vec![Port {
                     id: PORT.into(),
@@ -744,6 +774,7 @@ mod tests {
                     security_groups: None,
                     subport: None,
                     trunk: None,
+                    qos_policy_id: None,
                 }],
                 agents: vec![Agent {
                     host: "node1".into(),
@@ -753,6 +784,7 @@ mod tests {
                 security_groups: vec![],
                 address_groups: vec![],
                 trunks: vec![],
+                qos_policies: vec![],
                 refused: vec![],
             }
         );
@@ -784,6 +816,7 @@ mod tests {
                 segmentation_id: Some(77),
                 mtu: 1500,
                 admin_state_up: true,
+                qos_policy_id: None,
             }
         );
         assert_eq!(b.networks[1].network_type, NetworkType::Flat);
@@ -805,6 +838,7 @@ mod tests {
                 security_groups: None,
                 subport: None,
                 trunk: None,
+                qos_policy_id: None,
             }
         );
     }

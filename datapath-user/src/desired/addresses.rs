@@ -102,6 +102,7 @@ mod tests {
             security_groups: None,
             subport: None,
             trunk: None,
+            qos_policy_id: None,
             allowed_address_pairs: pairs
                 .iter()
                 .map(|(ip, prefix_len, mac)| AddressPair {

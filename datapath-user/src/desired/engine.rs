@@ -10,7 +10,10 @@
 //! every fragment touched; the agent runs one on every periodic resync, which
 //! also bounds the life of any divergence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use datapath_common::{NET_TYPE_FLAT, NET_TYPE_VLAN, NET_TYPE_VXLAN};
 
@@ -19,7 +22,7 @@ use super::{
     security::SecurityLayer, wire_id_of,
 };
 use crate::{
-    bindings::{Catalog, Network, NetworkType},
+    bindings::{Catalog, Network, NetworkType, QosPolicies},
     config::Config,
     netlink::Devices,
     synced::Diff,
@@ -76,6 +79,8 @@ pub struct Engine {
     shard_meta: BTreeMap<String, ((u32, u32), usize)>,
     /// The ports' security-group policies.
     security: SecurityLayer,
+    /// The QoS policies the shards were derived with.
+    qos: Arc<QosPolicies>,
 }
 
 /// The segment a network may contend for with others of this node.
@@ -111,6 +116,7 @@ impl Engine {
             claims: BTreeMap::new(),
             shard_meta: BTreeMap::new(),
             security,
+            qos: Arc::default(),
         }
     }
 
@@ -201,13 +207,20 @@ impl Engine {
             // network's entry names it (rare enough not to track which).
             nets.extend(self.shards.keys().cloned());
         }
+        if !Arc::ptr_eq(&self.qos, &catalog.qos) {
+            // A policy changed (rare): every port of this node may use it.
+            if *self.qos != *catalog.qos {
+                nets.extend(self.shards.keys().cloned());
+            }
+            self.qos = catalog.qos.clone();
+        }
         self.add_contenders(catalog, &mut nets);
 
         let sub = catalog.subset(&nets);
         let local: Vec<_> = sub.ports_on_host(&cfg.host).collect();
         let mut out = Derived::default();
         let mut plans = networks::plan(cfg, &sub, &local, devices, &mut self.alloc);
-        ports::bound(&mut out, &local, &mut plans, devices, &mut self.alloc);
+        ports::bound(&mut out, &local, &mut plans, devices, &mut self.alloc, &catalog.qos);
         networks::program(&mut out, cfg, &sub, &mut plans);
         let mut fresh = split(out);
 
@@ -426,6 +439,7 @@ fn split(out: Derived) -> BTreeMap<String, Derived> {
     place!(allowed_v6, |k, _v| port(&k.1.ifindex));
     place!(ports, |_k, v| net(&v.net_index));
     place!(subports, |k, _v| port(&k));
+    place!(qos_ports, |k, _v| port(&k));
     place!(trunk_vids, |_k, v| port(&v));
     for (ifindex, a) in out.attach {
         shards.entry(port(&ifindex)).or_default().attach.insert(ifindex, a);
@@ -467,6 +481,7 @@ mod tests {
             segmentation_id,
             mtu: 1500,
             admin_state_up: rng.below(8) != 0,
+            qos_policy_id: [None, None, Some("limit".into())][rng.below(3) as usize].clone(),
         }
     }
 
@@ -485,13 +500,29 @@ mod tests {
             security_groups: None,
             subport: None,
             trunk: None,
+            qos_policy_id: [None, None, Some("mark".into())][rng.below(3) as usize].clone(),
         }
+    }
+
+    /// A policy limiting to `kbps` and one marking: what random ports and networks name.
+    fn qos_policies(kbps: u64) -> Vec<crate::bindings::QosPolicy> {
+        use crate::bindings::{QosDirection, QosPolicy, QosRule};
+        let limit =
+            QosRule::BandwidthLimit { direction: QosDirection::Egress, max_kbps: kbps, max_burst_kbps: 0 };
+        vec![
+            QosPolicy { id: "limit".into(), name: String::new(), rules: vec![limit] },
+            QosPolicy {
+                id: "mark".into(),
+                name: String::new(),
+                rules: vec![QosRule::DscpMarking { dscp_mark: 10 }],
+            },
+        ]
     }
 
     /// One random change to the cloud or the node's devices.
     fn mutate(rng: &mut Rng, b: &mut Bindings, devices: &mut Devices, next: &mut u64) {
         *next += 1;
-        match rng.below(9) {
+        match rng.below(10) {
             0 | 1 => {
                 let p = port(rng, *next, &b.networks);
                 if rng.below(2) == 0 {
@@ -531,6 +562,11 @@ mod tests {
                     tunneling_ip: Some(Ipv4Addr::new(192, 0, 2, 11 + rng.below(3) as u8)),
                 });
             }
+            8 => {
+                // A QoS policy changes: its ports' limits with it.
+                let rate = 1000 * (1 + rng.below(4));
+                b.qos_policies = qos_policies(rate);
+            }
             _ => {
                 // The uplink goes or comes back.
                 if devices.remove("eth2").is_none() {
@@ -555,8 +591,11 @@ mod tests {
         let cfg = Config::parse_str(&format!("{CONFIG}{TUNNEL_CONFIG}"), "test").unwrap();
         for seed in 1..=16u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut b =
-                Bindings { networks: (0..6).map(|i| network(&mut rng, i)).collect(), ..Bindings::default() };
+            let mut b = Bindings {
+                networks: (0..6).map(|i| network(&mut rng, i)).collect(),
+                qos_policies: qos_policies(1000),
+                ..Bindings::default()
+            };
             let mut next = 100;
             let mut devices: Devices = [("eth2".to_string(), 2)].into();
             let mut engine = Engine::new(Allocations::default());
@@ -608,6 +647,7 @@ mod tests {
             .map(|i| Network {
                 segmentation_id: Some(100 + i as u32),
                 network_type: NetworkType::Vlan,
+                physical_network: Some("default".into()),
                 admin_state_up: true,
                 ..network(&mut rng, i)
             })

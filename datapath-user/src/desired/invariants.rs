@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use datapath_common::{
     FDB_F_LOCAL, MAX_FLOOD_PORTS, MAX_FLOOD_VTEPS, NET_TYPE_VXLAN, PORT_F_ADMIN_UP, PORT_F_ANTI_SPOOF,
-    is_subport,
+    PORT_F_QOS, is_subport,
 };
 
 use super::{Derived, wire_id_of};
@@ -45,6 +45,11 @@ pub fn check(d: &Derived) -> Result<(), String> {
             }
         } else if !d.attach.contains_key(ifindex) {
             return Err(format!("port {ifindex} is programmed but no program attaches to it"));
+        }
+    }
+    for id in s.qos_ports.keys() {
+        if s.ports.get(id).is_none_or(|p| p.flags & PORT_F_QOS == 0) {
+            return Err(format!("QoS limits for {id}, which is no port with a QoS policy"));
         }
     }
     for (sub, id) in &s.trunk_vids {

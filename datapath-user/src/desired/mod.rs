@@ -13,6 +13,7 @@ mod engine;
 mod invariants;
 mod networks;
 mod ports;
+mod qos;
 mod security;
 
 use std::collections::BTreeMap;

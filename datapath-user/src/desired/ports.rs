@@ -3,7 +3,7 @@
 
 use datapath_common::{
     FDB_F_LOCAL, FdbEntry, FdbKey, MAX_FLOOD_PORTS, MAX_PORTS, MAX_SUBPORTS, PORT_F_ADMIN_UP,
-    PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_HOST_UNTAGGED, PORT_F_SECGROUPS, PORT_KIND_NETWORK,
+    PORT_F_ANTI_SPOOF, PORT_F_BOUND, PORT_F_HOST_UNTAGGED, PORT_F_QOS, PORT_F_SECGROUPS, PORT_KIND_NETWORK,
     PORT_KIND_TUNNEL, PORT_KIND_UPLINK, PORT_KIND_VM, PortInfo, TrunkVid, names,
 };
 
@@ -12,7 +12,7 @@ use super::{
     networks::Plans,
 };
 use crate::{
-    bindings::{Port, device_name},
+    bindings::{Port, QosPolicies, device_name},
     config::{Config, XdpChoice},
     netlink::Devices,
     tunnel::TUNNEL_DEVICE,
@@ -109,6 +109,7 @@ pub(super) fn bound(
     plans: &mut Plans,
     devices: &Devices,
     alloc: &mut Allocations,
+    qos: &QosPolicies,
 ) {
     // Ports already flooding go first (stable otherwise): when a network is
     // full, a port new to it is the one refused, never one that works.
@@ -189,6 +190,10 @@ pub(super) fn bound(
             if port.security_groups.is_some() {
                 flags |= PORT_F_SECGROUPS;
             }
+        }
+        if let Some(q) = super::qos::entry(port, plan.net, qos) {
+            flags |= PORT_F_QOS;
+            out.state.qos_ports.insert(ifindex, q);
         }
         let kind = if port.is_network_owned() { PORT_KIND_NETWORK } else { PORT_KIND_VM };
         out.state
