@@ -90,6 +90,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         legacy.flow(sc).prepare(&format!("legacy {}", sc.name()))?;
         ours.flow(sc).prepare(&format!("datapath {}", sc.name()))?;
     }
+    ours.flow(Scenario::SameNodeQos).prepare("datapath, policed pair")?;
     let flow = |p: Path, sc: Scenario| -> Flow<'_> {
         match p {
             Path::Legacy => legacy.flow(sc),
@@ -157,6 +158,12 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 })?;
                 step(&label, &format!("{tag}: {:.0} pps with a monitor of every drop", s.pps));
                 samples.entry((sc, Path::Datapath, PPS_MONITORED)).or_default().push(s.pps);
+                // And through a pair whose ports are policed and marked (issue 17:
+                // what a policed port costs next to one without a policy).
+                let q = Scenario::SameNodeQos;
+                let tag = format!("{}-datapath", q.name());
+                let s = ours.flow(q).pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
+                keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (q, Path::Datapath), &s, floor_cpu);
             }
             // The cross-check: the same frames from trafgen, whose own cost per frame
             // (about a microsecond) shows how a slow sender squeezes the ratio.
@@ -177,6 +184,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                     no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
                 }
                 push(&mut samples, sc, p, report::TCP, Some(t.gbps));
+                if sc == Scenario::SameNodeVlan && p == Path::Datapath {
+                    let q = Scenario::SameNodeQos;
+                    let tag = format!("{}-datapath", q.name());
+                    let t = ours.flow(q).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
+                    step(&label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
+                    if t.bytes == 0 {
+                        no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
+                    }
+                    push(&mut samples, q, p, report::TCP, Some(t.gbps));
+                }
             }
             for (polling, p50, p99, kind) in [
                 (true, report::RTT_P50, report::RTT_P99, "polling"),
@@ -309,6 +326,14 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         datapath: dp(Scenario::SameNodeVlan, PPS_SCRAPED),
         legacy: dp(Scenario::SameNodeVlan, report::PPS.name),
     });
+    for m in [report::PPS, report::TCP] {
+        records.push(Record {
+            scenario: report::POLICED_VS_NOT.into(),
+            metric: m,
+            datapath: dp(Scenario::SameNodeQos, m.name),
+            legacy: dp(Scenario::SameNodeVlan, m.name),
+        });
+    }
     records.push(Record {
         scenario: report::MONITORED_VS_NOT.into(),
         metric: report::PPS,

@@ -12,7 +12,7 @@ use datapath_tests::{
 use serde_json::{Value, json};
 
 use super::{
-    plan::{Group, Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU},
+    plan::{Group, QOS_POLICY_ID, Scenario, VLAN_SEGMENT, VMS, VNI, VXLAN_MTU, qos_policy_json},
     traffic::{Endpoint, Flow, napi_for_generator},
 };
 
@@ -47,12 +47,16 @@ impl Ours {
             if let Some(g) = spec.group.and_then(Group::of) {
                 v["security_groups"] = json!([g.id]);
             }
+            if spec.qos {
+                v["qos_policy_id"] = json!(QOS_POLICY_ID);
+            }
             v
         };
         c.write_bindings(&json!({
             "networks": [network_json(VLAN_NET, "bench-vlan", "vlan", Some(VLAN_SEGMENT)), vx],
             "ports": ports.iter().zip(&VMS).map(port_json).collect::<Vec<_>>(),
             "security_groups": groups.iter().map(Group::to_json).collect::<Vec<_>>(),
+            "qos_policies": [qos_policy_json()],
             "agents": agents_json(2),
         }))?;
         for (port, spec) in ports.into_iter().zip(&VMS) {
@@ -68,7 +72,7 @@ impl Ours {
         c.start_agent("node0")?;
         c.start_agent("node1")?;
         let ours = Self { cluster: c };
-        for sc in Scenario::ALL.into_iter().chain(Scenario::SG) {
+        for sc in Scenario::ALL.into_iter().chain(Scenario::SG).chain([Scenario::SameNodeQos]) {
             let (a, b) = sc.pair();
             let vms = &ours.cluster.vms;
             if !vms[a].reaches(&vms[b].port.ip) {

@@ -21,6 +21,9 @@ pub enum Scenario {
     SameNodeSg100,
     /// The same with 1,000 rules.
     SameNodeSg1000,
+    /// VM to VM on one node, VLAN network, both ports under a QoS policy
+    /// whose limits never bind (and a DSCP mark): the datapath only.
+    SameNodeQos,
 }
 
 impl Scenario {
@@ -40,6 +43,7 @@ impl Scenario {
             Scenario::SameNodeSg10 => "same-node-sg10",
             Scenario::SameNodeSg100 => "same-node-sg100",
             Scenario::SameNodeSg1000 => "same-node-sg1000",
+            Scenario::SameNodeQos => "same-node-qos",
         }
     }
 
@@ -52,6 +56,7 @@ impl Scenario {
             Scenario::SameNodeSg10 => (5, 6),
             Scenario::SameNodeSg100 => (7, 8),
             Scenario::SameNodeSg1000 => (9, 10),
+            Scenario::SameNodeQos => (11, 12),
         }
     }
 
@@ -127,15 +132,37 @@ pub struct VmSpec {
     pub node: usize,
     /// The security-group scenario whose group the port is in (None: no `security_groups` key).
     pub group: Option<Scenario>,
+    /// The port is under `QOS_POLICY` (the datapath only; the legacy chain builds it plain).
+    pub qos: bool,
+}
+
+/// The id of the QoS policy of the policed pair.
+pub const QOS_POLICY_ID: &str = "b0b0b0b0-0000-4000-8000-00000000a05a";
+
+/// The policed pair's policy, as `GET /v2.0/qos/policies` returns it: every
+/// limit in both directions, far above what a veth carries, so that it
+/// measures what policing costs and never what it drops; and a DSCP mark.
+pub fn qos_policy_json() -> Value {
+    let mut rules = vec![json!({"type": "dscp_marking", "dscp_mark": 10})];
+    for direction in ["egress", "ingress"] {
+        rules.push(json!({"type": "bandwidth_limit", "max_kbps": 2_000_000_000u64, "direction": direction}));
+        rules.push(json!({"type": "packet_rate_limit", "max_kpps": 1_000_000u64, "direction": direction}));
+    }
+    json!({"id": QOS_POLICY_ID, "name": "bench-never-binding", "rules": rules})
 }
 
 /// A VM of a security-group pair, on node0 of the VLAN network.
 const fn sg_vm(port_id: &'static str, mac: &'static str, ip: &'static str, sc: Scenario) -> VmSpec {
-    VmSpec { port_id, vxlan: false, mac, ip, node: 0, group: Some(sc) }
+    VmSpec { port_id, vxlan: false, mac, ip, node: 0, group: Some(sc), qos: false }
+}
+
+/// A VM of the policed pair, on node0 of the VLAN network.
+const fn qos_vm(port_id: &'static str, mac: &'static str, ip: &'static str) -> VmSpec {
+    VmSpec { port_id, vxlan: false, mac, ip, node: 0, group: None, qos: true }
 }
 
 /// The VMs of both paths, in `Scenario::pair`'s numbering.
-pub const VMS: [VmSpec; 11] = [
+pub const VMS: [VmSpec; 13] = [
     VmSpec {
         port_id: "b0000001-0a00-4000-8000-000000000001",
         vxlan: false,
@@ -143,6 +170,7 @@ pub const VMS: [VmSpec; 11] = [
         ip: "10.30.0.1",
         node: 0,
         group: None,
+        qos: false,
     },
     VmSpec {
         port_id: "b0000002-0a00-4000-8000-000000000002",
@@ -151,6 +179,7 @@ pub const VMS: [VmSpec; 11] = [
         ip: "10.30.0.2",
         node: 0,
         group: None,
+        qos: false,
     },
     VmSpec {
         port_id: "b0000003-0a00-4000-8000-000000000003",
@@ -159,6 +188,7 @@ pub const VMS: [VmSpec; 11] = [
         ip: "10.30.0.3",
         node: 1,
         group: None,
+        qos: false,
     },
     VmSpec {
         port_id: "b0000004-0a00-4000-8000-000000000004",
@@ -167,6 +197,7 @@ pub const VMS: [VmSpec; 11] = [
         ip: "10.31.0.1",
         node: 0,
         group: None,
+        qos: false,
     },
     VmSpec {
         port_id: "b0000005-0a00-4000-8000-000000000005",
@@ -175,6 +206,7 @@ pub const VMS: [VmSpec; 11] = [
         ip: "10.31.0.2",
         node: 1,
         group: None,
+        qos: false,
     },
     sg_vm("b0000011-0a00-4000-8000-000000000011", "fa:16:3e:30:00:11", "10.30.0.11", Scenario::SameNodeSg10),
     sg_vm("b0000012-0a00-4000-8000-000000000012", "fa:16:3e:30:00:12", "10.30.0.12", Scenario::SameNodeSg10),
@@ -192,6 +224,8 @@ pub const VMS: [VmSpec; 11] = [
         "10.30.0.16",
         Scenario::SameNodeSg1000,
     ),
+    qos_vm("b0000021-0a00-4000-8000-000000000021", "fa:16:3e:30:00:21", "10.30.0.21"),
+    qos_vm("b0000022-0a00-4000-8000-000000000022", "fa:16:3e:30:00:22", "10.30.0.22"),
 ];
 
 /// VLAN segment of the VLAN network.

@@ -86,6 +86,9 @@ pub const VS_PLAIN_BRIDGE: &str = "same-node-vs-plain-bridge";
 pub const SCRAPED_VS_NOT: &str = "datapath-scraped-vs-not";
 /// The datapath's same-node pps with a monitor of every drop listening (`datapath`), against none (`legacy` column).
 pub const MONITORED_VS_NOT: &str = "datapath-monitored-vs-not";
+/// The datapath through a policed and marked pair (`datapath`, limits that never bind)
+/// against the same path without a QoS policy (`legacy` column): what policing costs.
+pub const POLICED_VS_NOT: &str = "datapath-policed-vs-not";
 /// The datapath with 1,000 rules per port (`datapath`) against itself with 10 (`legacy` column).
 pub const SG_1000_VS_10: &str = "datapath-sg1000-vs-sg10";
 /// The datapath with security groups (`datapath`) against the same path without (`legacy` column).
@@ -149,6 +152,8 @@ impl Record {
             (XDP_VS_TC, "flood_drops_per_s" | "foreign_vtep_drops_per_s") => Some(4.0),
             (XDP_VS_TC, "pps_64b_to_tap") => Some(1.5),
             (XDP_VS_TC, "rtt_p99_us") => Some(1.0),
+            // Reported, not bounded: the cost of a policed port next to an unpoliced one.
+            (POLICED_VS_NOT, _) => None,
             // "no lower than the legacy chain's"
             (_, "tcp_gbps") => Some(1.0),
             _ => None,
