@@ -4,3 +4,4 @@
 
 mod guests;
 mod package;
+mod trunk;

@@ -45,6 +45,8 @@ const MODULES: &[&str] = &[
     "macvlan",
     "sch_ingress",
     "cls_bpf",
+    // the trunk guest's VLAN subinterfaces (eth0.101); the host has no 8021q
+    "8021q",
 ];
 
 /// A built guest: the kernel image and the initramfs.
