@@ -287,6 +287,9 @@ pub struct PortRow {
     /// A subport's VLAN id on that tap (the VM's tag, never on the wire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vid: Option<u16>,
+    /// The QoS policy in force on the port (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_policy_id: Option<String>,
 }
 
 /// `networks`: the networks with ports on this node.
@@ -490,8 +493,8 @@ mod tests {
         let v1 = serde_json::json!({"device": "tapa0000000-0a", "port_id": "a0000000-0a", "kind": "vm",
             "ifindex": 7, "network": "n1", "local_index": 1, "state": "up", "detail": ""});
         let row: PortRow = serde_json::from_value(v1.clone()).unwrap();
-        assert_eq!((&row.trunk_id, &row.parent, row.vid), (&None, &None, None));
-        assert_eq!(serde_json::to_value(&row).unwrap(), v1, "no trunk, no trunk fields");
+        assert_eq!((&row.trunk_id, &row.parent, row.vid, &row.qos_policy_id), (&None, &None, None, &None));
+        assert_eq!(serde_json::to_value(&row).unwrap(), v1, "no trunk and no policy: none of their fields");
         let sub = PortRow {
             device: "tapa0000000-0a.101".into(),
             kind: "subport".into(),
@@ -499,12 +502,13 @@ mod tests {
             trunk_id: Some("t1".into()),
             parent: Some("tapa0000000-0a".into()),
             vid: Some(101),
+            qos_policy_id: Some("q1".into()),
             ..row
         };
         let v = serde_json::to_value(&sub).unwrap();
         assert_eq!(
-            (&v["trunk_id"], &v["parent"], &v["vid"]),
-            (&"t1".into(), &"tapa0000000-0a".into(), &101.into())
+            (&v["trunk_id"], &v["parent"], &v["vid"], &v["qos_policy_id"]),
+            (&"t1".into(), &"tapa0000000-0a".into(), &101.into(), &"q1".into())
         );
         assert_eq!(serde_json::from_value::<PortRow>(v).unwrap(), sub);
     }

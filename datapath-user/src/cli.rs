@@ -148,12 +148,13 @@ pub fn print_ports(v: &PortsReply) {
                 cell(p.local_index),
                 p.state.clone(),
                 trunk_cell(p),
+                cell(p.qos_policy_id.as_ref()),
                 cell(Some(&p.detail)),
             ]
         })
         .collect();
     print_table(
-        &["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "TRUNK", "DETAIL"],
+        &["DEVICE", "PORT", "KIND", "IFINDEX", "NETWORK", "LOCAL", "STATE", "TRUNK", "QOS", "DETAIL"],
         &rows,
     );
 }
@@ -432,6 +433,7 @@ mod tests {
             trunk_id: trunk_id.map(Into::into),
             parent: parent.map(Into::into),
             vid,
+            qos_policy_id: None,
         };
         assert_eq!(trunk_cell(&row(None, None, None)), "-");
         assert_eq!(trunk_cell(&row(Some("t1"), None, None)), "parent of t1");

@@ -729,6 +729,7 @@ fn port_row(p: &PortReport) -> PortRow {
         trunk_id,
         parent,
         vid,
+        qos_policy_id: p.qos_policy.clone(),
     }
 }
 

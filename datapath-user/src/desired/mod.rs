@@ -61,6 +61,8 @@ pub struct PortReport {
     pub state: PortState,
     /// The port's place in a trunk, if it has one.
     pub trunk: Option<TrunkRole>,
+    /// The QoS policy in force on the port (its own or its network's), if any.
+    pub qos_policy: Option<String>,
 }
 
 /// A port's place in a trunk (Neutron's VLAN-aware VMs), for `datapath ports`.

@@ -77,6 +77,7 @@ pub(super) fn wire(out: &mut Derived, w: &Wire, devices: &Devices, alloc: &mut A
         kind: w.label,
         state: PortState::Up,
         trunk: None,
+        qos_policy: None,
     };
     // A mapped interface that is missing (deleted, renamed, not yet created) is
     // listed, so that `datapath ports` shows why its networks do not reach the wire.
@@ -142,6 +143,7 @@ pub(super) fn bound(
             },
             state: PortState::Up,
             trunk: trunk_role(port),
+            qos_policy: None,
         };
         let Some(plan) = plans.planned.get_mut(port.network_id.as_str()) else {
             let why = plans
@@ -154,6 +156,9 @@ pub(super) fn bound(
             continue;
         };
         report.net_index = Some(plan.index);
+        // Reported even when it enforces nothing (minimums are Nova's): the operator sees which one applies.
+        report.qos_policy =
+            super::qos::policy_of(port, plan.net).filter(|q| qos.contains_key(*q)).map(String::from);
         if let Some((Some(parent), vid)) = parent {
             ifindex = alloc.subport_id(parent, vid as u32);
             if ifindex.is_none() {
@@ -271,6 +276,7 @@ pub(super) fn unbound(out: &mut Derived, name: &str, ifindex: u32, alloc: &mut A
         kind: "unbound",
         state: PortState::Unbound,
         trunk: None,
+        qos_policy: None,
     };
     match alloc.slot(ifindex) {
         Some(slot) => {
@@ -589,5 +595,47 @@ mod trunk_tests {
         assert_ne!(e.state().ports[&id].flags & PORT_F_SECGROUPS, 0);
         assert_eq!(e.state().ports[&10].flags & PORT_F_SECGROUPS, 0, "the parent has no groups");
         assert_eq!(e.state().sg_ports.keys().copied().collect::<Vec<_>>(), vec![id]);
+    }
+}
+
+#[cfg(test)]
+mod qos_tests {
+    use datapath_common::PORT_F_QOS;
+    use serde_json::json;
+
+    use crate::{
+        bindings::Bindings,
+        config::Config,
+        desired::{Allocations, check_invariants, derive, tests::CONFIG},
+        netlink::Devices,
+    };
+
+    /// A port reports the policy in force, also one that only holds
+    /// placement hints (enforcing nothing, so no entry and no flag).
+    #[test]
+    fn ports_report_their_policy_and_only_enforcing_ones_get_an_entry() {
+        let port = |i: u8, policy: Option<&str>| {
+            json!({"id": format!("{i:08x}-0000-4000-8000-000000000000"), "network_id": "n",
+                   "mac_address": format!("fa:16:3e:00:04:{i:02x}"), "binding:host_id": "node0",
+                   "qos_policy_id": policy})
+        };
+        let doc = json!({
+            "networks": [{"id": "n", "provider:network_type": "vlan", "provider:physical_network": "default",
+                          "provider:segmentation_id": 10, "qos_policy_id": "limit"}],
+            "ports": [port(1, None), port(2, Some("hints"))],
+            "qos_policies": [
+                {"id": "limit", "rules": [{"type": "bandwidth_limit", "max_kbps": 1000}]},
+                {"id": "hints", "rules": [{"type": "minimum_bandwidth", "min_kbps": 1000}]}]
+        });
+        let b = Bindings::parse_str(&doc.to_string(), "t").unwrap();
+        let devices: Devices =
+            [("eth2".to_string(), 2), ("tap00000001-00".into(), 11), ("tap00000002-00".into(), 12)].into();
+        let out = derive(&Config::parse_str(CONFIG, "t").unwrap(), &b, &devices, &mut Allocations::default());
+        check_invariants(&out).unwrap();
+        let policy = |i: u32| out.ports.iter().find(|p| p.ifindex == Some(i)).unwrap().qos_policy.clone();
+        assert_eq!((policy(11), policy(12)), (Some("limit".into()), Some("hints".into())));
+        assert_ne!(out.state.ports[&11].flags & PORT_F_QOS, 0);
+        assert_eq!(out.state.ports[&12].flags & PORT_F_QOS, 0, "hints enforce nothing");
+        assert_eq!(out.state.qos_ports.keys().copied().collect::<Vec<_>>(), vec![11]);
     }
 }
