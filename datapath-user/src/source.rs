@@ -160,7 +160,11 @@ impl BindingSource {
                     Some(old) => {
                         // One comparison, network by network; the refusals only show in status.
                         let networks = new.changed_since(old);
-                        if networks.is_empty() && new.refused == old.refused && new.security == old.security {
+                        if networks.is_empty()
+                            && new.refused == old.refused
+                            && new.security == old.security
+                            && new.qos == old.qos
+                        {
                             return false;
                         }
                         self.changed.networks.extend(networks);
@@ -206,6 +210,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_changed_qos_policy_alone_is_a_change() {
+        let dir = scratch("qos");
+        let path = dir.join("bindings.json");
+        let doc = |kbps: u32| {
+            format!(
+                r#"{{"networks": [], "ports": [], "qos_policies": [{{"id": "q1", "rules":
+                    [{{"type": "bandwidth_limit", "max_kbps": {kbps}, "direction": "egress"}}]}}]}}"#
+            )
+        };
+        std::fs::write(&path, doc(100_000)).unwrap();
+        let mut src = BindingSource::new(path.clone());
+        assert!(src.poll());
+        std::fs::write(&path, doc(50_000)).unwrap();
+        assert!(src.poll(), "a policy's new rate is a change");
+        assert_eq!(src.good().unwrap().qos["q1"].rules.len(), 1);
+        std::fs::write(&path, doc(50_000) + " ").unwrap();
+        assert!(!src.poll(), "the same policies are none");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use datapath_common::{Action, DropReason, PortCounters, PortInfo, names};
+use datapath_common::{Action, DropReason, PortCounters, PortInfo, QosPort, names};
 use datapath_user::loader::versioned_pin_dir;
 
 use crate::netns::Netns;
@@ -54,4 +54,18 @@ pub fn port_view(pin_path: &Path, ifindex: u32) -> Result<PortView> {
 pub fn entry_counts(pin_path: &Path) -> Result<std::collections::BTreeMap<&'static str, usize>> {
     let dir = versioned_pin_dir(pin_path).join("maps");
     Ok(datapath_user::synced::SyncedMaps::from_pins(&dir)?.read()?.counts())
+}
+
+/// The pinned `QOS_PORTS` entry of `ifindex` (None when the port has no
+/// enforced policy), for the agent pinned at `pin_path`: what the kernel
+/// polices and marks with right now.
+pub fn qos_port(pin_path: &Path, ifindex: u32) -> Result<Option<QosPort>> {
+    let maps = versioned_pin_dir(pin_path).join("maps");
+    let qos: HashMap<MapData, u32, QosPort> =
+        HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(maps.join(names::QOS_PORTS))?))?;
+    match qos.get(&ifindex, 0) {
+        Ok(q) => Ok(Some(q)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -12,6 +12,7 @@ mod isolation;
 mod lifecycle;
 mod metrics;
 mod monitor;
+mod qos;
 mod restart;
 mod scenario;
 mod secgroup_scenarios;
