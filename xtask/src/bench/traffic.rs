@@ -23,7 +23,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use datapath_tests::netns::{Netns, ThreadNetns};
 
-use super::{interrupt, plan::SINK_PORT, stats, xdpgen::XdpGen};
+use super::{
+    interrupt,
+    plan::SINK_PORT,
+    stats,
+    xdpgen::{self, XdpGen},
+};
 
 const IPERF_PORT: &str = "5201";
 /// TCP port of the connection-rate server.
@@ -162,9 +167,22 @@ impl Flow<'_> {
     pub fn pps(&self, window: Duration, scratch: &Path, tag: &str, sender: Sender) -> Result<Pps> {
         let (sender_cpu, _) = cpus();
         let mut generator = match sender {
-            Sender::Xdp => {
-                Running::Xdp(XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu)?)
+            Sender::Xdp if !xdpgen::refused() => {
+                match XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu) {
+                    Ok(g) => Running::Xdp(g),
+                    Err(e) if xdpgen::refused_by(&e) => Running::Trafgen(Generator::start(
+                        self.src.ns,
+                        sender_cpu,
+                        &self.trafgen_conf(scratch, tag)?,
+                    )?),
+                    Err(e) => return Err(e),
+                }
             }
+            Sender::Xdp => Running::Trafgen(Generator::start(
+                self.src.ns,
+                sender_cpu,
+                &self.trafgen_conf(scratch, tag)?,
+            )?),
             Sender::Trafgen => Running::Trafgen(Generator::start(
                 self.src.ns,
                 sender_cpu,

@@ -119,6 +119,30 @@ fn send(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<(
     bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
 }
 
+/// Set once the kernel refused live frames to this process (EPERM: a
+/// container without CAP_SYS_RESOURCE, say): the bench then sends its
+/// 64-byte frames with trafgen, and skips the XDP stage's scenarios.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `e` is the kernel refusing live frames; remembers it if so.
+pub fn refused_by(e: &anyhow::Error) -> bool {
+    let eperm = e
+        .chain()
+        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)));
+    if eperm && !REFUSED.swap(true, Ordering::Relaxed) {
+        crate::util::step(
+            "bench: XDP sender",
+            &format!("refused by the kernel ({e:#}): trafgen sends instead"),
+        );
+    }
+    eperm
+}
+
+/// Whether the kernel has refused live frames to this process.
+pub fn refused() -> bool {
+    REFUSED.load(Ordering::Relaxed)
+}
+
 /// A sending thread; it stops when dropped or `finish`ed.
 pub struct XdpGen {
     stop: Arc<AtomicBool>,
