@@ -231,7 +231,7 @@ fn known_unicast_from_the_wire_goes_from_the_driver_to_a_tap() {
     let ours = |f: &[u8]| f.len() > 36 && f[12..14] == [0x08, 0x00] && f[0..6] == mac_t && f[6..12] == mac_a;
     // The first frame: node0 floods it (vm-1 does not know where t is), node1's TC stage learns vm-1.
     raw::send_in(&c.vms[ia].ns, "eth0", &[frame(0)]).unwrap();
-    let got = tap.read_frame_where(Duration::from_secs(5), ours).unwrap();
+    let got = tap.read_frame_where(Duration::from_secs(5) * datapath_tests::patience(), ours).unwrap();
     assert_eq!(got, Some(frame(0)), "the first frame reaches the tap, untagged");
     let (up0, t0) = (stats("eth2"), stats(&t.device()));
     let x0 = up0["xdp"].clone();
