@@ -32,7 +32,12 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     // subports' VLAN ids is that subport's, from here on as if it came from a
     // port of its own, whatever the parent's state (as in the OVS agent, an
     // admin-down parent stops its own traffic only).
-    let sub = subport_of(ctx, ifindex);
+    // The tag is read once; a frame it cannot read is judged after the port's state.
+    let tag = outer_tag(ctx);
+    let sub = match tag {
+        Ok(Some((ETH_P_8021Q, vid))) if vid != 0 => subport_of(ifindex, vid),
+        _ => None,
+    };
     if let Some(id) = sub {
         ifindex = id;
         // SAFETY: as above.
@@ -45,7 +50,7 @@ pub fn try_vm_port(ctx: &TcContext, meta: &mut Meta) -> Result<Verdict, DropReas
     // Otherwise only an 802.1Q priority tag (VID 0) is accepted. Either is
     // stripped; popping a tag moves the next one (if any) into the skb's
     // offloaded tag, so the checks after the pop catch double tags.
-    if let Some((tpid, vid)) = outer_tag(ctx)? {
+    if let Some((tpid, vid)) = tag? {
         if tpid != ETH_P_8021Q || (vid != 0 && sub.is_none()) {
             return Err(DropReason::VmTagged);
         }
@@ -99,24 +104,9 @@ fn check_state(port: &PortInfo) -> Result<(), DropReason> {
     Ok(())
 }
 
-/// The subport whose VLAN id tags the frame on trunk parent `parent`, if any.
-/// A peek that never fails: a frame it cannot read is judged later.
+/// The subport of VLAN id `vid` on trunk parent `parent`, if any.
 #[inline(always)]
-fn subport_of(ctx: &TcContext, parent: u32) -> Option<u32> {
-    let vid = match skb::hw_vlan(ctx) {
-        Some((ETH_P_8021Q, vid)) => vid,
-        Some(_) => return None,
-        None => {
-            let pkt = Pkt::linear(ctx);
-            if Eth::parse(&pkt).ok()?.ethertype != ETH_P_8021Q {
-                return None;
-            }
-            pkt.be16_at(ETH_LEN).ok()? & 0x0fff
-        }
-    };
-    if vid == 0 {
-        return None;
-    }
+fn subport_of(parent: u32, vid: u16) -> Option<u32> {
     // SAFETY: NO_PREALLOC hash: the value is RCU-protected; copied out at once.
     unsafe { TRUNK_VIDS.get(TrunkVid { parent_ifindex: parent, vid: vid as u32 }) }.copied()
 }
