@@ -5,6 +5,9 @@
 //! the result to the one exit, `verdict::finish`, which counts it.
 #![no_std]
 #![no_main]
+// BPF's atomic add (`qos`): the target's atomic types offer no fetch_add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod antispoof;
 mod arp;
