@@ -123,12 +123,12 @@ fn an_802_1ad_s_tag_from_the_wire_reaches_no_network() {
     let ia = c.add_vm("node0", a.clone()).unwrap();
     c.vms[ia].set_static_ip().unwrap();
     c.start_agent("node0").unwrap();
+    // The control frame is flooded to vm-1 only once its port is wired: the
+    // agent answers after its first reconcile, which wires the uplink and vm-1.
+    c.wait_agent("node0", Duration::from_secs(60)).unwrap();
     let pin = c.pins.path().join("node0");
     let uplink = ifindex_in(&c.node("node0").ns, "eth2").unwrap();
-    assert!(
-        datapath_tests::wait_until(Duration::from_secs(10), || port_view(&pin, uplink).is_ok()),
-        "the agent programmed the uplink"
-    );
+    assert!(port_view(&pin, uplink).is_ok(), "the agent programmed the uplink");
     let before = port_view(&pin, uplink).unwrap();
 
     let at_a = Capture::start(&c.vms[ia].ns, "eth0", "").unwrap();
