@@ -7,8 +7,8 @@
 //! timestamp per limit, no refill arithmetic. The buckets of all CPUs are
 //! one map value, without a lock: a frame is judged on the time it reads,
 //! then charged with an atomic add, so that no charge is lost to another
-//! CPU's. (A read-then-store lost one now and then: 3 to 16 % over a
-//! 1 Gbit/s limit with two CPUs sending.) CPUs judging at the same instant
+//! CPU's. (A read-then-store lost one now and then: 6 % over a 1 Gbit/s
+//! limit with two CPUs sending.) CPUs judging at the same instant
 //! may each pass a frame over the burst, once: the long-run rate holds. A
 //! port under its limit restarts its time with a plain store, where a
 //! racing charge can be lost: it was under the limit.
