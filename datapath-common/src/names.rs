@@ -42,6 +42,9 @@ pub const SG_REMOTE_V4: &str = "SG_REMOTE_V4";
 pub const SG_REMOTE_V6: &str = "SG_REMOTE_V6";
 /// Tracked connections of stateful ports: [`crate::CtKey`] -> [`crate::CtEntry`].
 pub const CONNTRACK: &str = "CONNTRACK";
+/// Tracked TCP connections that saw a FIN or a RST (LRU, so that closing
+/// connections cannot fill `CONNTRACK`): [`crate::CtKey`] -> [`crate::CtEntry`].
+pub const CT_CLOSING: &str = "CT_CLOSING";
 /// The security-group verdict of fragmented datagrams' first fragments, for
 /// the later ones (LRU): [`crate::FragKey`] -> [`crate::FragVerdict`].
 pub const SG_FRAGS: &str = "SG_FRAGS";
@@ -71,7 +74,7 @@ pub const MONITOR_RATE: &str = "MONITOR_RATE";
 pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
 
 /// All maps of the object, in a stable order.
-pub const ALL_MAPS: [&str; 31] = [
+pub const ALL_MAPS: [&str; 32] = [
     PORTS,
     NETWORKS,
     NET_BY_SEGMENT,
@@ -90,6 +93,7 @@ pub const ALL_MAPS: [&str; 31] = [
     SG_REMOTE_V4,
     SG_REMOTE_V6,
     CONNTRACK,
+    CT_CLOSING,
     SG_FRAGS,
     SUBPORTS,
     TRUNK_VIDS,

@@ -129,6 +129,9 @@ pub const SG_REMOTE_KEY_FIXED_BITS: u32 = 64;
 pub const MAX_SG_ENTRIES: u32 = 262_144;
 /// Capacity of `CONNTRACK`: when it is full, new connections are refused (`ct_full`).
 pub const MAX_CONNTRACK: u32 = 262_144;
+/// Capacity of the LRU `CT_CLOSING`: past it, the closing connection least
+/// recently seen is forgotten, as Linux conntrack's early drop forgets one.
+pub const MAX_CT_CLOSING: u32 = 65_536;
 /// Capacity of the LRU `SG_FRAGS`.
 pub const MAX_SG_FRAGS: u32 = 8192;
 
@@ -147,6 +150,9 @@ pub const CT_F_FIN_REPLY: u32 = 1 << 3;
 pub const CT_TABLE_UNKNOWN: u32 = u32::MAX;
 /// `CtEntry::flags`: a RST was seen.
 pub const CT_F_RST: u32 = 1 << 4;
+/// `CtEntry::flags` of a closing TCP connection (a FIN or a RST was seen):
+/// its entry lives in `CT_CLOSING`, not `CONNTRACK`.
+pub const CT_F_CLOSING: u32 = CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RST;
 
 const SEC: u64 = 1_000_000_000;
 

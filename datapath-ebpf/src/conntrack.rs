@@ -11,13 +11,13 @@
 
 use aya_ebpf::programs::TcContext;
 use datapath_common::{
-    CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey, DropReason,
-    IP_FAMILY_V4, SG_DIR_INGRESS, ct_lifetime_ns,
+    CT_F_CLOSING, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_INGRESS, CT_F_REPLIED, CT_F_RST, CtEntry, CtKey,
+    DropReason, IP_FAMILY_V4, SG_DIR_INGRESS, ct_lifetime_ns,
 };
 
 use crate::{
     flow::{Flow, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_NONE, has_ports, icmp_kind, is_icmp},
-    maps::CONNTRACK,
+    maps::{CONNTRACK, CT_CLOSING},
     parse::{IPPROTO_TCP, load_be16, load_bytes, load_u8},
 };
 
@@ -115,7 +115,8 @@ fn lifetime_s(protocol: u8, flags: u32) -> u32 {
 
 /// Looks `flow` up: a packet of a live connection is `Tracked` (and the
 /// entry learns what it shows); one that cannot open a connection is
-/// `CtInvalid`; any other is `New`.
+/// `CtInvalid`; any other is `New`. A connection's first FIN or RST moves
+/// its entry from `CONNTRACK` to `CT_CLOSING`, where it is looked up next.
 /// ICMP errors are not looked up here: they are `related` or invalid.
 #[inline(always)]
 pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> {
@@ -128,35 +129,17 @@ pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> 
         // and a racing writer only sets flags or refreshes the time.
         let entry = unsafe { &mut *e };
         if live(entry, now) {
-            let reply = (side.dir == SG_DIR_INGRESS) != (entry.flags & CT_F_INGRESS != 0);
-            let mut flags = entry.flags;
-            if reply {
-                flags |= CT_F_REPLIED;
+            let seen = learn(side, entry, flow, now);
+            if entry.flags & CT_F_CLOSING != 0 && !side.dry_run {
+                close(key, entry);
             }
-            if flow.proto == IPPROTO_TCP {
-                let f = flow.tcp_flags;
-                // A new SYN of the opener on a closing connection opens it anew.
-                if !reply
-                    && f & (TCP_SYN | TCP_ACK) == TCP_SYN
-                    && flags & (CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RST) != 0
-                {
-                    return Ok(Seen::New);
-                }
-                if f & TCP_FIN != 0 {
-                    flags |= if reply { CT_F_FIN_REPLY } else { CT_F_FIN_ORIG };
-                }
-                if f & TCP_RST != 0 {
-                    flags |= CT_F_RST;
-                }
-            }
-            if !side.dry_run && flags != entry.flags {
-                entry.flags = flags;
-                entry.lifetime_s = lifetime_s(flow.proto, flags);
-                entry.last_seen_ns = now;
-            } else if !side.dry_run && now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-                entry.last_seen_ns = now;
-            }
-            return Ok(Seen::Tracked);
+            return Ok(seen);
+        }
+    } else if let Some(e) = CT_CLOSING.get_ptr_mut(key) {
+        // SAFETY: as above.
+        let entry = unsafe { &mut *e };
+        if live(entry, now) {
+            return Ok(learn(side, entry, flow, now));
         }
     }
     if flow.proto == IPPROTO_TCP && !tcp_may_open(flow.tcp_flags) {
@@ -166,6 +149,48 @@ pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> 
         return Err(DropReason::CtInvalid);
     }
     Ok(Seen::New)
+}
+
+/// What a packet of the live connection `entry` says: `Tracked`, or `New`
+/// for the opener's new SYN on a closing connection (it opens anew). The
+/// entry learns the reply, FIN and RST, unless this is a dry run.
+#[inline(always)]
+fn learn(side: &Side, entry: &mut CtEntry, flow: &Flow, now: u64) -> Seen {
+    let reply = (side.dir == SG_DIR_INGRESS) != (entry.flags & CT_F_INGRESS != 0);
+    let mut flags = entry.flags;
+    if reply {
+        flags |= CT_F_REPLIED;
+    }
+    if flow.proto == IPPROTO_TCP {
+        let f = flow.tcp_flags;
+        if !reply && f & (TCP_SYN | TCP_ACK) == TCP_SYN && flags & CT_F_CLOSING != 0 {
+            return Seen::New;
+        }
+        if f & TCP_FIN != 0 {
+            flags |= if reply { CT_F_FIN_REPLY } else { CT_F_FIN_ORIG };
+        }
+        if f & TCP_RST != 0 {
+            flags |= CT_F_RST;
+        }
+    }
+    if !side.dry_run && flags != entry.flags {
+        entry.flags = flags;
+        entry.lifetime_s = lifetime_s(flow.proto, flags);
+        entry.last_seen_ns = now;
+    } else if !side.dry_run && now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+        entry.last_seen_ns = now;
+    }
+    Seen::Tracked
+}
+
+/// Moves the closing connection `key` to `CT_CLOSING`. Copied first, so
+/// that a packet racing the move finds it in one table or the other.
+#[inline(never)]
+fn close(key: &CtKey, entry: &CtEntry) {
+    let copy = *entry;
+    if CT_CLOSING.insert(key, copy, 0).is_ok() {
+        let _ = CONNTRACK.remove(key);
+    }
 }
 
 /// Whether a packet admitted as new opens an entry: everything but ICMP
@@ -247,9 +272,12 @@ pub fn related(ctx: &TcContext, side: &Side, flow: &Flow) -> Result<(), DropReas
         key.local_port = if echo { sport } else { dport };
         key.remote_port = if echo { 0 } else { sport };
     }
-    // SAFETY: hash value read and copied at once.
-    match unsafe { CONNTRACK.get(key) } {
-        Some(e) if live(e, now()) => Ok(()),
-        _ => Err(DropReason::CtInvalid),
+    let now = now();
+    // SAFETY: hash values read and copied at once.
+    let live_in = |e: Option<&CtEntry>| e.is_some_and(|e| live(e, now));
+    if live_in(unsafe { CONNTRACK.get(key) }) || live_in(unsafe { CT_CLOSING.get(key) }) {
+        Ok(())
+    } else {
+        Err(DropReason::CtInvalid)
     }
 }

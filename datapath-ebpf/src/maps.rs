@@ -11,11 +11,11 @@ use aya_ebpf::{
 };
 use datapath_common::{
     AddrKeyV4, AddrKeyV6, ArpEntry, ArpKey, CtEntry, CtKey, FdbEntry, FdbKey, FloodSet, FragKey, FragVerdict,
-    LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_FDB, MAX_FDB_LEARNED, MAX_FRAG_DATAGRAMS,
-    MAX_NETWORKS, MAX_PORTS, MAX_QOS_BUCKETS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS, MAX_SUBPORTS,
-    MAX_TUNNEL_PEERS, MAX_UNDERLAYS, MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate, NetInfo,
-    PortCounters, PortInfo, QosBucket, QosPort, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4, SgRemoteKeyV6,
-    TraceRecord, TrunkVid, TunnelPeerKey, UnderlayInfo, VtepSet,
+    LearnedEntry, MAX_ALLOWED, MAX_ARP, MAX_CONNTRACK, MAX_CT_CLOSING, MAX_FDB, MAX_FDB_LEARNED,
+    MAX_FRAG_DATAGRAMS, MAX_NETWORKS, MAX_PORTS, MAX_QOS_BUCKETS, MAX_SEGMENTS, MAX_SG_ENTRIES, MAX_SG_FRAGS,
+    MAX_SUBPORTS, MAX_TUNNEL_PEERS, MAX_UNDERLAYS, MONITOR_RING_BYTES, MacKey, MonitorConfig, MonitorRate,
+    NetInfo, PortCounters, PortInfo, QosBucket, QosPort, SegmentKey, SgPort, SgPortKey, SgRemoteKeyV4,
+    SgRemoteKeyV6, TraceRecord, TrunkVid, TunnelPeerKey, UnderlayInfo, VtepSet,
 };
 
 #[map]
@@ -77,6 +77,13 @@ pub static SG_REMOTE_V6: LpmTrie<SgRemoteKeyV6, u32> = LpmTrie::with_max_entries
 /// connections; the agent deletes expired entries.
 #[map]
 pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(MAX_CONNTRACK, BPF_F_NO_PREALLOC);
+
+/// TCP connections that saw a FIN or a RST move here from `CONNTRACK`. An
+/// LRU: a node that opens and closes connections faster than they expire
+/// (10 s after a RST, 120 s after a FIN) forgets the oldest closing ones
+/// instead of filling `CONNTRACK` and refusing every port's new connections.
+#[map]
+pub static CT_CLOSING: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CT_CLOSING, 0);
 
 #[map]
 pub static SG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(MAX_SG_FRAGS, 0);

@@ -9,13 +9,13 @@
 //! stay: allowances do not change.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context, Result};
 use aya::maps::IterableMap;
-use datapath_common::{CT_F_INGRESS, CtEntry, CtKey, IP_FAMILY_V4};
+use datapath_common::{CT_F_CLOSING, CT_F_INGRESS, CtEntry, CtKey, IP_FAMILY_V4};
 
 use crate::{
     batch,
@@ -93,6 +93,33 @@ pub fn still_admitted(security: &SecurityLayer, k: &CtKey, e: &CtEntry) -> bool 
     e.table == 0 || port.admits(&opening_packet(k, e))
 }
 
+/// Every tracked connection: `CONNTRACK`'s, then the closing ones of
+/// `CT_CLOSING` (one the programs are moving, in both, is listed once).
+pub fn read_all(maps: &Maps) -> Result<Vec<(CtKey, CtEntry)>> {
+    let mut all = batch::read_all::<CtKey, CtEntry>(maps.conntrack.map()).context("reading CONNTRACK")?;
+    let open: HashSet<CtKey> = all.iter().map(|(k, _)| *k).collect();
+    let closing = batch::read_all::<CtKey, CtEntry>(maps.ct_closing.map()).context("reading CT_CLOSING")?;
+    all.extend(closing.into_iter().filter(|(k, _)| !open.contains(k)));
+    Ok(all)
+}
+
+/// Deletes connection `k` from both tables; whether it was in one.
+pub fn remove(maps: &mut Maps, k: &CtKey) -> bool {
+    let open = maps.conntrack.remove(k).is_ok();
+    maps.ct_closing.remove(k).is_ok() || open
+}
+
+/// Writes connection `k` where the programs look for it: `CT_CLOSING` when
+/// it is closing, `CONNTRACK` otherwise.
+pub fn insert(maps: &mut Maps, k: &CtKey, e: &CtEntry) -> Result<(), aya::maps::MapError> {
+    if e.flags & CT_F_CLOSING != 0 { maps.ct_closing.insert(k, e, 0) } else { maps.conntrack.insert(k, e, 0) }
+}
+
+/// Whether the programs track connection `k` already, in either table.
+pub fn tracked(maps: &Maps, k: &CtKey) -> bool {
+    maps.conntrack.get(k, 0).is_ok() || maps.ct_closing.get(k, 0).is_ok()
+}
+
 /// Deletes expired entries and cuts the connections that `recheck` names
 /// and their port's policy no longer admits.
 pub fn sweep(maps: &mut Maps, security: &SecurityLayer, recheck: Recheck) -> Result<Swept> {
@@ -100,8 +127,7 @@ pub fn sweep(maps: &mut Maps, security: &SecurityLayer, recheck: Recheck) -> Res
     let mut out = Swept::default();
     let mut doomed = Vec::new();
     // Read whole first: deleting while walking would restart the kernel's walk.
-    let table =
-        batch::read_all::<CtKey, CtEntry>(maps.conntrack.map()).context("reading the connection table")?;
+    let table = read_all(maps).context("reading the connection tables")?;
     for (k, e) in table {
         if now.saturating_sub(e.last_seen_ns) > u64::from(e.lifetime_s) * 1_000_000_000 {
             out.expired += 1;
@@ -120,7 +146,7 @@ pub fn sweep(maps: &mut Maps, security: &SecurityLayer, recheck: Recheck) -> Res
     }
     for k in &doomed {
         // Gone already (the port's packet raced us) is fine.
-        let _ = maps.conntrack.remove(k);
+        remove(maps, k);
     }
     Ok(out)
 }

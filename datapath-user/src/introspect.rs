@@ -184,9 +184,9 @@ impl Agent {
         port.map(|key| self.find_port(key).map(|p| p.ifindex)).transpose()
     }
 
-    /// The whole connection table, read in batches.
+    /// Both connection tables, read in batches.
     fn connections(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        batch::read_all(self.dp.maps.conntrack.map()).context("reading CONNTRACK")
+        conntrack::read_all(&self.dp.maps)
     }
 
     fn conntrack_reply(&self, port: Option<&str>) -> Result<ConntrackReply> {
@@ -229,7 +229,7 @@ impl Agent {
         let mut flushed = 0;
         for k in &doomed {
             // One that went meanwhile (expired, cut) is not counted.
-            if self.dp.maps.conntrack.remove(k).is_ok() {
+            if conntrack::remove(&mut self.dp.maps, k) {
                 flushed += 1;
             }
         }
@@ -513,6 +513,7 @@ impl Agent {
                 batch::read_all::<FragKey, FragVerdict>(m.frag_verdicts.map())?.len(),
             );
             counts.insert(names::CONNTRACK, batch::read_all::<CtKey, CtEntry>(m.conntrack.map())?.len());
+            counts.insert(names::CT_CLOSING, batch::read_all::<CtKey, CtEntry>(m.ct_closing.map())?.len());
             counts.insert(names::SG_FRAGS, batch::read_all::<FragKey, FragVerdict>(m.sg_frags.map())?.len());
             let counts = counts.into_iter().map(|(k, v)| (k, v as u64)).collect();
             self.telemetry.kernel_counts = Some((Instant::now(), counts));

@@ -30,6 +30,7 @@ use aya::maps::{HashMap, Map, MapData};
 use datapath_common::{ABI_VERSION, CT_TABLE_UNKNOWN, CtEntry, CtKey, FdbKey, LearnedEntry, names};
 
 use crate::{
+    conntrack,
     desired::{MapState, WireId},
     synced::Maps,
 };
@@ -166,17 +167,29 @@ pub fn restore_learned(maps: &mut Maps, state: &MapState, learned: &[Learned]) -
     restored
 }
 
-/// The connections the version pinned at `dir` tracks. Empty when it has no
+/// The connections the version pinned at `dir` tracks, open and closing
+/// (a version before `CT_CLOSING` has only `CONNTRACK`). Empty when it has no
 /// connection table, or one of another layout: those connections are then
 /// judged anew (TCP is picked up mid-stream where the rules admit it).
 pub fn connections_of(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
-    let path = dir.join("maps").join(names::CONNTRACK);
+    let mut all = table_of(dir, names::CONNTRACK)?;
+    all.extend(table_of(dir, names::CT_CLOSING)?);
+    Ok(all)
+}
+
+/// The entries of connection table `name` pinned at `dir`, as `connections_of` reads them.
+fn table_of(dir: &Path, name: &str) -> Result<Vec<(CtKey, CtEntry)>> {
+    let path = dir.join("maps").join(name);
     let data = match MapData::from_pin(&path) {
         Ok(d) => d,
         Err(_) if !path.exists() => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let table: HashMap<MapData, CtKey, CtEntry> = match HashMap::try_from(Map::HashMap(data)) {
+    let map = match data.info().map(|i| i.map_type()) {
+        Ok(Ok(aya::maps::MapType::LruHash)) => Map::LruHashMap(data),
+        _ => Map::HashMap(data),
+    };
+    let table: HashMap<MapData, CtKey, CtEntry> = match HashMap::try_from(map) {
         Ok(m) => m,
         Err(e) => {
             log::info!("{}: another layout ({e}); its connections will be judged anew", path.display());
@@ -186,15 +199,15 @@ pub fn connections_of(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     table.iter().map(|r| r.with_context(|| format!("reading {}", path.display()))).collect()
 }
 
-/// Writes `connections` into our `CONNTRACK`, but for those our programs
-/// already track. Returns how many.
+/// Writes `connections` into our tables (a closing one into `CT_CLOSING`),
+/// but for those our programs already track. Returns how many.
 pub fn restore_connections(maps: &mut Maps, connections: &[(CtKey, CtEntry)]) -> usize {
     let mut restored = 0;
     for (k, e) in connections {
-        if maps.conntrack.get(k, 0).is_ok() {
+        if conntrack::tracked(maps, k) {
             continue;
         }
-        if maps.conntrack.insert(k, carried(e), 0).is_ok() {
+        if conntrack::insert(maps, k, &carried(e)).is_ok() {
             restored += 1;
         }
     }

@@ -340,6 +340,8 @@ declare_maps! {
         frag_verdicts: HashMap<MapData, FragKey, FragVerdict> = names::FRAG_VERDICTS,
         /// Tracked connections (the agent deletes expired ones and cuts what a policy no longer admits).
         conntrack: HashMap<MapData, CtKey, CtEntry> = names::CONNTRACK,
+        /// Closing TCP connections (LRU; the agent deletes expired ones too).
+        ct_closing: HashMap<MapData, CtKey, CtEntry> = names::CT_CLOSING,
         /// First-fragment security-group verdicts (LRU).
         sg_frags: HashMap<MapData, FragKey, FragVerdict> = names::SG_FRAGS,
         /// Per-port counters.

@@ -630,7 +630,9 @@ fn fixed_allowances_stateless_ports_and_fragments() {
 }
 
 /// A full connection table refuses new connections and keeps carrying the
-/// established ones.
+/// established ones; a connection that closes (RST) moves to `CT_CLOSING`,
+/// where its late packets still pass, and its room in `CONNTRACK` takes the
+/// next new connection.
 #[test]
 fn a_full_connection_table_refuses_new_connections_only() {
     use Expect::*;
@@ -698,4 +700,51 @@ fn a_full_connection_table_refuses_new_connections_only() {
         "each value comes with its key"
     );
     eprintln!("{MAX_CONNTRACK} connections read in {batched_in:?} in batches, {walked_in:?} one by one");
+
+    run(
+        &mut bench,
+        vec![Sends(
+            "A resets the established connection",
+            A,
+            v4(MAC_B, MAC_A, tcp(A_IP, B_IP, 40000, 5432, TCP_RST | TCP_ACK)),
+            By("tracked"),
+        )],
+    );
+    let maps = &bench.dp.maps;
+    let closing: Vec<(CtKey, CtEntry)> = maps.ct_closing.iter().map(Result::unwrap).collect();
+    assert_eq!(closing.len(), 1, "the reset connection is in CT_CLOSING: {closing:?}");
+    assert_eq!(closing[0].0, key, "CT_CLOSING holds the reset connection's key");
+    assert_ne!(closing[0].1.flags & datapath_common::CT_F_RST, 0, "its entry saw the RST");
+    assert!(maps.conntrack.get(&key, 0).is_err(), "the reset connection left CONNTRACK");
+    run(
+        &mut bench,
+        vec![
+            Gets(
+                "B's late RST of the closed connection still passes, found in CT_CLOSING",
+                A,
+                v4(MAC_A, MAC_B, tcp(B_IP, A_IP, 5432, 40000, TCP_RST)),
+                By("tracked"),
+            ),
+            Sends(
+                "the new connection takes the room the closed one left",
+                A,
+                v4(MAC_B, MAC_A, tcp(A_IP, B_IP, 40001, 5432, TCP_SYN)),
+                By("out4"),
+            ),
+            Sends(
+                "and the next one finds the table full again",
+                A,
+                v4(MAC_B, MAC_A, tcp(A_IP, B_IP, 40002, 5432, TCP_SYN)),
+                Drop(DropReason::CtFull),
+            ),
+            Sends(
+                "A reopens the closed connection with a SYN: new, in CONNTRACK, which is full",
+                A,
+                v4(MAC_B, MAC_A, tcp(A_IP, B_IP, 40000, 5432, TCP_SYN)),
+                Drop(DropReason::CtFull),
+            ),
+        ],
+    );
+    let listed = datapath_user::conntrack::read_all(&bench.dp.maps).expect("reading both tables");
+    assert_eq!(listed.len(), MAX_CONNTRACK as usize + 1, "the agent lists both tables' connections once");
 }
