@@ -14,7 +14,7 @@ use std::{
 use datapath_common::DropReason;
 use datapath_tests::{
     cluster::{Cluster, PortSpec},
-    netns::{Netns, ThreadNetns},
+    netns::{Netns, ThreadNetns, tcp_connects},
     pinned::{ifindex_in, port_view},
     wait_for, wait_until,
 };
@@ -256,4 +256,151 @@ fn groups_on_live_traffic_cut_and_restore_connections_and_survive_a_restart() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(kept.carries(b"after", Duration::from_secs(5)), "6666 carries data after the restart");
     assert!(cut.carries(b"after", Duration::from_secs(5)), "5555 carries data after the restart");
+}
+
+/// Connections the churning VM of the next test opens and resets.
+const CHURNED: usize = 2000;
+/// Room the next test leaves in `CONNTRACK`: far less than the churn's two
+/// entries a connection, far more than the few open at once.
+const ROOM: u32 = 200;
+
+/// One VM opening and resetting connections faster than they expire does
+/// not starve its node: each closed connection's entries move to
+/// `CT_CLOSING`, so a connection table all but full (filled here from the
+/// pins, with entries no sweep removes) takes every one of its connections
+/// and still a neighbour's. (Before `CT_CLOSING`, the 101st connection
+/// found the table full: `ct_full`.)
+#[test]
+fn a_vm_churning_connections_leaves_room_for_its_neighbours() {
+    use std::os::fd::AsRawFd;
+
+    use aya::maps::{HashMap, IterableMap, Map, MapData};
+    use datapath_common::{CT_F_INGRESS, CT_F_REPLIED, CtEntry, CtKey, IP_FAMILY_V4, MAX_CONNTRACK, names};
+    use datapath_user::{batch, loader::versioned_pin_dir};
+
+    let mut c = Cluster::new("sgchurn", 1).unwrap();
+    let a = vm1();
+    let port = |id: &str, mac: &str, ip: &str| PortSpec::vm(id, NET1, mac, ip, "node0");
+    let s = port("05050505-0000-4000-8000-000000000001", "fa:16:3e:05:00:01", "10.10.10.15");
+    let n = port("0e0e0e0e-0000-4000-8000-000000000002", "fa:16:3e:0e:00:02", "10.10.10.16");
+    c.write_bindings(&json!({"networks": networks(), "ports": [
+        with_groups(&a, &["default"]), with_groups(&s, &["default"]), with_groups(&n, &["default"])],
+        "security_groups": groups(false)}))
+        .unwrap();
+    let (ia, is, in_) = (
+        c.add_vm("node0", a.clone()).unwrap(),
+        c.add_vm("node0", s.clone()).unwrap(),
+        c.add_vm("node0", n.clone()).unwrap(),
+    );
+    for i in [ia, is, in_] {
+        c.vms[i].set_static_ip().unwrap();
+    }
+    c.start_agent("node0").unwrap();
+    c.wait_agent("node0", Duration::from_secs(60)).unwrap();
+    let node0 = &c.node("node0").ns;
+    let maps = versioned_pin_dir(&c.pins.path().join("node0")).join("maps");
+    let table = |name: &str| -> HashMap<MapData, CtKey, CtEntry> {
+        HashMap::try_from(Map::HashMap(MapData::from_pin(maps.join(name)).unwrap())).unwrap()
+    };
+    let count = |name: &str| batch::read_all::<CtKey, CtEntry>(table(name).map()).unwrap().len() as u32;
+
+    // Fill CONNTRACK but for ROOM entries: established connections of s from
+    // 198.18.0.0/15, opened by a fixed allowance (table 0), which no sweep
+    // cuts, and fresh for days.
+    let mut conntrack = table(names::CONNTRACK);
+    let sdev = ifindex_in(node0, &s.device()).unwrap();
+    let sip: std::net::Ipv4Addr = s.ip.parse().unwrap();
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let entry = CtEntry {
+        created_ns: now,
+        last_seen_ns: now,
+        flags: CT_F_INGRESS | CT_F_REPLIED,
+        table: 0,
+        rule: 0,
+        lifetime_s: 432_000,
+    };
+    let filled = MAX_CONNTRACK - ROOM;
+    let mut i = count(names::CONNTRACK);
+    while i < filled {
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&sip.octets());
+        let mut remote = [0u8; 16];
+        remote[..4].copy_from_slice(&[198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let key = CtKey {
+            ifindex: sdev,
+            local_port: 7000,
+            remote_port: 40000,
+            protocol: 6,
+            family: IP_FAMILY_V4,
+            _pad: [0; 2],
+            local,
+            remote,
+        };
+        conntrack.insert(key, entry, 0).unwrap();
+        i += 1;
+    }
+
+    let addr = format!("{}:7000", s.ip);
+    let listener = listen_in(&c.vms[is].ns, &addr);
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (opened, failed) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let (mut opened, mut failed) = (0, 0);
+        let _in = ThreadNetns::enter(&c.vms[ia].ns).unwrap();
+        let to: SocketAddr = addr.parse().unwrap();
+        for _ in 0..CHURNED {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                Ok(stream) => {
+                    // Closed with a RST, as a load balancer's health checks and
+                    // many clients close: SO_LINGER with a zero timeout.
+                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                    // SAFETY: a valid socket fd and a correctly sized option value.
+                    unsafe {
+                        libc::setsockopt(
+                            stream.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            (&linger as *const libc::linger).cast(),
+                            size_of::<libc::linger>() as libc::socklen_t,
+                        )
+                    };
+                    opened += 1;
+                }
+                Err(_) => failed += 1,
+            }
+            // A full table refuses every try from here on, each after the timeout.
+            if failed == 5 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (opened, failed)
+    });
+    let drops = |p: &PortSpec| {
+        port_view(&c.pins.path().join("node0"), ifindex_in(node0, &p.device()).unwrap()).unwrap()
+    };
+    assert_eq!(
+        (opened, failed, drops(&a).drops(DropReason::CtFull), drops(&s).drops(DropReason::CtFull)),
+        (CHURNED, 0, 0, 0),
+        "every churned connection opens, none is refused ct_full at either end (opened, failed, ct_full at a, at s)"
+    );
+    let (open_now, closing) = (count(names::CONNTRACK), count(names::CT_CLOSING));
+    println!("connection tables after the churn: CONNTRACK {open_now}, CT_CLOSING {closing}");
+    assert!(open_now <= filled + 4, "closed connections left CONNTRACK: {open_now} entries, {filled} filled");
+    assert!(closing >= CHURNED as u32, "the closed connections are in CT_CLOSING: {closing}");
+    assert!(
+        tcp_connects(&c.vms[in_].ns, &c.vms[is].ns, &format!("{}:7001", s.ip), Duration::from_secs(3))
+            .unwrap(),
+        "the neighbour n still opens a connection to s"
+    );
 }
