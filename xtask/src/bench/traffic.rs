@@ -166,28 +166,22 @@ impl Flow<'_> {
     /// 64-byte frames from `sender` for `window` (after a warm-up), counted at the receiver's eth0.
     pub fn pps(&self, window: Duration, scratch: &Path, tag: &str, sender: Sender) -> Result<Pps> {
         let (sender_cpu, _) = cpus();
+        let trafgen = || -> Result<Running> {
+            Ok(Running::Trafgen(Generator::start(
+                self.src.ns,
+                sender_cpu,
+                &self.trafgen_conf(scratch, tag)?,
+            )?))
+        };
         let mut generator = match sender {
             Sender::Xdp if !xdpgen::refused() => {
                 match XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu) {
                     Ok(g) => Running::Xdp(g),
-                    Err(e) if xdpgen::refused_by(&e) => Running::Trafgen(Generator::start(
-                        self.src.ns,
-                        sender_cpu,
-                        &self.trafgen_conf(scratch, tag)?,
-                    )?),
+                    Err(e) if xdpgen::refused_by(&e) => trafgen()?,
                     Err(e) => return Err(e),
                 }
             }
-            Sender::Xdp => Running::Trafgen(Generator::start(
-                self.src.ns,
-                sender_cpu,
-                &self.trafgen_conf(scratch, tag)?,
-            )?),
-            Sender::Trafgen => Running::Trafgen(Generator::start(
-                self.src.ns,
-                sender_cpu,
-                &self.trafgen_conf(scratch, tag)?,
-            )?),
+            Sender::Xdp | Sender::Trafgen => trafgen()?,
         };
         interrupt::sleep(WARMUP)?;
         generator.check_running()?;
