@@ -243,6 +243,21 @@ impl Drop for ThreadNetns {
     }
 }
 
+/// Makes closing `stream` send a RST (SO_LINGER 0) instead of leaving it in TIME_WAIT.
+pub fn reset_on_close(stream: &std::net::TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Whether a TCP connection from `client` to `addr`, listened on in
 /// `server`, opens within `timeout`. An error is the setup's (a namespace
 /// not entered, an address not bound), never the answer.

@@ -14,7 +14,7 @@ use std::{
 use datapath_common::DropReason;
 use datapath_tests::{
     cluster::{Cluster, PortSpec},
-    netns::{Netns, ThreadNetns, tcp_connects},
+    netns::{Netns, ThreadNetns, reset_on_close, tcp_connects},
     pinned::{ifindex_in, port_view},
     wait_for, wait_until,
 };
@@ -272,8 +272,6 @@ const ROOM: u32 = 200;
 /// found the table full: `ct_full`.)
 #[test]
 fn a_vm_churning_connections_leaves_room_for_its_neighbours() {
-    use std::os::fd::AsRawFd;
-
     use aya::maps::{HashMap, IterableMap, Map, MapData};
     use datapath_common::{CT_F_INGRESS, CT_F_REPLIED, CtEntry, CtKey, IP_FAMILY_V4, MAX_CONNTRACK, names};
     use datapath_user::{batch, loader::versioned_pin_dir};
@@ -310,10 +308,8 @@ fn a_vm_churning_connections_leaves_room_for_its_neighbours() {
     let mut conntrack = table(names::CONNTRACK);
     let sdev = ifindex_in(node0, &s.device()).unwrap();
     let sip: std::net::Ipv4Addr = s.ip.parse().unwrap();
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec for clock_gettime to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    // The programs' clock (bpf_ktime_get_ns), as the agent reads it.
+    let now = datapath_user::learned::monotonic_ns();
     let entry = CtEntry {
         created_ns: now,
         last_seen_ns: now,
@@ -362,18 +358,8 @@ fn a_vm_churning_connections_leaves_room_for_its_neighbours() {
             match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
                 Ok(stream) => {
                     // Closed with a RST, as a load balancer's health checks and
-                    // many clients close: SO_LINGER with a zero timeout.
-                    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-                    // SAFETY: a valid socket fd and a correctly sized option value.
-                    unsafe {
-                        libc::setsockopt(
-                            stream.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&linger as *const libc::linger).cast(),
-                            size_of::<libc::linger>() as libc::socklen_t,
-                        )
-                    };
+                    // many clients close.
+                    reset_on_close(&stream);
                     opened += 1;
                 }
                 Err(_) => failed += 1,

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use datapath_tests::netns::{Netns, ThreadNetns};
+use datapath_tests::netns::{Netns, ThreadNetns, reset_on_close};
 
 use super::{
     interrupt,
@@ -398,21 +398,6 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Makes closing `stream` send a RST (SO_LINGER 0) instead of leaving it in TIME_WAIT.
-fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 fn cpu_ticks() -> Result<Vec<stats::CpuTicks>> {
