@@ -185,11 +185,8 @@ fn table_of(dir: &Path, name: &str) -> Result<Vec<(CtKey, CtEntry)>> {
         Err(_) if !path.exists() => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let map = match data.info().map(|i| i.map_type()) {
-        Ok(Ok(aya::maps::MapType::LruHash)) => Map::LruHashMap(data),
-        _ => Map::HashMap(data),
-    };
-    let table: HashMap<MapData, CtKey, CtEntry> = match HashMap::try_from(map) {
+    // Map::HashMap for the LRU too: the handle reads either kind of hash alike.
+    let table: HashMap<MapData, CtKey, CtEntry> = match HashMap::try_from(Map::HashMap(data)) {
         Ok(m) => m,
         Err(e) => {
             log::info!("{}: another layout ({e}); its connections will be judged anew", path.display());
