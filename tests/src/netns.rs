@@ -243,19 +243,21 @@ impl Drop for ThreadNetns {
     }
 }
 
-/// Makes closing `stream` send a RST (SO_LINGER 0) instead of leaving it in TIME_WAIT.
-pub fn reset_on_close(stream: &std::net::TcpStream) {
+/// Makes closing `socket` (a TCP socket) send a RST (SO_LINGER 0) instead of
+/// leaving it in TIME_WAIT.
+pub fn reset_on_close(socket: &impl AsRawFd) -> std::io::Result<()> {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket fd and a correctly sized option value.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+        )
+    };
+    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Whether a TCP connection from `client` to `addr`, listened on in

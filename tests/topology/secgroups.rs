@@ -359,7 +359,7 @@ fn a_vm_churning_connections_leaves_room_for_its_neighbours() {
                 Ok(stream) => {
                     // Closed with a RST, as a load balancer's health checks and
                     // many clients close.
-                    reset_on_close(&stream);
+                    reset_on_close(&stream).expect("setting SO_LINGER 0");
                     opened += 1;
                 }
                 Err(_) => failed += 1,

@@ -21,10 +21,13 @@ use super::{
     stats::median,
     traffic::{self, Flow, Sender},
     wiring,
-    xdp::{Side, XdpPair},
-    xdpgen,
+    xdp::{Drops, Side, XdpPair},
 };
 use crate::util::{secs, step};
+
+/// Connects outstanding in the capacity run of the connection rate: enough
+/// that the sending CPU never waits for a handshake.
+const CONNS_IN_FLIGHT: usize = 16;
 
 /// Which path a sample was taken on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +72,9 @@ const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 /// Runs `plan`.
 pub fn bench(plan: &Plan) -> Result<Outcome> {
     traffic::check_tools()?;
+    if std::env::var_os("BENCH_ONLY_XDP").is_some() {
+        return bench_xdp(plan);
+    }
     let scratch = TempDir::new("bench")?;
 
     let start = Instant::now();
@@ -227,16 +233,24 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 let s = f.pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
                 keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (sc, p), &s, floor_cpu);
             }
-            for p in order {
-                let tag = format!("{}-{}", sc.name(), p.name());
-                let c = flow(p, sc)
-                    .connections(plan.pps_window)
-                    .with_context(|| format!("connections, {tag}"))?;
-                step(&label, &format!("{tag}: {:.0} new TCP connections/s ({} failed)", c.per_s, c.failed));
-                if c.done == 0 {
-                    no_traffic.push(format!("{tag}: no TCP connection completed"));
+            for (in_flight, metric) in [(1, report::CONNS), (CONNS_IN_FLIGHT, report::CONNS_PARALLEL)] {
+                for p in order {
+                    let tag = format!("{}-{}", sc.name(), p.name());
+                    let c = flow(p, sc)
+                        .connections(plan.pps_window, in_flight)
+                        .with_context(|| format!("connections, {tag}"))?;
+                    step(
+                        &label,
+                        &format!(
+                            "{tag}: {:.0} new TCP connections/s, {in_flight} in flight ({} failed)",
+                            c.per_s, c.failed
+                        ),
+                    );
+                    if c.done == 0 {
+                        no_traffic.push(format!("{tag}: no TCP connection completed"));
+                    }
+                    push(&mut samples, sc, p, metric, Some(c.per_s));
                 }
-                push(&mut samples, sc, p, report::CONNS, Some(c.per_s));
             }
         }
         // TCP through the 100-rule pair; on the datapath, the same path without
@@ -258,7 +272,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             }
         }
         let sides = if round % 2 == 0 { [&xdp.off, &xdp.native] } else { [&xdp.native, &xdp.off] };
-        measure_xdp(plan, &label, sides, &mut xdp_samples, &mut no_traffic)?;
+        measure_xdp(plan, &label, &xdp, sides, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
     drop((floor, bridge, ours, legacy, xdp));
@@ -299,7 +313,9 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         }
     }
     for sc in Scenario::SG {
-        for m in [report::PPS, report::CONNS, report::TCP, report::CPU_NS, report::PATH_NS] {
+        for m in
+            [report::PPS, report::CONNS, report::CONNS_PARALLEL, report::TCP, report::CPU_NS, report::PATH_NS]
+        {
             let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
             if med(Path::Datapath).is_some() || med(Path::Legacy).is_some() {
                 records.push(Record {
@@ -313,7 +329,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     }
     // The datapath against itself: 1,000 rules against 10, and groups against none.
     let dp = |sc: Scenario, key: &str| samples.get(&(sc, Path::Datapath, key)).and_then(|v| median(v));
-    for m in [report::PPS, report::CONNS] {
+    for m in [report::PPS, report::CONNS, report::CONNS_PARALLEL] {
         records.push(Record {
             scenario: report::SG_1000_VS_10.into(),
             metric: m,
@@ -358,23 +374,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         });
     }
     // The XDP stage against the TC stage alone.
-    for m in [
-        report::FLOOD_DROPS,
-        report::FOREIGN_VTEP_DROPS,
-        report::TAP_PPS,
-        report::TAP_READ,
-        report::TCP,
-        report::RTT_P50,
-        report::RTT_P99,
-    ] {
-        let med = |side: &str| xdp_samples.get(&(m.name, side.to_string())).and_then(|v| median(v));
-        records.push(Record {
-            scenario: report::XDP_VS_TC.into(),
-            metric: m,
-            datapath: med("native"),
-            legacy: med("off"),
-        });
-    }
+    records.extend(xdp_records(&xdp_samples));
     let control = |metric: Metric, v: f64| Record {
         scenario: "control-plane".into(),
         metric,
@@ -496,37 +496,74 @@ fn ns(v: Option<f64>) -> String {
     v.map_or("CPU cost not measured".into(), |v| format!("{v:.0} ns/frame of CPU"))
 }
 
+/// The XDP stage's scenarios alone (`BENCH_ONLY_XDP=1`, for work on the stage
+/// or the generator: a few minutes instead of half an hour).
+fn bench_xdp(plan: &Plan) -> Result<Outcome> {
+    let xdp = XdpPair::build().context("building the XDP stage's clusters")?;
+    let (mut samples, mut no_traffic) = (XdpSamples::new(), Vec::new());
+    for round in 0..plan.rounds {
+        let label = format!("bench: round {}/{}", round + 1, plan.rounds);
+        let sides = if round % 2 == 0 { [&xdp.off, &xdp.native] } else { [&xdp.native, &xdp.off] };
+        measure_xdp(plan, &label, &xdp, sides, &mut samples, &mut no_traffic)?;
+    }
+    Ok(Outcome { records: xdp_records(&samples), profile: Vec::new(), no_traffic })
+}
+
 /// One round of the XDP stage against the TC stage alone, `sides` in the
 /// order they go: the flood's drop rate, the 64-byte rate into a tap, TCP and
 /// RTT between the namespace VMs.
 fn measure_xdp(
     plan: &Plan,
     label: &str,
+    pair: &XdpPair,
     sides: [&Side; 2],
     samples: &mut XdpSamples,
     no_traffic: &mut Vec<String>,
 ) -> Result<()> {
-    if xdpgen::refused() {
-        // Only live frames send fast enough to load a driver's XDP stage.
-        step(label, "XDP stage: not measured, the kernel refuses live frames to this process");
-        return Ok(());
-    }
     let mut keep =
         |m: &'static str, side: &Side, v: f64| samples.entry((m, side.xdp.to_string())).or_default().push(v);
-    type Flood = fn(&Side, Duration) -> Result<f64>;
-    let floods: [(Metric, &str, Flood); 2] = [
-        (report::FLOOD_DROPS, "frames of an unknown VLAN", Side::flood_drops),
-        (report::FOREIGN_VTEP_DROPS, "VXLAN frames from a foreign VTEP", Side::foreign_vtep_drops),
+    type Flood = fn(&Side, Duration) -> Result<Drops>;
+    let floods: [(Metric, Metric, &str, Flood, Vec<u8>); 2] = [
+        (
+            report::FLOOD_DROPS,
+            report::FLOOD_STAGE,
+            "frames of an unknown VLAN",
+            Side::flood_drops,
+            XdpPair::flood_frame(),
+        ),
+        (
+            report::FOREIGN_VTEP_DROPS,
+            report::FOREIGN_VTEP_STAGE,
+            "VXLAN frames from a foreign VTEP",
+            Side::foreign_vtep_drops,
+            pair.native.foreign_vtep_frame()?,
+        ),
     ];
-    for (metric, what, flood) in floods {
+    for (metric, stage, what, flood, frame) in floods {
+        let floor = pair.floor_drops(frame, plan.pps_window).with_context(|| format!("{what}, floor"))?;
+        step(label, &format!("floor: {:.0} {what} dropped per second, {}", floor.per_s, ns(floor.busy_ns)));
         for side in sides {
             let tag = format!("xdp-{}", side.xdp);
             let d = flood(side, plan.pps_window).with_context(|| format!("{what}, {tag}"))?;
-            step(label, &format!("{tag}: {d:.0} {what} dropped per second"));
-            if d == 0.0 {
+            // The stage's own cost: what the flood cost per frame beyond the floor's.
+            let own = d.busy_ns.zip(floor.busy_ns).map(|(d, f)| d - f);
+            step(
+                label,
+                &format!(
+                    "{tag}: {:.0} {what} dropped per second, {}, the stage's own {}",
+                    d.per_s,
+                    ns(d.busy_ns),
+                    own.map_or("not measured".into(), |n| format!("{n:.0} ns")),
+                ),
+            );
+            if d.per_s == 0.0 {
                 no_traffic.push(format!("{tag}: none of the {what} was dropped (counted)"));
             }
-            keep(metric.name, side, d);
+            keep(metric.name, side, d.per_s);
+            // A stage that costs less than the noise of the floor has no rate to report.
+            if let Some(own) = own.filter(|n| *n > 1.0) {
+                keep(stage.name, side, 1e9 / own);
+            }
         }
     }
     for side in sides {
@@ -564,4 +601,29 @@ fn measure_xdp(
         keep(report::RTT_P99.name, side, r.p99_us);
     }
     Ok(())
+}
+
+/// The XDP stage's records: the `native` side against the `off` side.
+fn xdp_records(xdp_samples: &XdpSamples) -> Vec<Record> {
+    let mut records = Vec::new();
+    for m in [
+        report::FLOOD_DROPS,
+        report::FLOOD_STAGE,
+        report::FOREIGN_VTEP_DROPS,
+        report::FOREIGN_VTEP_STAGE,
+        report::TAP_PPS,
+        report::TAP_READ,
+        report::TCP,
+        report::RTT_P50,
+        report::RTT_P99,
+    ] {
+        let med = |side: &str| xdp_samples.get(&(m.name, side.to_string())).and_then(|v| median(v));
+        records.push(Record {
+            scenario: report::XDP_VS_TC.into(),
+            metric: m,
+            datapath: med("native"),
+            legacy: med("off"),
+        });
+    }
+    records
 }

@@ -19,6 +19,8 @@ mod report;
 mod stats;
 
 #[cfg(feature = "bench")]
+mod connect;
+#[cfg(feature = "bench")]
 mod control;
 #[cfg(feature = "bench")]
 mod engine;
@@ -38,6 +40,8 @@ mod wiring;
 mod xdp;
 #[cfg(feature = "bench")]
 mod xdpgen;
+#[cfg(feature = "bench")]
+mod xdploop;
 
 use std::path::Path;
 

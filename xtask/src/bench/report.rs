@@ -37,8 +37,12 @@ pub const RTT_BLOCKING_P50: Metric =
 /// The same, 99th percentile.
 pub const RTT_BLOCKING_P99: Metric =
     Metric { name: "rtt_blocking_p99_us", unit: "us", better: Better::Lower };
-/// New TCP connections completed per second (connect, then RST), one client.
+/// New TCP connections completed per second (connect, then RST), one at a time:
+/// the handshake's round trip.
 pub const CONNS: Metric = Metric { name: "new_tcp_conns_per_s", unit: "conn/s", better: Better::Higher };
+/// The same with `CONNS_IN_FLIGHT` connects outstanding: what the node sustains.
+pub const CONNS_PARALLEL: Metric =
+    Metric { name: "new_tcp_conns_per_s_parallel", unit: "conn/s", better: Better::Higher };
 /// Busy time of the CPU that carries the whole 64-byte path, per received frame.
 pub const CPU_NS: Metric = Metric { name: "cpu_ns_per_pkt", unit: "ns", better: Better::Lower };
 /// `cpu_ns_per_pkt` minus that of a bare veth pair: what the path itself costs.
@@ -101,6 +105,14 @@ pub const FLOOD_DROPS: Metric = Metric { name: "flood_drops_per_s", unit: "pps",
 /// VXLAN frames from a host that is no tunnel peer, flooded into the underlay, dropped per second.
 pub const FOREIGN_VTEP_DROPS: Metric =
     Metric { name: "foreign_vtep_drops_per_s", unit: "pps", better: Better::Higher };
+/// What the uplink's stage alone drops of that flood per second of one CPU:
+/// 1 s over its own cost per frame (the flood's CPU time per frame less that
+/// of a veth whose driver drops every frame at once, `XDP_DROP`).
+pub const FLOOD_STAGE: Metric =
+    Metric { name: "flood_stage_drops_per_cpu_s", unit: "pps", better: Better::Higher };
+/// The same for the foreign VTEP's flood, at the underlay's stage.
+pub const FOREIGN_VTEP_STAGE: Metric =
+    Metric { name: "foreign_vtep_stage_drops_per_cpu_s", unit: "pps", better: Better::Higher };
 /// 64-byte frames per second from the wire that the datapath delivered to a VM's tap.
 pub const TAP_PPS: Metric = Metric { name: "pps_64b_to_tap", unit: "pps", better: Better::Higher };
 /// What the tap's reader (the VM's side) got of those.
@@ -139,9 +151,11 @@ impl Record {
         match (self.scenario.as_str(), self.metric.name) {
             ("same-node-vlan", "pps_64b") => Some(3.0),
             ("same-node-sg100", "pps_64b") => Some(3.0),
-            ("same-node-sg100", "new_tcp_conns_per_s") => Some(2.0),
+            // "new TCP connections per second": what a node sustains, so the run
+            // that keeps the CPU busy; the one-at-a-time run is the handshake's RTT.
+            ("same-node-sg100", "new_tcp_conns_per_s_parallel") => Some(2.0),
             // "1,000 rules per port cost no more than 10 % over 10"
-            (SG_1000_VS_10, "pps_64b" | "new_tcp_conns_per_s") => Some(0.9),
+            (SG_1000_VS_10, "pps_64b" | "new_tcp_conns_per_s" | "new_tcp_conns_per_s_parallel") => Some(0.9),
             // "TCP throughput with security groups not lower than without by more than 5 %"
             (SG_VS_NO_SG, "tcp_gbps") => Some(0.95),
             // "at most half its p99 latency"
@@ -149,7 +163,9 @@ impl Record {
             ("cross-node-vlan", "pps_64b") => Some(2.0),
             // Issue 16: drops in the driver at 4x the TC stage's rate, the fast
             // path at 1.5x TC's into a tap, and no latency lost.
-            (XDP_VS_TC, "flood_drops_per_s" | "foreign_vtep_drops_per_s") => Some(4.0),
+            // "dropped at the uplink at 4x the rate that the TC stage drops": the
+            // stages' own rates; the floods' rates include their generator's cost.
+            (XDP_VS_TC, "flood_stage_drops_per_cpu_s" | "foreign_vtep_stage_drops_per_cpu_s") => Some(4.0),
             (XDP_VS_TC, "pps_64b_to_tap") => Some(1.5),
             (XDP_VS_TC, "rtt_p99_us") => Some(1.0),
             // Reported, not bounded: the cost of a policed port next to an unpoliced one.

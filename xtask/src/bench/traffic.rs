@@ -12,7 +12,7 @@
 use std::{
     fs::File,
     io::ErrorKind,
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddrV4, TcpListener, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -21,14 +21,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use datapath_tests::netns::{Netns, ThreadNetns, reset_on_close};
+use datapath_tests::netns::{Netns, ThreadNetns};
 
-use super::{
-    interrupt,
-    plan::SINK_PORT,
-    stats,
-    xdpgen::{self, XdpGen},
-};
+use super::{connect, interrupt, plan::SINK_PORT, stats, xdpgen::XdpGen};
 
 const IPERF_PORT: &str = "5201";
 /// TCP port of the connection-rate server.
@@ -55,7 +50,7 @@ pub struct Flow<'a> {
 /// Which program sends the 64-byte frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sender {
-    /// `xdpgen`: XDP live frames, tens of ns per frame.
+    /// `xdpgen`: XDP live frames, tens of ns per frame (its XDP loop, about 250, where live frames are refused).
     Xdp,
     /// trafgen on AF_PACKET, about a microsecond per frame.
     Trafgen,
@@ -174,14 +169,10 @@ impl Flow<'_> {
             )?))
         };
         let mut generator = match sender {
-            Sender::Xdp if !xdpgen::refused() => {
-                match XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu) {
-                    Ok(g) => Running::Xdp(g),
-                    Err(e) if xdpgen::refused_by(&e) => trafgen()?,
-                    Err(e) => return Err(e),
-                }
+            Sender::Xdp => {
+                Running::Xdp(XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu)?)
             }
-            Sender::Xdp | Sender::Trafgen => trafgen()?,
+            Sender::Trafgen => trafgen()?,
         };
         interrupt::sleep(WARMUP)?;
         generator.check_running()?;
@@ -299,13 +290,14 @@ impl Flow<'_> {
     }
 
     /// New TCP connections per second from src to dst over `window` (after a
-    /// warm-up): a client thread in src's namespace connects and closes with a
-    /// RST (no TIME_WAIT, so the ephemeral ports last), a server thread in
-    /// dst's accepts and closes. Each connection opens a tracked entry at both
-    /// ends of a stateful path, and its SYN meets the receiver's rules.
-    pub fn connections(&self, window: Duration) -> Result<Conns> {
+    /// warm-up), with `in_flight` connects outstanding (`connect`): a client
+    /// thread in src's namespace connects and closes with a RST, a server
+    /// thread in dst's accepts and closes. Each connection opens a tracked
+    /// entry at both ends of a stateful path, and its SYN meets the receiver's
+    /// rules.
+    pub fn connections(&self, window: Duration, in_flight: usize) -> Result<Conns> {
         let (sender_cpu, receiver_cpu) = cpus();
-        let addr: SocketAddr = format!("{}:{CONN_PORT}", self.dst.ip).parse()?;
+        let addr: SocketAddrV4 = format!("{}:{CONN_PORT}", self.dst.ip).parse()?;
         let listener = {
             let _in = ThreadNetns::enter(self.dst.ns)?;
             TcpListener::bind(addr)
@@ -341,24 +333,8 @@ impl Flow<'_> {
                 pin_thread(sender_cpu)?;
                 let start = Instant::now();
                 let (from, until) = (start + WARMUP, start + WARMUP + window);
-                let (mut done, mut failed) = (0, 0);
-                loop {
-                    let now = Instant::now();
-                    if now >= until {
-                        break;
-                    }
-                    let counted = now >= from;
-                    // A lost SYN is retried by the kernel only after a second; giving up
-                    // sooner keeps one loss from eating the window (it is counted).
-                    match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                        Ok(stream) => {
-                            reset_on_close(&stream);
-                            done += u64::from(counted);
-                        }
-                        Err(_) => failed += u64::from(counted),
-                    }
-                }
-                Ok(Conns { done, failed, per_s: done as f64 / window.as_secs_f64() })
+                let c = connect::run(addr, in_flight, CONNECT_TIMEOUT, from, until)?;
+                Ok(Conns { done: c.done, failed: c.failed, per_s: c.done as f64 / window.as_secs_f64() })
             });
             let counted = client.join().map_err(|_| anyhow::anyhow!("the connecting thread panicked"));
             stop.store(true, Ordering::Relaxed);
@@ -402,6 +378,12 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
 
 fn cpu_ticks() -> Result<Vec<stats::CpuTicks>> {
     stats::proc_stat_cpus(&std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?)
+}
+
+/// Busy nanoseconds of every CPU together since boot (at the clock tick's resolution).
+pub fn busy_ns() -> Result<f64> {
+    let busy: u64 = cpu_ticks()?.iter().map(|c| c.busy).sum();
+    Ok(busy as f64 * 1e9 / clock_ticks_per_second())
 }
 
 fn clock_ticks_per_second() -> f64 {

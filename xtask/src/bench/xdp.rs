@@ -33,6 +33,7 @@ use anyhow::{Context, Result, bail};
 use datapath_tests::{
     cluster::{Cluster, PortSpec, agents_json, network_json, vtep_ip},
     link::TapFd,
+    netns::ThreadNetns,
 };
 use datapath_user::{bindings::parse_mac, frames};
 use serde_json::{Value, json};
@@ -40,8 +41,9 @@ use serde_json::{Value, json};
 use super::{
     interrupt,
     plan::{SINK_PORT, VLAN_SEGMENT},
-    traffic::{Endpoint, Flow, cpus, napi_for_generator, pin_thread},
+    traffic::{Endpoint, Flow, busy_ns, cpus, napi_for_generator, pin_thread},
     xdpgen::XdpGen,
+    xdploop,
 };
 
 const NET: &str = "b0b0b0b0-0000-4000-8000-00000000b0d0";
@@ -82,17 +84,106 @@ pub struct Side {
     drain: Option<Drain>,
 }
 
-/// Both sides.
+/// Frames dropped, and what they cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Drops {
+    pub per_s: f64,
+    /// Every CPU's busy time over the window, per dropped frame: the
+    /// generator, the hand-over and the stage, all on the sender's CPU.
+    pub busy_ns: Option<f64>,
+}
+
+/// Both sides, and the floor the stages are measured from.
 pub struct XdpPair {
     pub native: Side,
     pub off: Side,
+    _floor: DropFloor,
 }
 
 impl XdpPair {
     /// Builds both clusters and waits until their flows work.
     pub fn build() -> Result<Self> {
-        Ok(Self { native: Side::build("bench-xdp", "native")?, off: Side::build("bench-tc", "off")? })
+        let native = Side::build("bench-xdp", "native")?;
+        let off = Side::build("bench-tc", "off")?;
+        let floor = DropFloor::build(&native.cluster.phys)?;
+        Ok(Self { native, off, _floor: floor })
     }
+
+    /// `frame` from the same generator in the same namespace into a veth whose
+    /// driver drops everything at once (`XDP_DROP`): what a dropped frame costs
+    /// without any stage. A stage's own cost per frame is its side's `busy_ns`
+    /// less this one's.
+    pub fn floor_drops(&self, frame: Vec<u8>, window: Duration) -> Result<Drops> {
+        let (sender_cpu, _) = cpus();
+        let phys = &self.native.cluster.phys;
+        let generator = XdpGen::start(phys.path(), FLOOR_TX, frame, sender_cpu)?;
+        rate("floor", generator, window, || {
+            let n = phys.exec(&["cat", &format!("/sys/class/net/{FLOOR_RX}/statistics/rx_packets")])?;
+            n.trim().parse().with_context(|| format!("rx_packets of {FLOOR_RX}: {n:?}"))
+        })
+    }
+
+    /// A flood of `FOREIGN_VLAN` frames, as `Side::flood_drops` sends.
+    pub fn flood_frame() -> Vec<u8> {
+        flood_frame()
+    }
+}
+
+/// The floor's veth pair, in the fabric's namespace (removed with it).
+const FLOOR_TX: &str = "xfloor0";
+const FLOOR_RX: &str = "xfloor1";
+
+/// The floor's receiving end runs `XDP_DROP` while this holds its link.
+struct DropFloor {
+    _link: std::os::fd::OwnedFd,
+}
+
+impl DropFloor {
+    fn build(phys: &datapath_tests::netns::Netns) -> Result<Self> {
+        phys.exec(&["ip", "link", "add", FLOOR_TX, "type", "veth", "peer", "name", FLOOR_RX])?;
+        for dev in [FLOOR_TX, FLOOR_RX] {
+            phys.exec(&["ip", "link", "set", dev, "up"])?;
+        }
+        let _in = ThreadNetns::enter(phys)?;
+        let link = xdploop::drop_all(xdploop::ifindex(FLOOR_RX)?, FLOOR_RX)?;
+        Ok(Self { _link: link })
+    }
+}
+
+/// A frame of `FOREIGN_VLAN`, from a host no node knows to VM b's MAC.
+fn flood_frame() -> Vec<u8> {
+    let udp = frames::ipv4_udp([10, 40, 0, 99], [10, 40, 0, 2], SINK_PORT, SINK_PORT, &[0; 18]);
+    let frame =
+        frames::eth([0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x02], [0xfa, 0x16, 0x3e, 0xee, 0, 1], 0x0800, &udp);
+    frames::tagged(&frame, 0x8100, FOREIGN_VLAN)
+}
+
+/// What `count` counted per second while `generator` ran, for `window` after
+/// a warm-up, and every CPU's busy time per count.
+fn rate(who: &str, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<Drops> {
+    let ([per_s], busy) = rates(who, generator, window, || Ok([count()?]))?;
+    let frames = per_s * busy.1;
+    Ok(Drops { per_s, busy_ns: (frames > 0.0).then(|| busy.0 / frames) })
+}
+
+/// `rate` for several counters read together; with (busy ns, seconds) of the window.
+fn rates<const N: usize>(
+    who: &str,
+    generator: XdpGen,
+    window: Duration,
+    count: impl Fn() -> Result<[u64; N]>,
+) -> Result<([f64; N], (f64, f64))> {
+    interrupt::sleep(WARMUP)?;
+    let (n0, b0, t0) = (count()?, busy_ns()?, Instant::now());
+    interrupt::sleep(window)?;
+    let (n1, b1, t1) = (count()?, busy_ns()?, Instant::now());
+    // A sender that died early would make a low count look like a slow path.
+    if !generator.running() {
+        bail!("{who}: the generator stopped early");
+    }
+    drop(generator);
+    let secs = (t1 - t0).as_secs_f64();
+    Ok((std::array::from_fn(|i| n1[i].saturating_sub(n0[i]) as f64 / secs), (b1 - b0, secs)))
 }
 
 impl Side {
@@ -153,19 +244,15 @@ impl Side {
         Flow { src: end(0), dst: end(1) }
     }
 
-    /// The frames of a flood of `FOREIGN_VLAN` into node1's uplink dropped per second.
-    pub fn flood_drops(&self, window: Duration) -> Result<f64> {
-        let udp = frames::ipv4_udp([10, 40, 0, 99], [10, 40, 0, 2], SINK_PORT, SINK_PORT, &[0; 18]);
-        let frame =
-            frames::eth([0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x02], [0xfa, 0x16, 0x3e, 0xee, 0, 1], 0x0800, &udp);
-        let frame = frames::tagged(&frame, 0x8100, FOREIGN_VLAN);
-        self.rate(self.switch_sends("up-node1", frame)?, window, || self.unknown_segment_drops())
+    /// The frames of a flood of `FOREIGN_VLAN` into node1's uplink dropped.
+    pub fn flood_drops(&self, window: Duration) -> Result<Drops> {
+        self.rate(self.switch_sends("up-node1", flood_frame())?, window, || self.unknown_segment_drops())
     }
 
-    /// What `count` counted per second while `generator` ran, for `window` after a warm-up.
-    fn rate(&self, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<f64> {
-        let [r] = self.rates(generator, window, || Ok([count()?]))?;
-        Ok(r)
+    /// What `count` counted per second while `generator` ran, for `window`
+    /// after a warm-up, and what every CPU's busy time came to per count.
+    fn rate(&self, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<Drops> {
+        rate(self.xdp, generator, window, count)
     }
 
     /// `rate` for several counters read together.
@@ -175,17 +262,7 @@ impl Side {
         window: Duration,
         count: impl Fn() -> Result<[u64; N]>,
     ) -> Result<[f64; N]> {
-        interrupt::sleep(WARMUP)?;
-        let (n0, t0) = (count()?, Instant::now());
-        interrupt::sleep(window)?;
-        let (n1, t1) = (count()?, Instant::now());
-        // A sender that died early would make a low count look like a slow path.
-        if !generator.running() {
-            bail!("{}: the generator stopped early", self.xdp);
-        }
-        drop(generator);
-        let secs = (t1 - t0).as_secs_f64();
-        Ok(std::array::from_fn(|i| n1[i].saturating_sub(n0[i]) as f64 / secs))
+        Ok(rates(self.xdp, generator, window, count)?.0)
     }
 
     /// The generator, on CPU 0, sending `frame` out of node1's switch port `port`.
@@ -195,8 +272,14 @@ impl Side {
     }
 
     /// The frames of a flood of VXLAN (VNI `VNI`, served here) from a host
-    /// that is no tunnel peer, into node1's underlay device, dropped per second.
-    pub fn foreign_vtep_drops(&self, window: Duration) -> Result<f64> {
+    /// that is no tunnel peer, into node1's underlay device, dropped.
+    pub fn foreign_vtep_drops(&self, window: Duration) -> Result<Drops> {
+        let frame = self.foreign_vtep_frame()?;
+        self.rate(self.switch_sends("ul-node1", frame)?, window, || self.foreign_vtep_count())
+    }
+
+    /// VXLAN from `STRANGER_VTEP` to node1's underlay address and MAC.
+    pub fn foreign_vtep_frame(&self) -> Result<Vec<u8>> {
         let ns = &self.cluster.node("node1").ns;
         let shown: Value = serde_json::from_str(&ns.exec(&["ip", "-j", "link", "show", "eth1"])?)?;
         let mac = parse_mac(shown[0]["address"].as_str().context("eth1 has no address")?)?;
@@ -204,8 +287,7 @@ impl Side {
         let inner =
             frames::eth([0xfa, 0x16, 0x3e, 0xd1, 0, 1], [0xfa, 0x16, 0x3e, 0xee, 0, 2], 0x0800, &[0; 46]);
         let udp = frames::ipv4_udp(STRANGER_VTEP, local.octets(), 49152, 4789, &frames::vxlan(VNI, &inner));
-        let frame = frames::eth(mac, [0x02, 0, 0, 0, 0, 0x99], 0x0800, &udp);
-        self.rate(self.switch_sends("ul-node1", frame)?, window, || self.foreign_vtep_count())
+        Ok(frames::eth(mac, [0x02, 0, 0, 0, 0, 0x99], 0x0800, &udp))
     }
 
     /// node1's VXLAN device's foreign-VTEP drops, both stages (the TC stage's and the underlay's).

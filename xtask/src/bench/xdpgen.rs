@@ -12,6 +12,10 @@
 //! Why not only trafgen: AF_PACKET costs about a microsecond per frame on this
 //! machine, as much as the whole datapath path, and it runs on the same CPU as
 //! the path; a generator that expensive squeezes every ratio towards 1.
+//!
+//! Where the kernel refuses live frames to this process (`EPERM`), the thread
+//! runs the loop generator of `xdploop` instead: dearer per frame than live
+//! frames, much cheaper than trafgen, and it needs no capability beyond XDP.
 
 use std::{
     fs::File,
@@ -27,6 +31,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use datapath_user::testrun::{BPF_PROG_TEST_RUN, BPF_PROG_TYPE_XDP, Insn, load_raw, uapi::TestAttr};
+
+use super::xdploop::{self, bpf};
 
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// Frames per test run: as many as the kernel takes; `finish` interrupts the run.
@@ -44,13 +50,6 @@ struct XdpMd {
     ingress_ifindex: u32,
     rx_queue_index: u32,
     egress_ifindex: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a zero-initialised, correctly laid out bpf_attr member whose
-    // pointers refer to buffers that outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as libc::c_uint) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 /// Loads `r0 = XDP_TX; exit`.
@@ -88,6 +87,14 @@ fn load_xdp_tx_restoring(head: [u8; 16]) -> Result<OwnedFd> {
 
 extern "C" fn on_wakeup(_: libc::c_int) {}
 
+/// How the thread sends.
+enum Sending {
+    /// Live-frames test runs of this program, out of this ifindex.
+    Live(OwnedFd, u32),
+    /// Frames circling in XDP (the kernel refused live frames).
+    Loop(xdploop::Loop),
+}
+
 /// Installs a no-op handler for `WAKEUP`, so the signal interrupts a run instead of killing us.
 fn install_wakeup() -> Result<()> {
     // SAFETY: a zeroed sigaction with a handler that does nothing (async-signal-safe).
@@ -120,26 +127,26 @@ fn send(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Result<(
 }
 
 /// Set once the kernel refused live frames to this process (EPERM: a
-/// container without CAP_SYS_RESOURCE, say): the bench then sends its
-/// 64-byte frames with trafgen, and skips the XDP stage's scenarios.
+/// container without CAP_SYS_RESOURCE, say): the loop generator
+/// (`xdploop`) sends from then on.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Whether `e` is the kernel refusing live frames; remembers it if so.
-pub fn refused_by(e: &anyhow::Error) -> bool {
+fn refused_by(e: &anyhow::Error) -> bool {
     let eperm = e
         .chain()
         .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)));
     if eperm && !REFUSED.swap(true, Ordering::Relaxed) {
         crate::util::step(
             "bench: XDP sender",
-            &format!("refused by the kernel ({e:#}): trafgen sends instead"),
+            &format!("live frames refused by the kernel ({e:#}): the XDP loop generator sends instead"),
         );
     }
     eperm
 }
 
 /// Whether the kernel has refused live frames to this process.
-pub fn refused() -> bool {
+fn refused() -> bool {
     REFUSED.load(Ordering::Relaxed)
 }
 
@@ -175,7 +182,7 @@ impl XdpGen {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<libc::pthread_t>>();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || -> Result<()> {
-            let setup = || -> Result<(OwnedFd, u32)> {
+            let setup = || -> Result<Sending> {
                 // SAFETY: setns on this thread only, with a namespace fd we hold open.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error()).context("setns into the sender's namespace");
@@ -186,19 +193,28 @@ impl XdpGen {
                 if ifindex == 0 {
                     bail!("no device {dev:?} in the sender's namespace");
                 }
-                let prog = if restoring {
-                    let mut head = [0u8; 16];
-                    head.copy_from_slice(&frame[..16]);
-                    load_xdp_tx_restoring(head)?
-                } else {
-                    load_xdp_tx()?
-                };
-                send(&prog, &frame, ifindex, 1).context(
-                    "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",
-                )?;
-                Ok((prog, ifindex))
+                if !refused() {
+                    let prog = if restoring {
+                        let mut head = [0u8; 16];
+                        head.copy_from_slice(&frame[..16]);
+                        load_xdp_tx_restoring(head)?
+                    } else {
+                        load_xdp_tx()?
+                    };
+                    match send(&prog, &frame, ifindex, 1).context(
+                        "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",
+                    ) {
+                        Ok(()) => return Ok(Sending::Live(prog, ifindex)),
+                        Err(e) if refused_by(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Each receiver gets a copy of its own, so restoring is not needed.
+                Ok(Sending::Loop(
+                    xdploop::Loop::start(ifindex, &frame).context("starting the loop generator")?,
+                ))
             };
-            let (prog, ifindex) = match setup() {
+            let sending = match setup() {
                 Ok(v) => {
                     // SAFETY: pthread_self has no preconditions.
                     let _ = ready_tx.send(Ok(unsafe { libc::pthread_self() }));
@@ -210,11 +226,21 @@ impl XdpGen {
                     bail!("{msg}");
                 }
             };
-            while !flag.load(Ordering::SeqCst) {
-                match send(&prog, &frame, ifindex, REPEAT) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => return Err(e).context("XDP live-frames run"),
+            match sending {
+                Sending::Live(prog, ifindex) => {
+                    while !flag.load(Ordering::SeqCst) {
+                        match send(&prog, &frame, ifindex, REPEAT) {
+                            Ok(()) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                            Err(e) => return Err(e).context("XDP live-frames run"),
+                        }
+                    }
+                }
+                Sending::Loop(mut lap) => {
+                    while !flag.load(Ordering::SeqCst) {
+                        lap.check()?;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
                 }
             }
             Ok(())
