@@ -21,7 +21,7 @@ use super::{
     stats::median,
     traffic::{self, Flow, Sender},
     wiring,
-    xdp::{Drops, Side, XdpPair},
+    xdp::{self, Drops, Side, XdpPair},
 };
 use crate::util::{secs, step};
 
@@ -271,8 +271,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 samples.entry((sg, p, key)).or_default().push(t.gbps);
             }
         }
-        let sides = if round % 2 == 0 { [&xdp.off, &xdp.native] } else { [&xdp.native, &xdp.off] };
-        measure_xdp(plan, &label, &xdp, sides, &mut xdp_samples, &mut no_traffic)?;
+        measure_xdp(plan, &label, &xdp, round, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
     drop((floor, bridge, ours, legacy, xdp));
@@ -503,23 +502,23 @@ fn bench_xdp(plan: &Plan) -> Result<Outcome> {
     let (mut samples, mut no_traffic) = (XdpSamples::new(), Vec::new());
     for round in 0..plan.rounds {
         let label = format!("bench: round {}/{}", round + 1, plan.rounds);
-        let sides = if round % 2 == 0 { [&xdp.off, &xdp.native] } else { [&xdp.native, &xdp.off] };
-        measure_xdp(plan, &label, &xdp, sides, &mut samples, &mut no_traffic)?;
+        measure_xdp(plan, &label, &xdp, round, &mut samples, &mut no_traffic)?;
     }
     Ok(Outcome { records: xdp_records(&samples), profile: Vec::new(), no_traffic })
 }
 
-/// One round of the XDP stage against the TC stage alone, `sides` in the
-/// order they go: the flood's drop rate, the 64-byte rate into a tap, TCP and
-/// RTT between the namespace VMs.
+/// Round `round` of the XDP stage against the TC stage alone (which side goes
+/// first alternates): the floods' drop rates, the 64-byte rate into a tap,
+/// TCP and RTT between the namespace VMs.
 fn measure_xdp(
     plan: &Plan,
     label: &str,
     pair: &XdpPair,
-    sides: [&Side; 2],
+    round: usize,
     samples: &mut XdpSamples,
     no_traffic: &mut Vec<String>,
 ) -> Result<()> {
+    let sides = if round.is_multiple_of(2) { [&pair.off, &pair.native] } else { [&pair.native, &pair.off] };
     let mut keep =
         |m: &'static str, side: &Side, v: f64| samples.entry((m, side.xdp.to_string())).or_default().push(v);
     type Flood = fn(&Side, Duration) -> Result<Drops>;
@@ -529,7 +528,7 @@ fn measure_xdp(
             report::FLOOD_STAGE,
             "frames of an unknown VLAN",
             Side::flood_drops,
-            XdpPair::flood_frame(),
+            xdp::flood_frame(),
         ),
         (
             report::FOREIGN_VTEP_DROPS,

@@ -161,18 +161,15 @@ impl Flow<'_> {
     /// 64-byte frames from `sender` for `window` (after a warm-up), counted at the receiver's eth0.
     pub fn pps(&self, window: Duration, scratch: &Path, tag: &str, sender: Sender) -> Result<Pps> {
         let (sender_cpu, _) = cpus();
-        let trafgen = || -> Result<Running> {
-            Ok(Running::Trafgen(Generator::start(
-                self.src.ns,
-                sender_cpu,
-                &self.trafgen_conf(scratch, tag)?,
-            )?))
-        };
         let mut generator = match sender {
             Sender::Xdp => {
                 Running::Xdp(XdpGen::start(self.src.ns.path(), "eth0", self.frame()?, sender_cpu)?)
             }
-            Sender::Trafgen => trafgen()?,
+            Sender::Trafgen => Running::Trafgen(Generator::start(
+                self.src.ns,
+                sender_cpu,
+                &self.trafgen_conf(scratch, tag)?,
+            )?),
         };
         interrupt::sleep(WARMUP)?;
         generator.check_running()?;

@@ -122,11 +122,6 @@ impl XdpPair {
             n.trim().parse().with_context(|| format!("rx_packets of {FLOOR_RX}: {n:?}"))
         })
     }
-
-    /// A flood of `FOREIGN_VLAN` frames, as `Side::flood_drops` sends.
-    pub fn flood_frame() -> Vec<u8> {
-        flood_frame()
-    }
 }
 
 /// The floor's veth pair, in the fabric's namespace (removed with it).
@@ -151,7 +146,7 @@ impl DropFloor {
 }
 
 /// A frame of `FOREIGN_VLAN`, from a host no node knows to VM b's MAC.
-fn flood_frame() -> Vec<u8> {
+pub fn flood_frame() -> Vec<u8> {
     let udp = frames::ipv4_udp([10, 40, 0, 99], [10, 40, 0, 2], SINK_PORT, SINK_PORT, &[0; 18]);
     let frame =
         frames::eth([0xfa, 0x16, 0x3e, 0xd0, 0x00, 0x02], [0xfa, 0x16, 0x3e, 0xee, 0, 1], 0x0800, &udp);
@@ -246,23 +241,7 @@ impl Side {
 
     /// The frames of a flood of `FOREIGN_VLAN` into node1's uplink dropped.
     pub fn flood_drops(&self, window: Duration) -> Result<Drops> {
-        self.rate(self.switch_sends("up-node1", flood_frame())?, window, || self.unknown_segment_drops())
-    }
-
-    /// What `count` counted per second while `generator` ran, for `window`
-    /// after a warm-up, and what every CPU's busy time came to per count.
-    fn rate(&self, generator: XdpGen, window: Duration, count: impl Fn() -> Result<u64>) -> Result<Drops> {
-        rate(self.xdp, generator, window, count)
-    }
-
-    /// `rate` for several counters read together.
-    fn rates<const N: usize>(
-        &self,
-        generator: XdpGen,
-        window: Duration,
-        count: impl Fn() -> Result<[u64; N]>,
-    ) -> Result<[f64; N]> {
-        Ok(rates(self.xdp, generator, window, count)?.0)
+        rate(self.xdp, self.switch_sends("up-node1", flood_frame())?, window, || self.unknown_segment_drops())
     }
 
     /// The generator, on CPU 0, sending `frame` out of node1's switch port `port`.
@@ -275,7 +254,7 @@ impl Side {
     /// that is no tunnel peer, into node1's underlay device, dropped.
     pub fn foreign_vtep_drops(&self, window: Duration) -> Result<Drops> {
         let frame = self.foreign_vtep_frame()?;
-        self.rate(self.switch_sends("ul-node1", frame)?, window, || self.foreign_vtep_count())
+        rate(self.xdp, self.switch_sends("ul-node1", frame)?, window, || self.foreign_vtep_count())
     }
 
     /// VXLAN from `STRANGER_VTEP` to node1's underlay address and MAC.
@@ -318,7 +297,7 @@ impl Side {
         let (sender_cpu, _) = cpus();
         let generator = XdpGen::start_restoring(self.cluster.phys.path(), "up-node1", frame, sender_cpu)?;
         let [delivered, read] =
-            self.rates(generator, window, || Ok([self.delivered()?, self.tap.stats()?.tx_packets]))?;
+            rates(self.xdp, generator, window, || Ok([self.delivered()?, self.tap.stats()?.tx_packets]))?.0;
         Ok(TapRates { delivered, read })
     }
 

@@ -52,15 +52,6 @@ struct XdpMd {
     egress_ifindex: u32,
 }
 
-/// Loads `r0 = XDP_TX; exit`.
-fn load_xdp_tx() -> Result<OwnedFd> {
-    let insns: [Insn; 2] = [
-        (0xb7, 0, 0, 3), // mov64 r0, 3 (XDP_TX)
-        (0x95, 0, 0, 0), // exit
-    ];
-    load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_xmit").context("loading the XDP_TX generator program")
-}
-
 /// Loads a program that writes `head` over the frame's first 16 bytes, then
 /// `XDP_TX`. Live-frames mode recycles each page without copying the frame
 /// in again, so a receiver that edits the frame in place (an XDP stage that
@@ -177,7 +168,7 @@ impl XdpGen {
     fn spawn(netns: &Path, dev: &str, frame: Vec<u8>, cpu: usize, restoring: bool) -> Result<Self> {
         install_wakeup()?;
         let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-        let dev = std::ffi::CString::new(dev)?;
+        let dev = dev.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<libc::pthread_t>>();
         let flag = stop.clone();
@@ -188,18 +179,14 @@ impl XdpGen {
                     return Err(io::Error::last_os_error()).context("setns into the sender's namespace");
                 }
                 super::traffic::pin_thread(cpu).context("pinning the generator thread")?;
-                // SAFETY: dev is NUL-terminated.
-                let ifindex = unsafe { libc::if_nametoindex(dev.as_ptr()) };
-                if ifindex == 0 {
-                    bail!("no device {dev:?} in the sender's namespace");
-                }
+                let ifindex = xdploop::ifindex(&dev).context("in the sender's namespace")?;
                 if !refused() {
                     let prog = if restoring {
                         let mut head = [0u8; 16];
                         head.copy_from_slice(&frame[..16]);
                         load_xdp_tx_restoring(head)?
                     } else {
-                        load_xdp_tx()?
+                        xdploop::load_verdict(xdploop::XDP_TX, "bench_xmit")?
                     };
                     match send(&prog, &frame, ifindex, 1).context(
                         "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",

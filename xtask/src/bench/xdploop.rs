@@ -161,20 +161,21 @@ fn load_broadcast(map: &OwnedFd) -> Result<OwnedFd> {
     load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_bcast").context("loading the broadcasting generator program")
 }
 
-/// `return XDP_TX`.
-fn load_tx() -> Result<OwnedFd> {
-    let insns: [Insn; 2] = [(0xb7, 0, 0, 3), (0x95, 0, 0, 0)];
-    load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_bounce").context("loading the bouncing generator program")
+/// `XDP_TX`, as an XDP verdict.
+pub const XDP_TX: i32 = 3;
+const XDP_DROP: i32 = 1;
+
+/// Loads `return verdict` as an XDP program named `name`.
+pub fn load_verdict(verdict: i32, name: &str) -> Result<OwnedFd> {
+    let insns: [Insn; 2] = [(0xb7, 0, 0, verdict), (0x95, 0, 0, 0)]; // mov64 r0, verdict; exit
+    load_raw(BPF_PROG_TYPE_XDP, &insns, name).with_context(|| format!("loading {name} (return {verdict})"))
 }
 
 /// Drops every frame `name` (an ifindex in this thread's namespace) receives,
 /// in its driver: the floor that the stages' costs are measured from. The
 /// program stays attached while the returned link is open.
 pub fn drop_all(ifindex: u32, name: &str) -> Result<OwnedFd> {
-    let insns: [Insn; 2] = [(0xb7, 0, 0, 1), (0x95, 0, 0, 0)]; // r0 = XDP_DROP; exit
-    let prog =
-        load_raw(BPF_PROG_TYPE_XDP, &insns, "bench_drop").context("loading the dropping floor program")?;
-    attach(&prog, ifindex, name)
+    attach(&load_verdict(XDP_DROP, "bench_drop")?, ifindex, name)
 }
 
 /// Attaches `prog` to `ifindex` in native mode; the link detaches when dropped.
@@ -283,7 +284,7 @@ impl Loop {
         let pair = Pair::add()?;
         let (ia, ib) = (ifindex(&pair.a)?, ifindex(&pair.b)?);
         let map = devmap(target, ib)?;
-        let tx = attach(&load_tx()?, ia, &pair.a)?;
+        let tx = attach(&load_verdict(XDP_TX, "bench_bounce")?, ia, &pair.a)?;
         let bcast = attach(&load_broadcast(&map)?, ib, &pair.b)?;
         inject(ia, frame, POPULATION)?;
         let seen = (laps(&pair.b)?, Instant::now());
