@@ -147,6 +147,8 @@ pub struct XdpGen {
     thread: Option<JoinHandle<Result<()>>>,
     /// The thread, for pthread_kill.
     pthread: libc::pthread_t,
+    /// The loop generator's off switch, when it is the one sending.
+    breaker: Option<xdploop::Breaker>,
 }
 
 impl XdpGen {
@@ -170,7 +172,8 @@ impl XdpGen {
         let ns = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
         let dev = dev.to_string();
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<libc::pthread_t>>();
+        type Ready = (libc::pthread_t, Option<xdploop::Breaker>);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || -> Result<()> {
             let setup = || -> Result<Sending> {
@@ -201,10 +204,16 @@ impl XdpGen {
                     xdploop::Loop::start(ifindex, &frame).context("starting the loop generator")?,
                 ))
             };
-            let sending = match setup() {
-                Ok(v) => {
+            let sending = match setup().and_then(|v| {
+                let breaker = match &v {
+                    Sending::Loop(lap) => Some(lap.breaker()?),
+                    Sending::Live(..) => None,
+                };
+                Ok((v, breaker))
+            }) {
+                Ok((v, breaker)) => {
                     // SAFETY: pthread_self has no preconditions.
-                    let _ = ready_tx.send(Ok(unsafe { libc::pthread_self() }));
+                    let _ = ready_tx.send(Ok((unsafe { libc::pthread_self() }, breaker)));
                     v
                 }
                 Err(e) => {
@@ -233,7 +242,7 @@ impl XdpGen {
             Ok(())
         });
         match ready_rx.recv() {
-            Ok(Ok(pthread)) => Ok(Self { stop, thread: Some(thread), pthread }),
+            Ok(Ok((pthread, breaker))) => Ok(Self { stop, thread: Some(thread), pthread, breaker }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -246,6 +255,8 @@ impl XdpGen {
     pub fn finish(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         let Some(t) = self.thread.take() else { return Ok(()) };
+        // The loop first: its softirq work can keep its own thread off the CPU.
+        let broken = self.breaker.take().map(|b| b.stop());
         // A signal that lands just before the thread enters a run is lost; repeat it
         // until the thread is out.
         while !t.is_finished() {
@@ -253,7 +264,8 @@ impl XdpGen {
             unsafe { libc::pthread_kill(self.pthread, WAKEUP) };
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        t.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
+        t.join().map_err(|_| anyhow::anyhow!("the generator thread panicked"))??;
+        broken.transpose().map(|_| ())
     }
 
     /// Whether the thread is still sending (false: it failed; `finish` says why).

@@ -43,6 +43,7 @@ const RESTARTS: u32 = 3;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_MAP_TYPE_DEVMAP: u32 = 14;
 /// `BPF_XDP` in `enum bpf_attach_type`.
@@ -234,6 +235,31 @@ fn laps(b: &str) -> Result<u64> {
         .with_context(|| format!("{b} is not in /proc/thread-self/net/dev"))
 }
 
+/// Ends a loop from another thread. The loop's softirq work can starve the
+/// CPU that its own thread is pinned to (seen with the legacy chain's
+/// frames, whose every veth hop lands on the same CPU's backlog): that
+/// thread may not run again until the frame stops circling.
+pub struct Breaker(OwnedFd);
+
+impl Breaker {
+    /// Empties the devmap's slot that sends the frame round again: the
+    /// frame leaves with its last copies, and the loop is over.
+    pub fn stop(&self) -> Result<()> {
+        let home = CLONES;
+        let mut attr = MapElem {
+            map_fd: self.0.as_raw_fd() as u32,
+            key: &home as *const u32 as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                Err(e).context("emptying the generator's return slot")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The veth pair, deleted when dropped (with the frames in flight).
 struct Pair {
     a: String,
@@ -267,6 +293,7 @@ impl Drop for Pair {
 /// A running loop; it stops when dropped.
 pub struct Loop {
     _links: [OwnedFd; 2],
+    map: OwnedFd,
     pair: Pair,
     /// `a`'s ifindex and the frame, to send it in again.
     entry: (u32, Vec<u8>),
@@ -288,7 +315,12 @@ impl Loop {
         let bcast = attach(&load_broadcast(&map)?, ib, &pair.b)?;
         inject(ia, frame, POPULATION)?;
         let seen = (laps(&pair.b)?, Instant::now());
-        Ok(Self { _links: [tx, bcast], pair, entry: (ia, frame.to_vec()), seen, restarts: 0 })
+        Ok(Self { _links: [tx, bcast], map, pair, entry: (ia, frame.to_vec()), seen, restarts: 0 })
+    }
+
+    /// What ends the loop from any thread.
+    pub fn breaker(&self) -> Result<Breaker> {
+        Ok(Breaker(self.map.try_clone().context("duplicating the generator's devmap fd")?))
     }
 
     /// Sends the frame in again if none has gone round for `STALL` (a frame
