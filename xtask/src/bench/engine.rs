@@ -60,8 +60,10 @@ type Samples = BTreeMap<(Scenario, Path, &'static str), Vec<f64>>;
 /// The XDP clusters' samples, by (metric, `xdp` of node1).
 type XdpSamples = BTreeMap<(&'static str, String), Vec<f64>>;
 
-/// Samples key of the datapath's TCP without groups, taken right after the 100-rule pair's.
+/// Samples key of the datapath's TCP without groups, taken next to the 100-rule pair's.
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
+/// Pairs of datapath TCP runs with and without groups, per round.
+const TCP_SG_PAIRS: usize = 2;
 /// The same-node pps of the datapath while node0's metrics are scraped every second.
 const PPS_SCRAPED: &str = "pps_64b_scraped";
 /// The same-node pps of the datapath while a `datapath monitor` follows every drop.
@@ -74,6 +76,9 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
     traffic::check_tools()?;
     if std::env::var_os("BENCH_ONLY_XDP").is_some() {
         return bench_xdp(plan);
+    }
+    if std::env::var_os("BENCH_ONLY_SG").is_some() {
+        return bench_sg(plan);
     }
     let scratch = TempDir::new("bench")?;
 
@@ -218,59 +223,16 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 }
             }
         }
-        // Every connection leaves entries behind (for 10 s after its RST, on both
-        // paths); reversing the groups' order every other round keeps that from
-        // reading as a cost of the rule count.
-        let mut groups = Scenario::SG;
-        if round % 2 == 1 {
-            groups.reverse();
-        }
-        for sc in groups {
-            for p in order {
-                let tag = format!("{}-{}", sc.name(), p.name());
-                let f = flow(p, sc);
-                f.answer_udp().with_context(|| format!("answering the UDP flow, {tag}"))?;
-                let s = f.pps(plan.pps_window, scratch.path(), &tag, Sender::Xdp)?;
-                keep_pps(&mut samples, &mut no_traffic, (&label, &tag), (sc, p), &s, floor_cpu);
-            }
-            for (in_flight, metric) in [(1, report::CONNS), (CONNS_IN_FLIGHT, report::CONNS_PARALLEL)] {
-                for p in order {
-                    let tag = format!("{}-{}", sc.name(), p.name());
-                    let c = flow(p, sc)
-                        .connections(plan.pps_window, in_flight)
-                        .with_context(|| format!("connections, {tag}"))?;
-                    step(
-                        &label,
-                        &format!(
-                            "{tag}: {:.0} new TCP connections/s, {in_flight} in flight ({} failed)",
-                            c.per_s, c.failed
-                        ),
-                    );
-                    if c.done == 0 {
-                        no_traffic.push(format!("{tag}: no TCP connection completed"));
-                    }
-                    push(&mut samples, sc, p, metric, Some(c.per_s));
-                }
-            }
-        }
-        // TCP through the 100-rule pair; on the datapath, the same path without
-        // groups right after, so that the two meet the machine in the same state.
-        let sg = Scenario::SameNodeSg100;
-        for p in order {
-            let mut runs = vec![(sg, report::TCP.name)];
-            if p == Path::Datapath {
-                runs.push((Scenario::SameNodeVlan, TCP_NO_SG));
-            }
-            for (sc, key) in runs {
-                let tag = format!("{}-{}", sc.name(), p.name());
-                let t = flow(p, sc).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
-                step(&label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
-                if t.bytes == 0 {
-                    no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
-                }
-                samples.entry((sg, p, key)).or_default().push(t.gbps);
-            }
-        }
+        measure_sg(
+            plan,
+            &label,
+            &flow,
+            order,
+            round,
+            scratch.path(),
+            floor_cpu,
+            (&mut samples, &mut no_traffic),
+        )?;
         measure_xdp(plan, &label, &xdp, round, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
@@ -311,31 +273,8 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
             });
         }
     }
-    for sc in Scenario::SG {
-        for m in
-            [report::PPS, report::CONNS, report::CONNS_PARALLEL, report::TCP, report::CPU_NS, report::PATH_NS]
-        {
-            let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
-            if med(Path::Datapath).is_some() || med(Path::Legacy).is_some() {
-                records.push(Record {
-                    scenario: sc.name().into(),
-                    metric: m,
-                    datapath: med(Path::Datapath),
-                    legacy: med(Path::Legacy),
-                });
-            }
-        }
-    }
-    // The datapath against itself: 1,000 rules against 10, and groups against none.
+    records.extend(sg_records(&samples));
     let dp = |sc: Scenario, key: &str| samples.get(&(sc, Path::Datapath, key)).and_then(|v| median(v));
-    for m in [report::PPS, report::CONNS, report::CONNS_PARALLEL] {
-        records.push(Record {
-            scenario: report::SG_1000_VS_10.into(),
-            metric: m,
-            datapath: dp(Scenario::SameNodeSg1000, m.name),
-            legacy: dp(Scenario::SameNodeSg10, m.name),
-        });
-    }
     records.push(Record {
         scenario: report::SCRAPED_VS_NOT.into(),
         metric: report::PPS,
@@ -355,12 +294,6 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         metric: report::PPS,
         datapath: dp(Scenario::SameNodeVlan, PPS_MONITORED),
         legacy: dp(Scenario::SameNodeVlan, report::PPS.name),
-    });
-    records.push(Record {
-        scenario: report::SG_VS_NO_SG.into(),
-        metric: report::TCP,
-        datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
-        legacy: dp(Scenario::SameNodeSg100, TCP_NO_SG),
     });
     // Issue 3's bar: the datapath VM to VM on one node against a plain Linux bridge.
     for m in [report::PPS, report::TCP, report::PATH_NS] {
@@ -493,6 +426,152 @@ fn push(samples: &mut Samples, sc: Scenario, p: Path, m: Metric, v: Option<f64>)
 
 fn ns(v: Option<f64>) -> String {
     v.map_or("CPU cost not measured".into(), |v| format!("{v:.0} ns/frame of CPU"))
+}
+
+/// The security-group scenarios alone (`BENCH_ONLY_SG=1`, for work on the
+/// groups' path: both topologies and the floor, no XDP stage, no control plane).
+fn bench_sg(plan: &Plan) -> Result<Outcome> {
+    let scratch = TempDir::new("bench")?;
+    let legacy = Legacy::build(scratch.path()).context("building the legacy chain")?;
+    let ours = Ours::new().context("building the datapath cluster")?;
+    let floor = Floor::veth_pair().context("building the veth pair floor")?;
+    floor.flow().prepare("veth pair")?;
+    for sc in Scenario::SG.into_iter().chain([Scenario::SameNodeVlan]) {
+        legacy.flow(sc).prepare(&format!("legacy {}", sc.name()))?;
+        ours.flow(sc).prepare(&format!("datapath {}", sc.name()))?;
+    }
+    let flow = |p: Path, sc: Scenario| -> Flow<'_> {
+        match p {
+            Path::Legacy => legacy.flow(sc),
+            Path::Datapath | Path::PlainBridge => ours.flow(sc),
+        }
+    };
+    let (mut samples, mut no_traffic) = (Samples::new(), Vec::new());
+    for round in 0..plan.rounds {
+        interrupt::check()?;
+        let label = format!("bench: round {}/{}", round + 1, plan.rounds);
+        let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor", Sender::Xdp)?;
+        let order =
+            if round % 2 == 0 { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] };
+        let sinks = (&mut samples, &mut no_traffic);
+        measure_sg(plan, &label, &flow, order, round, scratch.path(), f.cpu_ns_per_pkt, sinks)?;
+    }
+    Ok(Outcome { records: sg_records(&samples), profile: Vec::new(), no_traffic })
+}
+
+/// Round `round` of the security-group scenarios, in `order`: each group's
+/// 64-byte rate and connection rates on both paths, then TCP through the
+/// 100-rule pair, and on the datapath the same without groups.
+#[allow(clippy::too_many_arguments)]
+fn measure_sg<'a>(
+    plan: &Plan,
+    label: &str,
+    flow: &dyn Fn(Path, Scenario) -> Flow<'a>,
+    order: [Path; 2],
+    round: usize,
+    scratch: &std::path::Path,
+    floor_cpu: Option<f64>,
+    (samples, no_traffic): (&mut Samples, &mut Vec<String>),
+) -> Result<()> {
+    // Every connection leaves entries behind (for 10 s after its RST, on both
+    // paths); reversing the groups' order every other round keeps that from
+    // reading as a cost of the rule count.
+    let mut groups = Scenario::SG;
+    if round % 2 == 1 {
+        groups.reverse();
+    }
+    for sc in groups {
+        for p in order {
+            let tag = format!("{}-{}", sc.name(), p.name());
+            let f = flow(p, sc);
+            f.answer_udp().with_context(|| format!("answering the UDP flow, {tag}"))?;
+            let s = f.pps(plan.pps_window, scratch, &tag, Sender::Xdp)?;
+            keep_pps(samples, no_traffic, (label, &tag), (sc, p), &s, floor_cpu);
+        }
+        for (in_flight, metric) in [(1, report::CONNS), (CONNS_IN_FLIGHT, report::CONNS_PARALLEL)] {
+            for p in order {
+                let tag = format!("{}-{}", sc.name(), p.name());
+                let c = flow(p, sc)
+                    .connections(plan.pps_window, in_flight)
+                    .with_context(|| format!("connections, {tag}"))?;
+                step(
+                    label,
+                    &format!(
+                        "{tag}: {:.0} new TCP connections/s, {in_flight} in flight ({} failed)",
+                        c.per_s, c.failed
+                    ),
+                );
+                if c.done == 0 {
+                    no_traffic.push(format!("{tag}: no TCP connection completed"));
+                }
+                push(samples, sc, p, metric, Some(c.per_s));
+            }
+        }
+    }
+    // TCP through the 100-rule pair on both paths; on the datapath, also the
+    // same path without groups, in runs that alternate with it (with, without,
+    // without, with, ...): a single pair of runs drifts with the machine by as
+    // much as the groups cost.
+    let sg = Scenario::SameNodeSg100;
+    for p in order {
+        let runs: Vec<(Scenario, &str)> = if p == Path::Datapath {
+            (0..TCP_SG_PAIRS)
+                .flat_map(|i| {
+                    let pair = [(sg, report::TCP.name), (Scenario::SameNodeVlan, TCP_NO_SG)];
+                    if (round + i).is_multiple_of(2) { pair } else { [pair[1], pair[0]] }
+                })
+                .collect()
+        } else {
+            vec![(sg, report::TCP.name)]
+        };
+        for (sc, key) in runs {
+            let tag = format!("{}-{}", sc.name(), p.name());
+            let t = flow(p, sc).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
+            step(label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
+            if t.bytes == 0 {
+                no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
+            }
+            samples.entry((sg, p, key)).or_default().push(t.gbps);
+        }
+    }
+    Ok(())
+}
+
+/// The security-group records: each group's figures on both paths, and the
+/// datapath against itself (1,000 rules against 10, groups against none).
+fn sg_records(samples: &Samples) -> Vec<Record> {
+    let mut records = Vec::new();
+    for sc in Scenario::SG {
+        for m in
+            [report::PPS, report::CONNS, report::CONNS_PARALLEL, report::TCP, report::CPU_NS, report::PATH_NS]
+        {
+            let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
+            if med(Path::Datapath).is_some() || med(Path::Legacy).is_some() {
+                records.push(Record {
+                    scenario: sc.name().into(),
+                    metric: m,
+                    datapath: med(Path::Datapath),
+                    legacy: med(Path::Legacy),
+                });
+            }
+        }
+    }
+    let dp = |sc: Scenario, key: &str| samples.get(&(sc, Path::Datapath, key)).and_then(|v| median(v));
+    for m in [report::PPS, report::CONNS, report::CONNS_PARALLEL] {
+        records.push(Record {
+            scenario: report::SG_1000_VS_10.into(),
+            metric: m,
+            datapath: dp(Scenario::SameNodeSg1000, m.name),
+            legacy: dp(Scenario::SameNodeSg10, m.name),
+        });
+    }
+    records.push(Record {
+        scenario: report::SG_VS_NO_SG.into(),
+        metric: report::TCP,
+        datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
+        legacy: dp(Scenario::SameNodeSg100, TCP_NO_SG),
+    });
+    records
 }
 
 /// The XDP stage's scenarios alone (`BENCH_ONLY_XDP=1`, for work on the stage
