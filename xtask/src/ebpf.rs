@@ -36,7 +36,11 @@ fn cargo_in(subcommand: &str, dir: &std::path::Path) -> Command {
         // Host-oriented flags from the caller's environment must not reach the BPF build.
         // --btf: bpf-linker turns the debug info into BTF and BTF.ext; the kernel needs
         // their func_info to verify the bpf_loop callbacks (and names maps and types).
-        .env("RUSTFLAGS", "-C link-arg=--btf")
+        // --disable-expand-memcpy-in-order: with it on (bpf-linker's default), LLVM
+        // expands no memset at all, and every zeroed key or struct became a call to a
+        // byte-at-a-time loop (64 iterations for a flow, on every packet the
+        // security groups see); off, memsets and memcpys are plain stores.
+        .env("RUSTFLAGS", "-C link-arg=--btf -C link-arg=--disable-expand-memcpy-in-order")
         .env_remove("CARGO_BUILD_TARGET");
     c
 }
