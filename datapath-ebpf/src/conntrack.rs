@@ -88,6 +88,12 @@ fn tcp_valid(flags: u8) -> bool {
     matches!(f, TCP_SYN | SYN_URG | SYN_ACK | TCP_RST | RST_ACK | FIN_ACK | FIN_ACK_URG | TCP_ACK | ACK_URG)
 }
 
+/// Whether `flow` is a TCP SYN without ACK: the first packet of a connection.
+#[inline(always)]
+fn opening_syn(flow: &Flow) -> bool {
+    flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// Whether a TCP packet without a live entry may open one: a SYN, or an ACK
 /// of a connection picked up mid-stream.
 #[inline(always)]
@@ -96,15 +102,20 @@ fn tcp_may_open(flags: u8) -> bool {
         || flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_ACK
 }
 
+/// CLOCK_MONOTONIC at the last tick: lifetimes are seconds, and the coarse
+/// clock costs a load where the precise one reads the TSC (in a VM, through
+/// the hypervisor's clock page), several times for every new connection.
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: reading the time has no preconditions.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }
 
+/// Whether `e` is still alive at `now`. A time ahead of `now` (written with
+/// the precise clock, which runs up to a tick ahead) counts as just seen.
 #[inline(always)]
 fn live(e: &CtEntry, now: u64) -> bool {
-    now.wrapping_sub(e.last_seen_ns) <= e.lifetime_s as u64 * 1_000_000_000
+    now.saturating_sub(e.last_seen_ns) <= e.lifetime_s as u64 * 1_000_000_000
 }
 
 /// `ct_lifetime_ns` in seconds, as entries keep it.
@@ -116,7 +127,10 @@ fn lifetime_s(protocol: u8, flags: u32) -> u32 {
 /// Looks `flow` up: a packet of a live connection is `Tracked` (and the
 /// entry learns what it shows); one that cannot open a connection is
 /// `CtInvalid`; any other is `New`. A connection's first FIN or RST moves
-/// its entry from `CONNTRACK` to `CT_CLOSING`, where it is looked up next.
+/// its entry from `CONNTRACK` to `CT_CLOSING`, where it is looked up next,
+/// except by a SYN: on a closing connection a SYN opens a new one, which the
+/// rules judge (Linux conntrack kills a closed entry that a SYN meets and
+/// judges the SYN as new), so that table has nothing to say to it.
 /// ICMP errors are not looked up here: they are `related` or invalid.
 #[inline(always)]
 pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> {
@@ -135,7 +149,9 @@ pub fn track(side: &Side, key: &CtKey, flow: &Flow) -> Result<Seen, DropReason> 
             }
             return Ok(seen);
         }
-    } else if let Some(e) = CT_CLOSING.get_ptr_mut(key) {
+    } else if !opening_syn(flow)
+        && let Some(e) = CT_CLOSING.get_ptr_mut(key)
+    {
         // SAFETY: as above.
         let entry = unsafe { &mut *e };
         if live(entry, now) {
@@ -177,7 +193,7 @@ fn learn(side: &Side, entry: &mut CtEntry, flow: &Flow, now: u64) -> Seen {
         entry.flags = flags;
         entry.lifetime_s = lifetime_s(flow.proto, flags);
         entry.last_seen_ns = now;
-    } else if !side.dry_run && now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+    } else if !side.dry_run && now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
         entry.last_seen_ns = now;
     }
     Seen::Tracked
