@@ -8,7 +8,7 @@ use datapath_common::{DropReason, IP_FAMILY_V4, IP_FAMILY_V6};
 
 use crate::parse::{
     ETH_P_IPV4, ETH_P_IPV6, Frag, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Ipv4, Ipv6, Pkt, load_be16,
-    load_u8,
+    load_bytes,
 };
 
 /// What kind of ICMP message a packet is (`Flow::icmp`).
@@ -113,15 +113,20 @@ impl Flow {
     #[inline(always)]
     fn read_l4(&mut self, ctx: &TcContext) -> Result<(), DropReason> {
         let off = self.l4_off;
-        if has_ports(self.proto) {
-            self.sport = load_be16(ctx, off)?;
-            self.dport = load_be16(ctx, off + 2)?;
-            if self.proto == IPPROTO_TCP {
-                self.tcp_flags = load_u8(ctx, off + 13)?;
-            }
+        // One load per header: each is a helper call, on every packet the
+        // groups see. A TCP header has at least 20 bytes; the others' ports
+        // are their first 4.
+        if self.proto == IPPROTO_TCP {
+            let h = load_bytes::<14>(ctx, off)?;
+            self.sport = u16::from_be_bytes([h[0], h[1]]);
+            self.dport = u16::from_be_bytes([h[2], h[3]]);
+            self.tcp_flags = h[13];
+        } else if has_ports(self.proto) {
+            let h = load_bytes::<4>(ctx, off)?;
+            self.sport = u16::from_be_bytes([h[0], h[1]]);
+            self.dport = u16::from_be_bytes([h[2], h[3]]);
         } else if is_icmp(self.family, self.proto) {
-            let t = load_u8(ctx, off)?;
-            let code = load_u8(ctx, off + 1)?;
+            let [t, code] = load_bytes::<2>(ctx, off)?;
             self.dport = (t as u16) << 8 | code as u16;
             self.icmp = icmp_kind(self.family, t);
             if self.icmp == ICMP_ECHO_REQUEST || self.icmp == ICMP_ECHO_REPLY {
