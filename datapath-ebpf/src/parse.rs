@@ -23,8 +23,15 @@ pub const ICMPV6_NEIGHBOR_SOLICIT: u8 = 135;
 pub const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
 
 /// Headers the programs read live in the first bytes; pulling that much into
-/// the linear area once lets every later read use direct packet access.
-const LINEAR_WANT: u32 = 128;
+/// the linear area once lets every later read use direct packet access. The
+/// deepest direct read is an IPv6 header behind an 802.1Q tag (58 bytes);
+/// everything further in (IPv4 options, IPv6 extension headers, upper-layer
+/// headers) is read with `load_*`, which reach the fragments. No more than
+/// that: a TCP frame from a guest's stack carries its headers (66 bytes with
+/// timestamps) in the linear area and its payload in fragments, and pulling
+/// payload into a cloned skb (TCP keeps the original for retransmission)
+/// reallocates its head, on every frame.
+const LINEAR_WANT: u32 = 64;
 
 /// The linear part of a frame, re-derived after every helper that may move it.
 pub struct Pkt {
