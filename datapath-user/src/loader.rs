@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{Program, SchedClassifier, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, Xdp},
 };
 use datapath_common::{ABI_VERSION, names};
 
@@ -27,6 +27,28 @@ pub struct Datapath {
     /// The monitor's ring buffer, until the agent takes it to read events.
     pub events: Option<RingBuf<MapData>>,
     pin_dir: Option<PathBuf>,
+}
+
+/// Tries at loading a program. The verifier gives up with EAGAIN when a
+/// signal is pending for the loading thread (a child's SIGCHLD to a process
+/// that handles it, as tokio's runtime does), and the longer a program takes
+/// to verify, the likelier that is; libbpf retries the same way.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Runs `load` until it succeeds, fails for another reason than an
+/// interrupted verification, or has been tried `LOAD_ATTEMPTS` times.
+fn load_retrying(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    for _ in 1..LOAD_ATTEMPTS {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                log::debug!("a signal interrupted the verifier; loading again");
+            }
+            done => return done,
+        }
+    }
+    load()
 }
 
 /// Where the maps of an agent with `pin_path` live: versioned, so that an agent
@@ -68,8 +90,8 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?;
             let loaded = match prog {
-                Program::SchedClassifier(p) => p.load(),
-                Program::Xdp(p) => p.load(),
+                Program::SchedClassifier(p) => load_retrying(|| p.load()),
+                Program::Xdp(p) => load_retrying(|| p.load()),
                 _ => bail!("program {name} is neither a TC classifier nor an XDP program"),
             };
             loaded.with_context(|| format!("loading program {name} (verifier)"))?;
@@ -121,6 +143,41 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    fn load_error(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        }
+    }
+
+    /// An interrupted verification is tried again; any other failure is not.
+    #[test]
+    fn a_load_interrupted_by_a_signal_is_tried_again_and_other_failures_are_not() {
+        let mut calls = 0;
+        let ok = load_retrying(|| {
+            calls += 1;
+            if calls < 3 { Err(load_error(libc::EAGAIN)) } else { Ok(()) }
+        });
+        assert!(ok.is_ok(), "the third try succeeds: {ok:?}");
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let err = load_retrying(|| {
+            calls += 1;
+            Err(load_error(libc::EAGAIN))
+        });
+        assert!(matches!(err, Err(ProgramError::LoadError { .. })), "{err:?}");
+        assert_eq!(calls, LOAD_ATTEMPTS, "gives up after LOAD_ATTEMPTS tries");
+
+        let mut calls = 0;
+        let err = load_retrying(|| {
+            calls += 1;
+            Err(load_error(libc::EACCES))
+        });
+        assert!(err.is_err());
+        assert_eq!(calls, 1, "a verifier's refusal is final");
+    }
 
     /// The names in `datapath_common::names` are the object's names, both ways.
     #[test]
