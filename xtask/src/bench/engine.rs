@@ -133,9 +133,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
         floor_rtt.push((r.p50_us, r.p99_us));
         let floor_cpu = f.cpu_ns_per_pkt;
         floor_ns.extend(floor_cpu);
-        // Alternate who goes first, so that a drift in the machine's state hits both alike.
-        let order =
-            if round % 2 == 0 { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] };
+        let order = order(round);
         for sc in Scenario::ALL {
             let flow = |p: Path| flow(p, sc);
             // The plain bridge runs right after the datapath, so that the two meet the
@@ -223,16 +221,7 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 }
             }
         }
-        measure_sg(
-            plan,
-            &label,
-            &flow,
-            order,
-            round,
-            scratch.path(),
-            floor_cpu,
-            (&mut samples, &mut no_traffic),
-        )?;
+        measure_sg(plan, &label, &flow, round, scratch.path(), floor_cpu, (&mut samples, &mut no_traffic))?;
         measure_xdp(plan, &label, &xdp, round, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
@@ -443,7 +432,10 @@ fn bench_sg(plan: &Plan) -> Result<Outcome> {
     let flow = |p: Path, sc: Scenario| -> Flow<'_> {
         match p {
             Path::Legacy => legacy.flow(sc),
-            Path::Datapath | Path::PlainBridge => ours.flow(sc),
+            Path::Datapath => ours.flow(sc),
+            Path::PlainBridge => {
+                unreachable!("the security-group rounds measure legacy and the datapath only")
+            }
         }
     };
     let (mut samples, mut no_traffic) = (Samples::new(), Vec::new());
@@ -451,28 +443,31 @@ fn bench_sg(plan: &Plan) -> Result<Outcome> {
         interrupt::check()?;
         let label = format!("bench: round {}/{}", round + 1, plan.rounds);
         let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor", Sender::Xdp)?;
-        let order =
-            if round % 2 == 0 { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] };
         let sinks = (&mut samples, &mut no_traffic);
-        measure_sg(plan, &label, &flow, order, round, scratch.path(), f.cpu_ns_per_pkt, sinks)?;
+        measure_sg(plan, &label, &flow, round, scratch.path(), f.cpu_ns_per_pkt, sinks)?;
     }
     Ok(Outcome { records: sg_records(&samples), profile: Vec::new(), no_traffic })
 }
 
-/// Round `round` of the security-group scenarios, in `order`: each group's
-/// 64-byte rate and connection rates on both paths, then TCP through the
-/// 100-rule pair, and on the datapath the same without groups.
-#[allow(clippy::too_many_arguments)]
+/// Which path goes first in round `round`: it alternates, so that a drift in
+/// the machine's state hits both alike.
+fn order(round: usize) -> [Path; 2] {
+    if round.is_multiple_of(2) { [Path::Legacy, Path::Datapath] } else { [Path::Datapath, Path::Legacy] }
+}
+
+/// Round `round` of the security-group scenarios, in the round's `order`:
+/// each group's 64-byte rate and connection rates on both paths, then TCP
+/// through the 100-rule pair, and on the datapath the same without groups.
 fn measure_sg<'a>(
     plan: &Plan,
     label: &str,
     flow: &dyn Fn(Path, Scenario) -> Flow<'a>,
-    order: [Path; 2],
     round: usize,
     scratch: &std::path::Path,
     floor_cpu: Option<f64>,
     (samples, no_traffic): (&mut Samples, &mut Vec<String>),
 ) -> Result<()> {
+    let order = order(round);
     // Every connection leaves entries behind (for 10 s after its RST, on both
     // paths); reversing the groups' order every other round keeps that from
     // reading as a cost of the rule count.

@@ -176,7 +176,8 @@ impl XdpGen {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || -> Result<()> {
-            let setup = || -> Result<Sending> {
+            // The loop generator's breaker goes back with the thread, to stop it from outside.
+            let setup = || -> Result<(Sending, Option<xdploop::Breaker>)> {
                 // SAFETY: setns on this thread only, with a namespace fd we hold open.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error()).context("setns into the sender's namespace");
@@ -194,23 +195,17 @@ impl XdpGen {
                     match send(&prog, &frame, ifindex, 1).context(
                         "BPF_PROG_TEST_RUN in live-frames mode (needs Linux 5.18+ and an XDP-capable device)",
                     ) {
-                        Ok(()) => return Ok(Sending::Live(prog, ifindex)),
+                        Ok(()) => return Ok((Sending::Live(prog, ifindex), None)),
                         Err(e) if refused_by(&e) => {}
                         Err(e) => return Err(e),
                     }
                 }
                 // Each receiver gets a copy of its own, so restoring is not needed.
-                Ok(Sending::Loop(
-                    xdploop::Loop::start(ifindex, &frame).context("starting the loop generator")?,
-                ))
+                let lap = xdploop::Loop::start(ifindex, &frame).context("starting the loop generator")?;
+                let breaker = lap.breaker()?;
+                Ok((Sending::Loop(lap), Some(breaker)))
             };
-            let sending = match setup().and_then(|v| {
-                let breaker = match &v {
-                    Sending::Loop(lap) => Some(lap.breaker()?),
-                    Sending::Live(..) => None,
-                };
-                Ok((v, breaker))
-            }) {
+            let sending = match setup() {
                 Ok((v, breaker)) => {
                     // SAFETY: pthread_self has no preconditions.
                     let _ = ready_tx.send(Ok((unsafe { libc::pthread_self() }, breaker)));
