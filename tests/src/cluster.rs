@@ -471,6 +471,17 @@ impl Cluster {
         Ok(text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()))
     }
 
+    /// `node`'s `datapath ports` row of `device`, if it lists one.
+    pub fn port_row(&self, node: &str, device: &str) -> Option<Value> {
+        let ports = self.cli_json(node, &["ports"]).ok()?;
+        ports["ports"].as_array()?.iter().find(|r| r["device"] == device).cloned()
+    }
+
+    /// Whether `node`'s agent has programmed `device` (its row says up).
+    pub fn port_is_up(&self, node: &str, device: &str) -> bool {
+        self.port_row(node, device).is_some_and(|r| r["state"] == "up")
+    }
+
     /// Whether `node` has learned `mac` (from the uplink or a tunnel), and on which device.
     pub fn learned_on(&self, node: &str, mac: &str) -> Option<String> {
         let fdb = self.cli_json(node, &["fdb"]).ok()?;

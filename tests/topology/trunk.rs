@@ -404,12 +404,11 @@ fn count(v: &Value, kind: &str, label: &str) -> u64 {
 
 /// node0's `datapath ports` row of `device`, if it lists one.
 fn port_row(c: &Cluster, device: &str) -> Option<Value> {
-    let ports = c.cli_json("node0", &["ports"]).unwrap();
-    ports["ports"].as_array().unwrap().iter().find(|r| r["device"] == device).cloned()
+    c.port_row("node0", device)
 }
 
 fn is_up(c: &Cluster, device: &str) -> bool {
-    port_row(c, device).is_some_and(|r| r["state"] == "up")
+    c.port_is_up("node0", device)
 }
 
 /// A VM whose tap is a trunk's parent on node0 reaches, across the wire, a

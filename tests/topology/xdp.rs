@@ -214,14 +214,16 @@ fn known_unicast_from_the_wire_goes_from_the_driver_to_a_tap() {
     c.start_agent("node0").unwrap();
     c.start_agent("node1").unwrap();
     let stats = |dev: &str| c.cli_json("node1", &["stats", "--port", dev]).unwrap()["ports"][0].clone();
-    wait_for("node1 to run the XDP stage and program the tap", Duration::from_secs(10), || {
-        c.cli_json("node1", &["status"]).is_ok_and(|s| s["xdp"]["eth2"] == "native")
-            && c.cli_json("node1", &["ports"]).is_ok_and(|p| {
-                p["ports"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().any(|r| r["device"] == t.device() && r["state"] == "up"))
-            })
-    });
+    // Both ends: a frame vm-1 sends before node0 has programmed its tap goes nowhere.
+    wait_for(
+        "node1 to run the XDP stage and both nodes to program their taps",
+        Duration::from_secs(10),
+        || {
+            c.cli_json("node1", &["status"]).is_ok_and(|s| s["xdp"]["eth2"] == "native")
+                && c.port_is_up("node1", &t.device())
+                && c.port_is_up("node0", &a.device())
+        },
+    );
 
     let (mac_a, mac_t) = (parse_mac(&a.mac).unwrap(), parse_mac(&t.mac).unwrap());
     let frame = |seq: u16| {
