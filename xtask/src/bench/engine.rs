@@ -62,8 +62,10 @@ type XdpSamples = BTreeMap<(&'static str, String), Vec<f64>>;
 
 /// Samples key of the datapath's TCP without groups, taken next to the 100-rule pair's.
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
+/// Samples key of the datapath's round trip without groups, taken next to the 100-rule pair's.
+const RTT_NO_SG: &str = "rtt_p50_us_without_groups";
 /// Pairs of datapath TCP runs with and without groups, per round.
-const TCP_SG_PAIRS: usize = 2;
+const TCP_SG_PAIRS: usize = 3;
 /// The same-node pps of the datapath while node0's metrics are scraped every second.
 const PPS_SCRAPED: &str = "pps_64b_scraped";
 /// The same-node pps of the datapath while a `datapath monitor` follows every drop.
@@ -529,6 +531,23 @@ fn measure_sg<'a>(
             samples.entry((sg, p, key)).or_default().push(t.gbps);
         }
     }
+    // What the groups add to a round trip (both ends polling), measured the
+    // same way: a single TCP flow here is bound by its round trip, not by a
+    // CPU, so this is where what the groups cost per frame shows.
+    for p in order {
+        let runs: Vec<(Scenario, &str)> = if p == Path::Datapath {
+            let pair = [(sg, report::RTT_P50.name), (Scenario::SameNodeVlan, RTT_NO_SG)];
+            if round.is_multiple_of(2) { pair.to_vec() } else { vec![pair[1], pair[0]] }
+        } else {
+            vec![(sg, report::RTT_P50.name)]
+        };
+        for (sc, key) in runs {
+            let tag = format!("{}-{}", sc.name(), p.name());
+            let r = flow(p, sc).rtt(plan.rtt_secs, true).with_context(|| format!("RTT, {tag}"))?;
+            step(label, &format!("{tag}: RTT (polling) p50 {:.1} us, p99 {:.1} us", r.p50_us, r.p99_us));
+            samples.entry((sg, p, key)).or_default().push(r.p50_us);
+        }
+    }
     Ok(())
 }
 
@@ -537,9 +556,15 @@ fn measure_sg<'a>(
 fn sg_records(samples: &Samples) -> Vec<Record> {
     let mut records = Vec::new();
     for sc in Scenario::SG {
-        for m in
-            [report::PPS, report::CONNS, report::CONNS_PARALLEL, report::TCP, report::CPU_NS, report::PATH_NS]
-        {
+        for m in [
+            report::PPS,
+            report::CONNS,
+            report::CONNS_PARALLEL,
+            report::TCP,
+            report::RTT_P50,
+            report::CPU_NS,
+            report::PATH_NS,
+        ] {
             let med = |p: Path| samples.get(&(sc, p, m.name)).and_then(|v| median(v));
             if med(Path::Datapath).is_some() || med(Path::Legacy).is_some() {
                 records.push(Record {
@@ -565,6 +590,12 @@ fn sg_records(samples: &Samples) -> Vec<Record> {
         metric: report::TCP,
         datapath: dp(Scenario::SameNodeSg100, report::TCP.name),
         legacy: dp(Scenario::SameNodeSg100, TCP_NO_SG),
+    });
+    records.push(Record {
+        scenario: report::SG_VS_NO_SG.into(),
+        metric: report::RTT_P50,
+        datapath: dp(Scenario::SameNodeSg100, report::RTT_P50.name),
+        legacy: dp(Scenario::SameNodeSg100, RTT_NO_SG),
     });
     records
 }
