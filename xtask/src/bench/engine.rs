@@ -511,17 +511,7 @@ fn measure_sg<'a>(
     // much as the groups cost.
     let sg = Scenario::SameNodeSg100;
     for p in order {
-        let runs: Vec<(Scenario, &str)> = if p == Path::Datapath {
-            (0..TCP_SG_PAIRS)
-                .flat_map(|i| {
-                    let pair = [(sg, report::TCP.name), (Scenario::SameNodeVlan, TCP_NO_SG)];
-                    if (round + i).is_multiple_of(2) { pair } else { [pair[1], pair[0]] }
-                })
-                .collect()
-        } else {
-            vec![(sg, report::TCP.name)]
-        };
-        for (sc, key) in runs {
+        for (sc, key) in sg_pair_runs(p, round, TCP_SG_PAIRS, report::TCP.name, TCP_NO_SG) {
             let tag = format!("{}-{}", sc.name(), p.name());
             let t = flow(p, sc).tcp(plan.tcp_secs).with_context(|| format!("TCP, {tag}"))?;
             step(label, &format!("{tag}: TCP {:.2} Gbit/s ({} bytes)", t.gbps, t.bytes));
@@ -531,17 +521,9 @@ fn measure_sg<'a>(
             samples.entry((sg, p, key)).or_default().push(t.gbps);
         }
     }
-    // What the groups add to a round trip (both ends polling), measured the
-    // same way: a single TCP flow here is bound by its round trip, not by a
-    // CPU, so this is where what the groups cost per frame shows.
+    // What the groups add to a packet's round trip (both ends polling), measured the same way.
     for p in order {
-        let runs: Vec<(Scenario, &str)> = if p == Path::Datapath {
-            let pair = [(sg, report::RTT_P50.name), (Scenario::SameNodeVlan, RTT_NO_SG)];
-            if round.is_multiple_of(2) { pair.to_vec() } else { vec![pair[1], pair[0]] }
-        } else {
-            vec![(sg, report::RTT_P50.name)]
-        };
-        for (sc, key) in runs {
+        for (sc, key) in sg_pair_runs(p, round, 1, report::RTT_P50.name, RTT_NO_SG) {
             let tag = format!("{}-{}", sc.name(), p.name());
             let r = flow(p, sc).rtt(plan.rtt_secs, true).with_context(|| format!("RTT, {tag}"))?;
             step(label, &format!("{tag}: RTT (polling) p50 {:.1} us, p99 {:.1} us", r.p50_us, r.p99_us));
@@ -549,6 +531,28 @@ fn measure_sg<'a>(
         }
     }
     Ok(())
+}
+
+/// The runs of one measurement through the 100-rule pair on path `p`, with
+/// their samples keys: legacy's alone (`with_key`); on the datapath `pairs`
+/// pairs of it and the same path without groups (`without_key`), each pair
+/// in the other order than the last, the first pair's order alternating by
+/// round (with, without, without, with, ...).
+fn sg_pair_runs(
+    p: Path,
+    round: usize,
+    pairs: usize,
+    with_key: &'static str,
+    without_key: &'static str,
+) -> Vec<(Scenario, &'static str)> {
+    let with = (Scenario::SameNodeSg100, with_key);
+    if p != Path::Datapath {
+        return vec![with];
+    }
+    let without = (Scenario::SameNodeVlan, without_key);
+    (0..pairs)
+        .flat_map(|i| if (round + i).is_multiple_of(2) { [with, without] } else { [without, with] })
+        .collect()
 }
 
 /// The security-group records: each group's figures on both paths, and the
