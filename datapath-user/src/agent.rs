@@ -296,15 +296,21 @@ impl Agent {
         let mut monitor_tick = interval(Duration::from_secs(1));
         monitor_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (tx, mut requests) = mpsc::channel::<Pending>(16);
-        let socket = self.cfg.control_socket.clone();
-        let metrics = self.cfg.metrics_address.map(|addr| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve(addr, tx).await {
-                    log::error!("metrics endpoint: {e:#}");
-                }
-            })
-        });
+        // Bound before the first reconcile: once a port forwards, its agent
+        // answers (requests wait in the channel until the loop runs).
+        let socket = control::bind(&self.cfg.control_socket)?;
+        let metrics = match self.cfg.metrics_address {
+            Some(addr) => {
+                let listener = metrics::bind(addr).await?;
+                let tx = tx.clone();
+                Some(tokio::spawn(async move {
+                    if let Err(e) = metrics::serve(listener, tx).await {
+                        log::error!("metrics endpoint: {e:#}");
+                    }
+                }))
+            }
+            None => None,
+        };
         let server = tokio::spawn(async move {
             if let Err(e) = control::serve(socket, tx).await {
                 log::error!("control socket: {e:#}");

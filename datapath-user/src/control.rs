@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -43,18 +43,23 @@ pub struct Pending {
 /// Lines of a stream that wait for a slow client; more are dropped and counted.
 pub const STREAM_BACKLOG: usize = 1024;
 
-/// Listens on `path` and forwards every request to `tx`.
-pub async fn serve(path: PathBuf, tx: mpsc::Sender<Pending>) -> Result<()> {
+/// Binds the control socket at `path`, owner-only.
+pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     // A socket left by a killed agent would make bind fail.
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     log::info!("control socket at {}", path.display());
+    Ok(listener)
+}
+
+/// Serves `listener` and forwards every request to `tx`.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Pending>) -> Result<()> {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         let stream = match listener.accept().await {

@@ -302,11 +302,16 @@ pub fn render(snapshot: Snapshot) -> Result<String> {
     Ok(out)
 }
 
-/// Serves `GET /metrics` at `addr`, each scrape answered by the agent loop through `tx`.
-pub async fn serve(addr: SocketAddr, tx: mpsc::Sender<Pending>) -> Result<()> {
+/// Binds the metrics endpoint at `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     let listener =
         TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint {addr}"))?;
     log::info!("metrics at http://{}/metrics", listener.local_addr().unwrap_or(addr));
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` on `listener`, each scrape answered by the agent loop through `tx`.
+pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Pending>) -> Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
     loop {
         let stream = match listener.accept().await {
