@@ -64,6 +64,10 @@ type XdpSamples = BTreeMap<(&'static str, String), Vec<f64>>;
 const TCP_NO_SG: &str = "tcp_gbps_without_groups";
 /// Samples key of the datapath's round trip without groups, taken next to the 100-rule pair's.
 const RTT_NO_SG: &str = "rtt_p50_us_without_groups";
+/// Samples key of the datapath's connection rate without groups, taken next to the 100-rule pair's.
+const CONNS_NO_SG: &str = "new_tcp_conns_per_s_parallel_without_groups";
+/// Samples key (under the 100-rule pair) of the connection rate over the veth pair floor.
+const CONNS_FLOOR: &str = "new_tcp_conns_per_s_parallel_veth_floor";
 /// Pairs of datapath TCP runs with and without groups, per round.
 const TCP_SG_PAIRS: usize = 3;
 /// The same-node pps of the datapath while node0's metrics are scraped every second.
@@ -223,7 +227,8 @@ pub fn bench(plan: &Plan) -> Result<Outcome> {
                 }
             }
         }
-        measure_sg(plan, &label, &flow, round, scratch.path(), floor_cpu, (&mut samples, &mut no_traffic))?;
+        let sinks = (&mut samples, &mut no_traffic);
+        measure_sg(plan, &label, &flow, round, scratch.path(), (&floor.flow(), floor_cpu), sinks)?;
         measure_xdp(plan, &label, &xdp, round, &mut xdp_samples, &mut no_traffic)?;
     }
     // The traffic topologies go before the control plane loads its own datapath.
@@ -446,7 +451,7 @@ fn bench_sg(plan: &Plan) -> Result<Outcome> {
         let label = format!("bench: round {}/{}", round + 1, plan.rounds);
         let f = floor.flow().pps(plan.pps_window, scratch.path(), "floor", Sender::Xdp)?;
         let sinks = (&mut samples, &mut no_traffic);
-        measure_sg(plan, &label, &flow, round, scratch.path(), f.cpu_ns_per_pkt, sinks)?;
+        measure_sg(plan, &label, &flow, round, scratch.path(), (&floor.flow(), f.cpu_ns_per_pkt), sinks)?;
     }
     Ok(Outcome { records: sg_records(&samples), profile: Vec::new(), no_traffic })
 }
@@ -458,15 +463,17 @@ fn order(round: usize) -> [Path; 2] {
 }
 
 /// Round `round` of the security-group scenarios, in the round's `order`:
-/// each group's 64-byte rate and connection rates on both paths, then TCP
-/// through the 100-rule pair, and on the datapath the same without groups.
+/// each group's 64-byte rate and connection rates on both paths, then the
+/// connection rate, TCP and the round trip through the 100-rule pair, and on
+/// the datapath the same without groups; and the connection rate over the
+/// `floor` (whose 64-byte CPU cost is `floor_cpu`).
 fn measure_sg<'a>(
     plan: &Plan,
     label: &str,
     flow: &dyn Fn(Path, Scenario) -> Flow<'a>,
     round: usize,
     scratch: &std::path::Path,
-    floor_cpu: Option<f64>,
+    (floor, floor_cpu): (&Flow<'_>, Option<f64>),
     (samples, no_traffic): (&mut Samples, &mut Vec<String>),
 ) -> Result<()> {
     let order = order(round);
@@ -519,6 +526,27 @@ fn measure_sg<'a>(
                 no_traffic.push(format!("{tag}: iperf3's receiver got no TCP bytes"));
             }
             samples.entry((sg, p, key)).or_default().push(t.gbps);
+        }
+    }
+    // What the groups cost the connection rate, measured the same way; and the
+    // rate over the veth pair floor, where the end hosts' TCP is all there is.
+    let c = floor.connections(plan.pps_window, CONNS_IN_FLIGHT).context("connections, veth pair floor")?;
+    step(label, &format!("veth pair floor: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s));
+    if c.done == 0 {
+        no_traffic.push("veth pair floor: no TCP connection completed".into());
+    }
+    samples.entry((sg, Path::Datapath, CONNS_FLOOR)).or_default().push(c.per_s);
+    for p in order {
+        for (sc, key) in sg_pair_runs(p, round, 1, report::CONNS_PARALLEL.name, CONNS_NO_SG) {
+            let tag = format!("{}-{}", sc.name(), p.name());
+            let c = flow(p, sc)
+                .connections(plan.pps_window, CONNS_IN_FLIGHT)
+                .with_context(|| format!("connections, {tag}"))?;
+            step(label, &format!("{tag}: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s));
+            if c.done == 0 {
+                no_traffic.push(format!("{tag}: no TCP connection completed"));
+            }
+            samples.entry((sg, p, key)).or_default().push(c.per_s);
         }
     }
     // What the groups add to a packet's round trip (both ends polling), measured the same way.
@@ -600,6 +628,20 @@ fn sg_records(samples: &Samples) -> Vec<Record> {
         metric: report::RTT_P50,
         datapath: dp(Scenario::SameNodeSg100, report::RTT_P50.name),
         legacy: dp(Scenario::SameNodeSg100, RTT_NO_SG),
+    });
+    records.push(Record {
+        scenario: report::SG_VS_NO_SG.into(),
+        metric: report::CONNS_PARALLEL,
+        datapath: dp(Scenario::SameNodeSg100, report::CONNS_PARALLEL.name),
+        legacy: dp(Scenario::SameNodeSg100, CONNS_NO_SG),
+    });
+    records.push(Record {
+        scenario: report::FLOOR_VS_LEGACY_SG.into(),
+        metric: report::CONNS_PARALLEL,
+        datapath: dp(Scenario::SameNodeSg100, CONNS_FLOOR),
+        legacy: samples
+            .get(&(Scenario::SameNodeSg100, Path::Legacy, report::CONNS_PARALLEL.name))
+            .and_then(|v| median(v)),
     });
     records
 }

@@ -97,6 +97,9 @@ pub const POLICED_VS_NOT: &str = "datapath-policed-vs-not";
 pub const SG_1000_VS_10: &str = "datapath-sg1000-vs-sg10";
 /// The datapath with security groups (`datapath`) against the same path without (`legacy` column).
 pub const SG_VS_NO_SG: &str = "datapath-sg100-vs-no-sg";
+/// Two namespaces on one veth pair, no path between them (`datapath` column),
+/// against legacy through the 100-rule pair: the ratio no path can beat.
+pub const FLOOR_VS_LEGACY_SG: &str = "veth-floor-vs-legacy-sg100";
 
 /// The uplinks' XDP stage (`datapath` column) against the TC stage alone (`legacy` column).
 pub const XDP_VS_TC: &str = "xdp-vs-tc";
