@@ -531,7 +531,10 @@ fn measure_sg<'a>(
     // What the groups cost the connection rate, measured the same way; and the
     // rate over the veth pair floor, where the end hosts' TCP is all there is.
     let c = floor.connections(plan.pps_window, CONNS_IN_FLIGHT).context("connections, veth pair floor")?;
-    step(label, &format!("veth pair floor: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s));
+    step(
+        label,
+        &format!("veth pair floor: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s),
+    );
     if c.done == 0 {
         no_traffic.push("veth pair floor: no TCP connection completed".into());
     }
