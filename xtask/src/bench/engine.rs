@@ -495,20 +495,8 @@ fn measure_sg<'a>(
         for (in_flight, metric) in [(1, report::CONNS), (CONNS_IN_FLIGHT, report::CONNS_PARALLEL)] {
             for p in order {
                 let tag = format!("{}-{}", sc.name(), p.name());
-                let c = flow(p, sc)
-                    .connections(plan.pps_window, in_flight)
-                    .with_context(|| format!("connections, {tag}"))?;
-                step(
-                    label,
-                    &format!(
-                        "{tag}: {:.0} new TCP connections/s, {in_flight} in flight ({} failed)",
-                        c.per_s, c.failed
-                    ),
-                );
-                if c.done == 0 {
-                    no_traffic.push(format!("{tag}: no TCP connection completed"));
-                }
-                push(samples, sc, p, metric, Some(c.per_s));
+                let per_s = connections(plan, &flow(p, sc), in_flight, (label, &tag), no_traffic)?;
+                push(samples, sc, p, metric, Some(per_s));
             }
         }
     }
@@ -530,26 +518,13 @@ fn measure_sg<'a>(
     }
     // What the groups cost the connection rate, measured the same way; and the
     // rate over the veth pair floor, where the end hosts' TCP is all there is.
-    let c = floor.connections(plan.pps_window, CONNS_IN_FLIGHT).context("connections, veth pair floor")?;
-    step(
-        label,
-        &format!("veth pair floor: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s),
-    );
-    if c.done == 0 {
-        no_traffic.push("veth pair floor: no TCP connection completed".into());
-    }
-    samples.entry((sg, Path::Datapath, CONNS_FLOOR)).or_default().push(c.per_s);
+    let per_s = connections(plan, floor, CONNS_IN_FLIGHT, (label, "veth pair floor"), no_traffic)?;
+    samples.entry((sg, Path::Datapath, CONNS_FLOOR)).or_default().push(per_s);
     for p in order {
         for (sc, key) in sg_pair_runs(p, round, 1, report::CONNS_PARALLEL.name, CONNS_NO_SG) {
             let tag = format!("{}-{}", sc.name(), p.name());
-            let c = flow(p, sc)
-                .connections(plan.pps_window, CONNS_IN_FLIGHT)
-                .with_context(|| format!("connections, {tag}"))?;
-            step(label, &format!("{tag}: {:.0} new TCP connections/s, {CONNS_IN_FLIGHT} in flight", c.per_s));
-            if c.done == 0 {
-                no_traffic.push(format!("{tag}: no TCP connection completed"));
-            }
-            samples.entry((sg, p, key)).or_default().push(c.per_s);
+            let per_s = connections(plan, &flow(p, sc), CONNS_IN_FLIGHT, (label, &tag), no_traffic)?;
+            samples.entry((sg, p, key)).or_default().push(per_s);
         }
     }
     // What the groups add to a packet's round trip (both ends polling), measured the same way.
@@ -562,6 +537,26 @@ fn measure_sg<'a>(
         }
     }
     Ok(())
+}
+
+/// New TCP connections a second over `flow` with `in_flight` connects
+/// outstanding, logged under `tag`; a run where none completed is noted in `no_traffic`.
+fn connections(
+    plan: &Plan,
+    flow: &Flow<'_>,
+    in_flight: usize,
+    (label, tag): (&str, &str),
+    no_traffic: &mut Vec<String>,
+) -> Result<f64> {
+    let c = flow.connections(plan.pps_window, in_flight).with_context(|| format!("connections, {tag}"))?;
+    step(
+        label,
+        &format!("{tag}: {:.0} new TCP connections/s, {in_flight} in flight ({} failed)", c.per_s, c.failed),
+    );
+    if c.done == 0 {
+        no_traffic.push(format!("{tag}: no TCP connection completed"));
+    }
+    Ok(c.per_s)
 }
 
 /// The runs of one measurement through the 100-rule pair on path `p`, with
